@@ -1,0 +1,165 @@
+"""Neighbour grouping of scan points ("sample then group") with PtychoPINN's random stream."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+logger = logging.getLogger(__name__)
+
+SEQUENTIAL_SEED = 0
+
+
+@dataclass(frozen=True)
+class GroupingSettings:
+    """Everything that decides which scan points form each group."""
+
+    gridsize: int
+    K: int = 4
+    nsamples: int = 1
+    seed: int | None = None
+    sequential_sampling: bool = False
+    enable_oversampling: bool = False
+    neighbor_pool_size: int | None = None
+
+    @property
+    def C(self) -> int:
+        return self.gridsize**2
+
+    def validate(self) -> None:
+        _require_int("gridsize", self.gridsize, minimum=1, fix="use gridsize >= 1 (1 = single patterns, 2 = 2x2 groups)")
+        _require_int("K", self.K, minimum=1, fix="use K >= gridsize**2 neighbours")
+        _require_int("nsamples", self.nsamples, minimum=1, fix="ask for at least one group (n_groups >= 1)")
+        if self.seed is not None:
+            _require_int("seed", self.seed, minimum=0, fix="use a non-negative integer seed, or None")
+        if self.neighbor_pool_size is not None:
+            _require_int("neighbor_pool_size", self.neighbor_pool_size, minimum=1, fix="use None (= K) or an integer >= gridsize**2")
+
+
+def sample_groups(xcoords: np.ndarray, ycoords: np.ndarray, settings: GroupingSettings) -> np.ndarray:
+    """Return ``(B, C)`` int64 scan-point indices, one row per group, exactly as PtychoPINN draws them.
+
+    Uses a private ``np.random.RandomState``; NumPy's global generator is never touched.
+    """
+    settings.validate()
+    n, C = len(xcoords), settings.C
+    if settings.nsamples > n and C > 1:
+        return _oversampled_groups(xcoords, ycoords, settings)
+    return _standard_groups(xcoords, ycoords, settings)
+
+
+def needs_oversampling(n_points: int, settings: GroupingSettings) -> bool:
+    return settings.nsamples > n_points and settings.C > 1
+
+
+def _standard_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettings) -> np.ndarray:
+    n, C, K = len(xcoords), s.C, s.K
+    if n < C:
+        raise ValueError(
+            f"only {n} scan points but gridsize {s.gridsize} needs {C} per group; "
+            f"use a smaller gridsize or a scan with at least {C} points"
+        )
+    if K < C:
+        raise ValueError(f"K={K} neighbours cannot fill groups of gridsize**2 = {C}; set K >= {C}")
+    rng = np.random.RandomState(SEQUENTIAL_SEED if s.sequential_sampling else s.seed)
+    m = min(s.nsamples, n)
+    if s.sequential_sampling:
+        seeds = np.arange(m)
+    elif m < n:
+        seeds = rng.choice(np.arange(n), size=m, replace=False)
+    else:
+        seeds = np.arange(n)
+    if C == 1:
+        return seeds.reshape(-1, 1).astype(np.int64)
+    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, n))
+    groups = np.empty((len(seeds), C), dtype=np.int64)
+    for i, (seed_index, row) in enumerate(zip(seeds, neighbours)):
+        nb = row[1 : K + 1] if len(row) > K else row[:K]
+        available = np.concatenate([[seed_index], nb]) if len(nb) < C else nb
+        groups[i] = rng.choice(available, size=C, replace=len(available) < C)
+    return groups
+
+
+def _oversampled_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettings) -> np.ndarray:
+    n, C = len(xcoords), s.C
+    if not s.enable_oversampling:
+        raise ValueError(
+            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points; "
+            "set enable_oversampling=True (and neighbor_pool_size >= gridsize**2) to draw "
+            "several groups per point, or ask for at most that many groups"
+        )
+    K = s.K if s.neighbor_pool_size is None else s.neighbor_pool_size
+    if K < C:
+        raise ValueError(
+            f"neighbor_pool_size={K} is smaller than gridsize**2 = {C}; "
+            f"oversampling needs a pool of at least {C} neighbours"
+        )
+    rng = np.random.RandomState(s.seed)
+    min_seeds = max(1, math.ceil(s.nsamples / math.comb(K, C)))
+    n_seeds = min(2 * min_seeds, n)
+    sequential = np.arange(min(s.nsamples, n))
+    if s.sequential_sampling and len(sequential) >= min_seeds:
+        seeds = sequential[:n_seeds]
+    elif n_seeds < n:
+        seeds = rng.choice(np.arange(n), size=n_seeds, replace=False)
+    else:
+        seeds = np.arange(n)
+    pool = _combination_pool(xcoords, ycoords, seeds, K, C, limit=2 * s.nsamples)
+    if not pool:
+        raise ValueError(
+            f"no group of {C} distinct points could be formed from {n} scan points; "
+            "use a smaller gridsize or a larger scan"
+        )
+    logger.debug("oversampling: %d seeds, pool of %d combinations", len(seeds), len(pool))
+    pick = rng.choice(len(pool), size=s.nsamples, replace=s.nsamples > len(pool))
+    return np.asarray(pool, dtype=np.int64)[pick]
+
+
+def _combination_pool(xcoords, ycoords, seeds, K: int, C: int, limit: int) -> list[tuple[int, ...]]:
+    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, len(xcoords)))
+    pool: list[tuple[int, ...]] = []
+    for seed_index, row in zip(seeds, neighbours):
+        if len(row) > K:
+            nb = row[1 : K + 1]
+        else:
+            nb = row[1:] if len(row) > 1 else row
+        available = np.concatenate([[seed_index], nb]) if len(nb) < C else nb[:K]
+        for combo in itertools.combinations(available.tolist(), C):
+            pool.append(combo)
+            if len(pool) >= limit:
+                return pool
+    return pool
+
+
+def _query_neighbours(xcoords, ycoords, seeds: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` nearest scan points of each seed, nearest first: ``(len(seeds), k)``."""
+    points = np.column_stack([xcoords, ycoords])
+    tree = cKDTree(points)
+    _, indices = tree.query(points[seeds], k=list(range(1, k + 1)))
+    return np.asarray(indices, dtype=np.int64).reshape(len(seeds), k)
+
+
+def gather_coords(xcoords: np.ndarray, ycoords: np.ndarray, nn_indices: np.ndarray) -> np.ndarray:
+    """``(B, 1, 2, C)`` coordinates of each group's members; axis 2 is ``[x, y]``."""
+    return np.transpose(np.array([xcoords[nn_indices], ycoords[nn_indices]]), (1, 0, 2))[:, None]
+
+
+def get_relative_coords(coords_nn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group centres ``(B, 1, 2, 1)`` and member offsets ``-(coords_nn - centre)`` ``(B, 1, 2, C)``."""
+    if coords_nn.ndim != 4:
+        raise ValueError(f"coords_nn must be (B, 1, 2, C), got shape {coords_nn.shape}")
+    coords_offsets = np.mean(coords_nn, axis=3)[..., None]
+    coords_relative = -1 * (coords_nn - coords_offsets)
+    return coords_offsets, coords_relative
+
+
+def _require_int(name: str, value, minimum: int, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); {fix}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} is invalid; {fix}")

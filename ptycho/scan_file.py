@@ -1,0 +1,304 @@
+"""Scan NPZ files: schema and key aliases, safe loading, and block-wise reading of large members."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DIFFRACTION_KEYS = ("diffraction", "diff3d")
+REQUIRED_KEYS = ("xcoords", "ycoords", "probeGuess")
+SMALL_OPTIONAL_KEYS = ("xcoords_start", "ycoords_start", "scan_index", "objectGuess", "bad_pixels")
+BLOCK_BYTES = 32 * 2**20
+_NPZ_FIX = "re-export the scan with numpy.savez / savez_compressed (plain arrays, no Python objects)"
+
+
+class ScanFileError(ValueError):
+    """A scan file that cannot be used as it is; the message names the file, key and fix."""
+
+
+@dataclass(frozen=True)
+class MemberHeader:
+    """The ``.npy`` header of one NPZ member: shape, dtype and memory order, read without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def disk_shape(self) -> tuple[int, ...]:
+        """Shape of the C-ordered array the bytes on disk spell out."""
+        return tuple(reversed(self.shape)) if self.fortran_order else self.shape
+
+
+@dataclass(frozen=True)
+class PatternLayout:
+    """How a stored 3-D stack maps onto the ``(n, N, N)`` pattern stack.
+
+    ``perm`` transposes an array in disk order to pattern order: ``patterns = disk.transpose(perm)``.
+    """
+
+    n: int
+    N: int
+    legacy: bool
+    perm: tuple[int, int, int]
+
+    @property
+    def streams_by_pattern(self) -> bool:
+        """True when consecutive disk blocks are consecutive patterns."""
+        return self.perm[0] == 0
+
+    @property
+    def pattern_axis_of_disk_block(self) -> int:
+        """Axis of the pattern-ordered block that the disk's first axis became."""
+        return self.perm.index(0)
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """The arrays of one scan file (``diffraction`` is None when it was not loaded)."""
+
+    path: Path
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    xcoords_start: np.ndarray
+    ycoords_start: np.ndarray
+    scan_index: np.ndarray
+    probeGuess: np.ndarray
+    objectGuess: np.ndarray | None
+    bad_pixels: np.ndarray | None
+    diffraction_key: str
+    layout: PatternLayout
+    diffraction_dtype: np.dtype
+    diffraction: np.ndarray | None = None
+    Y: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.layout.n
+
+    @property
+    def N(self) -> int:
+        return self.layout.N
+
+
+class ScanFile:
+    """An open scan NPZ: headers of every member, small arrays on demand, big ones block by block."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"scan file {self.path} does not exist; check the path") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise ScanFileError(f"{self.path} is not a readable NPZ (truncated or not a zip archive: {exc}); {_NPZ_FIX}") from exc
+        self._members = {name[:-4]: name for name in self._zip.namelist() if name.endswith(".npy")}
+        self.headers = {key: self._read_header(key) for key in self._members}
+
+    def __enter__(self) -> ScanFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._members)
+
+    def require(self, key: str, fix: str) -> MemberHeader:
+        if key not in self.headers:
+            raise ScanFileError(f"{self.path} has no key {key!r} (keys: {', '.join(sorted(self.keys)) or 'none'}); {fix}")
+        return self.headers[key]
+
+    def load(self, key: str) -> np.ndarray:
+        """Read one member whole, never unpickling."""
+        self.require(key, "add it to the file")
+        try:
+            with self._zip.open(self._members[key]) as stream:
+                return np.lib.format.read_array(stream, allow_pickle=False)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            raise ScanFileError(f"{self.path}: cannot read key {key!r} ({exc}); the file may be truncated; {_NPZ_FIX}") from exc
+
+    def iter_disk_blocks(self, key: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, rows)`` of a member in disk order, each block about ``block_bytes``."""
+        header = self.headers[key]
+        disk_shape = header.disk_shape
+        row_bytes = max(1, header.nbytes // max(1, disk_shape[0]))
+        rows_per_block = max(1, block_bytes // row_bytes)
+        try:
+            with self._zip.open(self._members[key]) as stream:
+                _skip_header(stream)
+                for start in range(0, disk_shape[0], rows_per_block):
+                    rows = min(rows_per_block, disk_shape[0] - start)
+                    data = _read_exact(stream, rows * row_bytes)
+                    if len(data) != rows * row_bytes:
+                        raise EOFError(f"member ends after row {start + len(data) // row_bytes} of {disk_shape[0]}")
+                    yield start, np.frombuffer(data, dtype=header.dtype).reshape((rows,) + disk_shape[1:])
+                stream.read()  # reaching the end makes zipfile verify the CRC
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ScanFileError(f"{self.path}: key {key!r} is damaged ({exc}); the file may be truncated; {_NPZ_FIX}") from exc
+
+    def diffraction_key(self) -> str:
+        """``diffraction`` if present, else legacy ``diff3d``; both present must hold the same data."""
+        present = [key for key in DIFFRACTION_KEYS if key in self.headers]
+        if not present:
+            self.require("diffraction", "store the (n, N, N) amplitude stack under 'diffraction' (or legacy 'diff3d')")
+        if len(present) == 2 and not self.members_equal(*present):
+            raise ScanFileError(
+                f"{self.path} holds both 'diffraction' and 'diff3d' and they differ; "
+                "keep only one diffraction stack in the file (drop the stale one)"
+            )
+        return present[0]
+
+    def members_equal(self, a: str, b: str) -> bool:
+        """Whether two members hold identical arrays, compared block by block."""
+        ha, hb = self.headers[a], self.headers[b]
+        if (ha.shape, ha.dtype, ha.fortran_order) != (hb.shape, hb.dtype, hb.fortran_order):
+            return False
+        blocks_b = self.iter_disk_blocks(b)
+        return all(np.array_equal(block_a, block_b, equal_nan=True) for (_, block_a), (_, block_b) in zip(self.iter_disk_blocks(a), blocks_b))
+
+    def pattern_layout(self, key: str) -> PatternLayout:
+        """Validate the stored stack's shape and dtype and return how it maps to ``(n, N, N)``."""
+        header = self.headers[key]
+        shape, dtype = header.shape, header.dtype
+        where = f"{self.path} key {key!r}"
+        if dtype.kind == "c":
+            raise ScanFileError(f"{where} is complex ({dtype}); diffraction must be real amplitudes (take abs() of the field, or store counts)")
+        if dtype.kind not in "fiu":
+            raise ScanFileError(f"{where} has dtype {dtype}; diffraction must be float amplitudes or integer counts")
+        if len(shape) != 3:
+            raise ScanFileError(f"{where} has shape {shape}; diffraction must be a 3-D stack (n, N, N) (or legacy (N, N, n))")
+        legacy = shape[2] > shape[0] and shape[0] == shape[1]
+        n, height, width = (shape[2], shape[0], shape[1]) if legacy else shape
+        if height != width:
+            raise ScanFileError(f"{where}: patterns are {height} x {width}; they must be square N x N (crop or pad them)")
+        if n == 0:
+            raise ScanFileError(f"{where} holds no patterns")
+        logical = (2, 0, 1) if legacy else (0, 1, 2)
+        perm = tuple(2 - axis for axis in logical) if header.fortran_order else logical
+        if legacy:
+            logger.info("%s: legacy (N, N, n) stack of %d patterns, transposed to (n, N, N)", where, n)
+        return PatternLayout(n=int(n), N=int(height), legacy=legacy, perm=perm)
+
+    def read_scan(self, load_diffraction: bool = True) -> Scan:
+        """The file's arrays checked against the NPZ contract; the diffraction stays on disk unless asked for."""
+        for key in REQUIRED_KEYS:
+            self.require(key, _fix_for(key))
+        key = self.diffraction_key()
+        layout = self.pattern_layout(key)
+        arrays = {name: self.load(name) for name in REQUIRED_KEYS + SMALL_OPTIONAL_KEYS if name in self.headers}
+        diffraction = _load_patterns(self, key, layout) if load_diffraction else None
+        Y = self.load("Y") if load_diffraction and "Y" in self.headers else None
+        return _scan_from_arrays(self.path, arrays, key, layout, self.headers[key].dtype, diffraction, Y)
+
+    def _read_header(self, key: str) -> MemberHeader:
+        try:
+            with self._zip.open(self._members[key]) as stream:
+                version = np.lib.format.read_magic(stream)
+                if version == (1, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+                elif version == (2, 0):
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            raise ScanFileError(f"{self.path}: key {key!r} has no readable array header ({exc}); {_NPZ_FIX}") from exc
+        if dtype.hasobject:
+            raise ScanFileError(
+                f"{self.path}: key {key!r} holds Python objects (dtype {dtype}), which would need unpickling; "
+                f"pickled members are refused; {_NPZ_FIX}"
+            )
+        return MemberHeader(shape=tuple(int(s) for s in shape), dtype=dtype, fortran_order=bool(fortran_order))
+
+
+def read_scan(path, load_diffraction: bool = True) -> Scan:
+    """Read a scan NPZ's arrays, checked against the NPZ contract; diffraction optional (it may be huge)."""
+    with ScanFile(path) as scan_file:
+        return scan_file.read_scan(load_diffraction)
+
+
+def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
+    n = layout.n
+    xcoords = _coordinates(path, arrays, "xcoords", n)
+    ycoords = _coordinates(path, arrays, "ycoords", n)
+    xcoords_start = _coordinates(path, arrays, "xcoords_start", n) if "xcoords_start" in arrays else xcoords
+    ycoords_start = _coordinates(path, arrays, "ycoords_start", n) if "ycoords_start" in arrays else ycoords
+    scan_index = arrays.get("scan_index", np.zeros(n, dtype=np.int64))
+    if np.shape(scan_index) != (n,) or np.asarray(scan_index).dtype.kind not in "iu":
+        raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got shape {np.shape(scan_index)} dtype {np.asarray(scan_index).dtype}")
+    return Scan(
+        path=path,
+        xcoords=xcoords,
+        ycoords=ycoords,
+        xcoords_start=xcoords_start,
+        ycoords_start=ycoords_start,
+        scan_index=np.asarray(scan_index),
+        probeGuess=arrays["probeGuess"],
+        objectGuess=arrays.get("objectGuess"),
+        bad_pixels=arrays.get("bad_pixels"),
+        diffraction_key=key,
+        layout=layout,
+        diffraction_dtype=dtype,
+        diffraction=diffraction,
+        Y=Y,
+    )
+
+
+def _coordinates(path, arrays, key: str, n: int) -> np.ndarray:
+    values = np.asarray(arrays[key])
+    if values.ndim != 1 or values.shape[0] != n:
+        raise ScanFileError(f"{path} key {key!r} has shape {values.shape} but the file has {n} diffraction patterns; give one position per pattern")
+    if values.dtype.kind not in "fiu":
+        raise ScanFileError(f"{path} key {key!r} has dtype {values.dtype}; positions must be real numbers (pixels)")
+    values = values.astype(np.float64, copy=False)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ScanFileError(f"{path} key {key!r}[{bad[0]}] is {values[bad[0]]}; positions must be finite (fix or drop that scan point)")
+    return values
+
+
+def _load_patterns(scan_file: ScanFile, key: str, layout: PatternLayout) -> np.ndarray:
+    stack = scan_file.load(key)
+    return np.ascontiguousarray(stack.transpose(2, 0, 1)) if layout.legacy else stack
+
+
+def _fix_for(key: str) -> str:
+    return {
+        "xcoords": "store scan x positions (pixels, float64) under 'xcoords'",
+        "ycoords": "store scan y positions (pixels, float64) under 'ycoords'",
+        "probeGuess": "store the complex probe (H, W) or mode stack (modes, H, W) under 'probeGuess'",
+    }[key]
+
+
+def _skip_header(stream) -> None:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        np.lib.format.read_array_header_1_0(stream)
+    else:
+        np.lib.format.read_array_header_2_0(stream)
+
+
+def _read_exact(stream, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,133 @@
+"""Checks on scan arrays that name the array, the bad index and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+ENERGY_CHUNK_BYTES = 64 * 2**20
+
+
+def require_coordinates(name: str, values, n: int | None = None) -> np.ndarray:
+    """A 1-D finite float64 array of scan positions in pixels."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one position per scan point), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if n is not None and array.shape[0] != n:
+        raise ValueError(f"{name} has {array.shape[0]} entries but the scan has {n} points; give one per diffraction pattern")
+    array = array.astype(np.float64, copy=False)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] is {array[bad[0]]}; scan positions must be finite ({bad.size} bad entries)")
+    return array
+
+
+def require_diffraction_shape(name: str, diffraction) -> tuple[int, int]:
+    """Check a ``(n, N, N)`` real stack without reading its values; return ``(n, N)``."""
+    shape = getattr(diffraction, "shape", None)
+    dtype = getattr(diffraction, "dtype", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"{name} must be a 3-D stack (n_patterns, N, N), got shape {shape}")
+    if shape[1] != shape[2]:
+        raise ValueError(f"{name} patterns must be square, got {shape[1]} x {shape[2]}; crop or pad them to N x N")
+    if dtype is None or dtype.kind not in "fiu":
+        hint = "store amplitudes as float32" if dtype is not None and dtype.kind == "c" else "store real numbers"
+        raise TypeError(f"{name} must be real-valued (amplitude), got dtype {dtype}; {hint}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} holds no patterns")
+    return int(shape[0]), int(shape[1])
+
+
+def pattern_energy(name: str, diffraction, progress: bool = False) -> np.ndarray:
+    """Per-pattern ``sum(d**2)`` in float64, read in chunks; rejects negative or non-finite values."""
+    n, N = require_diffraction_shape(name, diffraction)
+    chunk = max(1, ENERGY_CHUNK_BYTES // (N * N * 8))
+    energy = np.empty(n, dtype=np.float64)
+    starts = range(0, n, chunk)
+    for start in tqdm(starts, desc=f"checking {name}", unit="chunk", disable=not progress, leave=False):
+        block = np.asarray(diffraction[start : start + chunk], dtype=np.float64)
+        check_amplitude_block(name, block, start)
+        energy[start : start + len(block)] = np.einsum("ijk,ijk->i", block, block)
+    return energy
+
+
+def check_amplitude_block(name: str, block: np.ndarray, first_index: int) -> None:
+    """Raise naming the first pattern of ``block`` that holds a NaN, inf or negative value."""
+    bad = ~np.isfinite(block) | (block < 0)
+    if not bad.any():
+        return
+    local, row, col = np.unravel_index(np.argmax(bad), block.shape)
+    value = block[local, row, col]
+    what = "negative" if np.isfinite(value) else "not finite"
+    raise ValueError(
+        f"{name}[{first_index + local}] has a {what} value {value} at pixel ({row}, {col}); "
+        "diffraction must be non-negative finite amplitudes (mask or zero bad pixels first)"
+    )
+
+
+def require_complex_image(name: str, image) -> np.ndarray:
+    """A 2-D complex64 image (real input is promoted)."""
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.complex64, copy=False)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has non-finite values; replace them before loading")
+    return array
+
+
+def split_probe(probe) -> tuple[np.ndarray, np.ndarray]:
+    """Accept ``(H, W)`` or a mode stack ``(modes, H, W)``; return (mode 0 as complex64, the stack)."""
+    array = np.asarray(probe)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise ValueError(f"probeGuess must be (H, W) or a mode stack (modes, H, W), got shape {np.shape(probe)}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"probeGuess must be numeric, got dtype {array.dtype}")
+    stack = array.astype(np.complex64, copy=False)
+    if not np.isfinite(stack).all():
+        raise ValueError("probeGuess has non-finite values")
+    return stack[0], stack
+
+
+def require_ground_truth(Y, n: int, N: int) -> np.ndarray:
+    """Pre-computed ground-truth patches ``(n, N, N)`` complex64 (DATA-001: never real-valued)."""
+    array = np.asarray(Y)
+    if array.shape != (n, N, N):
+        raise ValueError(f"Y must have shape ({n}, {N}, {N}) like the diffraction, got {array.shape}")
+    if not np.iscomplexobj(array):
+        raise ValueError(
+            f"Y has real dtype {array.dtype}; DATA-001 requires complex64 ground truth "
+            "(a real Y silently drops the phase and wrecks training): store the complex patches"
+        )
+    return array.astype(np.complex64, copy=False)
+
+
+DIFFRACTION_UNITS = ("auto", "amplitude", "counts")
+
+
+def is_counts(dtype, units: str = "auto") -> bool:
+    """Whether diffraction of this dtype holds photon counts (to be square-rooted) rather than amplitude."""
+    if units not in DIFFRACTION_UNITS:
+        raise ValueError(f"diffraction_units must be one of {DIFFRACTION_UNITS}, got {units!r}")
+    if units == "auto":
+        return np.dtype(dtype).kind in "iu"
+    return units == "counts"
+
+
+def amplitude_from_counts(counts: np.ndarray, first_index: int = 0, name: str = "diff3d") -> np.ndarray:
+    """``sqrt(counts)`` as float32; negative counts are an error naming the pattern."""
+    if np.dtype(counts.dtype).kind == "i" or np.dtype(counts.dtype).kind == "f":
+        negative = counts < 0
+        if negative.any():
+            local, row, col = np.unravel_index(np.argmax(negative), counts.shape)
+            raise ValueError(
+                f"{name}[{first_index + local}] has a negative count {counts[local, row, col]} at pixel ({row}, {col}); "
+                "photon counts must be >= 0 (mask bad pixels before export)"
+            )
+    return np.sqrt(counts, dtype=np.float32)

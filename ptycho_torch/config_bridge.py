@@ -1,0 +1,242 @@
+"""Translate ``ptycho_torch.config_params`` configs into ``ptycho.config`` dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
+from typing import Any
+import warnings
+
+from ptycho.config.config import (
+    InferenceConfig as TFInferenceConfig,
+    ModelConfig as TFModelConfig,
+    TrainingConfig as TFTrainingConfig,
+    validate_inference_config,
+    validate_model_config,
+    validate_training_config,
+)
+
+from .config_params import (
+    DataConfig,
+    InferenceConfig,
+    ModelConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    'to_inference_config',
+    'to_model_config',
+    'to_training_config',
+]
+
+TORCH_DEFAULT_NPHOTONS = 1e5
+TF_DEFAULT_NPHOTONS = 1e9
+
+MODE_TO_MODEL_TYPE = {'Unsupervised': 'pinn', 'Supervised': 'supervised'}
+ACTIVATION_TO_TF = {
+    'silu': 'swish',
+    'swish': 'swish',
+    'sigmoid': 'sigmoid',
+    'softplus': 'softplus',
+    'relu': 'relu',
+}
+
+
+def _field_names(config_type: type) -> frozenset[str]:
+    return frozenset(item.name for item in fields(config_type))
+
+
+def _checked_overrides(overrides: Mapping[str, Any] | None, target: type) -> dict[str, Any]:
+    """Return a copy of ``overrides`` after rejecting keys that are not fields of ``target``."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            f'overrides must be a mapping of field names to values, got {type(overrides)!r}'
+        )
+    unknown = sorted(set(overrides) - _field_names(target))
+    if unknown:
+        raise ValueError(
+            f'unknown override key(s) {unknown} for ptycho.config.{target.__name__}; '
+            f'valid keys are {sorted(_field_names(target))}'
+        )
+    return dict(overrides)
+
+
+def _gridsize(grid_size: Any) -> int:
+    try:
+        rows, cols = grid_size
+    except (TypeError, ValueError):
+        raise ValueError(f'DataConfig.grid_size must be a (y, x) pair, got {grid_size!r}') from None
+    if rows != cols:
+        raise ValueError(
+            f'DataConfig.grid_size={tuple(grid_size)} is not square; the grouping and the '
+            'TensorFlow model need a square grid such as (2, 2)'
+        )
+    return int(rows)
+
+
+def _model_type(mode: Any) -> str:
+    try:
+        return MODE_TO_MODEL_TYPE[mode]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f'ModelConfig.mode must be one of {sorted(MODE_TO_MODEL_TYPE)}, got {mode!r}'
+        ) from None
+
+
+def _amp_activation(name: Any) -> str:
+    key = name.casefold() if isinstance(name, str) else name
+    try:
+        return ACTIVATION_TO_TF[key]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f'ModelConfig.amp_activation {name!r} has no TensorFlow equivalent; use one of '
+            f"{sorted(ACTIVATION_TO_TF)} ('silu' becomes 'swish')"
+        ) from None
+
+
+def _probe_mask_enabled(probe_mask: Any) -> bool:
+    if probe_mask is None:
+        return False
+    if isinstance(probe_mask, bool):
+        return probe_mask
+    if hasattr(probe_mask, 'shape'):
+        return True
+    raise ValueError(
+        'ModelConfig.probe_mask must be None, a bool or a mask tensor/array, '
+        f'got {type(probe_mask)!r}'
+    )
+
+
+def to_model_config(
+    data: DataConfig, model: ModelConfig, overrides: Mapping[str, Any] | None = None
+) -> TFModelConfig:
+    """Build a ``ptycho`` ModelConfig from torch data/model configs.
+
+    ``overrides`` win: an overridden field is not translated, so it cannot fail translation.
+    """
+    translations: dict[str, Callable[[], Any]] = {
+        'N': lambda: data.N,
+        'gridsize': lambda: _gridsize(data.grid_size),
+        'n_filters_scale': lambda: model.n_filters_scale,
+        'model_type': lambda: _model_type(model.mode),
+        'amp_activation': lambda: _amp_activation(model.amp_activation),
+        'object_big': lambda: model.object_big,
+        'probe_big': lambda: model.probe_big,
+        'probe_mask': lambda: _probe_mask_enabled(model.probe_mask),
+        'pad_object': lambda: model.pad_object,
+        'probe_scale': lambda: data.probe_scale,
+        'gaussian_smoothing_sigma': lambda: model.gaussian_smoothing_sigma,
+    }
+    checked = _checked_overrides(overrides, TFModelConfig)
+    values = {name: translate() for name, translate in translations.items() if name not in checked}
+    values.update(checked)
+    config = TFModelConfig(**values)
+    validate_model_config(config)
+    return config
+
+
+def _copied_model(tf_model: TFModelConfig) -> TFModelConfig:
+    if not isinstance(tf_model, TFModelConfig):
+        raise TypeError(
+            'tf_model must be a ptycho.config.ModelConfig (see to_model_config), '
+            f'got {type(tf_model)!r}'
+        )
+    return replace(tf_model)
+
+
+def _nphotons(data: DataConfig, overrides: Mapping[str, Any]) -> float:
+    if 'nphotons' in overrides:
+        return overrides['nphotons']
+    if data.nphotons == TORCH_DEFAULT_NPHOTONS:
+        raise ValueError(
+            f'DataConfig.nphotons is still the PyTorch default {TORCH_DEFAULT_NPHOTONS:g}, while '
+            f'TensorFlow defaults to {TF_DEFAULT_NPHOTONS:g}; the two backends would silently '
+            'scale intensities differently. Set DataConfig(nphotons=...) to the real photon count '
+            f'or pass overrides={{"nphotons": {TF_DEFAULT_NPHOTONS:g}}}'
+        )
+    return data.nphotons
+
+
+def to_training_config(
+    tf_model: TFModelConfig,
+    data: DataConfig,
+    pt_model: ModelConfig,
+    training: TrainingConfig,
+    overrides: Mapping[str, Any] | None = None,
+) -> TFTrainingConfig:
+    """Build a ``ptycho`` TrainingConfig from torch configs; ``overrides`` win.
+
+    Needs ``train_data_file`` and ``n_groups`` (from ``training`` or ``overrides``), and an
+    explicit photon count; warns when there is no ``test_data_file``.
+    """
+    checked = _checked_overrides(overrides, TFTrainingConfig)
+    values: dict[str, Any] = {
+        'model': _copied_model(tf_model),
+        'train_data_file': training.train_data_file,
+        'test_data_file': training.test_data_file,
+        'batch_size': training.batch_size,
+        'nepochs': training.epochs,
+        'nll_weight': 1.0 if training.nll else 0.0,
+        'nphotons': _nphotons(data, checked),
+        'n_groups': training.n_groups,
+        'subsample_seed': data.subsample_seed,
+        'neighbor_count': data.K,
+        'intensity_scale_trainable': pt_model.intensity_scale_trainable,
+        'output_dir': training.output_dir,
+        'backend': 'pytorch',
+    }
+    values.update(checked)
+    if values['train_data_file'] is None:
+        raise ValueError(
+            'training needs train_data_file: set TrainingConfig(train_data_file=...) or pass '
+            "overrides={'train_data_file': Path('train.npz')}"
+        )
+    if values['n_groups'] is None and values.get('n_images') is None:
+        raise ValueError(
+            'training needs n_groups (the number of groups to sample): set '
+            "TrainingConfig(n_groups=...) or pass overrides={'n_groups': 512}"
+        )
+    if values['test_data_file'] is None:
+        warnings.warn(
+            'no test_data_file for training: evaluation after training will have no data; set '
+            'TrainingConfig(test_data_file=...) or pass '
+            "overrides={'test_data_file': Path('test.npz')}",
+            UserWarning,
+            stacklevel=2,
+        )
+    config = TFTrainingConfig(**values)
+    validate_training_config(config)
+    return config
+
+
+def to_inference_config(
+    tf_model: TFModelConfig,
+    data: DataConfig,
+    inference: InferenceConfig,
+    overrides: Mapping[str, Any] | None = None,
+) -> TFInferenceConfig:
+    """Build a ``ptycho`` InferenceConfig from torch configs; ``overrides`` win.
+
+    Needs ``model_path`` and ``test_data_file`` in ``overrides`` (torch inference configs
+    carry no paths).
+    """
+    checked = _checked_overrides(overrides, TFInferenceConfig)
+    values: dict[str, Any] = {
+        'model': _copied_model(tf_model),
+        'model_path': None,
+        'test_data_file': None,
+        'subsample_seed': data.subsample_seed,
+        'neighbor_count': data.K,
+        'backend': 'pytorch',
+    }
+    values.update(checked)
+    for name, example in (('model_path', 'model_dir'), ('test_data_file', 'test.npz')):
+        if values[name] is None:
+            raise ValueError(
+                f"inference needs {name}: pass overrides={{'{name}': Path('{example}')}}"
+            )
+    config = TFInferenceConfig(**values)
+    validate_inference_config(config)
+    return config

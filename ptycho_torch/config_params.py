@@ -1,0 +1,161 @@
+"""Plain, picklable configuration dataclasses of the PyTorch backend (importable without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    'DataConfig',
+    'DatagenConfig',
+    'InferenceConfig',
+    'ModelConfig',
+    'TrainingConfig',
+]
+
+
+@dataclass
+class DataConfig:
+    """Data loading, grouping and normalisation settings."""
+
+    nphotons: float = 1e5
+    N: int = 64
+    C: int = 4
+    K: int = 6
+    K_quadrant: int = 30
+    n_subsample: int = 7
+    subsample_seed: int | None = None
+    grid_size: tuple[int, int] = (2, 2)
+    neighbor_function: Literal['Nearest', 'Min_dist', '4_quadrant'] = 'Nearest'
+    min_neighbor_distance: float = 0.0
+    max_neighbor_distance: float = 3.0
+    scan_pattern: Literal['Isotropic', 'Rectangular'] = 'Isotropic'
+    normalize: Literal['Group', 'Batch'] = 'Batch'
+    probe_scale: float = 1.0
+    probe_normalize: bool = True
+    probe_ramp_removal: bool = False
+    data_scaling: Literal['Parseval', 'Max'] = 'Parseval'
+    phase_subtraction: bool = True
+    x_bounds: tuple[float, float] = (0.1, 0.9)
+    y_bounds: tuple[float, float] = (0.1, 0.9)
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture, forward model and loss settings.
+
+    ``probe_mask`` is None, a bool, or a mask tensor/array; it is typed loosely so this
+    module never needs torch.
+    """
+
+    mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
+    architecture: str = 'cnn'
+    intensity_scale_trainable: bool = False
+    intensity_scale: float = 10000.0
+    max_position_jitter: int = 10
+    num_datasets: int = 1
+    C_model: int = 1
+    n_filters_scale: int = 2
+    amp_activation: str = 'silu'
+    batch_norm: bool = False
+    probe_mask: Any = None
+    edge_pad: int = 10
+    decoder_last_c_outer_fraction: float = 0.125
+    decoder_last_amp_channels: int = 1
+    use_shared_decoder: bool = False
+    eca_encoder: bool = False
+    cbam_encoder: bool = True
+    cbam_bottleneck: bool = False
+    cbam_decoder: bool = False
+    eca_decoder: bool = False
+    spatial_decoder: bool = False
+    decoder_spatial_kernel: int = 7
+    object_big: bool = False
+    probe_big: bool = True
+    offset: int = 6
+    C_forward: int = 4
+    pad_object: bool = True
+    gaussian_smoothing_sigma: float = 0.0
+    loss_function: Literal['MAE', 'Poisson'] = 'Poisson'
+    amp_loss: Literal['Total_Variation', 'Mean_Deviation'] | None = None
+    phase_loss: Literal['Total_Variation', 'Mean_Deviation'] | None = None
+    amp_loss_coeff: float = 1.0
+    phase_loss_coeff: float = 1.0
+    probe_reference_coeff: float = 0.0
+    amplitude_variance_loss: bool = False
+    amplitude_variance_coeff: float = 0.01
+
+
+@dataclass
+class TrainingConfig:
+    """Training loop, hardware, scheduling and file-location settings."""
+
+    training_directories: list[str] = field(default_factory=list)
+    nll: bool = True
+    device: str = 'cuda'
+    strategy: str | None = 'ddp'
+    n_devices: int = 1
+    framework: Literal['Default', 'Lightning'] = 'Lightning'
+    orchestrator: Literal['Mlflow', 'Lightning'] = 'Mlflow'
+    learning_rate: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 16
+    epochs_fine_tune: int = 0
+    fine_tune_gamma: float = 0.1
+    scheduler: str = 'Default'
+    warmup_epochs: int = 0
+    min_lr_ratio: float = 0.1
+    num_workers: int = 4
+    accum_steps: int = 1
+    gradient_clip_val: float | None = None
+    stage_1_epochs: int = 0
+    stage_2_epochs: int = 0
+    stage_3_epochs: int = 0
+    physics_weight_schedule: str = 'cosine'
+    stage_3_lr_factor: float = 0.1
+    experiment_name: str = 'Synthetic_Runs'
+    notes: str = ''
+    model_name: str = 'PtychoPINNv2'
+    enable_staged_finetuning: bool = False
+    finetune_stage1_epochs: int = 7
+    finetune_stage2_epochs: int = 7
+    finetune_stage3_epochs: int = 5
+    finetune_stage1_lr_decoder: float = 0.1
+    finetune_stage2_lr_encoder_top: float = 0.01
+    finetune_stage2_lr_decoder: float = 0.05
+    finetune_stage2_lr_phase_head: float = 0.1
+    finetune_stage3_lr_encoder_bottom: float = 0.005
+    finetune_stage3_lr_encoder_top: float = 0.01
+    finetune_stage3_lr_decoder: float = 0.02
+    finetune_stage3_lr_phase_head: float = 0.05
+    finetune_skip_stage3: bool = True
+    finetune_early_stop_patience: int = 3
+    finetune_val_split: float = 0.05
+    train_data_file: str | None = None
+    test_data_file: str | None = None
+    output_dir: str = 'training_outputs'
+    n_groups: int | None = None
+
+
+@dataclass
+class InferenceConfig:
+    """Reconstruction (stitching) settings."""
+
+    middle_trim: int = 32
+    batch_size: int = 1000
+    experiment_number: int = 0
+    patch_weighting: str = 'probe'
+    pad_eval: bool = True
+    window: int = 20
+
+
+@dataclass
+class DatagenConfig:
+    """Synthetic data generation settings."""
+
+    objects_per_probe: int = 4
+    diff_per_object: int = 7000
+    object_class: str = 'dead_leaves'
+    image_size: tuple[int, int] = (250, 250)
+    probe_paths: list[str] = field(default_factory=list)
+    beamstop_diameter: int = 4

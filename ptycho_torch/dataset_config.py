@@ -1,0 +1,66 @@
+"""The configs a user hands the memmap dataset, turned into one ``ptycho`` config and a grouping key."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+from ptycho.config.config import InferenceConfig as TFInferenceConfig
+from ptycho.config.config import ModelConfig as TFModelConfig
+from ptycho.config.config import TrainingConfig as TFTrainingConfig
+from ptycho.grouping import GroupingSettings
+from ptycho_torch.config_bridge import to_model_config, to_training_config
+from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+from ptycho_torch.groups_cache import GroupingKey
+
+PtychoConfig = TFTrainingConfig | TFInferenceConfig
+_MODEL_FIELDS = frozenset(f.name for f in fields(TFModelConfig))
+
+
+def to_ptycho_config(
+    npz_path,
+    data: DataConfig | None = None,
+    model: ModelConfig | None = None,
+    training: TrainingConfig | None = None,
+    *,
+    config: PtychoConfig | None = None,
+    overrides: dict | None = None,
+) -> PtychoConfig:
+    """A ``ptycho`` TrainingConfig/InferenceConfig: ``config`` as given, or torch configs through ``config_bridge``.
+
+    ``overrides`` may name fields of the ``ptycho`` ModelConfig (N, gridsize, ...) and of the
+    TrainingConfig (n_groups, nphotons, subsample_seed, ...). ``train_data_file`` defaults to the scan.
+    """
+    model_overrides, other = _split_overrides(overrides or {})
+    if config is not None:
+        if data is not None or model is not None or training is not None:
+            raise ValueError("pass either config= (a ptycho TrainingConfig/InferenceConfig) or the torch configs, not both")
+        if not isinstance(config, (TFTrainingConfig, TFInferenceConfig)):
+            raise TypeError(f"config must be a ptycho.config TrainingConfig or InferenceConfig, got {type(config).__name__}")
+        return replace(config, model=replace(config.model, **model_overrides), **other)
+    data, model, training = data or DataConfig(), model or ModelConfig(), training or TrainingConfig()
+    if training.train_data_file is None:
+        other.setdefault("train_data_file", Path(npz_path))
+    tf_model = to_model_config(data, model, model_overrides)
+    return to_training_config(tf_model, data, model, training, other)
+
+
+def grouping_key(config: PtychoConfig) -> GroupingKey:
+    """The grouping a config asks for; ``n_groups=None`` (inference) means one group per scan point."""
+    return GroupingKey(
+        N=int(config.model.N),
+        settings=GroupingSettings(
+            gridsize=int(config.model.gridsize),
+            K=int(config.neighbor_count),
+            nsamples=None if config.n_groups is None else int(config.n_groups),
+            seed=None if config.subsample_seed is None else int(config.subsample_seed),
+            sequential_sampling=bool(config.sequential_sampling),
+            enable_oversampling=bool(config.enable_oversampling),
+            neighbor_pool_size=None if config.neighbor_pool_size is None else int(config.neighbor_pool_size),
+        ),
+    )
+
+
+def _split_overrides(overrides: dict) -> tuple[dict, dict]:
+    model = {key: value for key, value in overrides.items() if key in _MODEL_FIELDS}
+    return model, {key: value for key, value in overrides.items() if key not in _MODEL_FIELDS}

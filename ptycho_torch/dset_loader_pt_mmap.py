@@ -1,0 +1,220 @@
+"""PtychoDataset: a torch ``Dataset`` of groups over memory-mapped diffraction, grouped by RawDataTorch.
+
+One NPZ or a directory of NPZ experiments (each its own scan, probe and scale) becomes one index
+space of groups. Nothing is grouped here: every experiment's groups come from
+``RawDataTorch`` through its ``.groups_cache.npz`` (see ``ptycho_torch.experiment``). A batch is
+gathered from the memory map on demand, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ptycho import params
+from ptycho.config.config import update_legacy_dict
+from ptycho.loader import probe_mode0
+from ptycho.patches import extract_patches
+from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
+from ptycho_torch.distributed import rank_zero_first
+from ptycho_torch.experiment import Experiment, prepare_experiment
+from ptycho_torch.torch_support import INSTALL_HINT, require_torch
+
+try:
+    import torch
+    from torch.utils.data import Dataset
+except ImportError:  # the module imports without torch; the dataset itself needs it
+    torch = None
+    Dataset = object
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PtychoDataset", "scan_files"]
+
+
+class PtychoDataset(Dataset):
+    """Groups of ``C`` diffraction patterns, channels first, batched by index lists.
+
+    ``dataset[indices]`` (an int, a list, an array or a tensor of indices) returns
+    ``(batch, probe, scale)``: ``batch`` is a TensorDict with ``images (B, C, N, N)`` float32
+    (X_full: the normalised amplitudes), ``coords_relative (B, C, 1, 2)``, ``coords_center
+    (B, 1, 1, 2)``, ``coords_start_relative``, ``coords_start_center``, ``nn_indices (B, C)``,
+    ``experiment_id (B,)`` and, with ``ground_truth=True`` and an object or ``Y`` in the data,
+    ``Y (B, C, N, N)`` complex64; ``probe`` is ``(B, C, N, N)`` complex64 (each item's experiment
+    probe, mode 0, broadcast over channels) and ``scale`` ``(B,)`` float32 is that experiment's
+    X_full normalisation factor. An int index gives the same without the batch dimension.
+
+    Configure with the torch configs (``data_config``, ``model_config``, ``training_config``;
+    ``inference_config`` and ``datagen_config`` are accepted and unused, as Ptychodus passes all
+    five) or with ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set
+    ``ptycho`` config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once,
+    here. ``remake_map=True`` rebuilds the memory map and regroups.
+    """
+
+    def __init__(
+        self,
+        ptycho_dir_or_npz,
+        data_config=None,
+        model_config=None,
+        training_config=None,
+        inference_config=None,
+        datagen_config=None,
+        *,
+        config: PtychoConfig | None = None,
+        overrides: dict | None = None,
+        data_dir="data/memmap",
+        remake_map: bool = False,
+        diffraction_units: str = "auto",
+        ground_truth: bool = False,
+        progress: bool = True,
+    ):
+        require_torch("PtychoDataset")
+        _require_tensordict()
+        self.files = scan_files(ptycho_dir_or_npz)
+        self.data_dir = Path(data_dir)
+        self.config = to_ptycho_config(self.files[0], data_config, model_config, training_config, config=config, overrides=overrides)
+        update_legacy_dict(params.cfg, self.config)
+        key = grouping_key(self.config)
+        self.experiments: list[Experiment] = rank_zero_first(
+            lambda build: [
+                prepare_experiment(
+                    path,
+                    self.data_dir,
+                    key,
+                    diffraction_units=diffraction_units,
+                    remake=remake_map and build,
+                    build=build,
+                    progress=progress,
+                )
+                for path in self.files
+            ]
+        )
+        self.N, self.C = key.N, key.settings.C
+        self.ground_truth = ground_truth
+        self._index = _GroupIndex(self.experiments)
+        self.probes = torch.from_numpy(np.stack([_probe_of(e, self.N) for e in self.experiments]))
+        self.scales = torch.tensor([e.grouping.norm for e in self.experiments], dtype=torch.float32)
+        logger.info("PtychoDataset: %d groups of %d from %d file(s) in %s", len(self), self.C, len(self.files), self.data_dir)
+
+    def __len__(self) -> int:
+        return self._index.size
+
+    @property
+    def regrouped(self) -> bool:
+        """Whether any experiment had to be grouped (no usable cache) during construction."""
+        return any(e.regrouped for e in self.experiments)
+
+    @property
+    def cache_paths(self) -> list[Path]:
+        return [e.cache_path for e in self.experiments]
+
+    def __getitem__(self, indices):
+        from tensordict import TensorDict
+
+        idx, single = _index_array(indices, len(self))
+        experiment_id = self._index.experiment_of[idx]
+        items = {
+            "images": self._images(idx, experiment_id),
+            **{name: torch.from_numpy(values[idx]) for name, values in self._index.per_group.items()},
+        }
+        if self.ground_truth:
+            truth = self._ground_truth(idx, experiment_id)
+            if truth is not None:
+                items["Y"] = truth
+        batch = TensorDict(items, batch_size=[len(idx)])
+        ids = torch.from_numpy(experiment_id)
+        probe = self.probes[ids].unsqueeze(1).expand(-1, self.C, -1, -1)
+        scale = self.scales[ids]
+        if single:
+            return batch[0], probe[0], scale[0]
+        return batch, probe, scale
+
+    def _images(self, idx: np.ndarray, experiment_id: np.ndarray):
+        images = np.empty((len(idx), self.C, self.N, self.N), dtype=np.float32)
+        for e in np.unique(experiment_id):
+            rows = experiment_id == e
+            experiment = self.experiments[e]
+            members = experiment.grouping.nn_indices[self._index.local[idx[rows]]]
+            patterns = experiment.store.diffraction[members.ravel()]
+            images[rows] = patterns.reshape(-1, self.C, self.N, self.N) * np.float32(experiment.grouping.norm)
+        return torch.from_numpy(images)
+
+    def _ground_truth(self, idx: np.ndarray, experiment_id: np.ndarray):
+        truth = np.zeros((len(idx), self.C, self.N, self.N), dtype=np.complex64)
+        for e in np.unique(experiment_id):
+            rows = experiment_id == e
+            experiment = self.experiments[e]
+            local = self._index.local[idx[rows]]
+            if experiment.store.ground_truth is not None:
+                members = experiment.grouping.nn_indices[local]
+                truth[rows] = experiment.store.ground_truth[members.ravel()].reshape(-1, self.C, self.N, self.N)
+            elif experiment.scan.objectGuess is not None:
+                g = experiment.grouping
+                position = g.coords_offsets[local] + g.coords_relative[local]
+                patches = extract_patches(experiment.scan.objectGuess, position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
+                truth[rows] = patches.reshape(-1, self.C, self.N, self.N)
+            else:
+                return None
+        return torch.from_numpy(truth)
+
+
+class _GroupIndex:
+    """Global group index -> experiment and local group, plus the per-group arrays, channels first."""
+
+    def __init__(self, experiments: list[Experiment]):
+        counts = [e.n_groups for e in experiments]
+        self.size = int(sum(counts))
+        self.experiment_of = np.repeat(np.arange(len(experiments)), counts)
+        self.local = np.concatenate([np.arange(c) for c in counts])
+        groupings = [e.grouping for e in experiments]
+        self.per_group = {
+            "coords_relative": np.concatenate([g.coords_relative.transpose(0, 3, 1, 2) for g in groupings]),
+            "coords_center": np.concatenate([g.coords_offsets.transpose(0, 1, 3, 2) for g in groupings]),
+            "coords_start_relative": np.concatenate([g.coords_start_relative.transpose(0, 3, 1, 2) for g in groupings]),
+            "coords_start_center": np.concatenate([g.coords_start_offsets.transpose(0, 1, 3, 2) for g in groupings]),
+            "nn_indices": np.concatenate([g.nn_indices.astype(np.int64) for g in groupings]),
+            "experiment_id": self.experiment_of.astype(np.int64),
+        }
+
+
+def scan_files(ptycho_dir_or_npz) -> list[Path]:
+    """One NPZ, or every ``*.npz`` of a directory in name order (the order sets ``experiment_id``)."""
+    path = Path(ptycho_dir_or_npz)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no .npz scan files in directory {path}; point PtychoDataset at an NPZ or a directory of them")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"scan file or directory {path} does not exist; check the path")
+    return [path]
+
+
+def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
+    if torch is not None and isinstance(indices, torch.Tensor):
+        indices = indices.cpu().numpy()
+    single = np.ndim(indices) == 0
+    idx = np.atleast_1d(np.asarray(indices))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"dataset indices must be integers, got {idx.dtype}")
+    idx = idx.astype(np.int64)
+    bad = (idx < -length) | (idx >= length)
+    if bad.any():
+        raise IndexError(f"index {idx[bad][0]} is out of range for a dataset of {length} groups")
+    return np.where(idx < 0, idx + length, idx), single
+
+
+def _probe_of(experiment: Experiment, N: int) -> np.ndarray:
+    probe = probe_mode0(experiment.scan.probeGuess)
+    if probe.shape != (N, N):
+        raise ValueError(f"{experiment.scan.path}: probeGuess is {probe.shape[0]} x {probe.shape[1]} but N={N}; the probe must match the patterns")
+    return probe
+
+
+def _require_tensordict() -> None:
+    try:
+        import tensordict  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"PtychoDataset needs tensordict, which is not installed; {INSTALL_HINT}") from exc

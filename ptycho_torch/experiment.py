@@ -1,0 +1,135 @@
+"""One scan file made ready for training: small arrays in memory, diffraction memory-mapped, groups cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ptycho.raw_data import Grouping
+from ptycho.scan_file import Scan, ScanFile
+from ptycho_torch.atomic_io import ensure_directory, remove_stale_temporaries
+from ptycho_torch.file_lock import directory_lock
+from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
+from ptycho_torch.groups_cache import GroupingKey, cache_path, read_cache, write_cache
+from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
+from ptycho_torch.raw_data_bridge import RawDataTorch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Experiment:
+    """A scan ready to serve groups: everything a dataset or the bridge reads at batch time."""
+
+    scan: Scan
+    store: DiffractionMemmap
+    grouping: Grouping
+    key: GroupingKey
+    cache_path: Path
+    regrouped: bool
+
+    @property
+    def n_groups(self) -> int:
+        return self.grouping.n_groups
+
+
+def dataset_directory(data_dir, npz_path) -> Path:
+    """``data_dir/<file stem>-<hash of its absolute path>``: always inside ``data_dir``, one per scan file."""
+    resolved = Path(npz_path).resolve()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", resolved.stem).strip("._")[:60] or "scan"
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return Path(data_dir) / f"{stem}-{digest}"
+
+
+def prepare_experiment(
+    npz_path,
+    data_dir,
+    key: GroupingKey,
+    *,
+    diffraction_units: str = "auto",
+    remake: bool = False,
+    build: bool = True,
+    progress: bool = True,
+) -> Experiment:
+    """Reuse the memory map and groups cache of ``npz_path`` or build what is missing or stale.
+
+    A valid cache is read without any lock or write access. Building happens under an exclusive
+    lock on the scan's directory, so concurrent processes build once and all read the same result.
+    ``build=False`` (other DDP ranks) refuses to build and expects a valid cache.
+    """
+    npz_path = Path(npz_path)
+    with ScanFile(npz_path) as scan_file:
+        scan = scan_file.read_scan(load_diffraction=False)
+        counts = resolve_counts(scan_file, diffraction_units)
+    if key.settings.nsamples is None:
+        key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
+    fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
+    directory = dataset_directory(data_dir, npz_path)
+    path = cache_path(directory, key)
+    if not remake:
+        ready = _reuse(scan, directory, path, key, fingerprint, counts)
+        if ready is not None:
+            logger.info("reusing %s (%d groups)", path, ready.n_groups)
+            return ready
+    if not build:
+        raise RuntimeError(f"no valid groups cache at {path} after rank 0 prepared it; check that every rank sees the same data_dir")
+    ensure_directory(directory)
+    with directory_lock(directory):
+        remove_stale_temporaries(directory)
+        if not remake:
+            ready = _reuse(scan, directory, path, key, fingerprint, counts)
+            if ready is not None:
+                logger.info("another process built %s meanwhile; reusing it", path)
+                return ready
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress)
+
+
+def _reuse(scan, directory, path, key, fingerprint, counts) -> Experiment | None:
+    store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
+    if store is None:
+        return None
+    grouping = read_cache(path, key, fingerprint)
+    if grouping is None:
+        return None
+    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False)
+
+
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress) -> Experiment:
+    store = None if remake else DiffractionMemmap.open_valid(directory, fingerprint, counts)
+    if store is None:
+        with ScanFile(npz_path) as scan_file:
+            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
+    grouping = group_with_raw_data(scan, store, key)
+    write_cache(path, grouping, key, fingerprint, str(npz_path))
+    logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
+    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True)
+
+
+def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) -> Grouping:
+    """Group through :class:`RawDataTorch` over the memory map; only per-pattern energies are read."""
+    raw = RawDataTorch(
+        scan.xcoords,
+        scan.ycoords,
+        store.diffraction,
+        scan.probeGuess,
+        scan.scan_index,
+        scan.objectGuess,
+        xcoords_start=scan.xcoords_start,
+        ycoords_start=scan.ycoords_start,
+        pattern_energy=store.energy,
+        diffraction_units="amplitude",
+    )
+    s = key.settings
+    return raw.generate_grouping(
+        key.N,
+        K=s.K,
+        nsamples=s.nsamples,
+        seed=s.seed,
+        sequential_sampling=s.sequential_sampling,
+        gridsize=s.gridsize,
+        enable_oversampling=s.enable_oversampling,
+        neighbor_pool_size=s.neighbor_pool_size,
+    )

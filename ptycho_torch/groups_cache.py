@@ -1,0 +1,122 @@
+"""``.groups_cache.npz``: one scan's grouping on disk, keyed by its settings and checked on every read.
+
+The file is a plain NPZ (no pickle): the arrays of :class:`ptycho.raw_data.Grouping` plus a
+``metadata`` JSON string with the format and library versions, the dataset fingerprint, every
+grouping parameter and a sha256 checksum of the arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ptycho.grouping import GroupingSettings
+from ptycho.raw_data import Grouping
+from ptycho_torch.atomic_io import atomic_path
+from ptycho_torch.fingerprint import Fingerprint
+from ptycho_torch.version import library_version
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SUFFIX = ".groups_cache.npz"
+ARRAY_NAMES = tuple(name for name in Grouping.__dataclass_fields__ if name != "norm")
+
+
+@dataclass(frozen=True)
+class GroupingKey:
+    """Everything that decides a grouping: pattern size and the grouping settings."""
+
+    N: int
+    settings: GroupingSettings
+
+    def as_dict(self) -> dict:
+        return {"N": self.N, **asdict(self.settings)}
+
+    def file_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return f"groups-{digest}{SUFFIX}"
+
+
+def cache_path(directory: Path, key: GroupingKey) -> Path:
+    return Path(directory) / key.file_name()
+
+
+def write_cache(path: Path, grouping: Grouping, key: GroupingKey, fingerprint: Fingerprint, source: str) -> None:
+    """Write atomically (temporary file, fsync, rename): readers see the old cache or the new one, never half."""
+    arrays = {name: getattr(grouping, name) for name in ARRAY_NAMES}
+    arrays["norm"] = np.float64(grouping.norm)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "library_version": library_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "fingerprint": fingerprint.as_dict(),
+        "grouping": key.as_dict(),
+        "n_groups": grouping.n_groups,
+        "C": grouping.C,
+        "checksum": _checksum(arrays),
+    }
+    expected = sum(np.asarray(a).nbytes for a in arrays.values())
+    with atomic_path(path, expected) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, metadata=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
+
+
+def read_metadata(path: Path) -> dict:
+    """The metadata of a cache file (raises on a damaged file)."""
+    with np.load(path, allow_pickle=False) as cache:
+        return json.loads(str(cache["metadata"]))
+
+
+def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint) -> Grouping | None:
+    """The cached grouping if it is intact and was made from this data with these settings, else None.
+
+    A missing cache is silent; stale ones are logged at INFO, damaged or tampered ones at WARNING.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            metadata = json.loads(str(cache["metadata"]))
+            reason = stale_reason(metadata, key, fingerprint)
+            if reason:
+                logger.info("groups cache %s is stale (%s); regrouping", path.name, reason)
+                return None
+            arrays = {name: cache[name] for name in ARRAY_NAMES + ("norm",)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logger.warning("groups cache %s is damaged (%s: %s); rebuilding it", path, type(exc).__name__, exc)
+        return None
+    if _checksum(arrays) != metadata.get("checksum"):
+        logger.warning("groups cache %s does not match its checksum (damaged or edited); rebuilding it", path)
+        return None
+    norm = float(arrays.pop("norm"))
+    return Grouping(**arrays, norm=norm)
+
+
+def stale_reason(metadata: dict, key: GroupingKey, fingerprint: Fingerprint) -> str | None:
+    """Why a cache with this metadata must not be used for ``key`` on data with ``fingerprint``."""
+    if metadata.get("format_version") != FORMAT_VERSION:
+        return f"cache format {metadata.get('format_version')}, this library reads {FORMAT_VERSION}"
+    if metadata.get("grouping") != key.as_dict():
+        return "made with other grouping settings"
+    if metadata.get("fingerprint") != fingerprint.as_dict():
+        return "the scan file changed since it was grouped"
+    return None
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""MemmapDatasetBridge: one scan NPZ served from its memory map and groups cache, grouped by RawDataTorch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ptycho import params
+from ptycho.config.config import update_legacy_dict
+from ptycho.grouping import GroupingSettings
+from ptycho.raw_data import grouped_data_from, resolve_gridsize
+from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
+from ptycho_torch.distributed import rank_zero_first
+from ptycho_torch.experiment import Experiment, prepare_experiment
+from ptycho_torch.groups_cache import GroupingKey
+
+logger = logging.getLogger(__name__)
+
+
+class MemmapDatasetBridge:
+    """The grouped-data dict of ``RawDataTorch.generate_grouped_data``, from disk instead of memory.
+
+    ``config`` is a ``ptycho`` TrainingConfig/InferenceConfig or a ``(DataConfig, ModelConfig,
+    TrainingConfig)`` tuple of torch configs (bridged through ``config_bridge``); it is applied to
+    ``params.cfg`` once, here. The diffraction is copied once into ``memmap_dir`` and groups are
+    cached there per setting; later bridges on the same file reuse both. Works without torch.
+    """
+
+    def __init__(self, npz_path, config, memmap_dir="data/memmap", *, overrides=None, diffraction_units="auto", remake_map=False, progress=True):
+        self.npz_path = Path(npz_path)
+        self.memmap_dir = Path(memmap_dir)
+        self.diffraction_units = diffraction_units
+        self.progress = progress
+        self.config: PtychoConfig = _ptycho_config(self.npz_path, config, overrides)
+        update_legacy_dict(params.cfg, self.config)
+        self.experiment = self._prepare(grouping_key(self.config), remake_map)
+
+    @property
+    def probe(self):
+        """The probe as stored (a mode stack stays a stack)."""
+        return self.experiment.scan.probeGuess
+
+    @property
+    def diffraction(self):
+        """The ``(n, N, N)`` float32 amplitude memory map."""
+        return self.experiment.store.diffraction
+
+    @property
+    def cache_path(self) -> Path:
+        return self.experiment.cache_path
+
+    def get_grouped_data(
+        self,
+        N: int,
+        K: int = 4,
+        nsamples: int = 1,
+        dataset_path=None,
+        seed: int | None = None,
+        sequential_sampling: bool = False,
+        gridsize: int | None = None,
+        enable_oversampling: bool = False,
+        neighbor_pool_size: int | None = None,
+    ) -> dict:
+        """Same arguments and result as ``RawDataTorch.generate_grouped_data``; groups come from the cache."""
+        key = GroupingKey(
+            N=int(N),
+            settings=GroupingSettings(
+                gridsize=resolve_gridsize(gridsize),
+                K=K,
+                nsamples=nsamples,
+                seed=seed,
+                sequential_sampling=sequential_sampling,
+                enable_oversampling=enable_oversampling,
+                neighbor_pool_size=neighbor_pool_size,
+            ),
+        )
+        experiment = self.experiment if key == self.experiment.key else self._prepare(key, remake=False)
+        return grouped_data_from(
+            experiment.grouping,
+            experiment.store.diffraction,
+            objectGuess=experiment.scan.objectGuess,
+            Y=experiment.store.ground_truth,
+        )
+
+    def grouped_data(self) -> dict:
+        """The grouped-data dict for the grouping the config asks for."""
+        e = self.experiment
+        return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.scan.objectGuess, Y=e.store.ground_truth)
+
+    def _prepare(self, key: GroupingKey, remake: bool) -> Experiment:
+        return rank_zero_first(
+            lambda build: prepare_experiment(
+                self.npz_path,
+                self.memmap_dir,
+                key,
+                diffraction_units=self.diffraction_units,
+                remake=remake and build,
+                build=build,
+                progress=self.progress,
+            )
+        )
+
+
+def _ptycho_config(npz_path: Path, config, overrides) -> PtychoConfig:
+    if isinstance(config, tuple):
+        return to_ptycho_config(npz_path, *config, overrides=overrides)
+    return to_ptycho_config(npz_path, config=config, overrides=overrides)

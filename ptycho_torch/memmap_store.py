@@ -1,0 +1,235 @@
+"""The diffraction stack as a plain float32 ``.npy`` memory map, copied once from the scan NPZ."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ptycho.scan_file import PatternLayout, ScanFile, ScanFileError
+from ptycho.validation import amplitude_from_counts, check_amplitude_block, is_counts, pattern_energy
+from ptycho_torch.atomic_io import atomic_path, require_free_space
+from ptycho_torch.fingerprint import Fingerprint, sample_digest
+from ptycho_torch.version import library_version
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DIFFRACTION = "diffraction.npy"
+ENERGY = "pattern_energy.npy"
+GROUND_TRUTH = "Y.npy"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a memory map was built from; written last, so its presence means the map is complete."""
+
+    format_version: int
+    library_version: str
+    source: str
+    fingerprint: dict
+    diffraction_key: str
+    source_dtype: str
+    counts_to_amplitude: bool
+    n: int
+    N: int
+    diffraction_bytes: int
+    diffraction_sample_sha256: str
+    energy_sha256: str
+    has_ground_truth: bool
+    created: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+class DiffractionMemmap:
+    """A built memory map directory: ``diffraction.npy`` (n, N, N) float32, per-pattern energies, optional ``Y.npy``.
+
+    Arrays are opened lazily and not pickled, so DataLoader workers reopen the map instead of copying it.
+    """
+
+    def __init__(self, directory: Path, manifest: Manifest, energy: np.ndarray):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.energy = energy
+        self._diffraction = None
+        self._ground_truth = None
+
+    @property
+    def diffraction(self) -> np.ndarray:
+        if self._diffraction is None:
+            self._diffraction = np.load(self.directory / DIFFRACTION, mmap_mode="r", allow_pickle=False)
+        return self._diffraction
+
+    @property
+    def ground_truth(self) -> np.ndarray | None:
+        if not self.manifest.has_ground_truth:
+            return None
+        if self._ground_truth is None:
+            self._ground_truth = np.load(self.directory / GROUND_TRUTH, mmap_mode="r", allow_pickle=False)
+        return self._ground_truth
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_diffraction": None, "_ground_truth": None}
+
+    @staticmethod
+    def open_valid(directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool) -> DiffractionMemmap | None:
+        """The map in ``directory`` if it is complete and was built from this very file; else None."""
+        manifest = _read_manifest(Path(directory) / MANIFEST)
+        if manifest is None:
+            return None
+        reason = _stale_reason(Path(directory), manifest, fingerprint, counts_to_amplitude)
+        if reason:
+            logger.info("memory map in %s is not reusable: %s", directory, reason)
+            return None
+        energy = np.load(Path(directory) / ENERGY, allow_pickle=False)
+        return DiffractionMemmap(Path(directory), manifest, energy)
+
+    @staticmethod
+    def build(
+        directory: Path,
+        scan_file: ScanFile,
+        fingerprint: Fingerprint,
+        counts_to_amplitude: bool,
+        progress: bool = True,
+    ) -> DiffractionMemmap:
+        """Copy the diffraction (and ``Y`` if present) into ``directory`` in bounded chunks; caller holds the lock."""
+        directory = Path(directory)
+        key = scan_file.diffraction_key()
+        layout = scan_file.pattern_layout(key)
+        has_y = "Y" in scan_file.headers
+        needed = layout.n * layout.N**2 * (4 + (8 if has_y else 0)) + layout.n * 8
+        (directory / MANIFEST).unlink(missing_ok=True)
+        require_free_space(directory, needed)
+        if counts_to_amplitude:
+            logger.warning("%s: %r is %s, taken as photon counts and converted to amplitude (sqrt); "
+                           "pass diffraction_units='amplitude' if it already is amplitude",
+                           scan_file.path, key, scan_file.headers[key].dtype)
+        name = f"{scan_file.path} key {key!r}"
+        with atomic_path(directory / DIFFRACTION, needed) as tmp:
+            energy = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+        with atomic_path(directory / ENERGY, energy.nbytes) as tmp:
+            _save_npy(tmp, energy)
+        if has_y:
+            _copy_ground_truth(scan_file, layout, directory, progress)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            library_version=library_version(),
+            source=str(scan_file.path),
+            fingerprint=fingerprint.as_dict(),
+            diffraction_key=key,
+            source_dtype=str(scan_file.headers[key].dtype),
+            counts_to_amplitude=counts_to_amplitude,
+            n=layout.n,
+            N=layout.N,
+            diffraction_bytes=(directory / DIFFRACTION).stat().st_size,
+            diffraction_sample_sha256=sample_digest(directory / DIFFRACTION),
+            energy_sha256=_sha256_file(directory / ENERGY),
+            has_ground_truth=has_y,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        with atomic_path(directory / MANIFEST) as tmp:
+            tmp.write_text(manifest.to_json())
+        logger.info("memory-mapped %d patterns of %dx%d from %s into %s", layout.n, layout.N, layout.N, scan_file.path, directory)
+        return DiffractionMemmap(directory, manifest, energy)
+
+
+def resolve_counts(scan_file: ScanFile, units: str) -> bool:
+    """Whether the stored diffraction is photon counts to be square-rooted (``units``: auto, amplitude, counts)."""
+    return is_counts(scan_file.headers[scan_file.diffraction_key()].dtype, units)
+
+
+def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> np.ndarray:
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(layout.n, layout.N, layout.N))
+    energy = np.empty(layout.n, dtype=np.float64)
+    axis = layout.pattern_axis_of_disk_block
+    header = scan_file.headers[key]
+    with tqdm(total=header.nbytes, unit="B", unit_scale=True, desc="memory-mapping diffraction", disable=not progress, leave=False) as bar:
+        for start, block in scan_file.iter_disk_blocks(key):
+            first = start if axis == 0 else 0
+            part = _to_amplitude(block.transpose(layout.perm), first, counts, name)
+            index = [slice(None)] * 3
+            index[axis] = slice(start, start + block.shape[0])
+            out[tuple(index)] = part
+            if axis == 0:
+                energy[start : start + len(part)] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
+            bar.update(block.nbytes)
+    out.flush()
+    if axis != 0:
+        energy = pattern_energy(name, out, progress=progress)
+    del out
+    return energy
+
+
+def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str) -> np.ndarray:
+    amplitude = amplitude_from_counts(part, first, name) if counts else part.astype(np.float32)
+    check_amplitude_block(name, amplitude, first)
+    return amplitude
+
+
+def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Path, progress: bool) -> None:
+    header = scan_file.headers["Y"]
+    where = f"{scan_file.path} key 'Y'"
+    if header.shape != (layout.n, layout.N, layout.N):
+        raise ScanFileError(f"{where} has shape {header.shape}; it must be ({layout.n}, {layout.N}, {layout.N}) like the diffraction")
+    if header.dtype.kind != "c":
+        raise ScanFileError(f"{where} has real dtype {header.dtype}; DATA-001 requires complex ground truth (store the complex patches)")
+    perm = (2, 1, 0) if header.fortran_order else (0, 1, 2)
+    with atomic_path(directory / GROUND_TRUTH, header.nbytes) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.complex64, shape=header.shape)
+        for start, block in tqdm(scan_file.iter_disk_blocks("Y"), desc="memory-mapping Y", disable=not progress, leave=False):
+            index = [slice(None)] * 3
+            index[perm.index(0)] = slice(start, start + block.shape[0])
+            out[tuple(index)] = block.transpose(perm)
+        out.flush()
+        del out
+
+
+def _read_manifest(path: Path) -> Manifest | None:
+    try:
+        values = json.loads(path.read_text())
+        return Manifest(**values)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable memory-map manifest %s (%s); it will be rebuilt", path, exc)
+        return None
+
+
+def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
+    if manifest.format_version != FORMAT_VERSION:
+        return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})"
+    if Fingerprint.from_dict(manifest.fingerprint) != fingerprint:
+        return "the scan file changed since it was built"
+    if manifest.counts_to_amplitude != counts:
+        return "built with other diffraction units"
+    diffraction = directory / DIFFRACTION
+    try:
+        if diffraction.stat().st_size != manifest.diffraction_bytes:
+            return f"{DIFFRACTION} has the wrong size (truncated?)"
+        if sample_digest(diffraction) != manifest.diffraction_sample_sha256:
+            return f"{DIFFRACTION} content does not match its manifest (damaged?)"
+        if _sha256_file(directory / ENERGY) != manifest.energy_sha256:
+            return f"{ENERGY} does not match its manifest"
+        if manifest.has_ground_truth and not (directory / GROUND_TRUTH).exists():
+            return f"{GROUND_TRUTH} is missing"
+    except FileNotFoundError as exc:
+        return f"{Path(exc.filename).name} is missing"
+    return None
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.lib.format.write_array(handle, array, allow_pickle=False)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

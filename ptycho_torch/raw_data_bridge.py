@@ -1,0 +1,127 @@
+"""RawDataTorch: the torch side's entry to ``ptycho.raw_data.RawData``, configured once."""
+
+from __future__ import annotations
+
+import logging
+
+from ptycho import params
+from ptycho.config.config import InferenceConfig, TrainingConfig, update_legacy_dict
+from ptycho.raw_data import Grouping, RawData
+from ptycho_torch.torch_support import TORCH_AVAILABLE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RawDataTorch", "TORCH_AVAILABLE"]
+
+
+class RawDataTorch:
+    """A thin adapter over :class:`RawData`; it never groups on its own.
+
+    With ``config`` (a ``ptycho`` TrainingConfig or InferenceConfig, e.g. from
+    ``ptycho_torch.config_bridge``) the constructor runs ``update_legacy_dict`` exactly once,
+    so ``params.cfg`` is set before any grouping (CONFIG-001).
+    """
+
+    def __init__(
+        self,
+        xcoords,
+        ycoords,
+        diff3d,
+        probeGuess,
+        scan_index,
+        objectGuess=None,
+        config: TrainingConfig | InferenceConfig | None = None,
+        *,
+        xcoords_start=None,
+        ycoords_start=None,
+        Y=None,
+        pattern_energy=None,
+        diffraction_units: str = "auto",
+    ):
+        if config is not None:
+            update_legacy_dict(params.cfg, config)
+        self.config = config
+        self.raw_data = RawData(
+            xcoords,
+            ycoords,
+            xcoords if xcoords_start is None else xcoords_start,
+            ycoords if ycoords_start is None else ycoords_start,
+            diff3d,
+            probeGuess,
+            scan_index,
+            objectGuess,
+            Y=Y,
+            pattern_energy=pattern_energy,
+            diffraction_units=diffraction_units,
+        )
+
+    @property
+    def xcoords(self):
+        return self.raw_data.xcoords
+
+    @property
+    def ycoords(self):
+        return self.raw_data.ycoords
+
+    @property
+    def diff3d(self):
+        return self.raw_data.diff3d
+
+    @property
+    def probeGuess(self):
+        return self.raw_data.probeGuess
+
+    @property
+    def objectGuess(self):
+        return self.raw_data.objectGuess
+
+    def generate_grouped_data(
+        self,
+        N: int,
+        K: int = 4,
+        nsamples: int = 1,
+        dataset_path=None,
+        seed: int | None = None,
+        sequential_sampling: bool = False,
+        gridsize: int | None = None,
+        enable_oversampling: bool = False,
+        neighbor_pool_size: int | None = None,
+    ) -> dict:
+        """:meth:`RawData.generate_grouped_data`, argument for argument."""
+        return self.raw_data.generate_grouped_data(
+            N,
+            K=K,
+            nsamples=nsamples,
+            dataset_path=dataset_path,
+            seed=seed,
+            sequential_sampling=sequential_sampling,
+            gridsize=gridsize,
+            enable_oversampling=enable_oversampling,
+            neighbor_pool_size=neighbor_pool_size,
+        )
+
+    def generate_grouping(
+        self,
+        N: int,
+        K: int = 4,
+        nsamples: int = 1,
+        seed: int | None = None,
+        sequential_sampling: bool = False,
+        gridsize: int | None = None,
+        enable_oversampling: bool = False,
+        neighbor_pool_size: int | None = None,
+    ) -> Grouping:
+        """:meth:`RawData.generate_grouping` (indices, coordinates, normalisation; no diffraction read)."""
+        return self.raw_data.generate_grouping(
+            N,
+            K=K,
+            nsamples=nsamples,
+            seed=seed,
+            sequential_sampling=sequential_sampling,
+            gridsize=gridsize,
+            enable_oversampling=enable_oversampling,
+            neighbor_pool_size=neighbor_pool_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"RawDataTorch({self.raw_data!r})"
