@@ -36,6 +36,18 @@ class PtychoDataContainerTorch:
         for name, value in as_tensors(arrays).items():
             setattr(self, name, value)
 
+    @classmethod
+    def from_cache(cls, npz_path, config, memmap_dir="data/memmap", **bridge_options) -> PtychoDataContainerTorch:
+        """The container of ``npz_path`` built from its memory map and ``.groups_cache.npz`` (made if missing).
+
+        Equal, attribute by attribute, to ``cls(RawDataTorch(...).generate_grouped_data(...), probe)``
+        with the grouping ``config`` asks for; see :class:`MemmapDatasetBridge` for the options.
+        """
+        from ptycho_torch.memmap_bridge import MemmapDatasetBridge
+
+        bridge = MemmapDatasetBridge(npz_path, config, memmap_dir, **bridge_options)
+        return cls(bridge.grouped_data(), bridge.probe)
+
     @property
     def uses_torch(self) -> bool:
         return TORCH_AVAILABLE
