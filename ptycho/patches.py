@@ -25,7 +25,7 @@ def extract_patches(image: np.ndarray, x: np.ndarray, y: np.ndarray, N: int) -> 
     bad = np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))
     if bad.size:
         raise ValueError(f"patch position {bad[0]} is not finite: ({x[bad[0]]}, {y[bad[0]]})")
-    padded = np.pad(image.astype(np.complex128, copy=False), N // 2)
+    padded = np.pad(image.astype(np.complex64, copy=False), N // 2)
     out = np.empty((x.size, N, N), dtype=np.complex64)
     for start in range(0, x.size, _CHUNK):
         stop = min(start + _CHUNK, x.size)
@@ -36,14 +36,24 @@ def extract_patches(image: np.ndarray, x: np.ndarray, y: np.ndarray, N: int) -> 
 def _sample_windows(padded: np.ndarray, x: np.ndarray, y: np.ndarray, N: int) -> np.ndarray:
     row0 = np.floor(y)
     col0 = np.floor(x)
-    fy = (y - row0)[:, None, None]
-    fx = (x - col0)[:, None, None]
-    rows = row0.astype(np.int64)[:, None] + np.arange(N + 1)
-    cols = col0.astype(np.int64)[:, None] + np.arange(N + 1)
-    window = _gather_zero_outside(padded, rows, cols)
-    top = (1 - fx) * window[:, :-1, :-1] + fx * window[:, :-1, 1:]
-    bottom = (1 - fx) * window[:, 1:, :-1] + fx * window[:, 1:, 1:]
-    return (1 - fy) * top + fy * bottom
+    fy = (y - row0).astype(np.float32)[:, None, None]
+    fx = (x - col0).astype(np.float32)[:, None, None]
+    window = _windows(padded, row0.astype(np.int64), col0.astype(np.int64), N + 1)
+    along_x = window[:, :, :-1] + fx * (window[:, :, 1:] - window[:, :, :-1])
+    return along_x[:, :-1] + fy * (along_x[:, 1:] - along_x[:, :-1])
+
+
+def _windows(array: np.ndarray, row0: np.ndarray, col0: np.ndarray, size: int) -> np.ndarray:
+    """``array[row0[p] : row0[p] + size, col0[p] : col0[p] + size]`` for every p, zero outside the array."""
+    height, width = array.shape
+    inside = (row0 >= 0) & (col0 >= 0) & (row0 + size <= height) & (col0 + size <= width)
+    out = np.empty((len(row0), size, size), dtype=array.dtype)
+    if inside.any():
+        views = np.lib.stride_tricks.sliding_window_view(array, (size, size))
+        out[inside] = views[row0[inside], col0[inside]]
+    if not inside.all():
+        out[~inside] = _gather_zero_outside(array, row0[~inside, None] + np.arange(size), col0[~inside, None] + np.arange(size))
+    return out
 
 
 def _gather_zero_outside(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -28,6 +28,10 @@ try:
 except ImportError:  # the module imports without torch; the dataset itself needs it
     torch = None
     Dataset = object
+try:
+    from tensordict import TensorDict
+except ImportError:
+    TensorDict = None
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +115,6 @@ class PtychoDataset(Dataset):
         return [e.cache_path for e in self.experiments]
 
     def __getitem__(self, indices):
-        from tensordict import TensorDict
-
         idx, single = _index_array(indices, len(self))
         experiment_id = self._index.experiment_of[idx]
         items = {
@@ -214,7 +216,5 @@ def _probe_of(experiment: Experiment, N: int) -> np.ndarray:
 
 
 def _require_tensordict() -> None:
-    try:
-        import tensordict  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"PtychoDataset needs tensordict, which is not installed; {INSTALL_HINT}") from exc
+    if TensorDict is None:
+        raise ImportError(f"PtychoDataset needs tensordict, which is not installed; {INSTALL_HINT}")
