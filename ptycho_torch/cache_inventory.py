@@ -1,0 +1,235 @@
+"""The memory maps and groups caches in a data directory: what they hold, whether they are valid, which files are ours."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ptycho.grouping import GroupingSettings
+from ptycho.raw_data import Grouping
+from ptycho.scan_file import read_scan
+from ptycho_torch import groups_cache
+from ptycho_torch.atomic_io import is_temporary
+from ptycho_torch.file_lock import LOCK_NAME
+from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
+from ptycho_torch.groups_cache import GroupingKey, read_cache, read_metadata, stale_reason
+from ptycho_torch.memmap_store import DIFFRACTION, ENERGY, GROUND_TRUTH, MANIFEST, DiffractionMemmap, Manifest
+
+logger = logging.getLogger(__name__)
+
+MEMORY_MAP = "memory map"
+GROUPS = "groups"
+
+_DATASET_DIRECTORY = re.compile(r"^.+-[0-9a-f]{12}$")
+_GROUPS_CACHE = re.compile(r"^groups-[0-9a-f]{16}" + re.escape(groups_cache.SUFFIX) + "$")
+_FIXED_NAMES = frozenset({MANIFEST, DIFFRACTION, ENERGY, GROUND_TRUTH, LOCK_NAME})
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One memory map (``manifest.json`` and its arrays) or one ``.groups_cache.npz`` file."""
+
+    kind: str
+    path: Path
+    source: str | None
+    parameters: dict
+    size_bytes: int
+    modified: float
+    problem: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.modified)
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "source": self.source,
+            "parameters": self.parameters,
+            "size_bytes": self.size_bytes,
+            "modified": self.modified,
+            "age_seconds": round(self.age_seconds, 1),
+            "valid": self.valid,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class OwnedFiles:
+    """The files of one dataset directory that this package wrote, and the ones it must leave alone."""
+
+    directory: Path
+    ours: tuple[Path, ...]
+    others: tuple[Path, ...] = field(default=())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(_size(path) for path in self.ours)
+
+
+def list_caches(data_dir) -> list[CacheEntry]:
+    """Every memory map and groups cache under ``data_dir/<dataset>/``, each checked against its scan file."""
+    data_dir = Path(data_dir)
+    fingerprints = _SourceFingerprints()
+    entries = [_memory_map_entry(path, fingerprints) for path in sorted(data_dir.glob(f"*/{MANIFEST}"))]
+    entries += [_groups_entry(path, fingerprints) for path in sorted(data_dir.glob(f"*/*{groups_cache.SUFFIX}"))]
+    return sorted(entries, key=lambda e: (str(e.path.parent), e.kind != MEMORY_MAP, e.path.name))
+
+
+def check_groups_cache(path: Path, fingerprint: Fingerprint, key: GroupingKey | None = None) -> tuple[Grouping | None, str | None]:
+    """``(grouping, None)`` when the cache at ``path`` is valid for this data (and ``key``), else ``(None, why not)``."""
+    path = Path(path)
+    if not path.exists():
+        return None, f"no groups cache at {path}"
+    try:
+        metadata = read_metadata(path)
+        key = key or grouping_key_of(metadata)
+    except _DAMAGE as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    reason = stale_reason(metadata, key, fingerprint)
+    if reason:
+        return None, reason
+    with _silenced(groups_cache.logger):
+        grouping = read_cache(path, key, fingerprint)
+    if grouping is None:
+        return None, "damaged or edited: its arrays do not match the recorded checksum"
+    return grouping, None
+
+
+def grouping_key_of(metadata: dict) -> GroupingKey:
+    """The grouping key recorded in a cache's metadata."""
+    values = dict(metadata["grouping"])
+    N = int(values.pop("N"))
+    return GroupingKey(N=N, settings=GroupingSettings(**values))
+
+
+def owned_files(data_dir) -> list[OwnedFiles]:
+    """The dataset directories of ``data_dir`` this package made, with the files in them that it wrote.
+
+    A directory counts as ours when its name is ``<stem>-<12 hex digits>`` and it holds at least one
+    of our file names; inside it only those names are ours, anything else belongs to the user.
+    """
+    found = []
+    for directory in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and not p.is_symlink()):
+        if not _DATASET_DIRECTORY.match(directory.name):
+            continue
+        ours, others = [], []
+        for path in sorted(directory.iterdir()):
+            (ours if path.is_file() and not path.is_symlink() and is_ours(path.name) else others).append(path)
+        if ours:
+            found.append(OwnedFiles(directory=directory, ours=tuple(ours), others=tuple(others)))
+    return found
+
+
+def is_ours(name: str) -> bool:
+    """Whether a file name is one this package writes in a dataset directory."""
+    return name in _FIXED_NAMES or bool(_GROUPS_CACHE.match(name)) or is_temporary(name)
+
+
+def remove_owned(files: OwnedFiles) -> list[Path]:
+    """Delete our files of one dataset directory, then the directory if nothing else is left in it."""
+    removed = []
+    for path in sorted(files.ours, key=lambda p: p.name == LOCK_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    with contextlib.suppress(OSError):
+        files.directory.rmdir()  # only succeeds when empty
+    return removed
+
+
+class _SourceFingerprints:
+    """Fingerprints of scan files, each computed once; a missing or unreadable file gives its reason."""
+
+    def __init__(self):
+        self._known: dict[str, Fingerprint | str] = {}
+
+    def get(self, source: str | None) -> Fingerprint | str:
+        if not source:
+            return "no source file recorded"
+        if source not in self._known:
+            self._known[source] = self._compute(Path(source))
+        return self._known[source]
+
+    @staticmethod
+    def _compute(path: Path) -> Fingerprint | str:
+        if not path.is_file():
+            return f"its scan file {path} no longer exists"
+        try:
+            scan = read_scan(path, load_diffraction=False)
+        except (OSError, ValueError) as exc:
+            return f"its scan file {path} cannot be read ({exc})"
+        return fingerprint_file(path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
+
+
+def _memory_map_entry(manifest_path: Path, fingerprints: _SourceFingerprints) -> CacheEntry:
+    directory = manifest_path.parent
+    size = sum(_size(directory / name) for name in (MANIFEST, DIFFRACTION, ENERGY, GROUND_TRUTH))
+    modified = manifest_path.stat().st_mtime
+    try:
+        manifest = Manifest(**json.loads(manifest_path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        return CacheEntry(MEMORY_MAP, directory, None, {}, size, modified, f"unreadable manifest ({exc})")
+    parameters = {
+        "n": manifest.n,
+        "N": manifest.N,
+        "diffraction_key": manifest.diffraction_key,
+        "counts_to_amplitude": manifest.counts_to_amplitude,
+        "ground_truth": manifest.has_ground_truth,
+    }
+    fingerprint = fingerprints.get(manifest.source)
+    if isinstance(fingerprint, str):
+        problem = fingerprint
+    elif Fingerprint.from_dict(manifest.fingerprint) != fingerprint:
+        problem = "the scan file changed since it was built"
+    else:
+        with _silenced(logging.getLogger(DiffractionMemmap.__module__)):
+            store = DiffractionMemmap.open_valid(directory, fingerprint, manifest.counts_to_amplitude)
+        problem = None if store is not None else "its files are damaged, incomplete or from another format version"
+    return CacheEntry(MEMORY_MAP, directory, manifest.source, parameters, size, modified, problem)
+
+
+def _groups_entry(path: Path, fingerprints: _SourceFingerprints) -> CacheEntry:
+    size, modified = _size(path), path.stat().st_mtime
+    try:
+        metadata = read_metadata(path)
+        key = grouping_key_of(metadata)
+    except _DAMAGE as exc:
+        return CacheEntry(GROUPS, path, None, {}, size, modified, f"unreadable ({type(exc).__name__}: {exc})")
+    parameters = {**key.as_dict(), "groups": metadata.get("n_groups")}
+    fingerprint = fingerprints.get(metadata.get("source"))
+    if isinstance(fingerprint, str):
+        return CacheEntry(GROUPS, path, metadata.get("source"), parameters, size, modified, fingerprint)
+    _, problem = check_groups_cache(path, fingerprint, key)
+    return CacheEntry(GROUPS, path, metadata.get("source"), parameters, size, modified, problem)
+
+
+@contextlib.contextmanager
+def _silenced(target: logging.Logger) -> Iterator[None]:
+    """Mute a library logger whose advice ("rebuilding it") does not apply to a read-only inspection."""
+    previous = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(previous)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

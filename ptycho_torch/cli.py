@@ -1,0 +1,439 @@
+"""``ptycho-memmap``: build, list, verify, plot and clean the memory maps and groups caches of scan files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PROG = "ptycho-memmap"
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+DEFAULT_DATA_DIR = "data/memmap"
+_COMPARE_CHUNK = 1024
+
+EXIT_CODES = """exit status:
+  0  success
+  1  verify found a mismatch, a missing cache or an invalid cache
+  2  usage or input error (one line on stderr says what and how to fix it)
+  3  internal error (a bug: a traceback is printed)"""
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; the message says how to fix it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (never raises for bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error, already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        print(f"{PROG}: error: choose a command: build, info, verify, plot or clean; see {PROG} --help", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args.quiet, args.debug)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, TypeError, OSError, ImportError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        traceback.print_exc()
+        print(f"{PROG} {args.command}: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars, warnings and results only")
+    common.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Memory maps and groups caches of ptychography scan files (NPZ) for the PyTorch data pipeline.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler, summary: str, description: str):
+        sub = commands.add_parser(
+            name, parents=[common], help=summary, description=description, epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    build = command("build", _build, "build the memory map and groups cache of scan files",
+                    "Copy the diffraction of each scan NPZ into a memory map and cache its groups; reuses valid ones.")
+    _add_scan_arguments(build)
+    build.add_argument("--remake", action="store_true", help="rebuild the memory map and regroup even if valid")
+
+    info = command("info", _info, "list the caches in a data directory",
+                   "List every memory map and groups cache with its dataset, parameters, size, age and validity.")
+    _add_data_dir_arguments(info)
+    info.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+    verify = command("verify", _verify, "regroup in memory and compare with the cache",
+                     "Regroup each scan from its NPZ in memory and compare with its groups cache (indices exactly, "
+                     "coordinates and normalisation to the bit) and its memory map with the diffraction.")
+    _add_scan_arguments(verify)
+
+    plot = command("plot", _plot, "draw the groups over the object (needs matplotlib)",
+                   "Draw the scan positions and each group's outline over the object amplitude into a PNG, "
+                   "using the groups cache (built if needed).")
+    _add_scan_arguments(plot)
+    plot.add_argument("-o", "--output", type=Path, default=Path("groups.png"), help="PNG to write (default: groups.png)")
+    plot.add_argument("--max-groups", type=_non_negative_int, default=200, help="outline at most this many groups (default: 200)")
+
+    clean = command("clean", _clean, "remove the files this tool wrote",
+                    "Remove the memory maps, groups caches, locks and temporaries written by this tool; any other "
+                    "file is kept (and so is its directory). Without --yes, only lists what would be removed.")
+    _add_data_dir_arguments(clean)
+    clean.add_argument("--yes", action="store_true", help="really remove the files")
+    return parser
+
+
+def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", type=Path, help="a scan NPZ or a directory of them")
+    grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache)")
+    grouping.add_argument("--gridsize", type=_positive_int, default=2, help="groups of gridsize**2 patterns (default: 2)")
+    grouping.add_argument("--n-groups", type=_positive_int, default=512, help="number of groups (default: 512)")
+    grouping.add_argument("--K", "--neighbor-count", dest="K", type=_positive_int, default=4,
+                          help="nearest neighbours to draw each group from (default: 4)")
+    grouping.add_argument("--seed", type=_non_negative_int, default=None,
+                          help="subsample seed (default: none, a random draw as in PtychoPINN)")
+    grouping.add_argument("--N", type=_positive_int, default=None, help="pattern size (default: the file's)")
+    grouping.add_argument("--sequential", action="store_true", help="take the first scan points instead of a random sample")
+    grouping.add_argument("--oversampling", action="store_true", help="allow more groups than scan points")
+    grouping.add_argument("--pool-size", type=_positive_int, default=None, help="neighbour pool when oversampling (default: K)")
+    parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
+                        help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
+    parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
+
+
+def _add_data_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", metavar="DATA_DIR", type=Path, nargs="?", default=None,
+                        help=f"the data directory (default: {DEFAULT_DATA_DIR})")
+    parser.add_argument("--data-dir", dest="data_dir_option", type=Path, default=None, help="same as DATA_DIR")
+
+
+def _build(args) -> int:
+    files = _scan_files(args.path)
+    import ptycho_torch.memmap_bridge  # noqa: F401  (imported before timing the first file)
+
+    for path in _progress(files, args, "scan files"):
+        started = time.perf_counter()
+        experiment = _bridge(path, args, remake=args.remake).experiment
+        action = "built" if experiment.regrouped else "reused"
+        print(f"{action} {path}: {experiment.n_groups} groups of {experiment.grouping.C}, "
+              f"cache {experiment.cache_path} ({time.perf_counter() - started:.1f} s)")
+    return EXIT_OK
+
+
+def _info(args) -> int:
+    data_dir = _existing_data_dir(args)
+    from ptycho_torch.cache_inventory import list_caches
+
+    entries = list_caches(data_dir)
+    if args.json:
+        print(json.dumps([entry.as_dict() for entry in entries], indent=1))
+        return EXIT_OK
+    if not entries:
+        print(f"no caches in {data_dir}")
+        return EXIT_OK
+    rows = [("STATUS", "KIND", "DATASET", "PARAMETERS", "SIZE", "AGE", "PATH")]
+    rows += [
+        ("valid" if e.valid else "stale", e.kind, Path(e.source).name if e.source else "?", _parameters_text(e.kind, e.parameters),
+         _size_text(e.size_bytes), _age_text(e.age_seconds), str(e.path))
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for e in entries:
+        if not e.valid:
+            print(f"stale: {e.path}: {e.problem}")
+    n_stale = sum(not e.valid for e in entries)
+    print(f"{len(entries)} cache(s), {n_stale} stale, {_size_text(sum(e.size_bytes for e in entries))} in {data_dir}")
+    return EXIT_OK
+
+
+def _verify(args) -> int:
+    results = [_verify_one(path, args) for path in _scan_files(args.path)]
+    return EXIT_OK if all(results) else EXIT_MISMATCH
+
+
+def _plot(args) -> int:
+    from ptycho_torch.plot import require_matplotlib, write_groups_plot
+
+    files = _scan_files(args.path)
+    if len(files) != 1:
+        raise UsageError(f"plot draws one scan file but {args.path} holds {len(files)}; pass one of its NPZ files")
+    require_matplotlib()  # fail before any build when matplotlib is missing
+    output = args.output
+    if not output.parent.is_dir():
+        raise UsageError(f"directory {output.parent} for -o does not exist; create it or choose another path")
+    bridge = _bridge(files[0], args, remake=False)
+    print(write_groups_plot(bridge, output, max_groups=args.max_groups))
+    return EXIT_OK
+
+
+def _clean(args) -> int:
+    data_dir = _existing_data_dir(args)
+    from ptycho_torch.cache_inventory import owned_files, remove_owned
+    from ptycho_torch.file_lock import directory_lock
+
+    found = owned_files(data_dir)
+    if not found:
+        print(f"nothing to remove in {data_dir}")
+        return EXIT_OK
+    total = sum(files.size_bytes for files in found)
+    n_files = sum(len(files.ours) for files in found)
+    verb = "removing" if args.yes else "would remove"
+    print(f"{verb} {n_files} file(s), {_size_text(total)}, in {len(found)} dataset director{'y' if len(found) == 1 else 'ies'}:")
+    for files in found:
+        print(f"  {files.directory}/: {', '.join(p.name for p in files.ours)}")
+        for other in files.others:
+            print(f"    keeping {other} (not written by {PROG})")
+    if not args.yes:
+        print("nothing removed; run again with --yes to remove these files")
+        return EXIT_OK
+    for files in found:
+        with directory_lock(files.directory):  # waits for a build in progress
+            remove_owned(files)
+    print(f"removed {n_files} file(s) from {data_dir}")
+    return EXIT_OK
+
+
+def _verify_one(path: Path, args) -> bool:
+    from ptycho.raw_data import RawData
+    from ptycho_torch.cache_inventory import check_groups_cache
+    from ptycho_torch.dataset_config import grouping_key
+    from ptycho_torch.experiment import dataset_directory
+    from ptycho_torch.fingerprint import fingerprint_file
+    from ptycho_torch.groups_cache import cache_path
+
+    n_points, N = _pattern_count_and_size(path)
+    key = grouping_key(_training_config(path, args, N))
+    if _draw_is_random(key.settings, n_points):
+        raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
+                         "build and verify with the same --seed S")
+    raw = RawData.from_file(path, diffraction_units=args.units)
+    fresh = raw.generate_grouping(key.N, **asdict(key.settings))
+    fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
+    directory = dataset_directory(args.data_dir, path)
+    cached_path = cache_path(directory, key)
+    cached, problem = check_groups_cache(cached_path, fingerprint, key)
+    problems = [f"groups cache invalid: {problem}"] if cached is None else grouping_differences(cached, fresh)
+    problems += _memory_map_problems(path, directory, fingerprint, raw.diff3d, args.units)
+    if problems:
+        print(f"MISMATCH {path}: " + "; ".join(problems) + f" (run {PROG} build --remake with the same options to rebuild)")
+        return False
+    print(f"OK {path}: {fresh.n_groups} groups in {cached_path} equal a fresh grouping; the memory map equals the diffraction")
+    return True
+
+
+def grouping_differences(cached, fresh) -> list[str]:
+    """What differs between two groupings: indices exactly, coordinates and norm bit for bit."""
+    problems = []
+    for name, expected in fresh.arrays().items():
+        got = getattr(cached, name)
+        if got.shape != expected.shape or got.dtype != expected.dtype:
+            problems.append(f"{name} is {got.dtype}{got.shape}, a fresh grouping gives {expected.dtype}{expected.shape}")
+        elif not np.array_equal(got, expected):
+            rows = np.flatnonzero((got != expected).reshape(len(got), -1).any(axis=1))
+            problems.append(f"{name} differs in {len(rows)} group(s), first group {rows[0]}")
+    if cached.norm != fresh.norm:
+        problems.append(f"norm is {cached.norm!r}, a fresh grouping gives {fresh.norm!r}")
+    return problems
+
+
+def _memory_map_problems(path: Path, directory: Path, fingerprint, diffraction: np.ndarray, units: str) -> list[str]:
+    from ptycho.scan_file import ScanFile
+    from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
+
+    with ScanFile(path) as scan_file:
+        counts = resolve_counts(scan_file, units)
+    store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
+    if store is None:
+        return [f"memory map in {directory} is missing or not valid for this file"]
+    stack = store.diffraction
+    if stack.shape != diffraction.shape:
+        return [f"memory map has shape {stack.shape}, the file's diffraction {diffraction.shape}"]
+    for start in range(0, len(stack), _COMPARE_CHUNK):
+        stop = min(start + _COMPARE_CHUNK, len(stack))
+        expected = np.asarray(diffraction[start:stop], dtype=np.float32)
+        if not np.array_equal(stack[start:stop], expected):
+            first = start + int(np.flatnonzero((stack[start:stop] != expected).reshape(stop - start, -1).any(axis=1))[0])
+            return [f"memory map pattern {first} differs from the file's diffraction"]
+    return []
+
+
+def _draw_is_random(settings, n_points: int) -> bool:
+    """Whether grouping with these settings draws from an unseeded generator."""
+    from ptycho.grouping import needs_oversampling
+
+    if settings.seed is not None:
+        return False
+    if needs_oversampling(n_points, settings):
+        return True
+    if settings.sequential_sampling:
+        return False
+    return settings.C > 1 or settings.nsamples < n_points
+
+
+def _bridge(path: Path, args, remake: bool):
+    from ptycho_torch.memmap_bridge import MemmapDatasetBridge
+
+    return MemmapDatasetBridge(
+        path.resolve(),
+        _training_config(path, args),
+        memmap_dir=args.data_dir,
+        diffraction_units=args.units,
+        remake_map=remake,
+        progress=not args.quiet,
+    )
+
+
+def _training_config(path: Path, args, pattern_size: int | None = None):
+    from ptycho.config.config import ModelConfig, TrainingConfig
+
+    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path)[1]
+    return TrainingConfig(
+        model=ModelConfig(N=N, gridsize=args.gridsize),
+        train_data_file=path,
+        n_groups=args.n_groups,
+        neighbor_count=args.K,
+        subsample_seed=args.seed,
+        sequential_sampling=args.sequential,
+        enable_oversampling=args.oversampling,
+        neighbor_pool_size=args.pool_size,
+    )
+
+
+def _pattern_count_and_size(path: Path) -> tuple[int, int]:
+    from ptycho.scan_file import ScanFile
+
+    with ScanFile(path) as scan_file:
+        layout = scan_file.pattern_layout(scan_file.diffraction_key())
+    return layout.n, layout.N
+
+
+def _scan_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not files:
+            raise UsageError(f"no .npz scan files in directory {path}; pass an NPZ or a directory holding them")
+        return files
+    if not path.is_file():
+        raise UsageError(f"scan file {path} does not exist; check the path")
+    return [path]
+
+
+def _existing_data_dir(args) -> Path:
+    positional, option = args.data_dir, args.data_dir_option
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"DATA_DIR {positional} and --data-dir {option} disagree; pass one of them")
+    data_dir = positional or option or Path(DEFAULT_DATA_DIR)
+    if not data_dir.is_dir():
+        raise UsageError(f"data directory {data_dir} does not exist; pass the --data-dir used with {PROG} build")
+    return data_dir
+
+
+def _progress(items: list, args, description: str):
+    if len(items) < 2 or args.quiet:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=description, unit="file")
+
+
+def _configure_logging(quiet: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and len(exc.args) >= 2:
+        text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _parameters_text(kind: str, parameters: dict) -> str:
+    if not parameters:
+        return "?"
+    if kind != "groups":
+        units = "counts->amplitude" if parameters.get("counts_to_amplitude") else "amplitude"
+        return f"{parameters['n']}x{parameters['N']}x{parameters['N']} {units}"
+    text = (f"N={parameters['N']} gridsize={parameters['gridsize']} K={parameters['K']} "
+            f"n_groups={parameters['nsamples']} seed={parameters['seed']}")
+    if parameters.get("sequential_sampling"):
+        text += " sequential"
+    if parameters.get("enable_oversampling"):
+        text += f" oversampling pool={parameters.get('neighbor_pool_size')}"
+    return text
+
+
+def _size_text(n_bytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def _age_text(seconds: float) -> str:
+    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.0f} {unit}"
+    return f"{seconds:.0f} s"
