@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class MemberHeader:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: a hostile header cannot overflow it
 
     @property
     def disk_shape(self) -> tuple[int, ...]:
@@ -105,6 +106,7 @@ class ScanFile:
             raise ScanFileError(f"{self.path} is not a readable NPZ (truncated or not a zip archive: {exc}); {_NPZ_FIX}") from exc
         self._members = {name[:-4]: name for name in self._zip.namelist() if name.endswith(".npy")}
         self.headers = {key: self._read_header(key) for key in self._members}
+        self._diffraction_key: str | None = None
 
     def __enter__(self) -> ScanFile:
         return self
@@ -133,8 +135,9 @@ class ScanFile:
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise ScanFileError(f"{self.path}: cannot read key {key!r} ({exc}); the file may be truncated; {_NPZ_FIX}") from exc
 
-    def iter_disk_blocks(self, key: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(first_row, rows)`` of a member in disk order, each block about ``block_bytes``."""
+    def iter_disk_blocks(self, key: str, block_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, rows)`` of a member in disk order, each block about ``block_bytes`` (default ``BLOCK_BYTES``)."""
+        block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         header = self.headers[key]
         disk_shape = header.disk_shape
         row_bytes = max(1, header.nbytes // max(1, disk_shape[0]))
@@ -153,7 +156,12 @@ class ScanFile:
             raise ScanFileError(f"{self.path}: key {key!r} is damaged ({exc}); the file may be truncated; {_NPZ_FIX}") from exc
 
     def diffraction_key(self) -> str:
-        """``diffraction`` if present, else legacy ``diff3d``; both present must hold the same data."""
+        """``diffraction`` if present, else legacy ``diff3d``; both present must hold the same data (compared once)."""
+        if self._diffraction_key is None:
+            self._diffraction_key = self._find_diffraction_key()
+        return self._diffraction_key
+
+    def _find_diffraction_key(self) -> str:
         present = [key for key in DIFFRACTION_KEYS if key in self.headers]
         if not present:
             self.require("diffraction", "store the (n, N, N) amplitude stack under 'diffraction' (or legacy 'diff3d')")
@@ -201,10 +209,21 @@ class ScanFile:
             self.require(key, _fix_for(key))
         key = self.diffraction_key()
         layout = self.pattern_layout(key)
+        self._require_one_per_pattern(layout.n)
         arrays = {name: self.load(name) for name in REQUIRED_KEYS + SMALL_OPTIONAL_KEYS if name in self.headers}
         diffraction = _load_patterns(self, key, layout) if load_diffraction else None
         Y = self.load("Y") if load_diffraction and "Y" in self.headers else None
         return _scan_from_arrays(self.path, arrays, key, layout, self.headers[key].dtype, diffraction, Y)
+
+    def _require_one_per_pattern(self, n: int) -> None:
+        """Per-pattern members must hold ``n`` entries; checked on their headers, before anything is loaded."""
+        for key in ("xcoords", "ycoords", "xcoords_start", "ycoords_start"):
+            if key in self.headers and self.headers[key].shape != (n,):
+                shape = self.headers[key].shape
+                raise ScanFileError(f"{self.path} key {key!r} has shape {shape} but the file has {n} diffraction patterns; give one position per pattern")
+        if "scan_index" in self.headers and self.headers["scan_index"].shape != (n,):
+            header = self.headers["scan_index"]
+            raise ScanFileError(f"{self.path} key 'scan_index' must be {n} integers (one per pattern), got shape {header.shape} dtype {header.dtype}")
 
     def _read_header(self, key: str) -> MemberHeader:
         try:
@@ -216,6 +235,7 @@ class ScanFile:
                     shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
                 else:
                     raise ValueError(f"unsupported .npy format version {version}")
+                stored = self._zip.getinfo(self._members[key]).file_size - stream.tell()
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise ScanFileError(f"{self.path}: key {key!r} has no readable array header ({exc}); {_NPZ_FIX}") from exc
         if dtype.hasobject:
@@ -223,7 +243,13 @@ class ScanFile:
                 f"{self.path}: key {key!r} holds Python objects (dtype {dtype}), which would need unpickling; "
                 f"pickled members are refused; {_NPZ_FIX}"
             )
-        return MemberHeader(shape=tuple(int(s) for s in shape), dtype=dtype, fortran_order=bool(fortran_order))
+        header = MemberHeader(shape=tuple(int(s) for s in shape), dtype=dtype, fortran_order=bool(fortran_order))
+        if header.nbytes > stored:
+            raise ScanFileError(
+                f"{self.path}: key {key!r} declares shape {header.shape} {dtype} ({header.nbytes:,} bytes) but holds "
+                f"only {stored:,} bytes; the file is truncated or corrupt; {_NPZ_FIX}"
+            )
+        return header
 
 
 def read_scan(path, load_diffraction: bool = True) -> Scan:

@@ -53,8 +53,11 @@ def pattern_energy(name: str, diffraction, progress: bool = False) -> np.ndarray
     return energy
 
 
-def check_amplitude_block(name: str, block: np.ndarray, first_index: int) -> None:
-    """Raise naming the first pattern of ``block`` that holds a NaN, inf or negative value."""
+def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_origin: tuple[int, int] = (0, 0)) -> None:
+    """Raise naming the first pattern of ``block`` that holds a NaN, inf or negative value.
+
+    ``block`` holds patterns from ``first_index`` on; ``pixel_origin`` is the pattern pixel of its ``[:, 0, 0]``.
+    """
     bad = ~np.isfinite(block) | (block < 0)
     if not bad.any():
         return
@@ -62,7 +65,7 @@ def check_amplitude_block(name: str, block: np.ndarray, first_index: int) -> Non
     value = block[local, row, col]
     what = "negative" if np.isfinite(value) else "not finite"
     raise ValueError(
-        f"{name}[{first_index + local}] has a {what} value {value} at pixel ({row}, {col}); "
+        f"{name}[{first_index + local}] has a {what} value {value} at pixel ({row + pixel_origin[0]}, {col + pixel_origin[1]}); "
         "diffraction must be non-negative finite amplitudes (mask or zero bad pixels first)"
     )
 
@@ -120,14 +123,15 @@ def is_counts(dtype, units: str = "auto") -> bool:
     return units == "counts"
 
 
-def amplitude_from_counts(counts: np.ndarray, first_index: int = 0, name: str = "diff3d") -> np.ndarray:
-    """``sqrt(counts)`` as float32; negative counts are an error naming the pattern."""
+def amplitude_from_counts(counts: np.ndarray, first_index: int = 0, name: str = "diff3d", pixel_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``sqrt(counts)`` as float32; negative counts are an error naming the pattern (see ``check_amplitude_block``)."""
     if np.dtype(counts.dtype).kind == "i" or np.dtype(counts.dtype).kind == "f":
         negative = counts < 0
         if negative.any():
             local, row, col = np.unravel_index(np.argmax(negative), counts.shape)
             raise ValueError(
-                f"{name}[{first_index + local}] has a negative count {counts[local, row, col]} at pixel ({row}, {col}); "
+                f"{name}[{first_index + local}] has a negative count {counts[local, row, col]} "
+                f"at pixel ({row + pixel_origin[0]}, {col + pixel_origin[1]}); "
                 "photon counts must be >= 0 (mask bad pixels before export)"
             )
     return np.sqrt(counts, dtype=np.float32)

@@ -49,15 +49,21 @@ def atomic_path(final: Path, expected_bytes: int = 0) -> Iterator[Path]:
 
 
 def explain_write_error(exc: OSError, directory: Path, expected_bytes: int) -> OSError:
-    """Turn ENOSPC / EROFS / EACCES / EFBIG into a DataDirectoryError that names the directory and the fix."""
+    """Turn ENOSPC / EFBIG / EROFS / EACCES into a DataDirectoryError that names the directory and the fix."""
     if isinstance(exc, DataDirectoryError):
         return exc
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(directory).free if directory.exists() else 0
         return DataDirectoryError(
             exc.errno,
-            f"not enough space to write in {directory}: about {_mb(expected_bytes)} needed, "
-            f"{_mb(free)} free ({exc.strerror}); free some space or pass data_dir= on a larger file system",
+            f"not enough space to write in {directory}: about {_size(expected_bytes)} needed, "
+            f"{_size(free)} free ({exc.strerror}); free some space or pass data_dir= on a larger file system",
+        )
+    if exc.errno == errno.EFBIG:
+        return DataDirectoryError(
+            exc.errno,
+            f"cannot write a file of about {_size(expected_bytes)} in {directory} ({exc.strerror}): the file system "
+            "or a file size limit (ulimit -f) refuses it; raise the limit or pass data_dir= on another file system",
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return DataDirectoryError(
@@ -73,7 +79,7 @@ def require_free_space(directory: Path, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise DataDirectoryError(
             errno.ENOSPC,
-            f"not enough space in {directory}: {_mb(needed_bytes)} needed, {_mb(free)} free; "
+            f"not enough space in {directory}: {_size(needed_bytes)} needed, {_size(free)} free; "
             "free some space or pass data_dir= on a larger file system",
         )
 
@@ -83,15 +89,27 @@ def ensure_directory(directory: Path) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
+            raise DataDirectoryError(
+                exc.errno,
+                f"cannot create the data directory {directory}: {blocker} is a file, not a directory; "
+                "pass data_dir= (or --data-dir) pointing to a directory",
+            ) from exc
         raise explain_write_error(exc, directory, 0) from exc
     return directory
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of the temporaries :func:`temporary_path` makes."""
+    return bool(_TEMPORARY.match(name))
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporaries this package left behind in ``directory`` (call only while holding its lock)."""
     removed = []
     for path in directory.iterdir():
-        if _TEMPORARY.match(path.name):
+        if is_temporary(path.name):
             _discard(path)
             removed.append(path)
     if removed:
@@ -121,5 +139,8 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:,.1f} MB"
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes / 2**10:,.1f} kB"

@@ -116,37 +116,52 @@ class PtychoDataset(Dataset):
 
     def __getitem__(self, indices):
         idx, single = _index_array(indices, len(self))
-        experiment_id = self._index.experiment_of[idx]
+        parts = self._by_experiment(self._index.experiment_of[idx])
         items = {
-            "images": self._images(idx, experiment_id),
+            "images": self._images(idx, parts),
             **{name: torch.from_numpy(values[idx]) for name, values in self._index.per_group.items()},
         }
         if self.ground_truth:
-            truth = self._ground_truth(idx, experiment_id)
+            truth = self._ground_truth(idx, parts)
             if truth is not None:
                 items["Y"] = truth
         batch = TensorDict(items, batch_size=[len(idx)])
-        ids = torch.from_numpy(experiment_id)
-        probe = self.probes[ids].unsqueeze(1).expand(-1, self.C, -1, -1)
-        scale = self.scales[ids]
+        probe, scale = self._probe_and_scale(idx, parts)
         if single:
             return batch[0], probe[0], scale[0]
         return batch, probe, scale
 
-    def _images(self, idx: np.ndarray, experiment_id: np.ndarray):
+    def _by_experiment(self, experiment_id: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+        """``(experiment, rows of the batch)`` pairs; a single pair without a mask for a one-experiment batch."""
+        first = int(experiment_id[0])
+        if len(self.experiments) == 1 or (experiment_id == first).all():
+            return [(first, slice(None))]
+        return [(int(e), experiment_id == e) for e in np.unique(experiment_id)]
+
+    def _images(self, idx: np.ndarray, parts):
+        """Gather each group's patterns from the memory map straight into the batch, then scale in place."""
         images = np.empty((len(idx), self.C, self.N, self.N), dtype=np.float32)
-        for e in np.unique(experiment_id):
-            rows = experiment_id == e
+        for e, rows in parts:
             experiment = self.experiments[e]
-            members = experiment.grouping.nn_indices[self._index.local[idx[rows]]]
-            patterns = experiment.store.diffraction[members.ravel()]
-            images[rows] = patterns.reshape(-1, self.C, self.N, self.N) * np.float32(experiment.grouping.norm)
+            members = experiment.grouping.nn_indices[self._index.local[idx[rows]]].ravel()
+            target = images if isinstance(rows, slice) else np.empty((int(rows.sum()), self.C, self.N, self.N), np.float32)
+            # indices were range-checked when the cache was loaded; "clip" avoids a copy of `out`
+            np.take(experiment.store.diffraction, members, axis=0, out=target.reshape(-1, self.N, self.N), mode="clip")
+            target *= np.float32(experiment.grouping.norm)
+            if target is not images:
+                images[rows] = target
         return torch.from_numpy(images)
 
-    def _ground_truth(self, idx: np.ndarray, experiment_id: np.ndarray):
+    def _probe_and_scale(self, idx: np.ndarray, parts):
+        if len(parts) == 1:  # one experiment: broadcast views, no per-item copies
+            e = parts[0][0]
+            return self.probes[e].expand(len(idx), self.C, self.N, self.N), self.scales[e].expand(len(idx))
+        ids = torch.from_numpy(self._index.experiment_of[idx])
+        return self.probes[ids].unsqueeze(1).expand(-1, self.C, -1, -1), self.scales[ids]
+
+    def _ground_truth(self, idx: np.ndarray, parts):
         truth = np.zeros((len(idx), self.C, self.N, self.N), dtype=np.complex64)
-        for e in np.unique(experiment_id):
-            rows = experiment_id == e
+        for e, rows in parts:
             experiment = self.experiments[e]
             local = self._index.local[idx[rows]]
             if experiment.store.ground_truth is not None:

@@ -39,7 +39,7 @@ class Experiment:
 def dataset_directory(data_dir, npz_path) -> Path:
     """``data_dir/<file stem>-<hash of its absolute path>``: always inside ``data_dir``, one per scan file."""
     resolved = Path(npz_path).resolve()
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", resolved.stem).strip("._")[:60] or "scan"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", resolved.stem).strip("._-")[:60] or "scan"
     digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
     return Path(data_dir) / f"{stem}-{digest}"
 
@@ -64,6 +64,11 @@ def prepare_experiment(
     with ScanFile(npz_path) as scan_file:
         scan = scan_file.read_scan(load_diffraction=False)
         counts = resolve_counts(scan_file, diffraction_units)
+    if key.N != scan.N:
+        raise ValueError(
+            f"{npz_path}: N={key.N} does not match the {scan.N} x {scan.N} diffraction patterns of key {scan.diffraction_key!r}; "
+            f"set N={scan.N} (model.N) or resample the patterns"
+        )
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
@@ -91,7 +96,7 @@ def _reuse(scan, directory, path, key, fingerprint, counts) -> Experiment | None
     store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
     if store is None:
         return None
-    grouping = read_cache(path, key, fingerprint)
+    grouping = read_cache(path, key, fingerprint, n_points=store.manifest.n)
     if grouping is None:
         return None
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False)
@@ -102,7 +107,10 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
     if store is None:
         with ScanFile(npz_path) as scan_file:
             store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
-    grouping = group_with_raw_data(scan, store, key)
+    try:
+        grouping = group_with_raw_data(scan, store, key)
+    except ValueError as exc:
+        raise ValueError(f"{npz_path}: {exc}") from exc
     write_cache(path, grouping, key, fingerprint, str(npz_path))
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True)

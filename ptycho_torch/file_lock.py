@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from ptycho_torch.atomic_io import explain_write_error
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+_LOCKS_UNSUPPORTED = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # e.g. Lustre mounted without flock
 
 try:
     import fcntl
@@ -47,3 +49,11 @@ def _acquire(fd: int, path: Path) -> None:
     except BlockingIOError:
         logger.info("waiting for another process building in %s", path.parent)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in _LOCKS_UNSUPPORTED:
+            raise
+        logger.warning(
+            "the file system of %s does not support file locks (%s): concurrent builds there are not serialised; "
+            "let one job build the cache first, or pass data_dir= on a file system with locks",
+            path.parent, exc.strerror,
+        )

@@ -76,10 +76,11 @@ def read_metadata(path: Path) -> dict:
         return json.loads(str(cache["metadata"]))
 
 
-def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint) -> Grouping | None:
+def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint, n_points: int | None = None) -> Grouping | None:
     """The cached grouping if it is intact and was made from this data with these settings, else None.
 
     A missing cache is silent; stale ones are logged at INFO, damaged or tampered ones at WARNING.
+    With ``n_points``, shapes and index ranges are checked too (a cache is data, not trusted code).
     """
     path = Path(path)
     if not path.exists():
@@ -98,8 +99,30 @@ def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint) -> Groupi
     if _checksum(arrays) != metadata.get("checksum"):
         logger.warning("groups cache %s does not match its checksum (damaged or edited); rebuilding it", path)
         return None
+    problem = None if n_points is None else _shape_problem(arrays, key.settings.C, n_points)
+    if problem:
+        logger.warning("groups cache %s is inconsistent (%s); rebuilding it", path, problem)
+        return None
     norm = float(arrays.pop("norm"))
     return Grouping(**arrays, norm=norm)
+
+
+def _shape_problem(arrays: dict[str, np.ndarray], C: int, n_points: int) -> str | None:
+    nn = arrays["nn_indices"]
+    if nn.ndim != 2 or nn.shape[1] != C or nn.dtype != np.int32:
+        return f"nn_indices is {nn.dtype} {nn.shape}, expected int32 (B, {C})"
+    if nn.size and (nn.min() < 0 or nn.max() >= n_points):
+        return f"nn_indices point outside the scan's {n_points} patterns"
+    for name in ARRAY_NAMES:
+        if name == "nn_indices":
+            continue
+        expected = (nn.shape[0], 1, 2, 1 if name.endswith("offsets") else C)
+        if arrays[name].shape != expected or arrays[name].dtype != np.float64:
+            return f"{name} is {arrays[name].dtype} {arrays[name].shape}, expected float64 {expected}"
+    norm = arrays["norm"]
+    if norm.shape != () or not (np.isfinite(norm) and norm > 0):
+        return f"norm is {norm!r}, expected a positive scalar"
+    return None
 
 
 def stale_reason(metadata: dict, key: GroupingKey, fingerprint: Fingerprint) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,19 +55,21 @@ class DiffractionMemmap:
     """A built memory map directory: ``diffraction.npy`` (n, N, N) float32, per-pattern energies, optional ``Y.npy``.
 
     Arrays are opened lazily and not pickled, so DataLoader workers reopen the map instead of copying it.
+    Reopening checks that the file is still the one validated here (not rebuilt by another process since).
     """
 
-    def __init__(self, directory: Path, manifest: Manifest, energy: np.ndarray):
+    def __init__(self, directory: Path, manifest: Manifest, energy: np.ndarray, identities: dict | None = None):
         self.directory = Path(directory)
         self.manifest = manifest
         self.energy = energy
+        self.identities = _identities(self.directory, manifest) if identities is None else identities
         self._diffraction = None
         self._ground_truth = None
 
     @property
     def diffraction(self) -> np.ndarray:
         if self._diffraction is None:
-            self._diffraction = np.load(self.directory / DIFFRACTION, mmap_mode="r", allow_pickle=False)
+            self._diffraction = self._open(DIFFRACTION)
         return self._diffraction
 
     @property
@@ -74,11 +77,21 @@ class DiffractionMemmap:
         if not self.manifest.has_ground_truth:
             return None
         if self._ground_truth is None:
-            self._ground_truth = np.load(self.directory / GROUND_TRUTH, mmap_mode="r", allow_pickle=False)
+            self._ground_truth = self._open(GROUND_TRUTH)
         return self._ground_truth
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_diffraction": None, "_ground_truth": None}
+
+    def _open(self, name: str) -> np.ndarray:
+        path = self.directory / name
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if _identity(path) != self.identities.get(name):
+            raise RuntimeError(
+                f"{path} was replaced after this dataset checked it (another process rebuilt the memory map, "
+                "e.g. because the scan file changed), so the groups no longer match it; create the dataset again"
+            )
+        return array
 
     @staticmethod
     def open_valid(directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool) -> DiffractionMemmap | None:
@@ -86,12 +99,13 @@ class DiffractionMemmap:
         manifest = _read_manifest(Path(directory) / MANIFEST)
         if manifest is None:
             return None
+        identities = _identities(Path(directory), manifest)
         reason = _stale_reason(Path(directory), manifest, fingerprint, counts_to_amplitude)
         if reason:
             logger.info("memory map in %s is not reusable: %s", directory, reason)
             return None
         energy = np.load(Path(directory) / ENERGY, allow_pickle=False)
-        return DiffractionMemmap(Path(directory), manifest, energy)
+        return DiffractionMemmap(Path(directory), manifest, energy, identities)
 
     @staticmethod
     def build(
@@ -136,8 +150,9 @@ class DiffractionMemmap:
             has_ground_truth=has_y,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        with atomic_path(directory / MANIFEST) as tmp:
-            tmp.write_text(manifest.to_json())
+        text = manifest.to_json()
+        with atomic_path(directory / MANIFEST, len(text)) as tmp:
+            tmp.write_text(text)
         logger.info("memory-mapped %d patterns of %dx%d from %s into %s", layout.n, layout.N, layout.N, scan_file.path, directory)
         return DiffractionMemmap(directory, manifest, energy)
 
@@ -148,30 +163,55 @@ def resolve_counts(scan_file: ScanFile, units: str) -> bool:
 
 
 def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> np.ndarray:
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(layout.n, layout.N, layout.N))
-    energy = np.empty(layout.n, dtype=np.float64)
-    axis = layout.pattern_axis_of_disk_block
     header = scan_file.headers[key]
     with tqdm(total=header.nbytes, unit="B", unit_scale=True, desc="memory-mapping diffraction", disable=not progress, leave=False) as bar:
+        if layout.streams_by_pattern:
+            return _append_patterns(scan_file, key, layout, target, counts, name, bar)
+        return _scatter_patterns(scan_file, key, layout, target, counts, name, bar, progress)
+
+
+def _append_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar) -> np.ndarray:
+    """Write pattern blocks in order with plain writes: a full disk raises ENOSPC (a mapped write dies of SIGBUS)."""
+    energy = np.empty(layout.n, dtype=np.float64)
+    with open(target, "wb") as handle:
+        _write_header(handle, np.float32, (layout.n, layout.N, layout.N))
         for start, block in scan_file.iter_disk_blocks(key):
-            first = start if axis == 0 else 0
-            part = _to_amplitude(block.transpose(layout.perm), first, counts, name)
-            index = [slice(None)] * 3
-            index[axis] = slice(start, start + block.shape[0])
-            out[tuple(index)] = part
-            if axis == 0:
-                energy[start : start + len(part)] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
+            part = np.ascontiguousarray(_to_amplitude(block.transpose(layout.perm), start, counts, name))
+            _write_block(handle, part)
+            energy[start : start + len(part)] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
             bar.update(block.nbytes)
+    return energy
+
+
+def _write_header(handle, dtype, shape: tuple[int, ...]) -> None:
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+
+
+def _write_block(handle, part: np.ndarray) -> None:
+    handle.write(memoryview(part).cast("B"))
+
+
+def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar, progress: bool) -> np.ndarray:
+    """Transposed layouts: each disk block lands across every pattern, so it is written through a memory map."""
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(layout.n, layout.N, layout.N))
+    axis = layout.pattern_axis_of_disk_block
+    for start, block in scan_file.iter_disk_blocks(key):
+        pixel_origin = (start, 0) if axis == 1 else (0, start)
+        part = _to_amplitude(block.transpose(layout.perm), 0, counts, name, pixel_origin)
+        index = [slice(None)] * 3
+        index[axis] = slice(start, start + block.shape[0])
+        out[tuple(index)] = part
+        bar.update(block.nbytes)
     out.flush()
-    if axis != 0:
-        energy = pattern_energy(name, out, progress=progress)
+    energy = pattern_energy(name, out, progress=progress)
     del out
     return energy
 
 
-def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str) -> np.ndarray:
-    amplitude = amplitude_from_counts(part, first, name) if counts else part.astype(np.float32)
-    check_amplitude_block(name, amplitude, first)
+def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str, pixel_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    amplitude = amplitude_from_counts(part, first, name, pixel_origin) if counts else part.astype(np.float32)
+    check_amplitude_block(name, amplitude, first, pixel_origin)
     return amplitude
 
 
@@ -184,6 +224,12 @@ def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Pa
         raise ScanFileError(f"{where} has real dtype {header.dtype}; DATA-001 requires complex ground truth (store the complex patches)")
     perm = (2, 1, 0) if header.fortran_order else (0, 1, 2)
     with atomic_path(directory / GROUND_TRUTH, header.nbytes) as tmp:
+        if perm == (0, 1, 2):
+            with open(tmp, "wb") as handle:
+                _write_header(handle, np.complex64, header.shape)
+                for _, block in tqdm(scan_file.iter_disk_blocks("Y"), desc="memory-mapping Y", disable=not progress, leave=False):
+                    _write_block(handle, np.ascontiguousarray(block, dtype=np.complex64))
+            return
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.complex64, shape=header.shape)
         for start, block in tqdm(scan_file.iter_disk_blocks("Y"), desc="memory-mapping Y", disable=not progress, leave=False):
             index = [slice(None)] * 3
@@ -224,6 +270,20 @@ def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint,
     except FileNotFoundError as exc:
         return f"{Path(exc.filename).name} is missing"
     return None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Device, inode, size and mtime: any replacement or rewrite of the file changes it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _identities(directory: Path, manifest: Manifest) -> dict[str, tuple[int, int, int, int] | None]:
+    names = (DIFFRACTION, GROUND_TRUTH) if manifest.has_ground_truth else (DIFFRACTION,)
+    return {name: _identity(directory / name) for name in names}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
