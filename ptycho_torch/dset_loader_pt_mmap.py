@@ -119,7 +119,7 @@ class PtychoDataset(Dataset):
         parts = self._by_experiment(self._index.experiment_of[idx])
         items = {
             "images": self._images(idx, parts),
-            **{name: torch.from_numpy(values[idx]) for name, values in self._index.per_group.items()},
+            **self._index.gather(idx),
         }
         if self.ground_truth:
             truth = self._ground_truth(idx, parts)
@@ -133,6 +133,8 @@ class PtychoDataset(Dataset):
 
     def _by_experiment(self, experiment_id: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
         """``(experiment, rows of the batch)`` pairs; a single pair without a mask for a one-experiment batch."""
+        if experiment_id.size == 0:
+            return []
         first = int(experiment_id[0])
         if len(self.experiments) == 1 or (experiment_id == first).all():
             return [(first, slice(None))]
@@ -147,7 +149,7 @@ class PtychoDataset(Dataset):
             target = images if isinstance(rows, slice) else np.empty((int(rows.sum()), self.C, self.N, self.N), np.float32)
             # indices were range-checked when the cache was loaded; "clip" avoids a copy of `out`
             np.take(experiment.store.diffraction, members, axis=0, out=target.reshape(-1, self.N, self.N), mode="clip")
-            target *= np.float32(experiment.grouping.norm)
+            torch.from_numpy(target).mul_(float(np.float32(experiment.grouping.norm)))  # threaded
             if target is not images:
                 images[rows] = target
         return torch.from_numpy(images)
@@ -178,7 +180,11 @@ class PtychoDataset(Dataset):
 
 
 class _GroupIndex:
-    """Global group index -> experiment and local group, plus the per-group arrays, channels first."""
+    """Global group index -> experiment and local group, plus the per-group arrays, channels first.
+
+    The per-group arrays are packed into one float64 and one int64 table, so a batch costs two
+    gathers; :meth:`gather` hands out views of them by name.
+    """
 
     def __init__(self, experiments: list[Experiment]):
         counts = [e.n_groups for e in experiments]
@@ -186,14 +192,29 @@ class _GroupIndex:
         self.experiment_of = np.repeat(np.arange(len(experiments)), counts)
         self.local = np.concatenate([np.arange(c) for c in counts])
         groupings = [e.grouping for e in experiments]
-        self.per_group = {
+        coords = {
             "coords_relative": np.concatenate([g.coords_relative.transpose(0, 3, 1, 2) for g in groupings]),
             "coords_center": np.concatenate([g.coords_offsets.transpose(0, 1, 3, 2) for g in groupings]),
             "coords_start_relative": np.concatenate([g.coords_start_relative.transpose(0, 3, 1, 2) for g in groupings]),
             "coords_start_center": np.concatenate([g.coords_start_offsets.transpose(0, 1, 3, 2) for g in groupings]),
-            "nn_indices": np.concatenate([g.nn_indices.astype(np.int64) for g in groupings]),
-            "experiment_id": self.experiment_of.astype(np.int64),
         }
+        self._coord_fields, column = [], 0
+        for name, values in coords.items():
+            width = int(np.prod(values.shape[1:]))
+            self._coord_fields.append((name, slice(column, column + width), values.shape[1:]))
+            column += width
+        self._floats = np.concatenate([values.reshape(self.size, -1) for values in coords.values()], axis=1)
+        nn_indices = np.concatenate([g.nn_indices for g in groupings]).astype(np.int64)
+        self._C = nn_indices.shape[1]
+        self._ints = np.concatenate([nn_indices, self.experiment_of[:, None]], axis=1).astype(np.int64)
+
+    def gather(self, idx: np.ndarray) -> dict:
+        floats = torch.from_numpy(self._floats.take(idx, axis=0))
+        ints = torch.from_numpy(self._ints.take(idx, axis=0))
+        items = {name: floats[:, columns].reshape(len(idx), *shape) for name, columns, shape in self._coord_fields}
+        items["nn_indices"] = ints[:, : self._C]
+        items["experiment_id"] = ints[:, self._C]
+        return items
 
 
 def scan_files(ptycho_dir_or_npz) -> list[Path]:
@@ -210,10 +231,15 @@ def scan_files(ptycho_dir_or_npz) -> list[Path]:
 
 
 def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
+    if isinstance(indices, np.ndarray) and indices.ndim == 1 and indices.dtype.kind in "iu" and indices.size:
+        if indices.min() >= 0 and indices.max() < length:  # the DataLoader's case: no conversion needed
+            return indices.astype(np.int64, copy=False), False
     if torch is not None and isinstance(indices, torch.Tensor):
         indices = indices.cpu().numpy()
     single = np.ndim(indices) == 0
     idx = np.atleast_1d(np.asarray(indices))
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64), single
     if idx.dtype.kind not in "iu":
         raise TypeError(f"dataset indices must be integers, got {idx.dtype}")
     idx = idx.astype(np.int64)

@@ -335,6 +335,8 @@ def test_memmap_dataset_indexing_forms(dataset_factory):
     assert torch.equal(dataset[-1][0]["images"], dataset[199][0]["images"])
     with pytest.raises(IndexError, match="index 200 is out of range for a dataset of 200 groups"):
         dataset[[0, 200]]
+    empty, probe_, scale = dataset[[]]
+    assert empty.batch_size == (0,) and tuple(empty["images"].shape) == (0, 4, N64, N64) and len(probe_) == len(scale) == 0
 
 
 def test_memmap_dataset_multi_file_directory(dataset_factory, tmp_path):
