@@ -252,6 +252,19 @@ class ScanFile:
         return header
 
 
+def scan_files(path) -> list[Path]:
+    """One scan NPZ, or every ``*.npz`` of a directory in name order (the order of ``experiment_id``)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no .npz scan files in directory {path}; pass an NPZ or a directory holding them")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"scan file {path} does not exist; check the path")
+    return [path]
+
+
 def read_scan(path, load_diffraction: bool = True) -> Scan:
     """Read a scan NPZ's arrays, checked against the NPZ contract; diffraction optional (it may be huge)."""
     with ScanFile(path) as scan_file:

@@ -378,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as error:
         parser.error(str(error))
-    print(
-        f"{path}: {settings.n_points} patterns of {settings.N}x{settings.N} "
-        f"under '{args.diffraction_key}', {path.stat().st_size / 1e6:.1f} MB"
+    logger.info(
+        "%s: %d patterns of %dx%d under %r, %.1f MB",
+        path, settings.n_points, settings.N, settings.N, args.diffraction_key, path.stat().st_size / 1e6,
     )
     return 0
 

@@ -348,14 +348,12 @@ def _pattern_count_and_size(path: Path) -> tuple[int, int]:
 
 
 def _scan_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
-        if not files:
-            raise UsageError(f"no .npz scan files in directory {path}; pass an NPZ or a directory holding them")
-        return files
-    if not path.is_file():
-        raise UsageError(f"scan file {path} does not exist; check the path")
-    return [path]
+    from ptycho.scan_file import scan_files
+
+    try:
+        return scan_files(path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _existing_data_dir(args) -> Path:

@@ -12,11 +12,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.loader import probe_mode0
 from ptycho.patches import extract_patches
+from ptycho.scan_file import scan_files
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
@@ -35,7 +37,7 @@ except ImportError:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PtychoDataset", "scan_files"]
+__all__ = ["PtychoDataset"]
 
 
 class PtychoDataset(Dataset):
@@ -92,7 +94,7 @@ class PtychoDataset(Dataset):
                     build=build,
                     progress=progress,
                 )
-                for path in self.files
+                for path in tqdm(self.files, desc="preparing scans", unit="file", disable=not progress or len(self.files) < 2)
             ]
         )
         self.N, self.C = key.N, key.settings.C
@@ -215,19 +217,6 @@ class _GroupIndex:
         items["nn_indices"] = ints[:, : self._C]
         items["experiment_id"] = ints[:, self._C]
         return items
-
-
-def scan_files(ptycho_dir_or_npz) -> list[Path]:
-    """One NPZ, or every ``*.npz`` of a directory in name order (the order sets ``experiment_id``)."""
-    path = Path(ptycho_dir_or_npz)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
-        if not files:
-            raise FileNotFoundError(f"no .npz scan files in directory {path}; point PtychoDataset at an NPZ or a directory of them")
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"scan file or directory {path} does not exist; check the path")
-    return [path]
 
 
 def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:

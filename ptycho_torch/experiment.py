@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ptycho.raw_data import Grouping
@@ -130,14 +130,4 @@ def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) 
         pattern_energy=store.energy,
         diffraction_units="amplitude",
     )
-    s = key.settings
-    return raw.generate_grouping(
-        key.N,
-        K=s.K,
-        nsamples=s.nsamples,
-        seed=s.seed,
-        sequential_sampling=s.sequential_sampling,
-        gridsize=s.gridsize,
-        enable_oversampling=s.enable_oversampling,
-        neighbor_pool_size=s.neighbor_pool_size,
-    )
+    return raw.generate_grouping(key.N, **asdict(key.settings))

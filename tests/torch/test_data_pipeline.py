@@ -3,6 +3,14 @@
 Runs without torch (the bridges fall back to NumPy); tests that need torch skip on their own.
 """
 
+import hashlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +18,9 @@ from ptycho import params
 from ptycho.config.config import ModelConfig, TrainingConfig
 from ptycho.loader import load
 from ptycho.raw_data import RawData
+from ptycho_torch import experiment as experiment_module
 from ptycho_torch.data_container_bridge import PtychoDataContainerTorch
+from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from ptycho_torch.raw_data_bridge import TORCH_AVAILABLE, RawDataTorch
 from tests.scans import amplitude_stack, complex_object, probe, raster_scan
 
@@ -125,18 +135,6 @@ def test_container_uses_mode_zero_of_a_probe_stack():
 
 # --- memmap bridge, dataset and cache (on the embedded simulated dataset, seed 42) -------------
 
-import hashlib
-import logging
-import os
-import pickle
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-from ptycho.config.config import InferenceConfig
-from ptycho_torch import experiment as experiment_module
-from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = ROOT / "datasets" / "sim_small.npz"
