@@ -273,20 +273,20 @@ def read_scan(path, load_diffraction: bool = True) -> Scan:
 
 def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
     n = layout.n
-    xcoords = _coordinates(path, arrays, "xcoords", n)
-    ycoords = _coordinates(path, arrays, "ycoords", n)
-    xcoords_start = _coordinates(path, arrays, "xcoords_start", n) if "xcoords_start" in arrays else xcoords
-    ycoords_start = _coordinates(path, arrays, "ycoords_start", n) if "ycoords_start" in arrays else ycoords
+    xcoords = _coordinates(path, arrays, "xcoords")
+    ycoords = _coordinates(path, arrays, "ycoords")
+    xcoords_start = _coordinates(path, arrays, "xcoords_start") if "xcoords_start" in arrays else xcoords
+    ycoords_start = _coordinates(path, arrays, "ycoords_start") if "ycoords_start" in arrays else ycoords
     scan_index = arrays.get("scan_index", np.zeros(n, dtype=np.int64))
-    if np.shape(scan_index) != (n,) or np.asarray(scan_index).dtype.kind not in "iu":
-        raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got shape {np.shape(scan_index)} dtype {np.asarray(scan_index).dtype}")
+    if scan_index.dtype.kind not in "iu":
+        raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got dtype {scan_index.dtype}")
     return Scan(
         path=path,
         xcoords=xcoords,
         ycoords=ycoords,
         xcoords_start=xcoords_start,
         ycoords_start=ycoords_start,
-        scan_index=np.asarray(scan_index),
+        scan_index=scan_index,
         probeGuess=arrays["probeGuess"],
         objectGuess=arrays.get("objectGuess"),
         bad_pixels=arrays.get("bad_pixels"),
@@ -298,10 +298,9 @@ def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
     )
 
 
-def _coordinates(path, arrays, key: str, n: int) -> np.ndarray:
-    values = np.asarray(arrays[key])
-    if values.ndim != 1 or values.shape[0] != n:
-        raise ScanFileError(f"{path} key {key!r} has shape {values.shape} but the file has {n} diffraction patterns; give one position per pattern")
+def _coordinates(path, arrays, key: str) -> np.ndarray:
+    """Positions whose shape ``ScanFile._require_one_per_pattern`` already checked."""
+    values = arrays[key]
     if values.dtype.kind not in "fiu":
         raise ScanFileError(f"{path} key {key!r} has dtype {values.dtype}; positions must be real numbers (pixels)")
     values = values.astype(np.float64, copy=False)

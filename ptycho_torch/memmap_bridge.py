@@ -74,18 +74,11 @@ class MemmapDatasetBridge:
                 neighbor_pool_size=neighbor_pool_size,
             ),
         )
-        experiment = self.experiment if key == self.experiment.key else self._prepare(key, remake=False)
-        return grouped_data_from(
-            experiment.grouping,
-            experiment.store.diffraction,
-            objectGuess=experiment.scan.objectGuess,
-            Y=experiment.store.ground_truth,
-        )
+        return _grouped_data(self.experiment if key == self.experiment.key else self._prepare(key, remake=False))
 
     def grouped_data(self) -> dict:
         """The grouped-data dict for the grouping the config asks for."""
-        e = self.experiment
-        return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.scan.objectGuess, Y=e.store.ground_truth)
+        return _grouped_data(self.experiment)
 
     def _prepare(self, key: GroupingKey, remake: bool) -> Experiment:
         return rank_zero_first(
@@ -99,6 +92,10 @@ class MemmapDatasetBridge:
                 progress=self.progress,
             )
         )
+
+
+def _grouped_data(e: Experiment) -> dict:
+    return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.scan.objectGuess, Y=e.store.ground_truth)
 
 
 def _ptycho_config(npz_path: Path, config, overrides) -> PtychoConfig:
