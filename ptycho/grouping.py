@@ -47,13 +47,13 @@ def sample_groups(xcoords: np.ndarray, ycoords: np.ndarray, settings: GroupingSe
     Uses a private ``np.random.RandomState``; NumPy's global generator is never touched.
     """
     settings.validate()
-    n, C = len(xcoords), settings.C
-    if settings.nsamples > n and C > 1:
+    if needs_oversampling(len(xcoords), settings):
         return _oversampled_groups(xcoords, ycoords, settings)
     return _standard_groups(xcoords, ycoords, settings)
 
 
 def needs_oversampling(n_points: int, settings: GroupingSettings) -> bool:
+    """PtychoPINN's switch to the oversampling path: more groups than points, and groups larger than one."""
     return settings.nsamples > n_points and settings.C > 1
 
 

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from ptycho.loader import CONTAINER_FIELDS, load
-from ptycho_torch.torch_support import TORCH_AVAILABLE, as_tensors
+from ptycho_torch.torch_support import as_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class PtychoDataContainerTorch:
 
         bridge = MemmapDatasetBridge(npz_path, config, memmap_dir, **bridge_options)
         return cls(bridge.grouped_data(), bridge.probe)
-
-    @property
-    def uses_torch(self) -> bool:
-        return TORCH_AVAILABLE
 
     def __repr__(self) -> str:
         parts = [
