@@ -22,6 +22,7 @@ from ptycho_torch import experiment as experiment_module
 from ptycho_torch.data_container_bridge import PtychoDataContainerTorch
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from ptycho_torch.raw_data_bridge import TORCH_AVAILABLE, RawDataTorch
+from tests import golden
 from tests.scans import amplitude_stack, complex_object, probe, raster_scan
 
 N = 16
@@ -395,6 +396,87 @@ def test_memmap_dataset_configures_params_once_for_many_files(dataset_factory, t
     configs = (DataConfig(N=N64, K=7, subsample_seed=42, nphotons=1e6), TorchModelConfig(), TorchTrainingConfig(n_groups=200, test_data_file=EMBEDDED))
     dataset = dataset_factory(scans, config=None, data_config=configs[0], model_config=configs[1], training_config=configs[2])
     assert len(dataset) == 600 and len(calls) == 1
+
+
+# --- memmap golden parity: every path reproduces PtychoPINN's own TensorFlow-run outputs ------------
+# tests/data/tf_baseline_grouping.npz (see tests/data/README.md); runs without torch except the dataset.
+
+
+def golden_config(case, path):
+    model = ModelConfig(N=case.N, gridsize=case.gridsize)
+    return TrainingConfig(
+        model=model, train_data_file=path, test_data_file=path, nphotons=1e6, n_groups=case.nsamples,
+        neighbor_count=case.K, subsample_seed=case.seed, sequential_sampling=case.sequential_sampling,
+        enable_oversampling=case.enable_oversampling,
+    )
+
+
+@pytest.mark.parametrize("case", golden.CASES, ids=golden.CASE_IDS)
+@pytest.mark.parametrize("entry", [RawData.from_coords_without_pc, RawDataTorch], ids=["RawData", "RawDataTorch"])
+def test_memmap_golden_raw_data_paths(case, entry):
+    inputs = golden.case_inputs(case)
+    raw = entry(inputs.xcoords, inputs.ycoords, inputs.diffraction, inputs.probeGuess, inputs.scan_index, inputs.objectGuess)
+    grouping = raw.generate_grouping(case.N, **case.grouping_kwargs)
+    golden.assert_matches_golden(case, {**raw.generate_grouped_data(case.N, **case.grouping_kwargs), "norm": grouping.norm})
+
+
+@pytest.mark.parametrize("case", golden.CASES, ids=golden.CASE_IDS)
+def test_memmap_golden_bridge_built_and_from_cache(case, tmp_path):
+    path = golden.case_npz(case, tmp_path)
+    built = MemmapDatasetBridge(path, golden_config(case, path), tmp_path / "memmap", progress=False)
+    assert built.experiment.regrouped
+    golden.assert_matches_golden(case, {**built.get_grouped_data(case.N, **case.grouping_kwargs), "norm": built.experiment.grouping.norm})
+    reused = MemmapDatasetBridge(path, golden_config(case, path), tmp_path / "memmap", progress=False)
+    assert not reused.experiment.regrouped  # the grouping now comes from the .groups_cache.npz file
+    cached = reused.experiment.grouping
+    golden.assert_matches_golden(case, {**cached.arrays(), "norm": cached.norm}, keys=golden.COORDINATE_KEYS)
+
+
+@pytest.mark.parametrize("case", golden.CASES, ids=golden.CASE_IDS)
+def test_memmap_golden_container_from_cache(case, tmp_path):
+    path = golden.case_npz(case, tmp_path)
+    container = PtychoDataContainerTorch.from_cache(path, golden_config(case, path), tmp_path / "memmap", progress=False)
+    as_grouped = {
+        "nn_indices": numpy(container.nn_indices),
+        "coords_offsets": numpy(container.global_offsets),
+        "coords_relative": numpy(container.local_offsets),
+        "coords_start_relative": numpy(container.coords_nominal),  # float32 in the container
+        "X_full": numpy(container.X),
+        "Y": numpy(container.Y),
+    }
+    golden.assert_matches_golden(case, as_grouped, keys=as_grouped.keys())
+
+
+def dataset_batch_as_grouped(dataset, indices):
+    """A ``PtychoDataset`` batch in grouped-data layout (images and coordinates only), plus the scale."""
+    batch, _, scale = dataset[indices]
+    return {
+        "nn_indices": batch["nn_indices"].numpy(),
+        "coords_offsets": batch["coords_center"].numpy().transpose(0, 1, 3, 2),
+        "coords_relative": batch["coords_relative"].numpy().transpose(0, 2, 3, 1),
+        "coords_start_offsets": batch["coords_start_center"].numpy().transpose(0, 1, 3, 2),
+        "coords_start_relative": batch["coords_start_relative"].numpy().transpose(0, 2, 3, 1),
+        "X_full": batch["images"].numpy().transpose(0, 2, 3, 1),
+    }, scale.numpy().reshape(-1)
+
+
+@pytest.mark.parametrize("case", golden.CASES, ids=golden.CASE_IDS)
+def test_memmap_golden_dataset_batches(case, dataset_factory, tmp_path):
+    path = golden.case_npz(case, tmp_path)
+    dataset = dataset_factory(path, config=golden_config(case, path))
+    assert len(dataset) == case.nsamples
+    got, scale = dataset_batch_as_grouped(dataset, list(range(len(dataset))))
+    assert len(scale) == len(dataset) and (scale == scale[0]).all()
+    golden.assert_matches_golden(case, {**got, "norm": scale[0]}, keys=got.keys())
+
+
+@pytest.mark.parametrize("case", [c for c in golden.CASES if c.has_y], ids=[c.name for c in golden.CASES if c.has_y])
+def test_memmap_golden_dataset_ground_truth_y_baseline_convention(case, dataset_factory):
+    """The dataset's ``Y`` in PtychoPINN's convention (patch at group centre + relative offset)."""
+    path = golden.case_npz(case, None)
+    dataset = dataset_factory(path, config=golden_config(case, path), ground_truth=True)
+    batch, _, _ = dataset[list(range(8))]
+    golden.assert_y_matches_golden(case, batch["Y"].numpy().transpose(0, 2, 3, 1))
 
 
 # --- cache reuse ---------------------------------------------------------------------------------
