@@ -1,4 +1,13 @@
-"""A literal, slow transcription of PtychoPINN's grouping (baseline_grouping.md) for parity tests.
+"""A literal, slow transcription of PtychoPINN's grouping, kept only for cases the golden file lacks.
+
+PtychoPINN's own TensorFlow-run outputs (``tests/data/tf_baseline_grouping.npz``, checked in
+``tests/test_golden_parity.py``) cover: gridsize 1 and 2 random subsets, sequential sampling,
+K-choose-C oversampling and gridsize 3, and the ground-truth patches of objects scanned inside
+their borders; that file also checks this transcription (``test_transcription_reproduces_the_tensorflow_baseline``).
+This module remains for what the golden file does not hold: every point as a seed, gridsize-1
+sequential, ``K == C``, ``neighbor_pool_size``, sequential oversampling, more groups than the pool,
+scans smaller than ``K + 1``, coincident points (``tests/test_grouping.py``) and patches at and beyond
+the object's edges (``translate_crop_patch``, ``tests/test_patches.py``).
 
 It draws from NumPy's *global* generator exactly as PtychoPINN does (``np.random.seed`` then
 ``np.random.choice``) and restores the global state afterwards, so the library's private
@@ -94,32 +103,6 @@ def _oversampled(x, y, C, K, nsamples, sequential):
         raise ValueError("empty pool")
     pick = np.random.choice(len(pool), size=nsamples, replace=nsamples > len(pool))
     return np.array(pool)[pick]
-
-
-def reference_grouped_data(x, y, x_start, y_start, diff3d, N, groups, objectGuess=None):
-    """The grouped-data dict computed the way PtychoPINN does, from given groups."""
-    nn = groups
-    diffraction = np.transpose(diff3d[nn], (0, 2, 3, 1)).astype(np.float32)
-
-    def coords(xs, ys):
-        coords_nn = np.transpose(np.array([xs[nn], ys[nn]]), (1, 0, 2))[:, None]
-        offsets = np.mean(coords_nn, axis=3)[..., None]
-        return coords_nn, offsets, -1 * (coords_nn - offsets)
-
-    coords_nn, offsets, relative = coords(x, y)
-    start_nn, start_offsets, start_relative = coords(x_start, y_start)
-    norm = np.sqrt((N / 2) ** 2 / np.mean(np.sum(diffraction ** 2, axis=(1, 2))))
-    return {
-        "diffraction": diffraction,
-        "X_full": (norm * diffraction).astype(np.float32),
-        "coords_nn": coords_nn,
-        "coords_offsets": offsets,
-        "coords_relative": relative,
-        "coords_start_nn": start_nn,
-        "coords_start_offsets": start_offsets,
-        "coords_start_relative": start_relative,
-        "nn_indices": nn,
-    }
 
 
 def translate_crop_patch(padded, ox, oy, N):
