@@ -471,9 +471,9 @@ def test_memmap_golden_dataset_batches(case, dataset_factory, tmp_path):
 
 
 @pytest.mark.parametrize("case", [c for c in golden.CASES if c.has_y], ids=[c.name for c in golden.CASES if c.has_y])
-def test_memmap_golden_dataset_ground_truth_y_baseline_convention(case, dataset_factory):
+def test_memmap_golden_dataset_ground_truth_y_baseline_convention(case, dataset_factory, tmp_path):
     """The dataset's ``Y`` in PtychoPINN's convention (patch at group centre + relative offset)."""
-    path = golden.case_npz(case, None)
+    path = golden.case_npz(case, tmp_path)
     dataset = dataset_factory(path, config=golden_config(case, path), ground_truth=True)
     batch, _, _ = dataset[list(range(8))]
     golden.assert_y_matches_golden(case, batch["Y"].numpy().transpose(0, 2, 3, 1))
