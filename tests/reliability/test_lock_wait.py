@@ -24,6 +24,7 @@ import os, signal, sys
 from pathlib import Path
 from ptycho_torch.file_lock import directory_lock
 directory, holding = sys.argv[1:3]
+Path(directory).mkdir(parents=True, exist_ok=True)
 with directory_lock(Path(directory)):
     Path(holding).touch()
     os.kill(os.getpid(), signal.SIGSTOP)  # a stopped (or hung) builder: it keeps the lock

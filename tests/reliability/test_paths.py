@@ -46,7 +46,9 @@ def test_relative_paths_then_chdir_in_the_dataset(tmp_path, monkeypatch):
     elsewhere.mkdir()
     copy_embedded(work / "scans" / "scan.npz")
     monkeypatch.chdir(work)
+    PtychoDataset("scans", config=memmap_config("scans/scan.npz"), data_dir="memmap", progress=False)  # builds
     dataset = PtychoDataset("scans", config=memmap_config("scans/scan.npz"), data_dir="memmap", progress=False)
+    assert not dataset.regrouped  # reused: its memory map is opened at the first batch, after the chdir
     monkeypatch.chdir(elsewhere)
     batch, _, scale = dataset[np.arange(len(dataset))]
     expected = baseline_grouped()
