@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--max-groups", type=_non_negative_int, default=200, help="outline at most this many groups (default: 200)")
 
     clean = command("clean", _clean, "remove the files this tool wrote",
-                    "Remove the memory maps, groups caches, locks and temporaries written by this tool; any other "
-                    "file is kept (and so is its directory). Without --yes, only lists what would be removed.")
+                    "Remove the memory maps, groups caches, locks and temporaries written by this tool, judged by their "
+                    "contents (a file merely named like one is kept, and so is its directory); leaves no lock file "
+                    "behind. Without --yes, only lists what would be removed.")
     _add_data_dir_arguments(clean)
     clean.add_argument("--yes", action="store_true", help="really remove the files")
     _add_lock_timeout_argument(clean)
