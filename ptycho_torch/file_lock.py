@@ -44,6 +44,8 @@ def directory_lock(directory: Path, timeout_seconds: float | None = None) -> Ite
     If the lock file is removed (``ptycho-memmap clean``) while this process waits, it locks a new one.
     Readers never take it: a reader only uses files that were renamed into place complete.
     """
+    if timeout_seconds is not None and not 0 <= timeout_seconds < float("inf"):
+        raise ValueError(f"lock_timeout must be a number of seconds >= 0 or None (no limit), got {timeout_seconds!r}")
     path = Path(directory) / LOCK_NAME
     started = time.monotonic()
     while True:

@@ -129,3 +129,11 @@ def test_clean_while_a_builder_waits_for_the_lock_does_not_break_the_builder(tmp
     again = MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
     assert not again.experiment.regrouped  # what the builder wrote after clean is complete and valid
     np.testing.assert_array_equal(again.grouped_data()["nn_indices"], baseline_grouped()["nn_indices"])
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf")])
+def test_impossible_lock_timeout_is_refused_before_locking(tmp_path, timeout):
+    with pytest.raises(ValueError, match="lock_timeout must be a number of seconds >= 0 or None"):
+        with directory_lock(tmp_path / "dataset", timeout_seconds=timeout):
+            pass
+    assert not (tmp_path / "dataset").exists()
