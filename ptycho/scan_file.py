@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,16 +254,36 @@ class ScanFile:
 
 
 def scan_files(path) -> list[Path]:
-    """One scan NPZ, or every ``*.npz`` of a directory in name order (the order of ``experiment_id``)."""
+    """One scan NPZ, or every ``*.npz`` (any case) of a directory in name order (the order of ``experiment_id``).
+
+    An entry named like a scan that is not a readable file (a dangling symlink, a directory, a FIFO)
+    is an error, not skipped: skipping it would shift every later ``experiment_id``.
+    """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npz")
+        for entry in files:
+            _require_scan_entry(entry)
         if not files:
             raise FileNotFoundError(f"no .npz scan files in directory {path}; pass an NPZ or a directory holding them")
         return files
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist; check the path")
     return [path]
+
+
+def _require_scan_entry(entry: Path) -> None:
+    if entry.is_file():
+        return
+    if entry.is_symlink() and not entry.exists():
+        raise FileNotFoundError(
+            f"{entry} is a symbolic link to {os.readlink(entry)}, which does not exist; fix or remove the link "
+            "(every .npz in the directory is an experiment, in name order)"
+        )
+    raise ScanFileError(
+        f"{entry} is named like a scan file but is not a regular file; rename or remove it "
+        "(every .npz in the directory is an experiment, in name order)"
+    )
 
 
 def read_scan(path, load_diffraction: bool = True) -> Scan:

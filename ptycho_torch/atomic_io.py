@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -85,7 +86,8 @@ def require_free_space(directory: Path, needed_bytes: int) -> None:
 
 
 def ensure_directory(directory: Path) -> Path:
-    """Create ``directory`` (and parents) or explain why it cannot be."""
+    """Create ``directory`` (and parents) or explain why it cannot be; a symbolic link there is refused."""
+    refuse_symlinked_directory(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -100,6 +102,44 @@ def ensure_directory(directory: Path) -> Path:
     return directory
 
 
+def refuse_symlinked_directory(directory: Path) -> None:
+    """Refuse to write or delete in ``directory`` when it is a symbolic link (its target is someone else's)."""
+    if Path(directory).is_symlink():
+        raise DataDirectoryError(
+            errno.ELOOP,
+            f"{directory} is a symbolic link (to {os.readlink(directory)}); this package never writes or deletes "
+            f"through a link in its data directory; remove the link (rm {directory}) to let it build a real directory there",
+        )
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, socket, device or directory where this package expects one of its regular files."""
+
+
+def open_regular(path: Path):
+    """Open ``path`` for reading without ever blocking on a FIFO; raise NotRegularFileError unless it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file (a FIFO, socket, device or directory?)", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file (never blocks on a FIFO; see :func:`open_regular`)."""
+    with open_regular(path) as handle:
+        return handle.read()
+
+
+def require_regular(path: Path) -> None:
+    """Raise NotRegularFileError unless ``path`` is (or links to) a regular file; FileNotFoundError when missing."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegularFileError(errno.EINVAL, "not a regular file (a FIFO, socket, device or directory?)", str(path))
+
+
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of the temporaries :func:`temporary_path` makes."""
     return bool(_TEMPORARY.match(name))
@@ -107,6 +147,7 @@ def is_temporary(name: str) -> bool:
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporaries this package left behind in ``directory`` (call only while holding its lock)."""
+    refuse_symlinked_directory(directory)
     removed = []
     for path in directory.iterdir():
         if is_temporary(path.name):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import logging
 import re
 import time
@@ -12,15 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ptycho.grouping import GroupingSettings
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import read_scan
 from ptycho_torch import groups_cache
-from ptycho_torch.atomic_io import is_temporary
-from ptycho_torch.file_lock import LOCK_NAME
+from ptycho_torch.atomic_io import is_temporary, open_regular, read_regular, refuse_symlinked_directory
+from ptycho_torch.file_lock import LOCK_NAME, is_lock_file
 from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
 from ptycho_torch.groups_cache import GroupingKey, read_cache, read_metadata, stale_reason
-from ptycho_torch.memmap_store import DIFFRACTION, ENERGY, GROUND_TRUTH, MANIFEST, DiffractionMemmap, Manifest
+from ptycho_torch.json_checks import has_signature, parse_json_object
+from ptycho_torch.memmap_store import (
+    DIFFRACTION, ENERGY, GROUND_TRUTH, MANIFEST, MANIFEST_SIGNATURE, DiffractionMemmap, Manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ _DATASET_DIRECTORY = re.compile(r"^.+-[0-9a-f]{12}$")
 _GROUPS_CACHE = re.compile(r"^groups-[0-9a-f]{16}" + re.escape(groups_cache.SUFFIX) + "$")
 _FIXED_NAMES = frozenset({MANIFEST, DIFFRACTION, ENERGY, GROUND_TRUTH, LOCK_NAME})
 _DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+_TEMPORARY_BASE = re.compile(r"^\.(.+)\.tmp-\d+-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -117,38 +123,105 @@ def grouping_key_of(metadata: dict) -> GroupingKey:
 
 
 def owned_files(data_dir) -> list[OwnedFiles]:
-    """The dataset directories of ``data_dir`` this package made, with the files in them that it wrote.
+    """The dataset directories of ``data_dir`` this package made, with the files in them that it provably wrote.
 
-    A directory counts as ours when its name is ``<stem>-<12 hex digits>`` and it holds at least one
-    of our file names; inside it only those names are ours, anything else belongs to the user.
+    A directory counts as ours when its name is ``<stem>-<12 hex digits>``, it is not a symbolic link and
+    it holds at least one file of ours; anything else in it belongs to the user (see :func:`owned_in`).
     """
     found = []
     for directory in sorted(p for p in Path(data_dir).iterdir() if p.is_dir() and not p.is_symlink()):
-        if not _DATASET_DIRECTORY.match(directory.name):
-            continue
-        ours, others = [], []
-        for path in sorted(directory.iterdir()):
-            (ours if path.is_file() and not path.is_symlink() and is_ours(path.name) else others).append(path)
-        if ours:
-            found.append(OwnedFiles(directory=directory, ours=tuple(ours), others=tuple(others)))
+        if _DATASET_DIRECTORY.match(directory.name):
+            files = owned_in(directory)
+            if files.ours:
+                found.append(files)
     return found
 
 
+def owned_in(directory: Path) -> OwnedFiles:
+    """Split one dataset directory into the files whose contents prove this package wrote them, and the rest.
+
+    Ours: a ``manifest.json`` with the fields and types of a manifest; the ``diffraction.npy`` of its
+    size, the ``pattern_energy.npy`` of its sha256 and a ``Y.npy`` it announces, of its shape;
+    ``groups-<16 hex>.groups_cache.npz`` files whose metadata parses as a cache's; a ``.lock`` holding
+    nothing or a holder's ``<pid> <host>``; temporaries of these names. Never a link or a non-regular file.
+    """
+    directory = Path(directory)
+    manifest = _our_manifest(directory / MANIFEST)
+    ours, others = [], []
+    for path in sorted(directory.iterdir()):
+        (ours if _written_by_us(path, manifest) else others).append(path)
+    return OwnedFiles(directory=directory, ours=tuple(ours), others=tuple(others))
+
+
 def is_ours(name: str) -> bool:
-    """Whether a file name is one this package writes in a dataset directory."""
+    """Whether a file name is one this package writes in a dataset directory (its contents decide, see :func:`owned_in`)."""
     return name in _FIXED_NAMES or bool(_GROUPS_CACHE.match(name)) or is_temporary(name)
 
 
-def remove_owned(files: OwnedFiles) -> list[Path]:
-    """Delete our files of one dataset directory, then the directory if nothing else is left in it."""
+def remove_owned(directory: Path) -> list[Path]:
+    """Delete what :func:`owned_in` proves ours, the lock file last, then the directory if it is empty.
+
+    Call while holding the directory's lock: files are checked again here, so a build finished
+    since the listing is judged on what it wrote. A builder waiting for the removed lock locks a new one.
+    """
+    refuse_symlinked_directory(directory)
+    files = owned_in(directory)
     removed = []
     for path in sorted(files.ours, key=lambda p: p.name == LOCK_NAME):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
-    with contextlib.suppress(OSError):
-        files.directory.rmdir()  # only succeeds when empty
+    if not files.others:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only succeeds when empty
     return removed
+
+
+def _our_manifest(path: Path) -> dict | None:
+    """The manifest's values if ``path`` is a regular file holding a manifest this package wrote, else None."""
+    if path.is_symlink():
+        return None
+    try:
+        values = parse_json_object(read_regular(path))
+    except (OSError, ValueError):
+        return None
+    return values if has_signature(values, MANIFEST_SIGNATURE) else None
+
+
+def _written_by_us(path: Path, manifest: dict | None) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    name = path.name
+    temporary = _TEMPORARY_BASE.match(name)
+    if temporary:
+        return is_ours(temporary.group(1))
+    try:
+        if name == MANIFEST:
+            return manifest is not None
+        if name == LOCK_NAME:
+            return is_lock_file(path)
+        if _GROUPS_CACHE.match(name):
+            read_metadata(path)
+            return True
+        if manifest is None:
+            return False
+        if name == DIFFRACTION:
+            return path.stat().st_size == manifest["diffraction_bytes"]
+        if name == ENERGY:
+            return hashlib.sha256(read_regular(path)).hexdigest() == manifest["energy_sha256"]
+        if name == GROUND_TRUTH:
+            return manifest["has_ground_truth"] and _npy_header(path) == ((manifest["n"], manifest["N"], manifest["N"]), "<c8")
+    except _DAMAGE:
+        return False
+    return False
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], str]:
+    with open_regular(path) as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+    return shape, dtype.str
 
 
 class _SourceFingerprints:
@@ -157,8 +230,8 @@ class _SourceFingerprints:
     def __init__(self):
         self._known: dict[str, Fingerprint | str] = {}
 
-    def get(self, source: str | None) -> Fingerprint | str:
-        if not source:
+    def get(self, source) -> Fingerprint | str:
+        if not source or not isinstance(source, str):
             return "no source file recorded"
         if source not in self._known:
             self._known[source] = self._compute(Path(source))
@@ -180,8 +253,8 @@ def _memory_map_entry(manifest_path: Path, fingerprints: _SourceFingerprints) ->
     size = sum(_size(directory / name) for name in (MANIFEST, DIFFRACTION, ENERGY, GROUND_TRUTH))
     modified = manifest_path.stat().st_mtime
     try:
-        manifest = Manifest(**json.loads(manifest_path.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
+        manifest = Manifest.from_json(read_regular(manifest_path))
+    except (OSError, ValueError) as exc:
         return CacheEntry(MEMORY_MAP, directory, None, {}, size, modified, f"unreadable manifest ({exc})")
     parameters = {
         "n": manifest.n,
@@ -193,7 +266,7 @@ def _memory_map_entry(manifest_path: Path, fingerprints: _SourceFingerprints) ->
     fingerprint = fingerprints.get(manifest.source)
     if isinstance(fingerprint, str):
         problem = fingerprint
-    elif Fingerprint.from_dict(manifest.fingerprint) != fingerprint:
+    elif manifest.fingerprint != fingerprint.as_dict():
         problem = "the scan file changed since it was built"
     else:
         with _silenced(logging.getLogger(DiffractionMemmap.__module__)):

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = command("build", _build, "build the memory map and groups cache of scan files",
                     "Copy the diffraction of each scan NPZ into a memory map and cache its groups; reuses valid ones.")
     _add_scan_arguments(build)
+    _add_lock_timeout_argument(build)
     build.add_argument("--remake", action="store_true", help="rebuild the memory map and regroup even if valid")
 
     info = command("info", _info, "list the caches in a data directory",
@@ -110,14 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "Draw the scan positions and each group's outline over the object amplitude into a PNG, "
                    "using the groups cache (built if needed).")
     _add_scan_arguments(plot)
+    _add_lock_timeout_argument(plot)
     plot.add_argument("-o", "--output", type=Path, default=Path("groups.png"), help="PNG to write (default: groups.png)")
     plot.add_argument("--max-groups", type=_non_negative_int, default=200, help="outline at most this many groups (default: 200)")
 
     clean = command("clean", _clean, "remove the files this tool wrote",
-                    "Remove the memory maps, groups caches, locks and temporaries written by this tool; any other "
-                    "file is kept (and so is its directory). Without --yes, only lists what would be removed.")
+                    "Remove the memory maps, groups caches, locks and temporaries written by this tool, judged by their "
+                    "contents (a file merely named like one is kept, and so is its directory); leaves no lock file "
+                    "behind. Without --yes, only lists what would be removed.")
     _add_data_dir_arguments(clean)
     clean.add_argument("--yes", action="store_true", help="really remove the files")
+    _add_lock_timeout_argument(clean)
     return parser
 
 
@@ -137,6 +141,12 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
                         help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
+
+
+def _add_lock_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
+                        help="give up after waiting this long for another process building the same scan "
+                             "(default: wait for ever, with a warning naming that process every minute)")
 
 
 def _add_data_dir_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,14 +232,15 @@ def _clean(args) -> int:
     for files in found:
         print(f"  {files.directory}/: {', '.join(p.name for p in files.ours)}")
         for other in files.others:
-            print(f"    keeping {other} (not written by {PROG})")
+            print(f"    keeping {other} (not provably written by {PROG})")
     if not args.yes:
         print("nothing removed; run again with --yes to remove these files")
         return EXIT_OK
+    removed = 0
     for files in found:
-        with directory_lock(files.directory):  # waits for a build in progress
-            remove_owned(files)
-    print(f"removed {n_files} file(s) from {data_dir}")
+        with directory_lock(files.directory, args.lock_timeout):  # waits for a build in progress
+            removed += len(remove_owned(files.directory))
+    print(f"removed {removed} file(s) from {data_dir}")
     return EXIT_OK
 
 
@@ -320,6 +331,7 @@ def _bridge(path: Path, args, remake: bool):
         diffraction_units=args.units,
         remake_map=remake,
         progress=not args.quiet,
+        lock_timeout=args.lock_timeout,
     )
 
 
@@ -398,6 +410,16 @@ def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
     return value
 
 

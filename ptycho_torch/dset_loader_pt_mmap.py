@@ -56,7 +56,8 @@ class PtychoDataset(Dataset):
     ``inference_config`` and ``datagen_config`` are accepted and unused, as Ptychodus passes all
     five) or with ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set
     ``ptycho`` config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once,
-    here. ``remake_map=True`` rebuilds the memory map and regroups.
+    here. ``remake_map=True`` rebuilds the memory map and regroups. ``lock_timeout`` (seconds, default
+    no limit) bounds the wait for another process building the same scan (a WARNING names it meanwhile).
     """
 
     def __init__(
@@ -75,11 +76,12 @@ class PtychoDataset(Dataset):
         diffraction_units: str = "auto",
         ground_truth: bool = False,
         progress: bool = True,
+        lock_timeout: float | None = None,
     ):
         require_torch("PtychoDataset")
         _require_tensordict()
-        self.files = scan_files(ptycho_dir_or_npz)
-        self.data_dir = Path(data_dir)
+        self.files = [path.absolute() for path in scan_files(ptycho_dir_or_npz)]  # survive a later os.chdir
+        self.data_dir = Path(data_dir).absolute()
         self.config = to_ptycho_config(self.files[0], data_config, model_config, training_config, config=config, overrides=overrides)
         update_legacy_dict(params.cfg, self.config)
         key = grouping_key(self.config)
@@ -93,6 +95,7 @@ class PtychoDataset(Dataset):
                     remake=remake_map and build,
                     build=build,
                     progress=progress,
+                    lock_timeout=lock_timeout,
                 )
                 for path in tqdm(self.files, desc="preparing scans", unit="file", disable=not progress or len(self.files) < 2)
             ]

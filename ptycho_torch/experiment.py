@@ -53,14 +53,17 @@ def prepare_experiment(
     remake: bool = False,
     build: bool = True,
     progress: bool = True,
+    lock_timeout: float | None = None,
 ) -> Experiment:
     """Reuse the memory map and groups cache of ``npz_path`` or build what is missing or stale.
 
     A valid cache is read without any lock or write access. Building happens under an exclusive
     lock on the scan's directory, so concurrent processes build once and all read the same result.
-    ``build=False`` (other DDP ranks) refuses to build and expects a valid cache.
+    ``build=False`` (other DDP ranks) refuses to build and expects a valid cache. ``lock_timeout``
+    (seconds, None: no limit) bounds the wait for another process building the same scan.
+    Paths are made absolute here, so a later ``os.chdir`` (or a worker started elsewhere) still finds them.
     """
-    npz_path = Path(npz_path)
+    npz_path, data_dir = Path(npz_path).resolve(), Path(data_dir).absolute()
     with ScanFile(npz_path) as scan_file:
         scan = scan_file.read_scan(load_diffraction=False)
         counts = resolve_counts(scan_file, diffraction_units)
@@ -82,7 +85,7 @@ def prepare_experiment(
     if not build:
         raise RuntimeError(f"no valid groups cache at {path} after rank 0 prepared it; check that every rank sees the same data_dir")
     ensure_directory(directory)
-    with directory_lock(directory):
+    with directory_lock(directory, lock_timeout):
         remove_stale_temporaries(directory)
         if not remake:
             ready = _reuse(scan, directory, path, key, fingerprint, counts)

@@ -19,8 +19,9 @@ import numpy as np
 
 from ptycho.grouping import GroupingSettings
 from ptycho.raw_data import Grouping
-from ptycho_torch.atomic_io import atomic_path
+from ptycho_torch.atomic_io import atomic_path, open_regular
 from ptycho_torch.fingerprint import Fingerprint
+from ptycho_torch.json_checks import has_signature, parse_json_object
 from ptycho_torch.version import library_version
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,25 @@ def write_cache(path: Path, grouping: Grouping, key: GroupingKey, fingerprint: F
             np.savez(handle, metadata=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
 
 
+# the metadata fields every cache format has had, with their types: anything else is not a cache of ours
+METADATA_SIGNATURE = {"format_version": int, "library_version": str, "fingerprint": dict, "grouping": dict, "checksum": str}
+
+
 def read_metadata(path: Path) -> dict:
-    """The metadata of a cache file (raises on a damaged file)."""
-    with np.load(path, allow_pickle=False) as cache:
-        return json.loads(str(cache["metadata"]))
+    """The metadata of a cache file (raises OSError or ValueError on a damaged file, or one that is not a cache)."""
+    with open_regular(path) as handle, np.load(handle, allow_pickle=False) as cache:
+        return parse_metadata(cache)
+
+
+def parse_metadata(cache) -> dict:
+    """The ``metadata`` member of an opened cache, checked for the shape this library writes (ValueError if not)."""
+    try:
+        values = parse_json_object(str(cache["metadata"]))
+    except KeyError:
+        raise ValueError("no 'metadata' member") from None
+    if not has_signature(values, METADATA_SIGNATURE):
+        raise ValueError(f"metadata lacks or mistypes one of {sorted(METADATA_SIGNATURE)}")
+    return values
 
 
 def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint, n_points: int | None = None) -> Grouping | None:
@@ -86,8 +102,8 @@ def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint, n_points:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as cache:
-            metadata = json.loads(str(cache["metadata"]))
+        with open_regular(path) as handle, np.load(handle, allow_pickle=False) as cache:
+            metadata = parse_metadata(cache)
             reason = stale_reason(metadata, key, fingerprint)
             if reason:
                 logger.info("groups cache %s is stale (%s); regrouping", path.name, reason)

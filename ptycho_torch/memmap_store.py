@@ -6,17 +6,19 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ptycho.scan_file import PatternLayout, ScanFile, ScanFileError
 from ptycho.validation import amplitude_from_counts, check_amplitude_block, is_counts, pattern_energy
-from ptycho_torch.atomic_io import atomic_path, require_free_space
+from ptycho_torch.atomic_io import NotRegularFileError, atomic_path, read_regular, require_free_space, require_regular
 from ptycho_torch.fingerprint import Fingerprint, sample_digest
+from ptycho_torch.json_checks import has_type, parse_json_object
 from ptycho_torch.version import library_version
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,26 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Manifest:
+        """Parse a manifest, raising ValueError unless it is a JSON object with exactly these fields in these types."""
+        values = parse_json_object(text)
+        expected = {f.name for f in fields(Manifest)}
+        if set(values) != expected:
+            missing, unknown = sorted(expected - set(values)), sorted(set(values) - expected)
+            raise ValueError(f"not a manifest of this format (missing {missing}, unknown {unknown})")
+        for name, kind in get_type_hints(Manifest).items():
+            if not has_type(values[name], kind):
+                raise ValueError(f"field {name!r} is {type(values[name]).__name__}, expected {getattr(kind, '__name__', kind)}")
+        return Manifest(**values)
+
+
+# the fields every manifest format has had: enough to tell one this library wrote from any other JSON file
+MANIFEST_SIGNATURE = {
+    "format_version": int, "library_version": str, "source": str, "fingerprint": dict, "n": int, "N": int,
+    "diffraction_bytes": int, "energy_sha256": str, "has_ground_truth": bool,
+}
 
 
 class DiffractionMemmap:
@@ -85,13 +107,19 @@ class DiffractionMemmap:
 
     def _open(self, name: str) -> np.ndarray:
         path = self.directory / name
+        if _identity(path) != self.identities.get(name):  # checked first too: a FIFO put there must not block np.load
+            self._refuse_replaced(path)
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         if _identity(path) != self.identities.get(name):
-            raise RuntimeError(
-                f"{path} was replaced after this dataset checked it (another process rebuilt the memory map, "
-                "e.g. because the scan file changed), so the groups no longer match it; create the dataset again"
-            )
+            self._refuse_replaced(path)
         return array
+
+    @staticmethod
+    def _refuse_replaced(path: Path):
+        raise RuntimeError(
+            f"{path} was replaced after this dataset checked it (another process rebuilt the memory map, "
+            "e.g. because the scan file changed), so the groups no longer match it; create the dataset again"
+        )
 
     @staticmethod
     def open_valid(directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool) -> DiffractionMemmap | None:
@@ -104,7 +132,7 @@ class DiffractionMemmap:
         if reason:
             logger.info("memory map in %s is not reusable: %s", directory, reason)
             return None
-        energy = np.load(Path(directory) / ENERGY, allow_pickle=False)
+        energy = np.load(Path(directory) / ENERGY, allow_pickle=False)  # a regular file: checked in _stale_reason
         return DiffractionMemmap(Path(directory), manifest, energy, identities)
 
     @staticmethod
@@ -241,11 +269,10 @@ def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Pa
 
 def _read_manifest(path: Path) -> Manifest | None:
     try:
-        values = json.loads(path.read_text())
-        return Manifest(**values)
+        return Manifest.from_json(read_regular(path))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable memory-map manifest %s (%s); it will be rebuilt", path, exc)
         return None
 
@@ -253,12 +280,14 @@ def _read_manifest(path: Path) -> Manifest | None:
 def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
     if manifest.format_version != FORMAT_VERSION:
         return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})"
-    if Fingerprint.from_dict(manifest.fingerprint) != fingerprint:
+    if manifest.fingerprint != fingerprint.as_dict():
         return "the scan file changed since it was built"
     if manifest.counts_to_amplitude != counts:
         return "built with other diffraction units"
     diffraction = directory / DIFFRACTION
     try:
+        for name in (DIFFRACTION, ENERGY, GROUND_TRUTH) if manifest.has_ground_truth else (DIFFRACTION, ENERGY):
+            require_regular(directory / name)
         if diffraction.stat().st_size != manifest.diffraction_bytes:
             return f"{DIFFRACTION} has the wrong size (truncated?)"
         if sample_digest(diffraction) != manifest.diffraction_sample_sha256:
@@ -269,6 +298,8 @@ def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint,
             return f"{GROUND_TRUTH} is missing"
     except FileNotFoundError as exc:
         return f"{Path(exc.filename).name} is missing"
+    except NotRegularFileError as exc:
+        return f"{Path(exc.filename).name} is not a regular file"
     return None
 
 
@@ -292,4 +323,4 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_regular(path)).hexdigest()
