@@ -13,6 +13,9 @@ from scipy.spatial import cKDTree
 logger = logging.getLogger(__name__)
 
 SEQUENTIAL_SEED = 0
+# Bump whenever a change here or in ptycho.raw_data could change which groups, coordinates or norm a
+# setting gives: groups caches record it, and a cache made by another version is regrouped.
+GROUPING_VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -251,9 +251,13 @@ def _verify_one(path: Path, args) -> bool:
     fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
     directory = dataset_directory(args.data_dir, path)
     cached_path = cache_path(directory, key)
-    cached, problem = check_groups_cache(cached_path, fingerprint, key)
-    problems = [f"groups cache invalid: {problem}"] if cached is None else grouping_differences(cached, fresh)
-    problems += _memory_map_problems(path, directory, fingerprint, raw.diff3d, args.units)
+    store = _valid_memory_map(path, directory, fingerprint, args.units)
+    if store is None:
+        problems = [f"memory map in {directory} is missing or not valid for this file, so no groups cache made from it is either"]
+    else:
+        cached, problem = check_groups_cache(cached_path, fingerprint, key, store.identity)
+        problems = [f"groups cache invalid: {problem}"] if cached is None else grouping_differences(cached, fresh)
+        problems += _memory_map_problems(store, raw.diff3d)
     if problems:
         print(f"MISMATCH {path}: " + "; ".join(problems) + f" (run {PROG} build --remake with the same options to rebuild)")
         return False
@@ -276,25 +280,32 @@ def grouping_differences(cached, fresh) -> list[str]:
     return problems
 
 
-def _memory_map_problems(path: Path, directory: Path, fingerprint, diffraction: np.ndarray, units: str) -> list[str]:
+def _valid_memory_map(path: Path, directory: Path, fingerprint, units: str):
     from ptycho.scan_file import ScanFile
     from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
 
     with ScanFile(path) as scan_file:
         counts = resolve_counts(scan_file, units)
-    store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
-    if store is None:
-        return [f"memory map in {directory} is missing or not valid for this file"]
+    return DiffractionMemmap.open_valid(directory, fingerprint, counts)
+
+
+def _memory_map_problems(store, diffraction: np.ndarray) -> list[str]:
+    """The map's full checksum against its manifest, then every pattern against the scan file's diffraction."""
+    from ptycho_torch.memmap_store import DIFFRACTION, sha256_file
+
+    problems = []
+    if sha256_file(store.directory / DIFFRACTION) != store.manifest.diffraction_sha256:
+        problems.append(f"memory map {DIFFRACTION} does not match the checksum recorded when it was built (edited in place?)")
     stack = store.diffraction
     if stack.shape != diffraction.shape:
-        return [f"memory map has shape {stack.shape}, the file's diffraction {diffraction.shape}"]
+        return problems + [f"memory map has shape {stack.shape}, the file's diffraction {diffraction.shape}"]
     for start in range(0, len(stack), _COMPARE_CHUNK):
         stop = min(start + _COMPARE_CHUNK, len(stack))
         expected = np.asarray(diffraction[start:stop], dtype=np.float32)
         if not np.array_equal(stack[start:stop], expected):
             first = start + int(np.flatnonzero((stack[start:stop] != expected).reshape(stop - start, -1).any(axis=1))[0])
-            return [f"memory map pattern {first} differs from the file's diffraction"]
-    return []
+            return problems + [f"memory map pattern {first} differs from the file's diffraction"]
+    return problems
 
 
 def _draw_is_random(settings, n_points: int) -> bool:

@@ -96,7 +96,7 @@ def _reuse(scan, directory, path, key, fingerprint, counts) -> Experiment | None
     store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
     if store is None:
         return None
-    grouping = read_cache(path, key, fingerprint, n_points=store.manifest.n)
+    grouping = read_cache(path, key, fingerprint, store.identity, n_points=store.manifest.n)
     if grouping is None:
         return None
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False)
@@ -111,7 +111,7 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
         grouping = group_with_raw_data(scan, store, key)
     except ValueError as exc:
         raise ValueError(f"{npz_path}: {exc}") from exc
-    write_cache(path, grouping, key, fingerprint, str(npz_path))
+    write_cache(path, grouping, key, fingerprint, str(npz_path), store.identity)
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True)
 

@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import secrets
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from ptycho_torch.version import library_version
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HASH_CHUNK_BYTES = 8 * 2**20
 MANIFEST = "manifest.json"
 DIFFRACTION = "diffraction.npy"
 ENERGY = "pattern_energy.npy"
@@ -46,6 +48,9 @@ class Manifest:
     energy_sha256: str
     has_ground_truth: bool
     created: str
+    map_id: str = ""
+    file_identities: dict = field(default_factory=dict)
+    diffraction_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -80,6 +85,15 @@ class DiffractionMemmap:
             self._ground_truth = self._open(GROUND_TRUTH)
         return self._ground_truth
 
+    @property
+    def identity(self) -> dict:
+        """What a groups cache records of the map it was computed from: any rebuild or edit changes it."""
+        return {
+            "map_id": self.manifest.map_id,
+            "counts_to_amplitude": self.manifest.counts_to_amplitude,
+            "diffraction_file": self.manifest.file_identities.get(DIFFRACTION),
+        }
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_diffraction": None, "_ground_truth": None}
 
@@ -100,9 +114,9 @@ class DiffractionMemmap:
         if manifest is None:
             return None
         identities = _identities(Path(directory), manifest)
-        reason = _stale_reason(Path(directory), manifest, fingerprint, counts_to_amplitude)
+        reason, level = _staleness(Path(directory), manifest, fingerprint, counts_to_amplitude)
         if reason:
-            logger.info("memory map in %s is not reusable: %s", directory, reason)
+            logger.log(level, "memory map in %s is not reusable (%s); rebuilding it", directory, reason)
             return None
         energy = np.load(Path(directory) / ENERGY, allow_pickle=False)
         return DiffractionMemmap(Path(directory), manifest, energy, identities)
@@ -134,6 +148,7 @@ class DiffractionMemmap:
             _save_npy(tmp, energy)
         if has_y:
             _copy_ground_truth(scan_file, layout, directory, progress)
+        names = (DIFFRACTION, GROUND_TRUTH) if has_y else (DIFFRACTION,)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             library_version=library_version(),
@@ -146,9 +161,12 @@ class DiffractionMemmap:
             N=layout.N,
             diffraction_bytes=(directory / DIFFRACTION).stat().st_size,
             diffraction_sample_sha256=sample_digest(directory / DIFFRACTION),
-            energy_sha256=_sha256_file(directory / ENERGY),
+            energy_sha256=sha256_file(directory / ENERGY),
             has_ground_truth=has_y,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            map_id=secrets.token_hex(16),
+            file_identities={name: file_identity(directory / name) for name in names},
+            diffraction_sha256=sha256_file(directory / DIFFRACTION),
         )
         text = manifest.to_json()
         with atomic_path(directory / MANIFEST, len(text)) as tmp:
@@ -250,26 +268,47 @@ def _read_manifest(path: Path) -> Manifest | None:
         return None
 
 
-def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
+def stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
+    """Why the map in ``directory`` must not be used for this scan file and these units (None: it may)."""
+    return _staleness(Path(directory), manifest, fingerprint, counts)[0]
+
+
+def _staleness(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> tuple[str | None, int]:
+    """``(reason, log level)``: a changed scan or setting is routine (INFO), a changed map file is not (WARNING)."""
     if manifest.format_version != FORMAT_VERSION:
-        return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})"
+        return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})", logging.INFO
     if Fingerprint.from_dict(manifest.fingerprint) != fingerprint:
-        return "the scan file changed since it was built"
+        return "the scan file changed since it was built", logging.INFO
     if manifest.counts_to_amplitude != counts:
-        return "built with other diffraction units"
+        return "built with other diffraction units", logging.INFO
     diffraction = directory / DIFFRACTION
     try:
+        for name, recorded in sorted(manifest.file_identities.items()):
+            current = file_identity(directory / name)
+            if current is None:
+                return f"{name} is missing", logging.WARNING
+            if current != recorded:
+                return f"{name} was modified after it was built (its size, mtime or inode changed)", logging.WARNING
         if diffraction.stat().st_size != manifest.diffraction_bytes:
-            return f"{DIFFRACTION} has the wrong size (truncated?)"
+            return f"{DIFFRACTION} has the wrong size (truncated?)", logging.WARNING
         if sample_digest(diffraction) != manifest.diffraction_sample_sha256:
-            return f"{DIFFRACTION} content does not match its manifest (damaged?)"
-        if _sha256_file(directory / ENERGY) != manifest.energy_sha256:
-            return f"{ENERGY} does not match its manifest"
+            return f"{DIFFRACTION} content does not match its manifest (damaged?)", logging.WARNING
+        if sha256_file(directory / ENERGY) != manifest.energy_sha256:
+            return f"{ENERGY} does not match its manifest", logging.WARNING
         if manifest.has_ground_truth and not (directory / GROUND_TRUTH).exists():
-            return f"{GROUND_TRUTH} is missing"
+            return f"{GROUND_TRUTH} is missing", logging.WARNING
     except FileNotFoundError as exc:
-        return f"{Path(exc.filename).name} is missing"
-    return None
+        return f"{Path(exc.filename).name} is missing", logging.WARNING
+    return None, logging.INFO
+
+
+def file_identity(path: Path) -> dict | None:
+    """Size, mtime_ns and inode of ``path`` as recorded in the manifest (None if it is missing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -291,5 +330,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.lib.format.write_array(handle, array, allow_pickle=False)
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_file(path: Path) -> str:
+    """sha256 of a whole file, read in bounded chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
