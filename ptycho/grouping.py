@@ -30,6 +30,14 @@ class GroupingSettings:
     enable_oversampling: bool = False
     neighbor_pool_size: int | None = None
 
+    def __post_init__(self) -> None:
+        # NumPy scalars (np.int64(6), np.True_) become Python ones: the settings are JSON in the cache key
+        for name, value in vars(self).items():
+            if isinstance(value, np.bool_):
+                object.__setattr__(self, name, bool(value))
+            elif isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
+
     @property
     def C(self) -> int:
         return self.gridsize**2

@@ -58,7 +58,8 @@ class PtychoDataset(Dataset):
     ``inference_config`` and ``datagen_config`` are accepted and unused, as Ptychodus passes all
     five) or with ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set
     ``ptycho`` config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once,
-    here. ``remake_map=True`` rebuilds the memory map and regroups.
+    here. ``remake_map=True`` rebuilds the memory map and regroups. ``layout`` ("auto", "nNN" or legacy
+    "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube.
 
     ``y_convention`` says where ``Y[:, c]`` is cut from ``objectGuess``: ``"physical"`` (default) under
     ``images[:, c]``, at that pattern's scan position; ``"baseline"`` at ``coords_center +
@@ -81,6 +82,7 @@ class PtychoDataset(Dataset):
         data_dir="data/memmap",
         remake_map: bool = False,
         diffraction_units: str = "auto",
+        layout: str = "auto",
         ground_truth: bool = False,
         y_convention: str = "physical",
         progress: bool = True,
@@ -104,6 +106,7 @@ class PtychoDataset(Dataset):
                     self.data_dir,
                     key,
                     diffraction_units=diffraction_units,
+                    layout=layout,
                     remake=remake_map and build,
                     build=build,
                     progress=progress,
@@ -242,6 +245,11 @@ def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
     if torch is not None and isinstance(indices, torch.Tensor):
         indices = indices.cpu().numpy()
     single = np.ndim(indices) == 0
+    if np.ndim(indices) > 1:
+        raise IndexError(
+            f"dataset indices must be an int or a 1-D sequence of group indices, got shape {np.shape(indices)}; "
+            "pass indices.ravel() (or index one row at a time) for a batch of those groups"
+        )
     idx = np.atleast_1d(np.asarray(indices))
     if idx.size == 0:
         return np.zeros(0, dtype=np.int64), single

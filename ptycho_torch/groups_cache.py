@@ -38,6 +38,10 @@ class GroupingKey:
     N: int
     settings: GroupingSettings
 
+    def __post_init__(self) -> None:
+        if isinstance(self.N, np.integer):
+            object.__setattr__(self, "N", int(self.N))
+
     def as_dict(self) -> dict:
         return {"N": self.N, **asdict(self.settings)}
 

@@ -23,13 +23,18 @@ class MemmapDatasetBridge:
     ``config`` is a ``ptycho`` TrainingConfig/InferenceConfig or a ``(DataConfig, ModelConfig,
     TrainingConfig)`` tuple of torch configs (bridged through ``config_bridge``); it is applied to
     ``params.cfg`` once, here. The diffraction is copied once into ``memmap_dir`` and groups are
-    cached there per setting; later bridges on the same file reuse both. Works without torch.
+    cached there per setting; later bridges on the same file reuse both. ``layout`` ("auto", "nNN" or
+    legacy "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube. Works without torch.
     """
 
-    def __init__(self, npz_path, config, memmap_dir="data/memmap", *, overrides=None, diffraction_units="auto", remake_map=False, progress=True):
+    def __init__(
+        self, npz_path, config, memmap_dir="data/memmap", *, overrides=None, diffraction_units="auto", layout="auto",
+        remake_map=False, progress=True,
+    ):
         self.npz_path = Path(npz_path)
         self.memmap_dir = Path(memmap_dir)
         self.diffraction_units = diffraction_units
+        self.layout = layout
         self.progress = progress
         self.config: PtychoConfig = _ptycho_config(self.npz_path, config, overrides)
         update_legacy_dict(params.cfg, self.config)
@@ -87,6 +92,7 @@ class MemmapDatasetBridge:
                 self.memmap_dir,
                 key,
                 diffraction_units=self.diffraction_units,
+                layout=self.layout,
                 remake=remake and build,
                 build=build,
                 progress=self.progress,

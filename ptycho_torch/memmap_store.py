@@ -51,6 +51,7 @@ class Manifest:
     map_id: str = ""
     file_identities: dict = field(default_factory=dict)
     diffraction_sha256: str = ""
+    legacy_layout: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -108,13 +109,17 @@ class DiffractionMemmap:
         return array
 
     @staticmethod
-    def open_valid(directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool) -> DiffractionMemmap | None:
-        """The map in ``directory`` if it is complete and was built from this very file; else None."""
+    def open_valid(
+        directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool, legacy_layout: bool | None = None
+    ) -> DiffractionMemmap | None:
+        """The map in ``directory`` if it is complete and was built from this very file (and layout); else None."""
         manifest = _read_manifest(Path(directory) / MANIFEST)
         if manifest is None:
             return None
         identities = _identities(Path(directory), manifest)
         reason, level = _staleness(Path(directory), manifest, fingerprint, counts_to_amplitude)
+        if not reason and legacy_layout is not None and manifest.legacy_layout != legacy_layout:
+            reason, level = "built with the other pattern layout (layout=)", logging.INFO
         if reason:
             logger.log(level, "memory map in %s is not reusable (%s); rebuilding it", directory, reason)
             return None
@@ -167,6 +172,7 @@ class DiffractionMemmap:
             map_id=secrets.token_hex(16),
             file_identities={name: file_identity(directory / name) for name in names},
             diffraction_sha256=sha256_file(directory / DIFFRACTION),
+            legacy_layout=layout.legacy,
         )
         text = manifest.to_json()
         with atomic_path(directory / MANIFEST, len(text)) as tmp:
