@@ -136,6 +136,8 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     grouping.add_argument("--pool-size", type=_positive_int, default=None, help="neighbour pool when oversampling (default: K)")
     parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
                         help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
+    parser.add_argument("--layout", choices=("auto", "nNN", "NNn"), default="auto",
+                        help="diffraction stack layout when n == N makes it ambiguous: nNN, or legacy NNn (default: auto)")
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
 
 
@@ -241,12 +243,12 @@ def _verify_one(path: Path, args) -> bool:
     from ptycho_torch.fingerprint import fingerprint_file
     from ptycho_torch.groups_cache import cache_path
 
-    n_points, N = _pattern_count_and_size(path)
+    n_points, N = _pattern_count_and_size(path, args.layout)
     key = grouping_key(_training_config(path, args, N))
     if _draw_is_random(key.settings, n_points):
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
                          "build and verify with the same --seed S")
-    raw = RawData.from_file(path, diffraction_units=args.units)
+    raw = RawData.from_file(path, diffraction_units=args.units, layout=args.layout)
     fresh = raw.generate_grouping(key.N, **asdict(key.settings))
     fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
     directory = dataset_directory(args.data_dir, path)
@@ -329,6 +331,7 @@ def _bridge(path: Path, args, remake: bool):
         _training_config(path, args),
         memmap_dir=args.data_dir,
         diffraction_units=args.units,
+        layout=args.layout,
         remake_map=remake,
         progress=not args.quiet,
     )
@@ -337,7 +340,7 @@ def _bridge(path: Path, args, remake: bool):
 def _training_config(path: Path, args, pattern_size: int | None = None):
     from ptycho.config.config import ModelConfig, TrainingConfig
 
-    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path)[1]
+    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
     return TrainingConfig(
         model=ModelConfig(N=N, gridsize=args.gridsize),
         train_data_file=path,
@@ -350,12 +353,12 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
     )
 
 
-def _pattern_count_and_size(path: Path) -> tuple[int, int]:
+def _pattern_count_and_size(path: Path, layout: str = "auto") -> tuple[int, int]:
     from ptycho.scan_file import ScanFile
 
-    with ScanFile(path) as scan_file:
-        layout = scan_file.pattern_layout(scan_file.diffraction_key())
-    return layout.n, layout.N
+    with ScanFile(path, layout) as scan_file:
+        stack = scan_file.pattern_layout(scan_file.diffraction_key())
+    return stack.n, stack.N
 
 
 def _scan_files(path: Path) -> list[Path]:

@@ -130,3 +130,19 @@ def test_two_dimensional_index_array_gives_a_clear_error(tmp_path):
         dataset[rows]
     batch, _, _ = dataset[rows.ravel()]
     np.testing.assert_array_equal(batch["nn_indices"].numpy(), baseline_grouped()["nn_indices"][:6])
+
+
+def test_command_line_build_and_verify_take_the_layout(tmp_path):
+    from tests.test_cli import run
+
+    npz, patterns = cube_scan(tmp_path / "cube.npz")
+    data_dir = tmp_path / "memmap"
+    grouping = ("--gridsize", "1", "--n-groups", str(CUBE), "--seed", "1", "--data-dir", data_dir, "--quiet")
+    built = run("build", npz, *grouping, "--layout", "NNn")
+    assert built.returncode == 0 and "could be" not in built.stderr, built.stderr
+    (map_path,) = data_dir.glob("*/diffraction.npy")
+    np.testing.assert_array_equal(np.load(map_path), patterns)
+    verified = run("verify", npz, *grouping, "--layout", "NNn")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout + verified.stderr
+    guessed = run("verify", npz, *grouping)
+    assert guessed.returncode == 1 and "could be (n, N, N) or a legacy (N, N, n)" in guessed.stderr, guessed.stderr
