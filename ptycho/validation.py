@@ -86,13 +86,13 @@ def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_
 
 
 REAL_GROUND_TRUTH_FIX = (
-    "DATA-001 requires complex ground truth (a real one has lost the phase and wrecks training): store the "
+    "ground truth must be complex (a real one has lost the phase and wrecks training): store the "
     "complex values, or .astype(np.complex64) if the object truly has no phase"
 )
 
 
 def require_complex_image(name: str, image) -> np.ndarray:
-    """A 2-D complex64 image; a real one is refused like a real ``Y`` (DATA-001)."""
+    """A 2-D complex64 image; a real one is refused like a real ``Y`` (DATA-001 in docs/findings.md)."""
     array = np.asarray(image)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {array.shape}")
