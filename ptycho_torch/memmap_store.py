@@ -148,7 +148,7 @@ class DiffractionMemmap:
                            scan_file.path, key, scan_file.headers[key].dtype)
         name = f"{scan_file.path} key {key!r}"
         with atomic_path(directory / DIFFRACTION, needed) as tmp:
-            energy = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
         with atomic_path(directory / ENERGY, energy.nbytes) as tmp:
             _save_npy(tmp, energy)
         if has_y:
@@ -171,7 +171,7 @@ class DiffractionMemmap:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             map_id=secrets.token_hex(16),
             file_identities={name: file_identity(directory / name) for name in names},
-            diffraction_sha256=sha256_file(directory / DIFFRACTION),
+            diffraction_sha256=diffraction_sha256,
             legacy_layout=layout.legacy,
         )
         text = manifest.to_json()
@@ -186,7 +186,8 @@ def resolve_counts(scan_file: ScanFile, units: str) -> bool:
     return is_counts(scan_file.headers[scan_file.diffraction_key()].dtype, units)
 
 
-def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> np.ndarray:
+def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> tuple[np.ndarray, str]:
+    """Per-pattern energies and the sha256 of the whole written ``.npy``."""
     header = scan_file.headers[key]
     with tqdm(total=header.nbytes, unit="B", unit_scale=True, desc="memory-mapping diffraction", disable=not progress, leave=False) as bar:
         if layout.streams_by_pattern:
@@ -194,17 +195,30 @@ def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: 
         return _scatter_patterns(scan_file, key, layout, target, counts, name, bar, progress)
 
 
-def _append_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar) -> np.ndarray:
+def _append_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar) -> tuple[np.ndarray, str]:
     """Write pattern blocks in order with plain writes: a full disk raises ENOSPC (a mapped write dies of SIGBUS)."""
     energy = np.empty(layout.n, dtype=np.float64)
-    with open(target, "wb") as handle:
+    with open(target, "wb") as raw:
+        handle = _HashingWriter(raw)  # the full checksum costs no second read
         _write_header(handle, np.float32, (layout.n, layout.N, layout.N))
         for start, block in scan_file.iter_disk_blocks(key):
             part = np.ascontiguousarray(_to_amplitude(block.transpose(layout.perm), start, counts, name))
             _write_block(handle, part)
             energy[start : start + len(part)] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
             bar.update(block.nbytes)
-    return energy
+    return energy, handle.digest.hexdigest()
+
+
+class _HashingWriter:
+    """A binary file that also feeds every byte written to a sha256 digest."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
 
 
 def _write_header(handle, dtype, shape: tuple[int, ...]) -> None:
@@ -216,7 +230,7 @@ def _write_block(handle, part: np.ndarray) -> None:
     handle.write(memoryview(part).cast("B"))
 
 
-def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar, progress: bool) -> np.ndarray:
+def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar, progress: bool) -> tuple[np.ndarray, str]:
     """Transposed layouts: each disk block lands across every pattern, so it is written through a memory map."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(layout.n, layout.N, layout.N))
     axis = layout.pattern_axis_of_disk_block
@@ -230,7 +244,7 @@ def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, count
     out.flush()
     energy = pattern_energy(name, out, progress=progress)
     del out
-    return energy
+    return energy, sha256_file(target, progress)
 
 
 def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str, pixel_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -336,10 +350,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.lib.format.write_array(handle, array, allow_pickle=False)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, progress: bool = False) -> str:
     """sha256 of a whole file, read in bounded chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="checksumming",
+                                          disable=not progress or size < 2**30, leave=False) as bar:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
