@@ -13,6 +13,9 @@ from scipy.spatial import cKDTree
 logger = logging.getLogger(__name__)
 
 SEQUENTIAL_SEED = 0
+# Bump whenever a change here or in ptycho.raw_data could change which groups, coordinates or norm a
+# setting gives: groups caches record it, and a cache made by another version is regrouped.
+GROUPING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class GroupingSettings:
     sequential_sampling: bool = False
     enable_oversampling: bool = False
     neighbor_pool_size: int | None = None
+
+    def __post_init__(self) -> None:
+        # NumPy scalars (np.int64(6), np.True_) become Python ones: the settings are JSON in the cache key
+        for name, value in vars(self).items():
+            if isinstance(value, np.bool_):
+                object.__setattr__(self, name, bool(value))
+            elif isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
 
     @property
     def C(self) -> int:

@@ -15,6 +15,7 @@ from ptycho.validation import (
     amplitude_from_counts,
     is_counts,
     pattern_energy,
+    probe_size_problem,
     require_complex_image,
     require_coordinates,
     require_diffraction_shape,
@@ -186,6 +187,10 @@ class RawData:
         self.scan_index = _require_scan_index(scan_index, n)
         self.diff3d = _prepare_diffraction(diff3d, n, diffraction_units)
         self.probeGuess, self.probe_modes = (None, None) if probeGuess is None else split_probe(probeGuess)
+        if self.probeGuess is not None and self.diff3d is not None:
+            problem = probe_size_problem(self.probeGuess, self.diff3d.shape[1])
+            if problem:
+                raise ValueError(problem)
         self.objectGuess = None if objectGuess is None else require_complex_image("objectGuess", objectGuess)
         self.Y = None if Y is None else require_ground_truth(Y, n, self.diff3d.shape[1])
         self.norm_Y_I = norm_Y_I
@@ -198,11 +203,14 @@ class RawData:
         return RawData(xcoords, ycoords, xcoords, ycoords, diff3d, probeGuess, scan_index, objectGuess, **kwargs)
 
     @staticmethod
-    def from_file(path, diffraction_units: str = "auto") -> RawData:
-        """Load a scan NPZ (``diffraction`` or legacy ``diff3d``); pickled members are refused."""
+    def from_file(path, diffraction_units: str = "auto", layout: str = "auto") -> RawData:
+        """Load a scan NPZ (``diffraction`` or legacy ``diff3d``); pickled members are refused.
+
+        ``layout`` settles an ambiguous cube stack: ``"nNN"`` or legacy ``"NNn"`` (see ``ptycho.scan_file``).
+        """
         from ptycho.scan_file import read_scan
 
-        scan = read_scan(path)
+        scan = read_scan(path, layout=layout)
         return RawData(
             scan.xcoords,
             scan.ycoords,

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycho.validation import REAL_GROUND_TRUTH_FIX, coordinate_problem
+
 logger = logging.getLogger(__name__)
 
 DIFFRACTION_KEYS = ("diffraction", "diff3d")
 REQUIRED_KEYS = ("xcoords", "ycoords", "probeGuess")
 SMALL_OPTIONAL_KEYS = ("xcoords_start", "ycoords_start", "scan_index", "objectGuess", "bad_pixels")
 BLOCK_BYTES = 32 * 2**20
+# How a 3-D stack is laid out: "auto" guesses (a cube with n == N is ambiguous and warned about),
+# "nNN" is (n, N, N) with patterns first, "NNn" the legacy (N, N, n) with patterns last.
+PATTERN_LAYOUTS = ("auto", "nNN", "NNn")
 _NPZ_FIX = "re-export the scan with numpy.savez / savez_compressed (plain arrays, no Python objects)"
 
 
@@ -97,8 +102,11 @@ class Scan:
 class ScanFile:
     """An open scan NPZ: headers of every member, small arrays on demand, big ones block by block."""
 
-    def __init__(self, path):
+    def __init__(self, path, layout: str = "auto"):
+        if layout not in PATTERN_LAYOUTS:
+            raise ValueError(f"layout must be one of {PATTERN_LAYOUTS}, got {layout!r}: 'nNN' for (n, N, N) stacks, 'NNn' for legacy (N, N, n)")
         self.path = Path(path)
+        self.layout = layout
         try:
             self._zip = zipfile.ZipFile(self.path)
         except FileNotFoundError:
@@ -174,12 +182,15 @@ class ScanFile:
         return present[0]
 
     def members_equal(self, a: str, b: str) -> bool:
-        """Whether two members hold identical arrays, compared block by block."""
+        """Whether two members hold arrays of equal values (dtypes may differ), compared block by block."""
         ha, hb = self.headers[a], self.headers[b]
-        if (ha.shape, ha.dtype, ha.fortran_order) != (hb.shape, hb.dtype, hb.fortran_order):
+        if (ha.shape, ha.fortran_order) != (hb.shape, hb.fortran_order):
             return False
-        blocks_b = self.iter_disk_blocks(b)
-        return all(np.array_equal(block_a, block_b, equal_nan=True) for (_, block_a), (_, block_b) in zip(self.iter_disk_blocks(a), blocks_b))
+        row_bytes = [max(1, h.nbytes // max(1, h.disk_shape[0])) for h in (ha, hb)]
+        rows = max(1, BLOCK_BYTES // max(row_bytes))  # the same rows per block in both members
+        blocks_a = self.iter_disk_blocks(a, rows * row_bytes[0])
+        blocks_b = self.iter_disk_blocks(b, rows * row_bytes[1])
+        return all(np.array_equal(block_a, block_b, equal_nan=True) for (_, block_a), (_, block_b) in zip(blocks_a, blocks_b))
 
     def pattern_layout(self, key: str) -> PatternLayout:
         """Validate the stored stack's shape and dtype and return how it maps to ``(n, N, N)``."""
@@ -192,7 +203,7 @@ class ScanFile:
             raise ScanFileError(f"{where} has dtype {dtype}; diffraction must be float amplitudes or integer counts")
         if len(shape) != 3:
             raise ScanFileError(f"{where} has shape {shape}; diffraction must be a 3-D stack (n, N, N) (or legacy (N, N, n))")
-        legacy = shape[2] > shape[0] and shape[0] == shape[1]
+        legacy = self._is_legacy(where, shape)
         n, height, width = (shape[2], shape[0], shape[1]) if legacy else shape
         if height != width:
             raise ScanFileError(f"{where}: patterns are {height} x {width}; they must be square N x N (crop or pad them)")
@@ -203,6 +214,21 @@ class ScanFile:
         if legacy:
             logger.info("%s: legacy (N, N, n) stack of %d patterns, transposed to (n, N, N)", where, n)
         return PatternLayout(n=int(n), N=int(height), legacy=legacy, perm=perm)
+
+    def _is_legacy(self, where: str, shape: tuple[int, ...]) -> bool:
+        if self.layout == "NNn":
+            if shape[0] != shape[1]:
+                raise ScanFileError(f"{where} has shape {shape}, which cannot be a legacy (N, N, n) stack (layout='NNn'); drop layout= or fix the stack")
+            return True
+        if self.layout == "nNN":
+            return False
+        if shape[0] == shape[1] == shape[2]:
+            logger.warning(
+                "%s has shape %s: with n == N it could be (n, N, N) or a legacy (N, N, n) stack; taken as (n, N, N). "
+                "Pass layout='NNn' if the patterns are on the last axis, layout='nNN' to confirm and silence this",
+                where, shape,
+            )
+        return shape[2] > shape[0] and shape[0] == shape[1]
 
     def read_scan(self, load_diffraction: bool = True) -> Scan:
         """The file's arrays checked against the NPZ contract; the diffraction stays on disk unless asked for."""
@@ -286,9 +312,9 @@ def _require_scan_entry(entry: Path) -> None:
     )
 
 
-def read_scan(path, load_diffraction: bool = True) -> Scan:
+def read_scan(path, load_diffraction: bool = True, layout: str = "auto") -> Scan:
     """Read a scan NPZ's arrays, checked against the NPZ contract; diffraction optional (it may be huge)."""
-    with ScanFile(path) as scan_file:
+    with ScanFile(path, layout) as scan_file:
         return scan_file.read_scan(load_diffraction)
 
 
@@ -299,6 +325,9 @@ def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
     xcoords_start = _coordinates(path, arrays, "xcoords_start") if "xcoords_start" in arrays else xcoords
     ycoords_start = _coordinates(path, arrays, "ycoords_start") if "ycoords_start" in arrays else ycoords
     scan_index = arrays.get("scan_index", np.zeros(n, dtype=np.int64))
+    objectGuess = arrays.get("objectGuess")
+    if objectGuess is not None and not np.iscomplexobj(objectGuess):
+        raise ScanFileError(f"{path} key 'objectGuess' has real dtype {objectGuess.dtype}; {REAL_GROUND_TRUTH_FIX}")
     if scan_index.dtype.kind not in "iu":
         raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got dtype {scan_index.dtype}")
     return Scan(
@@ -309,7 +338,7 @@ def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
         ycoords_start=ycoords_start,
         scan_index=scan_index,
         probeGuess=arrays["probeGuess"],
-        objectGuess=arrays.get("objectGuess"),
+        objectGuess=objectGuess,
         bad_pixels=arrays.get("bad_pixels"),
         diffraction_key=key,
         layout=layout,
@@ -325,9 +354,9 @@ def _coordinates(path, arrays, key: str) -> np.ndarray:
     if values.dtype.kind not in "fiu":
         raise ScanFileError(f"{path} key {key!r} has dtype {values.dtype}; positions must be real numbers (pixels)")
     values = values.astype(np.float64, copy=False)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise ScanFileError(f"{path} key {key!r}[{bad[0]}] is {values[bad[0]]}; positions must be finite (fix or drop that scan point)")
+    problem = coordinate_problem(values)
+    if problem:
+        raise ScanFileError(f"{path} key {key!r}{problem}")
     return values
 
 

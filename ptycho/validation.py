@@ -6,6 +6,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 ENERGY_CHUNK_BYTES = 64 * 2**20
+# Scan positions are object pixels; anything beyond this is a unit or export error, and squared
+# distances of values near 1e160 overflow to inf inside the neighbour search.
+MAX_ABS_COORDINATE_PIXELS = 1e9
 
 
 def require_coordinates(name: str, values, n: int | None = None) -> np.ndarray:
@@ -18,10 +21,22 @@ def require_coordinates(name: str, values, n: int | None = None) -> np.ndarray:
     if n is not None and array.shape[0] != n:
         raise ValueError(f"{name} has {array.shape[0]} entries but the scan has {n} points; give one per diffraction pattern")
     array = array.astype(np.float64, copy=False)
+    problem = coordinate_problem(array)
+    if problem:
+        raise ValueError(f"{name}{problem}")
+    return array
+
+
+def coordinate_problem(array: np.ndarray) -> str | None:
+    """``"[i] is v; ..."`` for the first non-finite or out-of-range position of ``array``, else None."""
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
-        raise ValueError(f"{name}[{bad[0]}] is {array[bad[0]]}; scan positions must be finite ({bad.size} bad entries)")
-    return array
+        return f"[{bad[0]}] is {array[bad[0]]}; scan positions must be finite ({bad.size} bad entries; fix or drop those scan points)"
+    far = np.flatnonzero(np.abs(array) > MAX_ABS_COORDINATE_PIXELS)
+    if far.size:
+        return (f"[{far[0]}] is {array[far[0]]:g}; scan positions are object pixels and must lie within "
+                f"+-{MAX_ABS_COORDINATE_PIXELS:g} ({far.size} entries beyond; check the units of the export)")
+    return None
 
 
 def require_diffraction_shape(name: str, diffraction) -> tuple[int, int]:
@@ -70,13 +85,21 @@ def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_
     )
 
 
+REAL_GROUND_TRUTH_FIX = (
+    "ground truth must be complex (a real one has lost the phase and wrecks training): store the "
+    "complex values, or .astype(np.complex64) if the object truly has no phase"
+)
+
+
 def require_complex_image(name: str, image) -> np.ndarray:
-    """A 2-D complex64 image (real input is promoted)."""
+    """A 2-D complex64 image; a real one is refused like a real ``Y`` (DATA-001 in docs/findings.md)."""
     array = np.asarray(image)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number):
         raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    if not np.iscomplexobj(array):
+        raise ValueError(f"{name} has real dtype {array.dtype}; {REAL_GROUND_TRUTH_FIX}")
     array = array.astype(np.complex64, copy=False)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} has non-finite values; replace them before loading")
@@ -96,6 +119,15 @@ def split_probe(probe) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(stack).all():
         raise ValueError("probeGuess has non-finite values")
     return stack[0], stack
+
+
+def probe_size_problem(probe: np.ndarray, N: int) -> str | None:
+    """Why mode 0 of ``probe`` cannot illuminate ``N x N`` patterns, or None."""
+    shape = tuple(np.shape(probe))[-2:]
+    if shape != (N, N):
+        return (f"probeGuess is {shape[0]} x {shape[1]} but the diffraction patterns are {N} x {N}; "
+                f"store the probe sampled like the patterns, ({N}, {N}) or (modes, {N}, {N})")
+    return None
 
 
 def require_ground_truth(Y, n: int, N: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from ptycho_torch.json_checks import has_signature, parse_json_object
 from ptycho_torch.memmap_store import (
     DIFFRACTION, ENERGY, GROUND_TRUTH, MANIFEST, MANIFEST_SIGNATURE, DiffractionMemmap, Manifest,
 )
+from ptycho_torch.memmap_store import stale_reason as memmap_stale_reason
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,14 @@ def list_caches(data_dir) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: (str(e.path.parent), e.kind != MEMORY_MAP, e.path.name))
 
 
-def check_groups_cache(path: Path, fingerprint: Fingerprint, key: GroupingKey | None = None) -> tuple[Grouping | None, str | None]:
-    """``(grouping, None)`` when the cache at ``path`` is valid for this data (and ``key``), else ``(None, why not)``."""
+def check_groups_cache(
+    path: Path, fingerprint: Fingerprint, key: GroupingKey | None = None, memory_map: dict | None = None
+) -> tuple[Grouping | None, str | None]:
+    """``(grouping, None)`` when the cache at ``path`` is valid for this data (and ``key``), else ``(None, why not)``.
+
+    ``memory_map`` is the identity of the valid map it must have been computed from; None: the map of
+    the cache's directory, which must itself be valid.
+    """
     path = Path(path)
     if not path.exists():
         return None, f"no groups cache at {path}"
@@ -105,14 +112,32 @@ def check_groups_cache(path: Path, fingerprint: Fingerprint, key: GroupingKey | 
         key = key or grouping_key_of(metadata)
     except _DAMAGE as exc:
         return None, f"unreadable ({type(exc).__name__}: {exc})"
-    reason = stale_reason(metadata, key, fingerprint)
+    reason = stale_reason(metadata, key, fingerprint, None)
+    if reason:
+        return None, reason
+    if memory_map is None:
+        memory_map = current_map_identity(path.parent, fingerprint)
+        if memory_map is None:
+            return None, "its memory map is missing, stale or damaged, so it was computed from other data"
+    reason = stale_reason(metadata, key, fingerprint, memory_map)
     if reason:
         return None, reason
     with _silenced(groups_cache.logger):
-        grouping = read_cache(path, key, fingerprint)
+        grouping = read_cache(path, key, fingerprint, memory_map)
     if grouping is None:
         return None, "damaged or edited: its arrays do not match the recorded checksum"
     return grouping, None
+
+
+def current_map_identity(directory: Path, fingerprint: Fingerprint) -> dict | None:
+    """:attr:`DiffractionMemmap.identity` of the map in ``directory`` if it is valid for this scan file, else None."""
+    try:
+        manifest = Manifest.from_json(read_regular(Path(directory) / MANIFEST))
+    except (OSError, ValueError):
+        return None
+    with _silenced(logging.getLogger(DiffractionMemmap.__module__)):
+        store = DiffractionMemmap.open_valid(directory, fingerprint, manifest.counts_to_amplitude)
+    return None if store is None else store.identity
 
 
 def grouping_key_of(metadata: dict) -> GroupingKey:
@@ -269,9 +294,7 @@ def _memory_map_entry(manifest_path: Path, fingerprints: _SourceFingerprints) ->
     elif manifest.fingerprint != fingerprint.as_dict():
         problem = "the scan file changed since it was built"
     else:
-        with _silenced(logging.getLogger(DiffractionMemmap.__module__)):
-            store = DiffractionMemmap.open_valid(directory, fingerprint, manifest.counts_to_amplitude)
-        problem = None if store is not None else "its files are damaged, incomplete or from another format version"
+        problem = memmap_stale_reason(directory, manifest, fingerprint, manifest.counts_to_amplitude)
     return CacheEntry(MEMORY_MAP, directory, manifest.source, parameters, size, modified, problem)
 
 

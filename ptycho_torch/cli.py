@@ -140,6 +140,8 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     grouping.add_argument("--pool-size", type=_positive_int, default=None, help="neighbour pool when oversampling (default: K)")
     parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
                         help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
+    parser.add_argument("--layout", choices=("auto", "nNN", "NNn"), default="auto",
+                        help="diffraction stack layout when n == N makes it ambiguous: nNN, or legacy NNn (default: auto)")
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
 
 
@@ -252,19 +254,23 @@ def _verify_one(path: Path, args) -> bool:
     from ptycho_torch.fingerprint import fingerprint_file
     from ptycho_torch.groups_cache import cache_path
 
-    n_points, N = _pattern_count_and_size(path)
+    n_points, N = _pattern_count_and_size(path, args.layout)
     key = grouping_key(_training_config(path, args, N))
     if _draw_is_random(key.settings, n_points):
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
                          "build and verify with the same --seed S")
-    raw = RawData.from_file(path, diffraction_units=args.units)
+    raw = RawData.from_file(path, diffraction_units=args.units, layout=args.layout)
     fresh = raw.generate_grouping(key.N, **asdict(key.settings))
     fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
     directory = dataset_directory(args.data_dir, path)
     cached_path = cache_path(directory, key)
-    cached, problem = check_groups_cache(cached_path, fingerprint, key)
-    problems = [f"groups cache invalid: {problem}"] if cached is None else grouping_differences(cached, fresh)
-    problems += _memory_map_problems(path, directory, fingerprint, raw.diff3d, args.units)
+    store = _valid_memory_map(path, directory, fingerprint, args.units)
+    if store is None:
+        problems = [f"memory map in {directory} is missing or not valid for this file, so no groups cache made from it is either"]
+    else:
+        cached, problem = check_groups_cache(cached_path, fingerprint, key, store.identity)
+        problems = [f"groups cache invalid: {problem}"] if cached is None else grouping_differences(cached, fresh)
+        problems += _memory_map_problems(store, raw.diff3d)
     if problems:
         print(f"MISMATCH {path}: " + "; ".join(problems) + f" (run {PROG} build --remake with the same options to rebuild)")
         return False
@@ -287,25 +293,32 @@ def grouping_differences(cached, fresh) -> list[str]:
     return problems
 
 
-def _memory_map_problems(path: Path, directory: Path, fingerprint, diffraction: np.ndarray, units: str) -> list[str]:
+def _valid_memory_map(path: Path, directory: Path, fingerprint, units: str):
     from ptycho.scan_file import ScanFile
     from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
 
     with ScanFile(path) as scan_file:
         counts = resolve_counts(scan_file, units)
-    store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
-    if store is None:
-        return [f"memory map in {directory} is missing or not valid for this file"]
+    return DiffractionMemmap.open_valid(directory, fingerprint, counts)
+
+
+def _memory_map_problems(store, diffraction: np.ndarray) -> list[str]:
+    """The map's full checksum against its manifest, then every pattern against the scan file's diffraction."""
+    from ptycho_torch.memmap_store import DIFFRACTION, sha256_file
+
+    problems = []
+    if sha256_file(store.directory / DIFFRACTION) != store.manifest.diffraction_sha256:
+        problems.append(f"memory map {DIFFRACTION} does not match the checksum recorded when it was built (edited in place?)")
     stack = store.diffraction
     if stack.shape != diffraction.shape:
-        return [f"memory map has shape {stack.shape}, the file's diffraction {diffraction.shape}"]
+        return problems + [f"memory map has shape {stack.shape}, the file's diffraction {diffraction.shape}"]
     for start in range(0, len(stack), _COMPARE_CHUNK):
         stop = min(start + _COMPARE_CHUNK, len(stack))
         expected = np.asarray(diffraction[start:stop], dtype=np.float32)
         if not np.array_equal(stack[start:stop], expected):
             first = start + int(np.flatnonzero((stack[start:stop] != expected).reshape(stop - start, -1).any(axis=1))[0])
-            return [f"memory map pattern {first} differs from the file's diffraction"]
-    return []
+            return problems + [f"memory map pattern {first} differs from the file's diffraction"]
+    return problems
 
 
 def _draw_is_random(settings, n_points: int) -> bool:
@@ -329,6 +342,7 @@ def _bridge(path: Path, args, remake: bool):
         _training_config(path, args),
         memmap_dir=args.data_dir,
         diffraction_units=args.units,
+        layout=args.layout,
         remake_map=remake,
         progress=not args.quiet,
         lock_timeout=args.lock_timeout,
@@ -338,7 +352,7 @@ def _bridge(path: Path, args, remake: bool):
 def _training_config(path: Path, args, pattern_size: int | None = None):
     from ptycho.config.config import ModelConfig, TrainingConfig
 
-    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path)[1]
+    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
     return TrainingConfig(
         model=ModelConfig(N=N, gridsize=args.gridsize),
         train_data_file=path,
@@ -351,12 +365,12 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
     )
 
 
-def _pattern_count_and_size(path: Path) -> tuple[int, int]:
+def _pattern_count_and_size(path: Path, layout: str = "auto") -> tuple[int, int]:
     from ptycho.scan_file import ScanFile
 
-    with ScanFile(path) as scan_file:
-        layout = scan_file.pattern_layout(scan_file.diffraction_key())
-    return layout.n, layout.N
+    with ScanFile(path, layout) as scan_file:
+        stack = scan_file.pattern_layout(scan_file.diffraction_key())
+    return stack.n, stack.N
 
 
 def _scan_files(path: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.loader import probe_mode0
 from ptycho.patches import extract_patches
-from ptycho.scan_file import scan_files
+from ptycho.scan_file import ScanFile, scan_files
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
@@ -37,7 +37,9 @@ except ImportError:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PtychoDataset"]
+__all__ = ["PtychoDataset", "Y_CONVENTIONS"]
+
+Y_CONVENTIONS = ("physical", "baseline")
 
 
 class PtychoDataset(Dataset):
@@ -47,8 +49,8 @@ class PtychoDataset(Dataset):
     ``(batch, probe, scale)``: ``batch`` is a TensorDict with ``images (B, C, N, N)`` float32
     (X_full: the normalised amplitudes), ``coords_relative (B, C, 1, 2)``, ``coords_center
     (B, 1, 1, 2)``, ``coords_start_relative``, ``coords_start_center``, ``nn_indices (B, C)``,
-    ``experiment_id (B,)`` and, with ``ground_truth=True`` and an object or ``Y`` in the data,
-    ``Y (B, C, N, N)`` complex64; ``probe`` is ``(B, C, N, N)`` complex64 (each item's experiment
+    ``experiment_id (B,)`` and, with ``ground_truth=True`` (every scan file must hold an object or
+    ``Y``), ``Y (B, C, N, N)`` complex64; ``probe`` is ``(B, C, N, N)`` complex64 (each item's experiment
     probe, mode 0, broadcast over channels) and ``scale`` ``(B,)`` float32 is that experiment's
     X_full normalisation factor. An int index gives the same without the batch dimension.
 
@@ -58,6 +60,13 @@ class PtychoDataset(Dataset):
     ``ptycho`` config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once,
     here. ``remake_map=True`` rebuilds the memory map and regroups. ``lock_timeout`` (seconds, default
     no limit) bounds the wait for another process building the same scan (a WARNING names it meanwhile).
+    ``layout`` ("auto", "nNN" or legacy "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube.
+
+    ``y_convention`` says where ``Y[:, c]`` is cut from ``objectGuess``: ``"physical"`` (default) under
+    ``images[:, c]``, at that pattern's scan position; ``"baseline"`` at ``coords_center +
+    coords_relative``, PtychoPINN's position, which for gridsize > 1 is the member's position
+    reflected through the group centre (see specs/data_contracts.md, "Coordinate conventions").
+    A stored ``Y`` is per pattern and the same in both.
     """
 
     def __init__(
@@ -74,13 +83,20 @@ class PtychoDataset(Dataset):
         data_dir="data/memmap",
         remake_map: bool = False,
         diffraction_units: str = "auto",
+        layout: str = "auto",
         ground_truth: bool = False,
+        y_convention: str = "physical",
         progress: bool = True,
         lock_timeout: float | None = None,
     ):
         require_torch("PtychoDataset")
         _require_tensordict()
+        if y_convention not in Y_CONVENTIONS:
+            raise ValueError(f"y_convention must be one of {Y_CONVENTIONS}, got {y_convention!r}; "
+                             "'physical': Y[:, c] is the object under images[:, c]; 'baseline': PtychoPINN's patches")
         self.files = [path.absolute() for path in scan_files(ptycho_dir_or_npz)]  # survive a later os.chdir
+        if ground_truth:
+            _require_ground_truth_in_every_file(self.files)
         self.data_dir = Path(data_dir).absolute()
         self.config = to_ptycho_config(self.files[0], data_config, model_config, training_config, config=config, overrides=overrides)
         update_legacy_dict(params.cfg, self.config)
@@ -92,6 +108,7 @@ class PtychoDataset(Dataset):
                     self.data_dir,
                     key,
                     diffraction_units=diffraction_units,
+                    layout=layout,
                     remake=remake_map and build,
                     build=build,
                     progress=progress,
@@ -102,6 +119,7 @@ class PtychoDataset(Dataset):
         )
         self.N, self.C = key.N, key.settings.C
         self.ground_truth = ground_truth
+        self.y_convention = y_convention
         self._index = _GroupIndex(self.experiments)
         self.probes = torch.from_numpy(np.stack([_probe_of(e, self.N) for e in self.experiments]))
         self.scales = torch.tensor([e.grouping.norm for e in self.experiments], dtype=torch.float32)
@@ -127,9 +145,7 @@ class PtychoDataset(Dataset):
             **self._index.gather(idx),
         }
         if self.ground_truth:
-            truth = self._ground_truth(idx, parts)
-            if truth is not None:
-                items["Y"] = truth
+            items["Y"] = self._ground_truth(idx, parts)
         batch = TensorDict(items, batch_size=[len(idx)])
         probe, scale = self._probe_and_scale(idx, parts)
         if single:
@@ -174,14 +190,17 @@ class PtychoDataset(Dataset):
             if experiment.store.ground_truth is not None:
                 members = experiment.grouping.nn_indices[local]
                 truth[rows] = experiment.store.ground_truth[members.ravel()].reshape(-1, self.C, self.N, self.N)
-            elif experiment.scan.objectGuess is not None:
-                g = experiment.grouping
-                position = g.coords_offsets[local] + g.coords_relative[local]
+            else:  # every file has an object or Y (checked at construction)
+                position = self._patch_positions(experiment.grouping, local)
                 patches = extract_patches(experiment.scan.objectGuess, position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
                 truth[rows] = patches.reshape(-1, self.C, self.N, self.N)
-            else:
-                return None
         return torch.from_numpy(truth)
+
+    def _patch_positions(self, g, local: np.ndarray) -> np.ndarray:
+        """``(B, 1, 2, C)`` object positions of each channel's patch under the chosen ``y_convention``."""
+        if self.y_convention == "baseline":
+            return g.coords_offsets[local] + g.coords_relative[local]
+        return g.coords_nn[local]
 
 
 class _GroupIndex:
@@ -229,6 +248,11 @@ def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
     if torch is not None and isinstance(indices, torch.Tensor):
         indices = indices.cpu().numpy()
     single = np.ndim(indices) == 0
+    if np.ndim(indices) > 1:
+        raise IndexError(
+            f"dataset indices must be an int or a 1-D sequence of group indices, got shape {np.shape(indices)}; "
+            "pass indices.ravel() (or index one row at a time) for a batch of those groups"
+        )
     idx = np.atleast_1d(np.asarray(indices))
     if idx.size == 0:
         return np.zeros(0, dtype=np.int64), single
@@ -239,6 +263,22 @@ def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
     if bad.any():
         raise IndexError(f"index {idx[bad][0]} is out of range for a dataset of {length} groups")
     return np.where(idx < 0, idx + length, idx), single
+
+
+def _require_ground_truth_in_every_file(files: list[Path]) -> None:
+    """``ground_truth=True`` is all or nothing: a batch never lacks ``Y`` because one scan has no object."""
+    missing = []
+    for path in files:
+        with ScanFile(path) as scan_file:
+            if "objectGuess" not in scan_file.headers and "Y" not in scan_file.headers:
+                missing.append(path)
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(
+            f"ground_truth=True needs an object ('objectGuess') or ground-truth patches ('Y') in every scan file, "
+            f"but {len(missing)} of {len(files)} have neither: {shown}; add the object to those files, "
+            "move them out of the directory, or pass ground_truth=False"
+        )
 
 
 def _probe_of(experiment: Experiment, N: int) -> np.ndarray:

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ptycho.raw_data import Grouping
-from ptycho.scan_file import Scan, ScanFile
+from ptycho.scan_file import Scan, ScanFile, ScanFileError
+from ptycho.validation import probe_size_problem
 from ptycho_torch.atomic_io import ensure_directory, remove_stale_temporaries
 from ptycho_torch.file_lock import directory_lock
 from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
@@ -50,6 +51,7 @@ def prepare_experiment(
     key: GroupingKey,
     *,
     diffraction_units: str = "auto",
+    layout: str = "auto",
     remake: bool = False,
     build: bool = True,
     progress: bool = True,
@@ -60,11 +62,12 @@ def prepare_experiment(
     A valid cache is read without any lock or write access. Building happens under an exclusive
     lock on the scan's directory, so concurrent processes build once and all read the same result.
     ``build=False`` (other DDP ranks) refuses to build and expects a valid cache. ``lock_timeout``
-    (seconds, None: no limit) bounds the wait for another process building the same scan.
+    (seconds, None: no limit) bounds the wait for another process building the same scan. ``layout``
+    settles an ambiguous ``(N, N, N)`` diffraction cube (``ptycho.scan_file.PATTERN_LAYOUTS``).
     Paths are made absolute here, so a later ``os.chdir`` (or a worker started elsewhere) still finds them.
     """
     npz_path, data_dir = Path(npz_path).resolve(), Path(data_dir).absolute()
-    with ScanFile(npz_path) as scan_file:
+    with ScanFile(npz_path, layout) as scan_file:
         scan = scan_file.read_scan(load_diffraction=False)
         counts = resolve_counts(scan_file, diffraction_units)
     if key.N != scan.N:
@@ -72,6 +75,9 @@ def prepare_experiment(
             f"{npz_path}: N={key.N} does not match the {scan.N} x {scan.N} diffraction patterns of key {scan.diffraction_key!r}; "
             f"set N={scan.N} (model.N) or resample the patterns"
         )
+    problem = probe_size_problem(scan.probeGuess, scan.N)
+    if problem:
+        raise ScanFileError(f"{npz_path} key 'probeGuess': {problem}")
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
@@ -92,29 +98,29 @@ def prepare_experiment(
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, layout)
 
 
 def _reuse(scan, directory, path, key, fingerprint, counts) -> Experiment | None:
-    store = DiffractionMemmap.open_valid(directory, fingerprint, counts)
+    store = DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
     if store is None:
         return None
-    grouping = read_cache(path, key, fingerprint, n_points=store.manifest.n)
+    grouping = read_cache(path, key, fingerprint, store.identity, n_points=store.manifest.n)
     if grouping is None:
         return None
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress) -> Experiment:
-    store = None if remake else DiffractionMemmap.open_valid(directory, fingerprint, counts)
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, layout) -> Experiment:
+    store = None if remake else DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
     if store is None:
-        with ScanFile(npz_path) as scan_file:
+        with ScanFile(npz_path, layout) as scan_file:
             store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
     try:
         grouping = group_with_raw_data(scan, store, key)
     except ValueError as exc:
         raise ValueError(f"{npz_path}: {exc}") from exc
-    write_cache(path, grouping, key, fingerprint, str(npz_path))
+    write_cache(path, grouping, key, fingerprint, str(npz_path), store.identity)
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True)
 

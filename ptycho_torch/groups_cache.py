@@ -1,8 +1,9 @@
 """``.groups_cache.npz``: one scan's grouping on disk, keyed by its settings and checked on every read.
 
 The file is a plain NPZ (no pickle): the arrays of :class:`ptycho.raw_data.Grouping` plus a
-``metadata`` JSON string with the format and library versions, the dataset fingerprint, every
-grouping parameter and a sha256 checksum of the arrays.
+``metadata`` JSON string with the format, grouping-algorithm and library versions, the dataset
+fingerprint, the identity of the memory map the norm was computed from, every grouping parameter
+and a sha256 checksum of the arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycho.grouping import GroupingSettings
+from ptycho.grouping import GROUPING_VERSION, GroupingSettings
 from ptycho.raw_data import Grouping
 from ptycho_torch.atomic_io import atomic_path, open_regular
 from ptycho_torch.fingerprint import Fingerprint
@@ -26,7 +27,7 @@ from ptycho_torch.version import library_version
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".groups_cache.npz"
 ARRAY_NAMES = tuple(name for name in Grouping.__dataclass_fields__ if name != "norm")
 
@@ -37,6 +38,10 @@ class GroupingKey:
 
     N: int
     settings: GroupingSettings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.N, np.integer):
+            object.__setattr__(self, "N", int(self.N))
 
     def as_dict(self) -> dict:
         return {"N": self.N, **asdict(self.settings)}
@@ -50,13 +55,18 @@ def cache_path(directory: Path, key: GroupingKey) -> Path:
     return Path(directory) / key.file_name()
 
 
-def write_cache(path: Path, grouping: Grouping, key: GroupingKey, fingerprint: Fingerprint, source: str) -> None:
-    """Write atomically (temporary file, fsync, rename): readers see the old cache or the new one, never half."""
+def write_cache(path: Path, grouping: Grouping, key: GroupingKey, fingerprint: Fingerprint, source: str, memory_map: dict) -> None:
+    """Write atomically (temporary file, fsync, rename): readers see the old cache or the new one, never half.
+
+    ``memory_map`` is :attr:`DiffractionMemmap.identity` of the map the grouping (its norm) was computed from.
+    """
     arrays = {name: getattr(grouping, name) for name in ARRAY_NAMES}
     arrays["norm"] = np.float64(grouping.norm)
     metadata = {
         "format_version": FORMAT_VERSION,
         "library_version": library_version(),
+        "grouping_version": GROUPING_VERSION,
+        "memory_map": memory_map,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
         "fingerprint": fingerprint.as_dict(),
@@ -92,21 +102,26 @@ def parse_metadata(cache) -> dict:
     return values
 
 
-def read_cache(path: Path, key: GroupingKey, fingerprint: Fingerprint, n_points: int | None = None) -> Grouping | None:
-    """The cached grouping if it is intact and was made from this data with these settings, else None.
+def read_cache(
+    path: Path, key: GroupingKey, fingerprint: Fingerprint, memory_map: dict, n_points: int | None = None
+) -> Grouping | None:
+    """The cached grouping if it is intact and was made from this data, map and settings, else None.
 
-    A missing cache is silent; stale ones are logged at INFO, damaged or tampered ones at WARNING.
+    A missing cache is silent; stale ones are logged at INFO (a changed scan file or format) or WARNING
+    (made from another memory map or by another grouping algorithm); damaged or tampered ones at WARNING.
     With ``n_points``, shapes and index ranges are checked too (a cache is data, not trusted code).
     """
     path = Path(path)
+    if memory_map is None:
+        raise ValueError("read_cache needs the identity of the memory map the cache must have been computed from")
     if not path.exists():
         return None
     try:
         with open_regular(path) as handle, np.load(handle, allow_pickle=False) as cache:
             metadata = parse_metadata(cache)
-            reason = stale_reason(metadata, key, fingerprint)
+            reason, level = _staleness(metadata, key, fingerprint, memory_map)
             if reason:
-                logger.info("groups cache %s is stale (%s); regrouping", path.name, reason)
+                logger.log(level, "groups cache %s is stale (%s); regrouping", path, reason)
                 return None
             arrays = {name: cache[name] for name in ARRAY_NAMES + ("norm",)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -141,15 +156,33 @@ def _shape_problem(arrays: dict[str, np.ndarray], C: int, n_points: int) -> str 
     return None
 
 
-def stale_reason(metadata: dict, key: GroupingKey, fingerprint: Fingerprint) -> str | None:
-    """Why a cache with this metadata must not be used for ``key`` on data with ``fingerprint``."""
+def stale_reason(metadata: dict, key: GroupingKey, fingerprint: Fingerprint, memory_map: dict | None) -> str | None:
+    """Why a cache with this metadata must not be used for ``key`` on data with ``fingerprint`` in map ``memory_map``.
+
+    ``memory_map=None`` leaves the map out (to report a changed scan file before a map that no longer exists).
+    """
+    return _staleness(metadata, key, fingerprint, memory_map)[0]
+
+
+def _staleness(metadata: dict, key: GroupingKey, fingerprint: Fingerprint, memory_map: dict | None) -> tuple[str | None, int]:
     if metadata.get("format_version") != FORMAT_VERSION:
-        return f"cache format {metadata.get('format_version')}, this library reads {FORMAT_VERSION}"
+        return f"cache format {metadata.get('format_version')}, this library reads {FORMAT_VERSION}", logging.INFO
     if metadata.get("grouping") != key.as_dict():
-        return "made with other grouping settings"
+        return "made with other grouping settings", logging.INFO
     if metadata.get("fingerprint") != fingerprint.as_dict():
-        return "the scan file changed since it was grouped"
-    return None
+        return "the scan file changed since it was grouped", logging.INFO
+    if metadata.get("grouping_version") != GROUPING_VERSION:
+        return (f"made by grouping algorithm version {metadata.get('grouping_version')}, "
+                f"this library groups with version {GROUPING_VERSION}"), logging.WARNING
+    if memory_map is not None and metadata.get("memory_map") != memory_map:
+        return _map_change(metadata.get("memory_map"), memory_map), logging.WARNING
+    return None, logging.INFO
+
+
+def _map_change(recorded, current: dict) -> str:
+    if isinstance(recorded, dict) and recorded.get("counts_to_amplitude") != current.get("counts_to_amplitude"):
+        return "computed from a memory map with other diffraction units than the current one"
+    return "computed from another memory map than the current one (rebuilt or edited since)"
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:

@@ -23,18 +23,20 @@ class MemmapDatasetBridge:
     ``config`` is a ``ptycho`` TrainingConfig/InferenceConfig or a ``(DataConfig, ModelConfig,
     TrainingConfig)`` tuple of torch configs (bridged through ``config_bridge``); it is applied to
     ``params.cfg`` once, here. The diffraction is copied once into ``memmap_dir`` and groups are
-    cached there per setting; later bridges on the same file reuse both. ``lock_timeout`` (seconds,
+    cached there per setting; later bridges on the same file reuse both. ``layout`` ("auto", "nNN" or
+    legacy "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube. ``lock_timeout`` (seconds,
     default no limit) bounds the wait for another process building the same scan. Works without torch.
     """
 
     def __init__(
-        self, npz_path, config, memmap_dir="data/memmap", *, overrides=None, diffraction_units="auto", remake_map=False,
-        progress=True, lock_timeout: float | None = None,
+        self, npz_path, config, memmap_dir="data/memmap", *, overrides=None, diffraction_units="auto", layout="auto",
+        remake_map=False, progress=True, lock_timeout: float | None = None,
     ):
         self.npz_path = Path(npz_path).absolute()
         self.memmap_dir = Path(memmap_dir).absolute()
         self.lock_timeout = lock_timeout
         self.diffraction_units = diffraction_units
+        self.layout = layout
         self.progress = progress
         self.config: PtychoConfig = _ptycho_config(self.npz_path, config, overrides)
         update_legacy_dict(params.cfg, self.config)
@@ -92,6 +94,7 @@ class MemmapDatasetBridge:
                 self.memmap_dir,
                 key,
                 diffraction_units=self.diffraction_units,
+                layout=self.layout,
                 remake=remake and build,
                 build=build,
                 progress=self.progress,

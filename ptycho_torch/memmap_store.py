@@ -6,7 +6,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+import secrets
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import get_type_hints
@@ -23,7 +24,8 @@ from ptycho_torch.version import library_version
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HASH_CHUNK_BYTES = 8 * 2**20
 MANIFEST = "manifest.json"
 DIFFRACTION = "diffraction.npy"
 ENERGY = "pattern_energy.npy"
@@ -48,6 +50,10 @@ class Manifest:
     energy_sha256: str
     has_ground_truth: bool
     created: str
+    map_id: str = ""
+    file_identities: dict = field(default_factory=dict)
+    diffraction_sha256: str = ""
+    legacy_layout: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -102,6 +108,15 @@ class DiffractionMemmap:
             self._ground_truth = self._open(GROUND_TRUTH)
         return self._ground_truth
 
+    @property
+    def identity(self) -> dict:
+        """What a groups cache records of the map it was computed from: any rebuild or edit changes it."""
+        return {
+            "map_id": self.manifest.map_id,
+            "counts_to_amplitude": self.manifest.counts_to_amplitude,
+            "diffraction_file": self.manifest.file_identities.get(DIFFRACTION),
+        }
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_diffraction": None, "_ground_truth": None}
 
@@ -122,15 +137,19 @@ class DiffractionMemmap:
         )
 
     @staticmethod
-    def open_valid(directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool) -> DiffractionMemmap | None:
-        """The map in ``directory`` if it is complete and was built from this very file; else None."""
+    def open_valid(
+        directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool, legacy_layout: bool | None = None
+    ) -> DiffractionMemmap | None:
+        """The map in ``directory`` if it is complete and was built from this very file (and layout); else None."""
         manifest = _read_manifest(Path(directory) / MANIFEST)
         if manifest is None:
             return None
         identities = _identities(Path(directory), manifest)
-        reason = _stale_reason(Path(directory), manifest, fingerprint, counts_to_amplitude)
+        reason, level = _staleness(Path(directory), manifest, fingerprint, counts_to_amplitude)
+        if not reason and legacy_layout is not None and manifest.legacy_layout != legacy_layout:
+            reason, level = "built with the other pattern layout (layout=)", logging.INFO
         if reason:
-            logger.info("memory map in %s is not reusable: %s", directory, reason)
+            logger.log(level, "memory map in %s is not reusable (%s); rebuilding it", directory, reason)
             return None
         energy = np.load(Path(directory) / ENERGY, allow_pickle=False)  # a regular file: checked in _stale_reason
         return DiffractionMemmap(Path(directory), manifest, energy, identities)
@@ -157,11 +176,12 @@ class DiffractionMemmap:
                            scan_file.path, key, scan_file.headers[key].dtype)
         name = f"{scan_file.path} key {key!r}"
         with atomic_path(directory / DIFFRACTION, needed) as tmp:
-            energy = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
         with atomic_path(directory / ENERGY, energy.nbytes) as tmp:
             _save_npy(tmp, energy)
         if has_y:
             _copy_ground_truth(scan_file, layout, directory, progress)
+        names = (DIFFRACTION, GROUND_TRUTH) if has_y else (DIFFRACTION,)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             library_version=library_version(),
@@ -174,9 +194,13 @@ class DiffractionMemmap:
             N=layout.N,
             diffraction_bytes=(directory / DIFFRACTION).stat().st_size,
             diffraction_sample_sha256=sample_digest(directory / DIFFRACTION),
-            energy_sha256=_sha256_file(directory / ENERGY),
+            energy_sha256=sha256_file(directory / ENERGY),
             has_ground_truth=has_y,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            map_id=secrets.token_hex(16),
+            file_identities={name: file_identity(directory / name) for name in names},
+            diffraction_sha256=diffraction_sha256,
+            legacy_layout=layout.legacy,
         )
         text = manifest.to_json()
         with atomic_path(directory / MANIFEST, len(text)) as tmp:
@@ -190,7 +214,8 @@ def resolve_counts(scan_file: ScanFile, units: str) -> bool:
     return is_counts(scan_file.headers[scan_file.diffraction_key()].dtype, units)
 
 
-def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> np.ndarray:
+def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, progress: bool) -> tuple[np.ndarray, str]:
+    """Per-pattern energies and the sha256 of the whole written ``.npy``."""
     header = scan_file.headers[key]
     with tqdm(total=header.nbytes, unit="B", unit_scale=True, desc="memory-mapping diffraction", disable=not progress, leave=False) as bar:
         if layout.streams_by_pattern:
@@ -198,17 +223,30 @@ def _copy_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: 
         return _scatter_patterns(scan_file, key, layout, target, counts, name, bar, progress)
 
 
-def _append_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar) -> np.ndarray:
+def _append_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar) -> tuple[np.ndarray, str]:
     """Write pattern blocks in order with plain writes: a full disk raises ENOSPC (a mapped write dies of SIGBUS)."""
     energy = np.empty(layout.n, dtype=np.float64)
-    with open(target, "wb") as handle:
+    with open(target, "wb") as raw:
+        handle = _HashingWriter(raw)  # the full checksum costs no second read
         _write_header(handle, np.float32, (layout.n, layout.N, layout.N))
         for start, block in scan_file.iter_disk_blocks(key):
             part = np.ascontiguousarray(_to_amplitude(block.transpose(layout.perm), start, counts, name))
             _write_block(handle, part)
             energy[start : start + len(part)] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
             bar.update(block.nbytes)
-    return energy
+    return energy, handle.digest.hexdigest()
+
+
+class _HashingWriter:
+    """A binary file that also feeds every byte written to a sha256 digest."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
 
 
 def _write_header(handle, dtype, shape: tuple[int, ...]) -> None:
@@ -220,7 +258,7 @@ def _write_block(handle, part: np.ndarray) -> None:
     handle.write(memoryview(part).cast("B"))
 
 
-def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar, progress: bool) -> np.ndarray:
+def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, counts: bool, name: str, bar, progress: bool) -> tuple[np.ndarray, str]:
     """Transposed layouts: each disk block lands across every pattern, so it is written through a memory map."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(layout.n, layout.N, layout.N))
     axis = layout.pattern_axis_of_disk_block
@@ -234,7 +272,7 @@ def _scatter_patterns(scan_file, key, layout: PatternLayout, target: Path, count
     out.flush()
     energy = pattern_energy(name, out, progress=progress)
     del out
-    return energy
+    return energy, sha256_file(target, progress)
 
 
 def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str, pixel_origin: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -277,30 +315,51 @@ def _read_manifest(path: Path) -> Manifest | None:
         return None
 
 
-def _stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
+def stale_reason(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> str | None:
+    """Why the map in ``directory`` must not be used for this scan file and these units (None: it may)."""
+    return _staleness(Path(directory), manifest, fingerprint, counts)[0]
+
+
+def _staleness(directory: Path, manifest: Manifest, fingerprint: Fingerprint, counts: bool) -> tuple[str | None, int]:
+    """``(reason, log level)``: a changed scan or setting is routine (INFO), a changed map file is not (WARNING)."""
     if manifest.format_version != FORMAT_VERSION:
-        return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})"
+        return f"format version {manifest.format_version} (this library writes {FORMAT_VERSION})", logging.INFO
     if manifest.fingerprint != fingerprint.as_dict():
-        return "the scan file changed since it was built"
+        return "the scan file changed since it was built", logging.INFO
     if manifest.counts_to_amplitude != counts:
-        return "built with other diffraction units"
+        return "built with other diffraction units", logging.INFO
     diffraction = directory / DIFFRACTION
     try:
         for name in (DIFFRACTION, ENERGY, GROUND_TRUTH) if manifest.has_ground_truth else (DIFFRACTION, ENERGY):
             require_regular(directory / name)
+        for name, recorded in sorted(manifest.file_identities.items()):
+            current = file_identity(directory / name)
+            if current is None:
+                return f"{name} is missing", logging.WARNING
+            if current != recorded:
+                return f"{name} was modified after it was built (its size, mtime or inode changed)", logging.WARNING
         if diffraction.stat().st_size != manifest.diffraction_bytes:
-            return f"{DIFFRACTION} has the wrong size (truncated?)"
+            return f"{DIFFRACTION} has the wrong size (truncated?)", logging.WARNING
         if sample_digest(diffraction) != manifest.diffraction_sample_sha256:
-            return f"{DIFFRACTION} content does not match its manifest (damaged?)"
-        if _sha256_file(directory / ENERGY) != manifest.energy_sha256:
-            return f"{ENERGY} does not match its manifest"
+            return f"{DIFFRACTION} content does not match its manifest (damaged?)", logging.WARNING
+        if sha256_file(directory / ENERGY) != manifest.energy_sha256:
+            return f"{ENERGY} does not match its manifest", logging.WARNING
         if manifest.has_ground_truth and not (directory / GROUND_TRUTH).exists():
-            return f"{GROUND_TRUTH} is missing"
+            return f"{GROUND_TRUTH} is missing", logging.WARNING
     except FileNotFoundError as exc:
-        return f"{Path(exc.filename).name} is missing"
+        return f"{Path(exc.filename).name} is missing", logging.WARNING
     except NotRegularFileError as exc:
-        return f"{Path(exc.filename).name} is not a regular file"
-    return None
+        return f"{Path(exc.filename).name} is not a regular file", logging.WARNING
+    return None, logging.INFO
+
+
+def file_identity(path: Path) -> dict | None:
+    """Size, mtime_ns and inode of ``path`` as recorded in the manifest (None if it is missing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -322,5 +381,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.lib.format.write_array(handle, array, allow_pickle=False)
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(read_regular(path)).hexdigest()
+def sha256_file(path: Path, progress: bool = False) -> str:
+    """sha256 of a whole file, read in bounded chunks."""
+    require_regular(path)  # a FIFO put there must not block the read
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc="checksumming",
+                                          disable=not progress or size < 2**30, leave=False) as bar:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()

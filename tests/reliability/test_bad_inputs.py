@@ -271,7 +271,7 @@ def test_forged_cache_with_a_valid_checksum_but_impossible_indices_is_rebuilt(tm
     forged = experiment.grouping.arrays()
     forged["nn_indices"] = forged["nn_indices"] + np.int32(10_000)  # far past the 512 patterns
     write_cache(experiment.cache_path, Grouping(**forged, norm=experiment.grouping.norm), grouping_key_of(metadata),
-                Fingerprint.from_dict(metadata["fingerprint"]), metadata["source"])
+                Fingerprint.from_dict(metadata["fingerprint"]), metadata["source"], metadata["memory_map"])
     with caplog.at_level(logging.WARNING):
         again, served = serve(entry, npz, tmp_path / "data")
     assert "inconsistent" in caplog.text and "outside the scan's 512 patterns" in caplog.text

@@ -105,14 +105,16 @@ def test_cache_round_trips_bit_exactly(case, size, mtime, other):
     fingerprint = Fingerprint(size=size, mtime_ns=mtime, content_sha256="ab" * 32)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / key.file_name()
-        write_cache(path, grouping, key, fingerprint, "scan.npz")
-        back = read_cache(path, key, fingerprint)
+        memory_map = {"map_id": "0" * 32, "counts_to_amplitude": False, "diffraction_file": {"size": size, "mtime_ns": mtime, "inode": 7}}
+        write_cache(path, grouping, key, fingerprint, "scan.npz", memory_map)
+        back = read_cache(path, key, fingerprint, memory_map)
         assert isinstance(back, Grouping) and back.norm == grouping.norm
         for name, array in grouping.arrays().items():
             got = getattr(back, name)
             assert got.dtype == array.dtype and got.shape == array.shape and got.tobytes() == array.tobytes(), name
         if other != mtime:
-            assert read_cache(path, key, Fingerprint(size=size, mtime_ns=other, content_sha256="ab" * 32)) is None
+            assert read_cache(path, key, Fingerprint(size=size, mtime_ns=other, content_sha256="ab" * 32), memory_map) is None
+            assert read_cache(path, key, fingerprint, {**memory_map, "map_id": "1" * 32}) is None
 
 
 @settings(max_examples=40, deadline=None)

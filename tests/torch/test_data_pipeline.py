@@ -305,7 +305,7 @@ def dataset_factory(tmp_path):
 
 
 def test_memmap_dataset_batches_equal_the_baseline_channels_first(dataset_factory):
-    dataset = dataset_factory(ground_truth=True)
+    dataset = dataset_factory(ground_truth=True, y_convention="baseline")
     expected = baseline_grouped()
     batch, probe_, scale = dataset[list(range(len(dataset)))]
     assert len(dataset) == 200 and batch.batch_size == (200,)
