@@ -119,7 +119,8 @@ def test_fifo_where_a_file_of_ours_goes_neither_hangs_info_nor_construction(tmp_
     result = run_python(BUILD_AND_INFO, npz, data_dir, timeout=60)  # a regression times out here instead of hanging CI
     assert result.returncode == 0, result.stderr[-3000:]
     report = last_json(result.stdout)
-    expected = [True, False] if name == "groups cache" else [False, True]  # (memory map, groups cache)
+    # (memory map, groups cache): a broken map is rebuilt with a new identity, so its groups cache is stale too
+    expected = [True, False] if name == "groups cache" else [False, False]
     assert [valid for valid, _ in report["before"]] == expected
     if name in (MANIFEST, "groups cache"):
         assert "not a regular file" in next(problem for valid, problem in report["before"] if not valid)

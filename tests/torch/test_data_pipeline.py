@@ -474,7 +474,7 @@ def test_memmap_golden_dataset_batches(case, dataset_factory, tmp_path):
 def test_memmap_golden_dataset_ground_truth_y_baseline_convention(case, dataset_factory, tmp_path):
     """The dataset's ``Y`` in PtychoPINN's convention (patch at group centre + relative offset)."""
     path = golden.case_npz(case, tmp_path)
-    dataset = dataset_factory(path, config=golden_config(case, path), ground_truth=True)
+    dataset = dataset_factory(path, config=golden_config(case, path), ground_truth=True, y_convention="baseline")
     batch, _, _ = dataset[list(range(8))]
     golden.assert_y_matches_golden(case, batch["Y"].numpy().transpose(0, 2, 3, 1))
 
