@@ -74,9 +74,15 @@ def _standard_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettin
         seeds = rng.choice(np.arange(n), size=m, replace=False)
     else:
         seeds = np.arange(n)
+    return groups_around_seeds(xcoords, ycoords, seeds, K, C, rng)
+
+
+def groups_around_seeds(xcoords: np.ndarray, ycoords: np.ndarray, seeds: np.ndarray, K: int, C: int, rng: np.random.RandomState) -> np.ndarray:
+    """``(len(seeds), C)`` int64: ``C`` of each seed's ``K`` nearest neighbours drawn from ``rng`` (the seed itself for C=1)."""
+    seeds = np.asarray(seeds)
     if C == 1:
         return seeds.reshape(-1, 1).astype(np.int64)
-    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, n))
+    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, len(xcoords)))
     groups = np.empty((len(seeds), C), dtype=np.int64)
     for i, (seed_index, row) in enumerate(zip(seeds, neighbours)):
         nb = row[1 : K + 1] if len(row) > K else row[:K]
