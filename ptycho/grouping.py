@@ -95,15 +95,15 @@ def _oversampled_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSet
     n, C = len(xcoords), s.C
     if not s.enable_oversampling:
         raise ValueError(
-            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points; "
-            "set enable_oversampling=True (and neighbor_pool_size >= gridsize**2) to draw "
-            "several groups per point, or ask for at most that many groups"
+            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points (gridsize={s.gridsize}, C={C}); "
+            f"K choose C oversampling is required but not enabled (OVERSAMPLING-001): set enable_oversampling=True "
+            f"and neighbor_pool_size >= {C} to draw several groups per point, or ask for at most {n} groups"
         )
     K = s.K if s.neighbor_pool_size is None else s.neighbor_pool_size
     if K < C:
         raise ValueError(
-            f"neighbor_pool_size={K} is smaller than gridsize**2 = {C}; "
-            f"oversampling needs a pool of at least {C} neighbours"
+            f"K choose C oversampling requires neighbor_pool_size >= C (gridsize**2): got neighbor_pool_size={K}, "
+            f"C={C} (OVERSAMPLING-001); set neighbor_pool_size (or K) to at least {C}"
         )
     rng = np.random.RandomState(s.seed)
     min_seeds = max(1, math.ceil(s.nsamples / math.comb(K, C)))
