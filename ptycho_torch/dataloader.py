@@ -16,7 +16,15 @@ from ptycho_torch.torch_support import require_torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Collate", "Collate_Lightning", "PtychoDataset", "TensorDictDataLoader", "npz_headers"]
+__all__ = [
+    "Collate",
+    "Collate_Lightning",
+    "PtychoDataset",
+    "TensorDictDataLoader",
+    "npz_headers",
+    "upstream_coords_relative",
+    "upstream_images",
+]
 
 _LAZY = {
     "PtychoDataset": "ptycho_torch.dset_loader_pt_mmap",
@@ -81,3 +89,17 @@ def _diffraction_key(scan_file: ScanFile) -> str:
                 "store the (n, N, N) amplitude stack under 'diffraction'"
             ) from None
         raise exc
+
+
+def upstream_images(batch):
+    """PtychoPINN's torch ``images`` from a batch: ``round((images / rms_scaling_constant) ** 2)``.
+
+    This project's ``images`` are normalised amplitudes (TensorFlow parity); PtychoPINN's torch
+    dataset serves rounded intensities (photon counts). Exact for scans stored as integer counts.
+    """
+    return ((batch["images"] / batch["rms_scaling_constant"]) ** 2).round()
+
+
+def upstream_coords_relative(batch):
+    """PtychoPINN's torch ``coords_relative`` sign, ``coords_global - coords_center`` (this project's is the TensorFlow ``-``)."""
+    return -batch["coords_relative"]

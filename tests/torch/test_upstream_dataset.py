@@ -258,3 +258,15 @@ def test_package_exports_resolve_to_the_modules_objects(torch_modules):
     assert ptycho_torch.PtychoDataset is torch_modules[1].PtychoDataset
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ptycho_torch.nope
+
+
+def test_upstream_parity_conversions_reproduce_counts_and_offsets(torch_modules, tmp_path):
+    torch, dataloader = torch_modules
+    counts = np.random.default_rng(0).poisson(50, size=DIFF.shape).astype(np.uint16)
+    path = write_scan(tmp_path / "counts.npz", diffraction=counts)
+    dataset = dataloader.PtychoDataset(path, *torch_configs(), data_dir=tmp_path / "m", progress=False)
+    batch, _, _ = dataset[list(range(len(dataset)))]
+    members = batch["nn_indices"].numpy()
+    np.testing.assert_array_equal(dataloader.upstream_images(batch).numpy(), counts[members].astype(np.float32))
+    offsets = dataloader.upstream_coords_relative(batch).numpy()
+    np.testing.assert_allclose(offsets, (batch["coords_global"] - batch["coords_center"]).numpy(), atol=1e-5)
