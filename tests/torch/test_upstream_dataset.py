@@ -29,7 +29,7 @@ def write_scan(path, probe_guess=None, diffraction=DIFF, key="diffraction"):
 def torch_configs(n_groups=40):
     from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 
-    return ModelConfig(), DataConfig(N=N, K=6, subsample_seed=7, nphotons=1e6), TrainingConfig(n_groups=n_groups)
+    return ModelConfig(), DataConfig(N=N, K=6, subsample_seed=7, nphotons=1e6), TrainingConfig(n_groups=n_groups, test_data_file="test.npz")
 
 
 @pytest.fixture
