@@ -11,7 +11,7 @@ import numpy as np
 from ptycho import params
 from scipy.spatial import cKDTree
 
-from ptycho.grouping import GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, sample_groups
+from ptycho.grouping import GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, oversampled_groups, sample_groups
 from ptycho.patches import extract_patches
 from ptycho.validation import (
     amplitude_from_counts,
@@ -331,11 +331,7 @@ class RawData:
         a fixed seed 0 for the neighbour choice), then ``C`` of each seed's ``K`` nearest
         neighbours. Uses a private generator, never NumPy's global one.
         """
-        n = len(self.xcoords)
-        if n < C:
-            raise ValueError(f"Dataset has only {n} points but {C} coordinates per group requested; use a smaller gridsize")
-        if K < C:
-            raise ValueError(f"K={K} must be >= C={C} (need at least C neighbors to form a group); set K >= {C}")
+        n = self._require_group_size(K, C)
         if seed_indices is not None:
             seeds = np.asarray(seed_indices)[: min(len(seed_indices), n)]
             rng = np.random.RandomState(0)
@@ -345,6 +341,25 @@ class RawData:
             seeds = rng.choice(np.arange(n), size=m, replace=False) if m < n else np.arange(n)
         groups = groups_around_seeds(self.xcoords, self.ycoords, seeds, K, C, rng)
         return groups.astype(np.int32) if C > 1 else groups
+
+    def _generate_groups_with_oversampling(
+        self, nsamples: int, K: int, C: int, seed: int | None = None, seed_indices: np.ndarray | None = None
+    ) -> np.ndarray:
+        """PtychoPINN's K choose C oversampling draw: ``(nsamples, C)`` groups, more than there are points if asked.
+
+        Same signature and random stream as PtychoPINN's private helper (a pool of C-combinations of
+        seeds' K nearest neighbours, sampled with ``seed``), on a private generator.
+        """
+        self._require_group_size(K, C)
+        return oversampled_groups(self.xcoords, self.ycoords, int(nsamples), K, C, np.random.RandomState(seed), seed_indices)
+
+    def _require_group_size(self, K: int, C: int) -> int:
+        n = len(self.xcoords)
+        if n < C:
+            raise ValueError(f"Dataset has only {n} points but {C} coordinates per group requested; use a smaller gridsize")
+        if K < C:
+            raise ValueError(f"K={K} must be >= C={C} (need at least C neighbors to form a group); set K >= {C}")
+        return n
 
     def __repr__(self) -> str:
         def shape(value):

@@ -124,6 +124,21 @@ def test_generate_groups_efficiently_matches_the_grouping_and_upstream_shapes():
         raw._generate_groups_efficiently(10, 3, 4)
 
 
+def test_generate_groups_with_oversampling_matches_the_grouping():
+    raw = RawData.from_coords_without_pc(**SCAN)
+    groups = raw._generate_groups_with_oversampling(nsamples=200, K=6, C=4, seed=3)
+    assert groups.shape == (200, 4) and len(np.unique(groups, axis=0)) > 64  # more groups than points
+    expected = raw.generate_grouped_data(N, K=6, nsamples=200, seed=3, gridsize=2, enable_oversampling=True)["nn_indices"]
+    np.testing.assert_array_equal(groups, expected)
+    sequential = raw._generate_groups_with_oversampling(200, 6, 4, seed=3, seed_indices=np.arange(64))
+    np.testing.assert_array_equal(
+        sequential,
+        raw.generate_grouped_data(N, K=6, nsamples=200, seed=3, gridsize=2, enable_oversampling=True, sequential_sampling=True)["nn_indices"],
+    )
+    singles = raw._generate_groups_with_oversampling(100, 4, 1, seed=0)
+    assert singles.shape == (100, 1) and set(singles.ravel()) <= set(range(64))
+
+
 def test_normalize_data_accepts_single_patterns_and_groups():
     grouped = RawData.from_coords_without_pc(**SCAN).generate_grouped_data(N, K=6, nsamples=30, seed=4, gridsize=2)
     np.testing.assert_allclose(normalize_data(grouped, N), grouped["X_full"], rtol=1e-6)
