@@ -151,7 +151,7 @@ def to_model_config(
         'amp_activation': lambda: _amp_activation(model.amp_activation),
         'object_big': lambda: model.object_big,
         'probe_big': lambda: model.probe_big,
-        'probe_mask': lambda: _probe_mask_enabled(model.probe_mask),
+        'probe_mask': lambda: _probe_mask_enabled(model.probe_mask) or model.probe_mask_tensor is not None,
         'pad_object': lambda: model.pad_object,
         'probe_scale': lambda: data.probe_scale,
         'gaussian_smoothing_sigma': lambda: model.gaussian_smoothing_sigma,

@@ -115,7 +115,8 @@ def test_new_fields_are_carried_through_the_bridge_into_params():
     tf_model = to_model_config(data, model)
     config = to_training_config(tf_model, data, model, training)
     assert (tf_model.architecture, tf_model.fno_modes, tf_model.learned_input_channels, tf_model.fno_input_transform) == ("fno", 8, 3, "log1p")
-    assert tf_model.probe_mask_sigma == 2.0
+    assert tf_model.probe_mask_sigma == 2.0 and tf_model.probe_mask is False
+    assert to_model_config(data, ModelConfig(probe_mask_tensor=np.ones((64, 64)))).probe_mask is True  # an explicit mask enables it
     assert (config.optimizer, config.gradient_clip_val, config.gradient_clip_algorithm) == ("adamw", 1.5, "value")
     assert (config.lr_warmup_epochs, config.scheduler, config.torch_loss_mode, config.weight_decay) == (3, "WarmupCosine", "mae", 0.01)
     params.reset()
