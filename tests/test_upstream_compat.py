@@ -1,6 +1,6 @@
 """PtychoPINN users' ``ptycho`` code runs unchanged: metadata NPZs, grouping helpers, params seal, normalisation.
 
-Public names plus the private helpers PtychoPINN's own tests call; no torch needed. About 1 s.
+Public names plus the private helpers PtychoPINN's own tests call; no torch needed. About 5 s on the 2-core CI machine.
 """
 
 import json

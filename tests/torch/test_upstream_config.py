@@ -1,7 +1,7 @@
 """PtychoPINN's config fields, defaults, legacy-dict semantics and error phrases, as its users rely on them.
 
 The expected defaults below are PtychoPINN's (2026-07 ``ptycho/config/config.py`` and
-``ptycho_torch/config_params.py``). Runs without torch; well under a second.
+``ptycho_torch/config_params.py``). Runs without torch; about 2 s.
 """
 
 from __future__ import annotations
