@@ -78,7 +78,7 @@ def train(args: argparse.Namespace) -> None:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for batch, probe, scale in loader:
-            images = batch["images"]  # (B, C, N, N) float32 normalised amplitudes; probe (B, C, N, N) complex64
+            images = batch["images"]  # (B, C, N, N) float32 normalised amplitudes; probe (B, C, P, N, N) complex64, scale (B, 1, 1, 1)
             loss = nn.functional.mse_loss(model(images), images)
             optimiser.zero_grad()
             loss.backward()

@@ -85,9 +85,15 @@ def _standard_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettin
         seeds = rng.choice(np.arange(n), size=m, replace=False)
     else:
         seeds = np.arange(n)
+    return groups_around_seeds(xcoords, ycoords, seeds, K, C, rng)
+
+
+def groups_around_seeds(xcoords: np.ndarray, ycoords: np.ndarray, seeds: np.ndarray, K: int, C: int, rng: np.random.RandomState) -> np.ndarray:
+    """``(len(seeds), C)`` int64: ``C`` of each seed's ``K`` nearest neighbours drawn from ``rng`` (the seed itself for C=1)."""
+    seeds = np.asarray(seeds)
     if C == 1:
         return seeds.reshape(-1, 1).astype(np.int64)
-    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, n))
+    neighbours = _query_neighbours(xcoords, ycoords, seeds, k=min(K + 1, len(xcoords)))
     groups = np.empty((len(seeds), C), dtype=np.int64)
     for i, (seed_index, row) in enumerate(zip(seeds, neighbours)):
         nb = row[1 : K + 1] if len(row) > K else row[:K]
@@ -100,34 +106,48 @@ def _oversampled_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSet
     n, C = len(xcoords), s.C
     if not s.enable_oversampling:
         raise ValueError(
-            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points; "
-            "set enable_oversampling=True (and neighbor_pool_size >= gridsize**2) to draw "
-            "several groups per point, or ask for at most that many groups"
+            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points (gridsize={s.gridsize}, C={C}); "
+            f"K choose C oversampling is required but not enabled (OVERSAMPLING-001): set enable_oversampling=True "
+            f"and neighbor_pool_size >= {C} to draw several groups per point, or ask for at most {n} groups"
         )
     K = s.K if s.neighbor_pool_size is None else s.neighbor_pool_size
     if K < C:
         raise ValueError(
-            f"neighbor_pool_size={K} is smaller than gridsize**2 = {C}; "
-            f"oversampling needs a pool of at least {C} neighbours"
+            f"K choose C oversampling requires neighbor_pool_size >= C (gridsize**2): got neighbor_pool_size={K}, "
+            f"C={C} (OVERSAMPLING-001); set neighbor_pool_size (or K) to at least {C}"
         )
-    rng = np.random.RandomState(s.seed)
-    min_seeds = max(1, math.ceil(s.nsamples / math.comb(K, C)))
+    sequential = np.arange(min(s.nsamples, n)) if s.sequential_sampling else None
+    return oversampled_groups(xcoords, ycoords, s.nsamples, K, C, np.random.RandomState(s.seed), sequential)
+
+
+def oversampled_groups(
+    xcoords: np.ndarray, ycoords: np.ndarray, nsamples: int, K: int, C: int, rng: np.random.RandomState, seed_indices=None
+) -> np.ndarray:
+    """``(nsamples, C)`` int64 groups drawn from a pool of C-combinations of seeds' K nearest neighbours.
+
+    Seeds: ``seed_indices`` (in order) when it holds enough of them, else drawn from ``rng``; for
+    ``C == 1`` the groups are seeds drawn from ``rng`` (PtychoPINN's K choose C oversampling).
+    """
+    n = len(xcoords)
+    combinations_per_seed = 1 if C == 1 else math.comb(K, C)
+    min_seeds = max(1, math.ceil(nsamples / combinations_per_seed))
     n_seeds = min(2 * min_seeds, n)
-    sequential = np.arange(min(s.nsamples, n))
-    if s.sequential_sampling and len(sequential) >= min_seeds:
-        seeds = sequential[:n_seeds]
+    if seed_indices is not None and len(seed_indices) >= min_seeds:
+        seeds = np.asarray(seed_indices)[:n_seeds]
     elif n_seeds < n:
         seeds = rng.choice(np.arange(n), size=n_seeds, replace=False)
     else:
         seeds = np.arange(n)
-    pool = _combination_pool(xcoords, ycoords, seeds, K, C, limit=2 * s.nsamples)
+    if C == 1:
+        return rng.choice(seeds, size=nsamples, replace=nsamples > len(seeds)).reshape(-1, 1).astype(np.int64)
+    pool = _combination_pool(xcoords, ycoords, seeds, K, C, limit=2 * nsamples)
     if not pool:
         raise ValueError(
             f"no group of {C} distinct points could be formed from {n} scan points; "
             "use a smaller gridsize or a larger scan"
         )
     logger.debug("oversampling: %d seeds, pool of %d combinations", len(seeds), len(pool))
-    pick = rng.choice(len(pool), size=s.nsamples, replace=s.nsamples > len(pool))
+    pick = rng.choice(len(pool), size=nsamples, replace=nsamples > len(pool))
     return np.asarray(pool, dtype=np.int64)[pick]
 
 

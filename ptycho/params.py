@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -18,13 +19,18 @@ __all__ = [
     'get_padded_size',
     'get_padding_size',
     'is_configured',
+    'is_sealed',
     'params',
     'reset',
     'restore',
+    'seal',
     'set',
     'snapshot',
+    'unseal',
     'validate',
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
@@ -150,30 +156,56 @@ def _rebuild_legacy_config(values: Mapping[str, Any], configured: Iterable[str])
 
 cfg = LegacyConfig(DEFAULTS)
 
+POST_SEAL_WRITABLE = frozenset({'intensity_scale'})
+"""Keys PtychoPINN updates during training, which :func:`set` writes silently even when sealed."""
+
+_sealed = False
+"""PtychoPINN's seal: once configuration is complete, later :func:`set` calls of other keys warn."""
+
+
+def seal() -> None:
+    """Mark configuration complete: later :func:`set` of keys outside :data:`POST_SEAL_WRITABLE` log a WARNING."""
+    global _sealed
+    _sealed = True
+
+
+def unseal() -> None:
+    """Allow :func:`set` to write any key silently again (as before :func:`seal`)."""
+    global _sealed
+    _sealed = False
+
+
+def is_sealed() -> bool:
+    """Whether :func:`seal` was called more recently than :func:`unseal`."""
+    return _sealed
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Saved contents of ``cfg`` and its record of configured keys."""
+    """Saved contents of ``cfg``, its record of configured keys, and its seal."""
 
     values: Mapping[str, Any]
     configured: frozenset[str]
+    sealed: bool = False
 
 
 def snapshot() -> Snapshot:
-    """Save the contents of ``cfg`` and which keys were configured."""
-    return Snapshot(values=MappingProxyType(dict(cfg)), configured=cfg.configured_keys())
+    """Save the contents of ``cfg``, which keys were configured, and whether it is sealed."""
+    return Snapshot(values=MappingProxyType(dict(cfg)), configured=cfg.configured_keys(), sealed=_sealed)
 
 
 def restore(saved: Snapshot) -> None:
-    """Restore ``cfg`` in place (contents and configured keys) from :func:`snapshot`."""
+    """Restore ``cfg`` in place (contents, configured keys, seal) from :func:`snapshot`."""
     if not isinstance(saved, Snapshot):
         raise TypeError(f'restore() needs a Snapshot from params.snapshot(), got {type(saved)!r}')
     cfg._replace_contents(saved.values, saved.configured)
+    seal() if saved.sealed else unseal()
 
 
 def reset() -> None:
-    """Reset ``cfg`` to :data:`DEFAULTS` with no key marked as configured."""
+    """Reset ``cfg`` to :data:`DEFAULTS` with no key marked as configured, unsealed."""
     cfg._replace_contents(DEFAULTS, ())
+    unseal()
 
 
 def is_configured(key: str) -> bool:
@@ -224,6 +256,13 @@ def set(key: str, value: Any) -> None:  # noqa: A001 - legacy public name
     candidate = dict(cfg)
     candidate[key] = value
     validate(candidate)
+    if _sealed and key not in POST_SEAL_WRITABLE:
+        logger.warning(
+            'post-seal write of params.cfg[%r] = %r: the configuration was sealed; '
+            'set it before params.seal() (or call params.unseal() first)',
+            key,
+            value,
+        )
     cfg[key] = value
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ptycho import params
-from ptycho.grouping import GroupingSettings, gather_coords, get_relative_coords, sample_groups
+from scipy.spatial import cKDTree
+
+from ptycho.grouping import GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, oversampled_groups, sample_groups
 from ptycho.patches import extract_patches
 from ptycho.validation import (
     amplitude_from_counts,
@@ -29,6 +31,7 @@ __all__ = [
     "RawData",
     "compute_grouping",
     "get_image_patches",
+    "get_neighbor_indices",
     "get_relative_coords",
     "grouped_data_from",
     "normalize_data",
@@ -146,11 +149,34 @@ def get_image_patches(gt_image, global_offsets, local_offsets, N: int | None = N
 
 
 def normalize_data(dset: dict, N: int) -> np.ndarray:
-    """PtychoPINN's X_full: the grouped diffraction scaled to a mean energy of ``(N / 2) ** 2``."""
+    """PtychoPINN's X_full: the grouped diffraction scaled to a mean energy of ``(N / 2) ** 2``.
+
+    ``dset['diffraction']`` is ``(B, N, N, C)`` (grouped) or ``(n, N, N)`` (single patterns); the
+    result has the same shape, float32.
+    """
     diffraction = np.asarray(dset["diffraction"])
-    energy = np.einsum("bijc,bijc->bc", diffraction, diffraction, dtype=np.float64)
+    if diffraction.ndim == 3:
+        energy = np.einsum("bij,bij->b", diffraction, diffraction, dtype=np.float64)
+    elif diffraction.ndim == 4:
+        energy = np.einsum("bijc,bijc->bc", diffraction, diffraction, dtype=np.float64)
+    else:
+        raise ValueError(
+            f"normalize_data needs dset['diffraction'] of shape (n, N, N) or (B, N, N, C), got {diffraction.shape}; "
+            "group the data with RawData.generate_grouped_data"
+        )
+    if not energy.size or not energy.mean() > 0:
+        raise ValueError("every diffraction pattern is zero (or there are none); the data cannot be normalised (check the detector data)")
     norm = np.sqrt((N / 2) ** 2 / energy.mean())
-    return diffraction * np.float32(norm)
+    return (diffraction * np.float32(norm)).astype(np.float32, copy=False)
+
+
+def get_neighbor_indices(xcoords, ycoords, K: int = 3) -> np.ndarray:
+    """``(n, K + 1)`` indices of each scan point's ``K + 1`` nearest points, itself included (usually first)."""
+    points = np.column_stack([np.asarray(xcoords, dtype=np.float64), np.asarray(ycoords, dtype=np.float64)])
+    if K + 1 > len(points):
+        raise ValueError(f"K={K} neighbours need at least {K + 1} scan points, got {len(points)}")
+    _, indices = cKDTree(points).query(points, k=K + 1)
+    return np.asarray(indices).reshape(len(points), K + 1)
 
 
 class RawData:
@@ -210,6 +236,9 @@ class RawData:
         from ptycho.scan_file import read_scan
 
         scan = read_scan(path, layout=layout)
+        metadata = {"source": str(path)}
+        if scan.metadata is not None:
+            metadata["npz_metadata"] = scan.metadata
         return RawData(
             scan.xcoords,
             scan.ycoords,
@@ -220,7 +249,7 @@ class RawData:
             scan.scan_index,
             scan.objectGuess,
             Y=scan.Y,
-            metadata={"source": str(path)},
+            metadata=metadata,
             diffraction_units=diffraction_units,
         )
 
@@ -298,6 +327,46 @@ class RawData:
             neighbor_pool_size=neighbor_pool_size,
         )
         return grouped_data_from(grouping, self.diff3d, objectGuess=self.objectGuess, Y=self.Y)
+
+    def _generate_groups_efficiently(
+        self, nsamples: int, K: int, C: int, seed: int | None = None, seed_indices: np.ndarray | None = None
+    ) -> np.ndarray:
+        """PtychoPINN's "sample then group" draw: ``(groups, C)`` scan-point indices.
+
+        Same signature, random stream and shapes as PtychoPINN's private helper (int32 for C > 1;
+        ``min(nsamples, n)`` groups): seeds drawn with ``seed`` (or ``seed_indices`` in order, with
+        a fixed seed 0 for the neighbour choice), then ``C`` of each seed's ``K`` nearest
+        neighbours. Uses a private generator, never NumPy's global one.
+        """
+        n = self._require_group_size(K, C)
+        if seed_indices is not None:
+            seeds = np.asarray(seed_indices)[: min(len(seed_indices), n)]
+            rng = np.random.RandomState(0)
+        else:
+            rng = np.random.RandomState(seed)
+            m = min(int(nsamples), n)
+            seeds = rng.choice(np.arange(n), size=m, replace=False) if m < n else np.arange(n)
+        groups = groups_around_seeds(self.xcoords, self.ycoords, seeds, K, C, rng)
+        return groups.astype(np.int32) if C > 1 else groups
+
+    def _generate_groups_with_oversampling(
+        self, nsamples: int, K: int, C: int, seed: int | None = None, seed_indices: np.ndarray | None = None
+    ) -> np.ndarray:
+        """PtychoPINN's K choose C oversampling draw: ``(nsamples, C)`` groups, more than there are points if asked.
+
+        Same signature and random stream as PtychoPINN's private helper (a pool of C-combinations of
+        seeds' K nearest neighbours, sampled with ``seed``), on a private generator.
+        """
+        self._require_group_size(K, C)
+        return oversampled_groups(self.xcoords, self.ycoords, int(nsamples), K, C, np.random.RandomState(seed), seed_indices)
+
+    def _require_group_size(self, K: int, C: int) -> int:
+        n = len(self.xcoords)
+        if n < C:
+            raise ValueError(f"Dataset has only {n} points but {C} coordinates per group requested; use a smaller gridsize")
+        if K < C:
+            raise ValueError(f"K={K} must be >= C={C} (need at least C neighbors to form a group); set K >= {C}")
+        return n
 
     def __repr__(self) -> str:
         def shape(value):

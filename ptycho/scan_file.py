@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ BLOCK_BYTES = 32 * 2**20
 # How a 3-D stack is laid out: "auto" guesses (a cube with n == N is ambiguous and warned about),
 # "nNN" is (n, N, N) with patterns first, "NNn" the legacy (N, N, n) with patterns last.
 PATTERN_LAYOUTS = ("auto", "nNN", "NNn")
+
+METADATA_KEY = "_metadata"
 _NPZ_FIX = "re-export the scan with numpy.savez / savez_compressed (plain arrays, no Python objects)"
 
 
@@ -89,6 +92,7 @@ class Scan:
     diffraction_dtype: np.dtype
     diffraction: np.ndarray | None = None
     Y: np.ndarray | None = None
+    metadata: dict | None = None
 
     @property
     def n(self) -> int:
@@ -114,6 +118,7 @@ class ScanFile:
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ScanFileError(f"{self.path} is not a readable NPZ (truncated or not a zip archive: {exc}); {_NPZ_FIX}") from exc
         self._members = {name[:-4]: name for name in self._zip.namelist() if name.endswith(".npy")}
+        self._skip_pickled_metadata()
         self.headers = {key: self._read_header(key) for key in self._members}
         self._diffraction_key: str | None = None
 
@@ -240,7 +245,8 @@ class ScanFile:
         arrays = {name: self.load(name) for name in REQUIRED_KEYS + SMALL_OPTIONAL_KEYS if name in self.headers}
         diffraction = _load_patterns(self, key, layout) if load_diffraction else None
         Y = self.load("Y") if load_diffraction and "Y" in self.headers else None
-        return _scan_from_arrays(self.path, arrays, key, layout, self.headers[key].dtype, diffraction, Y)
+        scan = _scan_from_arrays(self.path, arrays, key, layout, self.headers[key].dtype, diffraction, Y)
+        return replace(scan, metadata=self.metadata()) if METADATA_KEY in self.headers else scan
 
     def _require_one_per_pattern(self, n: int) -> None:
         """Per-pattern members must hold ``n`` entries; checked on their headers, before anything is loaded."""
@@ -251,6 +257,35 @@ class ScanFile:
         if "scan_index" in self.headers and self.headers["scan_index"].shape != (n,):
             header = self.headers["scan_index"]
             raise ScanFileError(f"{self.path} key 'scan_index' must be {n} integers (one per pattern), got shape {header.shape} dtype {header.dtype}")
+
+    def metadata(self) -> dict | None:
+        """The JSON record PtychoPINN's ``MetadataManager`` stores under ``_metadata``, if it is a plain string.
+
+        A ``_metadata`` member holding Python objects was skipped (with a warning) when the file was opened.
+        """
+        if METADATA_KEY not in self.headers:
+            return None
+        return parse_metadata(self.load(METADATA_KEY), f"{self.path} key {METADATA_KEY!r}")
+
+    def _skip_pickled_metadata(self) -> None:
+        """Drop a ``_metadata`` member stored as a pickled object array (older PtychoPINN), keeping the scan usable."""
+        if METADATA_KEY not in self._members:
+            return
+        try:
+            with self._zip.open(self._members[METADATA_KEY]) as stream:
+                version = np.lib.format.read_magic(stream)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                _, _, dtype = reader(stream)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+            return  # reported by _read_header like any other damaged member
+        if dtype.hasobject:
+            logger.warning(
+                "%s: skipping key %r: it holds Python objects (PtychoPINN's pickled metadata record), which are never "
+                "unpickled; the rest of the scan is used (re-save the metadata as a plain string to keep it)",
+                self.path,
+                METADATA_KEY,
+            )
+            del self._members[METADATA_KEY]
 
     def _read_header(self, key: str) -> MemberHeader:
         try:
@@ -277,6 +312,24 @@ class ScanFile:
                 f"only {stored:,} bytes; the file is truncated or corrupt; {_NPZ_FIX}"
             )
         return header
+
+
+def parse_metadata(value: np.ndarray, where: str) -> dict | None:
+    """A ``_metadata`` string array's JSON as a dict; a WARNING and None when it is not a JSON object string."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "US" or array.size != 1:
+        logger.warning("%s: metadata must be one JSON string, got %s %s; ignored", where, array.dtype, array.shape)
+        return None
+    text = array.reshape(()).item()
+    try:
+        record = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s: metadata is not valid JSON (%s); ignored", where, exc)
+        return None
+    if not isinstance(record, dict):
+        logger.warning("%s: metadata JSON is a %s, not an object; ignored", where, type(record).__name__)
+        return None
+    return record
 
 
 def scan_files(path) -> list[Path]:

@@ -70,8 +70,8 @@ def _gridsize(grid_size: Any) -> int:
         raise ValueError(f'DataConfig.grid_size must be a (y, x) pair, got {grid_size!r}') from None
     if rows != cols:
         raise ValueError(
-            f'DataConfig.grid_size={tuple(grid_size)} is not square; the grouping and the '
-            'TensorFlow model need a square grid such as (2, 2)'
+            f'DataConfig.grid_size={tuple(grid_size)} is not square: Non-square grids are not '
+            'supported (the grouping and the TensorFlow model need gridsize x gridsize, e.g. (2, 2))'
         )
     return int(rows)
 
@@ -81,7 +81,7 @@ def _model_type(mode: Any) -> str:
         return MODE_TO_MODEL_TYPE[mode]
     except (KeyError, TypeError):
         raise ValueError(
-            f'ModelConfig.mode must be one of {sorted(MODE_TO_MODEL_TYPE)}, got {mode!r}'
+            f'Invalid mode {mode!r}: ModelConfig.mode must be one of {sorted(MODE_TO_MODEL_TYPE)}'
         ) from None
 
 
@@ -91,8 +91,8 @@ def _amp_activation(name: Any) -> str:
         return ACTIVATION_TO_TF[key]
     except (KeyError, TypeError):
         raise ValueError(
-            f'ModelConfig.amp_activation {name!r} has no TensorFlow equivalent; use one of '
-            f"{sorted(ACTIVATION_TO_TF)} ('silu' becomes 'swish')"
+            f'Unknown activation {name!r}: ModelConfig.amp_activation has no TensorFlow equivalent; '
+            f"use one of {sorted(ACTIVATION_TO_TF)} ('silu' becomes 'swish')"
         ) from None
 
 
@@ -107,6 +107,33 @@ def _probe_mask_enabled(probe_mask: Any) -> bool:
         'ModelConfig.probe_mask must be None, a bool or a mask tensor/array, '
         f'got {type(probe_mask)!r}'
     )
+
+
+CARRIED_MODEL_FIELDS = (
+    'architecture', 'fno_modes', 'fno_width', 'fno_blocks', 'fno_cnn_blocks', 'learned_input_channels',
+    'max_hidden_channels', 'resnet_width', 'fno_input_transform', 'generator_output_mode',
+    'probe_mask_sigma', 'probe_mask_diameter',
+)
+"""ModelConfig fields with the same name and meaning on both sides, copied as they are."""
+
+CARRIED_TRAINING_FIELDS = (
+    'gradient_clip_val', 'gradient_clip_algorithm', 'optimizer', 'momentum', 'weight_decay',
+    'adam_beta1', 'adam_beta2', 'scheduler', 'plateau_factor', 'plateau_patience', 'plateau_min_lr',
+    'plateau_threshold', 'torch_loss_mode', 'torch_mae_pred_l2_match_target',
+)
+"""TrainingConfig fields with the same name and meaning on both sides, copied as they are."""
+
+
+def _copied_from(config: Any, name: str) -> Callable[[], Any]:
+    return lambda: getattr(config, name)
+
+
+def _lr_schedule(training: TrainingConfig) -> dict[str, Any]:
+    """``lr_warmup_epochs``/``lr_min_ratio``: PtychoPINN main's fields if set, else the older ``warmup_epochs``/``min_lr_ratio``."""
+    default = TrainingConfig()
+    warmup = training.lr_warmup_epochs if training.lr_warmup_epochs != default.lr_warmup_epochs else training.warmup_epochs
+    ratio = training.lr_min_ratio if training.lr_min_ratio != default.lr_min_ratio else training.min_lr_ratio
+    return {'lr_warmup_epochs': warmup, 'lr_min_ratio': ratio}
 
 
 def to_model_config(
@@ -124,10 +151,11 @@ def to_model_config(
         'amp_activation': lambda: _amp_activation(model.amp_activation),
         'object_big': lambda: model.object_big,
         'probe_big': lambda: model.probe_big,
-        'probe_mask': lambda: _probe_mask_enabled(model.probe_mask),
+        'probe_mask': lambda: _probe_mask_enabled(model.probe_mask) or model.probe_mask_tensor is not None,
         'pad_object': lambda: model.pad_object,
         'probe_scale': lambda: data.probe_scale,
         'gaussian_smoothing_sigma': lambda: model.gaussian_smoothing_sigma,
+        **{name: _copied_from(model, name) for name in CARRIED_MODEL_FIELDS},
     }
     checked = _checked_overrides(overrides, TFModelConfig)
     values = {name: translate() for name, translate in translations.items() if name not in checked}
@@ -151,10 +179,10 @@ def _nphotons(data: DataConfig, overrides: Mapping[str, Any]) -> float:
         return overrides['nphotons']
     if data.nphotons == TORCH_DEFAULT_NPHOTONS:
         raise ValueError(
-            f'DataConfig.nphotons is still the PyTorch default {TORCH_DEFAULT_NPHOTONS:g}, while '
-            f'TensorFlow defaults to {TF_DEFAULT_NPHOTONS:g}; the two backends would silently '
-            'scale intensities differently. Set DataConfig(nphotons=...) to the real photon count '
-            f'or pass overrides={{"nphotons": {TF_DEFAULT_NPHOTONS:g}}}'
+            f'nphotons default divergence: DataConfig.nphotons is still the PyTorch default '
+            f'{TORCH_DEFAULT_NPHOTONS:g}, while TensorFlow defaults to {TF_DEFAULT_NPHOTONS:g}; the two '
+            'backends would silently scale intensities differently. Set DataConfig(nphotons=...) to '
+            f'the real photon count or pass overrides={{"nphotons": {TF_DEFAULT_NPHOTONS:g}}}'
         )
     return data.nphotons
 
@@ -186,12 +214,14 @@ def to_training_config(
         'intensity_scale_trainable': pt_model.intensity_scale_trainable,
         'output_dir': training.output_dir,
         'backend': 'pytorch',
+        **{name: getattr(training, name) for name in CARRIED_TRAINING_FIELDS},
+        **_lr_schedule(training),
     }
     values.update(checked)
     if values['train_data_file'] is None:
         raise ValueError(
-            'training needs train_data_file: set TrainingConfig(train_data_file=...) or pass '
-            "overrides={'train_data_file': Path('train.npz')}"
+            'train_data_file is required: training needs the scan to train on; set '
+            "TrainingConfig(train_data_file=...) or pass overrides={'train_data_file': Path('train.npz')}"
         )
     if values['n_groups'] is None and values.get('n_images') is None:
         raise ValueError(
@@ -235,7 +265,8 @@ def to_inference_config(
     for name, example in (('model_path', 'model_dir'), ('test_data_file', 'test.npz')):
         if values[name] is None:
             raise ValueError(
-                f"inference needs {name}: pass overrides={{'{name}': Path('{example}')}}"
+                f"{name} is required: inference needs it and the torch InferenceConfig has no path "
+                f"fields; pass overrides={{'{name}': Path('{example}')}}"
             )
     config = TFInferenceConfig(**values)
     validate_inference_config(config)

@@ -31,7 +31,7 @@ class DataConfig:
     max_neighbor_distance: float = 3.0
     scan_pattern: Literal['Isotropic', 'Rectangular'] = 'Isotropic'
     normalize: Literal['Group', 'Batch'] = 'Batch'
-    probe_scale: float = 1.0
+    probe_scale: float = 4.0
     probe_normalize: bool = True
     probe_ramp_removal: bool = False
     data_scaling: Literal['Parseval', 'Max'] = 'Parseval'
@@ -42,23 +42,49 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Network architecture, forward model and loss settings.
+    """Network architecture, forward model and loss settings (PtychoPINN's fields and defaults).
 
-    ``probe_mask`` is None, a bool, or a mask tensor/array; it is typed loosely so this
-    module never needs torch.
+    ``probe_mask`` is None, a bool, or a mask tensor/array and ``probe_mask_tensor`` a mask
+    tensor/array or None; they are typed loosely so this module never needs torch.
     """
 
     mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
     architecture: str = 'cnn'
+    fno_modes: int = 12
+    fno_width: int = 32
+    fno_blocks: int = 4
+    fno_cnn_blocks: int = 2
+    learned_input_channels: int = 1
+    fno_input_transform: Literal['none', 'sqrt', 'log1p', 'instancenorm'] = 'none'
+    max_hidden_channels: int | None = None
+    resnet_width: int | None = None
+    hybrid_skip_connections: bool = False
+    hybrid_downsample_steps: int = 2
+    hybrid_downsample_op: Literal['stride_conv', 'avgpool_conv', 'blurpool_conv'] = 'stride_conv'
+    hybrid_encoder_conv_hidden_scale: float = 1.0
+    hybrid_encoder_spectral_hidden_scale: float = 1.0
+    hybrid_encoder_conv_hidden_channels: int | None = None
+    hybrid_encoder_spectral_hidden_channels: int | None = None
+    hybrid_resnet_blocks: int = 6
+    hybrid_skip_style: Literal['add', 'concat', 'gated_add'] = 'add'
+    spectral_bottleneck_blocks: int = 6
+    spectral_bottleneck_modes: int = 12
+    spectral_bottleneck_share_weights: bool = True
+    spectral_bottleneck_gate_init: float = 0.1
+    spectral_bottleneck_gate_mode: Literal['shared', 'per_block'] = 'shared'
+    generator_output_mode: Literal['real_imag', 'amp_phase_logits', 'amp_phase'] = 'real_imag'
     intensity_scale_trainable: bool = False
     intensity_scale: float = 10000.0
     max_position_jitter: int = 10
     num_datasets: int = 1
-    C_model: int = 1
+    C_model: int = 4
     n_filters_scale: int = 2
     amp_activation: str = 'silu'
     batch_norm: bool = False
-    probe_mask: Any = None
+    probe_mask: Any = False
+    probe_mask_tensor: Any = None
+    probe_mask_sigma: float = 1.0
+    probe_mask_diameter: float | None = None
     edge_pad: int = 10
     decoder_last_c_outer_fraction: float = 0.125
     decoder_last_amp_channels: int = 1
@@ -70,7 +96,7 @@ class ModelConfig:
     eca_decoder: bool = False
     spatial_decoder: bool = False
     decoder_spatial_kernel: int = 7
-    object_big: bool = False
+    object_big: bool = True
     probe_big: bool = True
     offset: int = 6
     C_forward: int = 4
@@ -88,7 +114,12 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    """Training loop, hardware, scheduling and file-location settings."""
+    """Training loop, hardware, scheduling and file-location settings.
+
+    ``lr_warmup_epochs``/``lr_min_ratio`` are PtychoPINN main's names; ``warmup_epochs``/``min_lr_ratio``
+    those of the branch Ptychodus 1.7.0 calls. Both are kept; the bridge uses a non-default
+    ``lr_*`` value first, else the other.
+    """
 
     training_directories: list[str] = field(default_factory=list)
     nll: bool = True
@@ -103,11 +134,27 @@ class TrainingConfig:
     epochs_fine_tune: int = 0
     fine_tune_gamma: float = 0.1
     scheduler: str = 'Default'
+    lr_warmup_epochs: int = 0
+    lr_min_ratio: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_min_lr: float = 5e-5
+    plateau_threshold: float = 0.0
     warmup_epochs: int = 0
     min_lr_ratio: float = 0.1
     num_workers: int = 4
     accum_steps: int = 1
     gradient_clip_val: float | None = None
+    gradient_clip_algorithm: Literal['norm', 'value', 'agc'] = 'norm'
+    optimizer: Literal['adam', 'adamw', 'sgd'] = 'adam'
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    log_grad_norm: bool = False
+    grad_norm_log_freq: int = 1
+    torch_loss_mode: Literal['poisson', 'mae'] = 'poisson'
+    torch_mae_pred_l2_match_target: bool = False
     stage_1_epochs: int = 0
     stage_2_epochs: int = 0
     stage_3_epochs: int = 0
@@ -147,6 +194,8 @@ class InferenceConfig:
     patch_weighting: str = 'probe'
     pad_eval: bool = True
     window: int = 20
+    log_patch_stats: bool = False
+    patch_stats_limit: int | None = None
 
 
 @dataclass

@@ -1,62 +1,105 @@
-"""TensorDictDataLoader: a DataLoader that asks the dataset for whole batches of indices at once."""
+"""PtychoPINN's ``ptycho_torch.dataloader`` names: the dataset, its DataLoader, collate functions, NPZ helpers.
+
+``npz_headers`` and ``_get_diffraction_stack`` need only NumPy; the other names import torch when
+first used.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 import numpy as np
 
+from ptycho.scan_file import ScanFile, ScanFileError
 from ptycho_torch.torch_support import require_torch
 
-torch = require_torch("TensorDictDataLoader")
+logger = logging.getLogger(__name__)
 
-from torch.utils.data import BatchSampler, DataLoader, Sampler  # noqa: E402
+__all__ = [
+    "Collate",
+    "Collate_Lightning",
+    "PtychoDataset",
+    "TensorDictDataLoader",
+    "npz_headers",
+    "upstream_coords_relative",
+    "upstream_images",
+]
+
+_LAZY = {
+    "PtychoDataset": "ptycho_torch.dset_loader_pt_mmap",
+    "TensorDictDataLoader": "ptycho_torch.tensordict_loader",
+    "IndexBatches": "ptycho_torch.tensordict_loader",
+    "Collate": "ptycho_torch.tensordict_loader",
+    "Collate_Lightning": "ptycho_torch.tensordict_loader",
+    "compact_to": "ptycho_torch.tensordict_loader",
+}
 
 
-def _whole_batch(batch):
-    return batch
+def __getattr__(name: str):
+    if name in _LAZY:
+        require_torch(name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class IndexBatches(Sampler):
-    """Index batches (int64 arrays) cut from one permutation per epoch, or in order without ``shuffle``.
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
-    Equivalent to ``BatchSampler(RandomSampler(...))`` without building a Python list per batch;
-    the permutation comes from ``generator`` (default: seeded from torch's global RNG, so
-    ``torch.manual_seed`` makes epochs reproducible).
+
+def npz_headers(npz) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """``(diffraction shape (n, N, N), xcoords, ycoords)`` of a scan NPZ without reading the stack.
+
+    As PtychoPINN's: ``diffraction`` is preferred over legacy ``diff3d``, and a legacy ``(N, N, n)``
+    stack is reported as ``(n, N, N)``. Raises ValueError naming the file when there is no
+    diffraction key ("Could not find diffraction data").
     """
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, generator=None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.n, self.batch_size, self.shuffle, self.drop_last, self.generator = n, batch_size, shuffle, drop_last, generator
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def __iter__(self):
-        order = self._permutation() if self.shuffle else np.arange(self.n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size]
-
-    def _permutation(self) -> np.ndarray:
-        generator = self.generator
-        if generator is None:
-            generator = torch.Generator()
-            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-        return torch.randperm(self.n, generator=generator).numpy()
+    with ScanFile(npz) as scan_file:
+        key = _diffraction_key(scan_file)
+        layout = scan_file.pattern_layout(key)
+        for name in ("xcoords", "ycoords"):
+            scan_file.require(name, f"store scan positions (pixels) under {name!r}")
+        return (layout.n, layout.N, layout.N), scan_file.load("xcoords"), scan_file.load("ycoords")
 
 
-class TensorDictDataLoader(DataLoader):
-    """Yields ``dataset[batch_indices]`` per batch, so one memory-map gather serves a whole batch.
+def _get_diffraction_stack(npz_file) -> np.ndarray:
+    """The ``(n, N, N)`` diffraction stack of a scan NPZ as stored (legacy ``(N, N, n)`` transposed).
 
-    Takes the usual ``batch_size``, ``shuffle``, ``sampler`` (e.g. ``DistributedSampler``),
-    ``drop_last``, ``num_workers``, ``pin_memory`` and other DataLoader keywords; workers
-    fetch whole batches.
+    PtychoPINN's helper, same signature and behaviour: ``diffraction`` preferred over ``diff3d``,
+    dtype unchanged, ValueError naming the file when neither key exists; never unpickles.
     """
+    with ScanFile(npz_file) as scan_file:
+        key = _diffraction_key(scan_file)
+        layout = scan_file.pattern_layout(key)
+        stack = scan_file.load(key)
+    if layout.legacy:
+        logger.info("%s: legacy %s stack transposed to (n, N, N)", npz_file, stack.shape)
+        return np.ascontiguousarray(np.transpose(stack, (2, 0, 1)))
+    return stack
 
-    def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, sampler=None, drop_last: bool = False, **kwargs):
-        if sampler is not None and shuffle:
-            raise ValueError("pass shuffle=False with a sampler (the sampler decides the order; call its set_epoch)")
-        if sampler is None:
-            batches = IndexBatches(len(dataset), batch_size, shuffle, drop_last, kwargs.get("generator"))
-        else:
-            batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
-        super().__init__(dataset, sampler=batches, batch_size=None, collate_fn=_whole_batch, **kwargs)
+
+def _diffraction_key(scan_file: ScanFile) -> str:
+    try:
+        return scan_file.diffraction_key()
+    except ScanFileError as exc:
+        if not any(key in scan_file.headers for key in ("diffraction", "diff3d")):
+            raise ScanFileError(
+                f"Could not find diffraction data in {scan_file.path}: expected the canonical 'diffraction' key "
+                f"or legacy 'diff3d' (keys: {', '.join(sorted(scan_file.keys)) or 'none'}); "
+                "store the (n, N, N) amplitude stack under 'diffraction'"
+            ) from None
+        raise exc
+
+
+def upstream_images(batch):
+    """PtychoPINN's torch ``images`` from a batch: ``round((images / rms_scaling_constant) ** 2)``.
+
+    This project's ``images`` are normalised amplitudes (TensorFlow parity); PtychoPINN's torch
+    dataset serves rounded intensities (photon counts). Exact for scans stored as integer counts.
+    """
+    return ((batch["images"] / batch["rms_scaling_constant"]) ** 2).round()
+
+
+def upstream_coords_relative(batch):
+    """PtychoPINN's torch ``coords_relative`` sign, ``coords_global - coords_center`` (this project's is the TensorFlow ``-``)."""
+    return -batch["coords_relative"]

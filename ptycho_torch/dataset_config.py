@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from ptycho.config.config import ModelConfig as TFModelConfig
 from ptycho.config.config import TrainingConfig as TFTrainingConfig
 from ptycho.grouping import GroupingSettings
 from ptycho_torch.config_bridge import to_model_config, to_training_config
-from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.groups_cache import GroupingKey
 
 PtychoConfig = TFTrainingConfig | TFInferenceConfig
@@ -64,3 +65,54 @@ def grouping_key(config: PtychoConfig) -> GroupingKey:
 def _split_overrides(overrides: dict) -> tuple[dict, dict]:
     model = {key: value for key, value in overrides.items() if key in _MODEL_FIELDS}
     return model, {key: value for key, value in overrides.items() if key not in _MODEL_FIELDS}
+
+
+_POSITIONAL_SLOTS = (
+    ("second", (("data_config", DataConfig), ("model_config", ModelConfig))),
+    ("third", (("data_config", DataConfig), ("model_config", ModelConfig))),
+    ("fourth", (("training_config", TrainingConfig),)),
+    ("fifth", (("inference_config", InferenceConfig), ("data_dir", (str, os.PathLike)))),
+    ("sixth", (("datagen_config", DatagenConfig), ("remake_map", bool))),
+)
+_KEYWORD_TYPES = {
+    "data_config": DataConfig,
+    "model_config": ModelConfig,
+    "training_config": TrainingConfig,
+    "inference_config": InferenceConfig,
+    "datagen_config": DatagenConfig,
+    "data_dir": (str, os.PathLike),
+    "remake_map": bool,
+}
+
+
+def resolve_call_slots(positional: tuple, keywords: dict) -> dict:
+    """Sort ``PtychoDataset``'s arguments after the path into named slots, by type.
+
+    Accepts PtychoPINN's order ``(model_config, data_config, training_config, data_dir, remake_map)``
+    and this project's ``(data_config, model_config, training_config, inference_config, datagen_config)``;
+    a value of the wrong type, or one slot given twice, is a TypeError naming the slot.
+    """
+    if len(positional) > len(_POSITIONAL_SLOTS):
+        raise TypeError(f"PtychoDataset takes at most {len(_POSITIONAL_SLOTS) + 1} positional arguments, got {len(positional) + 1}")
+    slots = dict(keywords)
+    for name, value in keywords.items():
+        if value is not None and not isinstance(value, _KEYWORD_TYPES[name]):
+            raise TypeError(f"PtychoDataset {name}= must be {_type_names(_KEYWORD_TYPES[name])}, got {type(value).__name__}")
+    given_positionally: set[str] = set()
+    for (place, choices), value in zip(_POSITIONAL_SLOTS, positional):
+        if value is None:
+            continue
+        name = next((slot for slot, kind in choices if isinstance(value, kind)), None)
+        if name is None:
+            expected = " or ".join(_type_names(kind) for _, kind in choices)
+            raise TypeError(f"PtychoDataset's {place} positional argument must be {expected}, got {type(value).__name__}")
+        if name in given_positionally or keywords.get(name) is not None:
+            raise TypeError(f"PtychoDataset got {name} twice (the {place} positional argument is another {type(value).__name__})")
+        given_positionally.add(name)
+        slots[name] = value
+    return slots
+
+
+def _type_names(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("a path" if k is os.PathLike else ("a str" if k is str else f"a {k.__name__}") for k in kinds)

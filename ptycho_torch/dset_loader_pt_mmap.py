@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 
 from ptycho import params
 from ptycho.config.config import update_legacy_dict
-from ptycho.loader import probe_mode0
 from ptycho.patches import extract_patches
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
+from ptycho_torch.dataset_config import PtychoConfig, grouping_key, resolve_call_slots, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
 from ptycho_torch.torch_support import INSTALL_HINT, require_torch
@@ -46,19 +45,24 @@ class PtychoDataset(Dataset):
     """Groups of ``C`` diffraction patterns, channels first, batched by index lists.
 
     ``dataset[indices]`` (an int, a list, an array or a tensor of indices) returns
-    ``(batch, probe, scale)``: ``batch`` is a TensorDict with ``images (B, C, N, N)`` float32
-    (X_full: the normalised amplitudes), ``coords_relative (B, C, 1, 2)``, ``coords_center
-    (B, 1, 1, 2)``, ``coords_start_relative``, ``coords_start_center``, ``nn_indices (B, C)``,
-    ``experiment_id (B,)`` and, with ``ground_truth=True`` (every scan file must hold an object or
-    ``Y``), ``Y (B, C, N, N)`` complex64; ``probe`` is ``(B, C, N, N)`` complex64 (each item's experiment
-    probe, mode 0, broadcast over channels) and ``scale`` ``(B,)`` float32 is that experiment's
-    X_full normalisation factor. An int index gives the same without the batch dimension.
+    ``(batch, probe, scale)`` laid out as PtychoPINN's ``ptycho_torch.dataloader.PtychoDataset``
+    (specs/data_contracts.md section 6): ``batch`` is a TensorDict with ``images (B, C, N, N)``
+    float32 (X_full: the normalised amplitudes), ``coords_global``, ``coords_relative``,
+    ``coords_start_relative`` ``(B, C, 1, 2)`` and ``coords_center``, ``coords_start_center``
+    ``(B, 1, 1, 2)`` float32, ``nn_indices (B, C)`` int64, ``experiment_id (B,)`` int32,
+    ``rms_scaling_constant`` and ``physics_scaling_constant`` ``(B, 1, 1, 1)`` float32 and, with
+    ``ground_truth=True`` (every scan file must hold an object or ``Y``), ``Y (B, C, N, N)`` complex64;
+    ``probe`` is ``(B, C, P, N, N)`` complex64 (each item's experiment probe modes, a read-only
+    broadcast view of a per-batch copy) and ``scale`` ``(B, 1, 1, 1)`` float32 is that
+    experiment's X_full normalisation factor. An int index gives the same without the batch dimension.
 
-    Configure with the torch configs (``data_config``, ``model_config``, ``training_config``;
-    ``inference_config`` and ``datagen_config`` are accepted and unused, as Ptychodus passes all
-    five) or with ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set
-    ``ptycho`` config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once,
-    here. ``remake_map=True`` rebuilds the memory map and regroups. ``lock_timeout`` (seconds, default
+    Call forms: PtychoPINN's ``PtychoDataset(ptycho_dir, model_config, data_config,
+    training_config, data_dir, remake_map)`` and this project's ``PtychoDataset(path,
+    data_config, model_config, training_config, inference_config, datagen_config)``, positional
+    or by keyword; configs are told apart by type and a config in the wrong slot is a TypeError.
+    Or ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set ``ptycho``
+    config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once, here.
+    ``remake_map=True`` rebuilds the memory map and regroups. ``lock_timeout`` (seconds, default
     no limit) bounds the wait for another process building the same scan (a WARNING names it meanwhile).
     ``layout`` ("auto", "nNN" or legacy "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube.
 
@@ -71,36 +75,54 @@ class PtychoDataset(Dataset):
 
     def __init__(
         self,
-        ptycho_dir_or_npz,
+        ptycho_dir=None,
+        *configs,
         data_config=None,
         model_config=None,
         training_config=None,
         inference_config=None,
         datagen_config=None,
-        *,
+        data_dir=None,
+        remake_map: bool | None = None,
         config: PtychoConfig | None = None,
         overrides: dict | None = None,
-        data_dir="data/memmap",
-        remake_map: bool = False,
         diffraction_units: str = "auto",
         layout: str = "auto",
         ground_truth: bool = False,
         y_convention: str = "physical",
         progress: bool = True,
         lock_timeout: float | None = None,
+        ptycho_dir_or_npz=None,
     ):
         require_torch("PtychoDataset")
         _require_tensordict()
         if y_convention not in Y_CONVENTIONS:
             raise ValueError(f"y_convention must be one of {Y_CONVENTIONS}, got {y_convention!r}; "
                              "'physical': Y[:, c] is the object under images[:, c]; 'baseline': PtychoPINN's patches")
-        self.files = [path.absolute() for path in scan_files(ptycho_dir_or_npz)]  # survive a later os.chdir
+        slots = resolve_call_slots(
+            configs,
+            dict(
+                data_config=data_config,
+                model_config=model_config,
+                training_config=training_config,
+                inference_config=inference_config,
+                datagen_config=datagen_config,
+                data_dir=data_dir,
+                remake_map=remake_map,
+            ),
+        )
+        path = _one_path(ptycho_dir, ptycho_dir_or_npz)
+        self.files = [path.absolute() for path in scan_files(path)]  # survive a later os.chdir
         if ground_truth:
             _require_ground_truth_in_every_file(self.files)
-        self.data_dir = Path(data_dir).absolute()
-        self.config = to_ptycho_config(self.files[0], data_config, model_config, training_config, config=config, overrides=overrides)
+        self.data_dir = Path("data/memmap" if slots["data_dir"] is None else slots["data_dir"]).absolute()
+        self.data_config, self.model_config, self.training_config = slots["data_config"], slots["model_config"], slots["training_config"]
+        self.config = to_ptycho_config(
+            self.files[0], slots["data_config"], slots["model_config"], slots["training_config"], config=config, overrides=overrides
+        )
         update_legacy_dict(params.cfg, self.config)
         key = grouping_key(self.config)
+        remake = bool(slots["remake_map"])
         self.experiments: list[Experiment] = rank_zero_first(
             lambda build: [
                 prepare_experiment(
@@ -109,7 +131,7 @@ class PtychoDataset(Dataset):
                     key,
                     diffraction_units=diffraction_units,
                     layout=layout,
-                    remake=remake_map and build,
+                    remake=remake and build,
                     build=build,
                     progress=progress,
                     lock_timeout=lock_timeout,
@@ -121,8 +143,9 @@ class PtychoDataset(Dataset):
         self.ground_truth = ground_truth
         self.y_convention = y_convention
         self._index = _GroupIndex(self.experiments)
-        self.probes = torch.from_numpy(np.stack([_probe_of(e, self.N) for e in self.experiments]))
+        self.probes = torch.from_numpy(_probe_stack([_probe_modes(e, self.N) for e in self.experiments]))
         self.scales = torch.tensor([e.grouping.norm for e in self.experiments], dtype=torch.float32)
+        self.physics_scales = torch.tensor([_physics_scale(e) for e in self.experiments], dtype=torch.float32)
         logger.info("PtychoDataset: %d groups of %d from %d file(s) in %s", len(self), self.C, len(self.files), self.data_dir)
 
     def __len__(self) -> int:
@@ -137,17 +160,36 @@ class PtychoDataset(Dataset):
     def cache_paths(self) -> list[Path]:
         return [e.cache_path for e in self.experiments]
 
+    def split(self, val_fraction: float = 0.05, seed: int = 42):
+        """``(train, validation)`` subsets with disjoint groups, drawn as PtychoPINN does (5 %, seed 42).
+
+        ``torch.utils.data.random_split`` with a generator seeded by ``seed``: the same split for the
+        same dataset length and seed, whatever the global RNG state.
+        """
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        from torch.utils.data import random_split
+
+        train, validation = random_split(self, [1 - val_fraction, val_fraction], generator=torch.Generator().manual_seed(int(seed)))
+        if len(validation) == 0 or len(train) == 0:
+            raise ValueError(f"val_fraction={val_fraction} of {len(self)} groups leaves an empty split; use more groups or another fraction")
+        return train, validation
+
     def __getitem__(self, indices):
         idx, single = _index_array(indices, len(self))
         parts = self._by_experiment(self._index.experiment_of[idx])
+        scale, physics = self._per_item(self.scales, idx, parts), self._per_item(self.physics_scales, idx, parts)
         items = {
             "images": self._images(idx, parts),
             **self._index.gather(idx),
+            "rms_scaling_constant": scale,
+            "physics_scaling_constant": physics,
         }
         if self.ground_truth:
             items["Y"] = self._ground_truth(idx, parts)
         batch = TensorDict(items, batch_size=[len(idx)])
-        probe, scale = self._probe_and_scale(idx, parts)
+        probe = self._probe(idx, parts)
+        scale = scale.clone()
         if single:
             return batch[0], probe[0], scale[0]
         return batch, probe, scale
@@ -175,12 +217,23 @@ class PtychoDataset(Dataset):
                 images[rows] = target
         return torch.from_numpy(images)
 
-    def _probe_and_scale(self, idx: np.ndarray, parts):
-        if len(parts) == 1:  # one experiment: broadcast views, no per-item copies
-            e = parts[0][0]
-            return self.probes[e].expand(len(idx), self.C, self.N, self.N), self.scales[e].expand(len(idx))
+    def _per_item(self, values, idx: np.ndarray, parts):
+        """A real ``(B, 1, 1, 1)`` tensor of each item's experiment value."""
+        if len(parts) == 1:
+            return values[parts[0][0]].repeat(len(idx)).view(-1, 1, 1, 1)
+        return values[torch.from_numpy(self._index.experiment_of[idx])].view(-1, 1, 1, 1)
+
+    def _probe(self, idx: np.ndarray, parts):
+        """``(B, C, P, N, N)``: a broadcast view of a copy made for this batch, never of ``self.probes``.
+
+        One experiment: one ``(P, N, N)`` copy broadcast over batch and channels (writing to the
+        view raises; ``Tensor.to`` would materialise it, ``tensordict_loader.compact_to`` does not).
+        """
+        size = (len(idx), self.C) + tuple(self.probes.shape[1:])
+        if len(parts) == 1:
+            return self.probes[parts[0][0]].clone().expand(size)
         ids = torch.from_numpy(self._index.experiment_of[idx])
-        return self.probes[ids].unsqueeze(1).expand(-1, self.C, -1, -1), self.scales[ids]
+        return self.probes[ids].unsqueeze(1).expand(size)
 
     def _ground_truth(self, idx: np.ndarray, parts):
         truth = np.zeros((len(idx), self.C, self.N, self.N), dtype=np.complex64)
@@ -206,7 +259,7 @@ class PtychoDataset(Dataset):
 class _GroupIndex:
     """Global group index -> experiment and local group, plus the per-group arrays, channels first.
 
-    The per-group arrays are packed into one float64 and one int64 table, so a batch costs two
+    The per-group arrays are packed into one float32 and one int64 table, so a batch costs two
     gathers; :meth:`gather` hands out views of them by name.
     """
 
@@ -217,6 +270,7 @@ class _GroupIndex:
         self.local = np.concatenate([np.arange(c) for c in counts])
         groupings = [e.grouping for e in experiments]
         coords = {
+            "coords_global": np.concatenate([g.coords_nn.transpose(0, 3, 1, 2) for g in groupings]),
             "coords_relative": np.concatenate([g.coords_relative.transpose(0, 3, 1, 2) for g in groupings]),
             "coords_center": np.concatenate([g.coords_offsets.transpose(0, 1, 3, 2) for g in groupings]),
             "coords_start_relative": np.concatenate([g.coords_start_relative.transpose(0, 3, 1, 2) for g in groupings]),
@@ -227,7 +281,7 @@ class _GroupIndex:
             width = int(np.prod(values.shape[1:]))
             self._coord_fields.append((name, slice(column, column + width), values.shape[1:]))
             column += width
-        self._floats = np.concatenate([values.reshape(self.size, -1) for values in coords.values()], axis=1)
+        self._floats = np.concatenate([values.reshape(self.size, -1) for values in coords.values()], axis=1).astype(np.float32)
         nn_indices = np.concatenate([g.nn_indices for g in groupings]).astype(np.int64)
         self._C = nn_indices.shape[1]
         self._ints = np.concatenate([nn_indices, self.experiment_of[:, None]], axis=1).astype(np.int64)
@@ -237,7 +291,7 @@ class _GroupIndex:
         ints = torch.from_numpy(self._ints.take(idx, axis=0))
         items = {name: floats[:, columns].reshape(len(idx), *shape) for name, columns, shape in self._coord_fields}
         items["nn_indices"] = ints[:, : self._C]
-        items["experiment_id"] = ints[:, self._C]
+        items["experiment_id"] = ints[:, self._C].to(torch.int32)
         return items
 
 
@@ -281,11 +335,40 @@ def _require_ground_truth_in_every_file(files: list[Path]) -> None:
         )
 
 
-def _probe_of(experiment: Experiment, N: int) -> np.ndarray:
-    probe = probe_mode0(experiment.scan.probeGuess)
-    if probe.shape != (N, N):
-        raise ValueError(f"{experiment.scan.path}: probeGuess is {probe.shape[0]} x {probe.shape[1]} but N={N}; the probe must match the patterns")
-    return probe
+
+def _probe_modes(experiment: Experiment, N: int) -> np.ndarray:
+    """The experiment's probe as a ``(P, N, N)`` complex64 mode stack (one mode for a 2-D probe)."""
+    probe = np.asarray(experiment.scan.probeGuess)
+    modes = probe[None] if probe.ndim == 2 else probe
+    if modes.ndim != 3 or modes.shape[1:] != (N, N):
+        raise ValueError(
+            f"{experiment.scan.path}: probeGuess has shape {probe.shape} but the patterns are {N} x {N}; "
+            "the probe must be (N, N) or (modes, N, N) of the pattern size"
+        )
+    return modes.astype(np.complex64)
+
+
+def _probe_stack(probes: list[np.ndarray]) -> np.ndarray:
+    """``(experiments, P, N, N)``: every experiment's modes, zero-padded to the largest mode count (as PtychoPINN)."""
+    stack = np.zeros((len(probes), max(len(p) for p in probes)) + probes[0].shape[1:], dtype=np.complex64)
+    for i, modes in enumerate(probes):
+        stack[i, : len(modes)] = modes
+    return stack
+
+
+def _physics_scale(experiment: Experiment) -> float:
+    """PtychoPINN's ``physics_scaling_constant``: ``1 / mean over the scan's patterns of sum(diffraction ** 2)``."""
+    mean_energy = float(np.mean(experiment.store.energy))
+    return 1.0 / mean_energy if mean_energy > 0 else 0.0
+
+
+def _one_path(ptycho_dir, ptycho_dir_or_npz):
+    if ptycho_dir is not None and ptycho_dir_or_npz is not None:
+        raise TypeError("pass the scan path once (ptycho_dir= or ptycho_dir_or_npz=)")
+    path = ptycho_dir if ptycho_dir is not None else ptycho_dir_or_npz
+    if path is None:
+        raise TypeError("PtychoDataset needs ptycho_dir: one scan NPZ or a directory of them")
+    return path
 
 
 def _require_tensordict() -> None:

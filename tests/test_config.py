@@ -67,7 +67,7 @@ INFERENCE_DEFAULTS = {
     'neighbor_count': 4,
     'enable_oversampling': False,
     'neighbor_pool_size': None,
-    'sequential_sampling': False,
+    'sequential_sampling': None,  # not a PtychoPINN InferenceConfig field: None leaves params.cfg alone
     'debug': False,
     'output_dir': Path('inference_outputs'),
     'backend': 'tensorflow',
@@ -346,7 +346,9 @@ def test_update_legacy_dict_accepts_a_bare_model_config_and_a_plain_dict() -> No
     assert set(target) == {
         'N', 'gridsize', 'n_filters_scale', 'model_type', 'amp_activation', 'object.big',
         'probe.big', 'probe.mask', 'pad_object', 'probe_scale', 'gaussian_smoothing_sigma',
-    }
+        'architecture', 'fno_modes', 'fno_width', 'fno_blocks', 'fno_cnn_blocks',
+        'learned_input_channels', 'fno_input_transform', 'generator_output_mode', 'probe_mask_sigma',
+    }  # None-valued fields (max_hidden_channels, object_layout, ...) are not written
 
 
 @pytest.mark.parametrize('bad', [{'N': 64}, None, 'config', ModelConfig])

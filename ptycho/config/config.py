@@ -24,6 +24,22 @@ __all__ = [
 ]
 
 MODEL_TYPES = ('pinn', 'supervised')
+ARCHITECTURES = (
+    'cnn', 'ffno', 'fno', 'hybrid', 'stable_hybrid', 'fno_vanilla', 'neuralop_uno', 'hybrid_resnet',
+    'hybrid_resnet_ffno_ptychoblock_encoder', 'hybrid_resnet_ptychoblock_ffno_encoder',
+    'spectral_resnet_bottleneck_net', 'spectral_resnet_bottleneck_linear_decoder',
+    'hybrid_resnet_ffno_bottleneck', 'hybrid_resnet_convnext_bottleneck',
+)
+"""PtychoPINN's generator architectures (2026-07); this package provides no model, it only carries the choice."""
+FNO_INPUT_TRANSFORMS = ('none', 'sqrt', 'log1p', 'instancenorm')
+GENERATOR_OUTPUT_MODES = ('real_imag', 'amp_phase_logits', 'amp_phase')
+OBJECT_LAYOUTS = ('single_patch', 'grouped_patches')
+TRAINING_CANVASES = ('independent', 'relative_overlap')
+TRAINING_PATCH_WEIGHTINGS = ('central_mask', 'uniform', 'probe')
+TORCH_LOSS_MODES = ('poisson', 'mae')
+GRADIENT_CLIP_ALGORITHMS = ('norm', 'value', 'agc')
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULERS = ('Default', 'Exponential', 'WarmupCosine', 'ReduceLROnPlateau', 'MultiStage', 'Adaptive')
 AMP_ACTIVATIONS = ('sigmoid', 'swish', 'softplus', 'relu')
 BACKENDS = ('tensorflow', 'pytorch')
 DEFAULT_TRAINING_N_GROUPS = 512
@@ -50,10 +66,25 @@ class ModelConfig:
     gridsize: int = 1
     n_filters_scale: int = 2
     model_type: str = 'pinn'
+    architecture: str = 'cnn'
+    fno_modes: int = 12
+    fno_width: int = 32
+    fno_blocks: int = 4
+    fno_cnn_blocks: int = 2
+    learned_input_channels: int = 1
+    max_hidden_channels: int | None = None
+    resnet_width: int | None = None
+    fno_input_transform: str = 'none'
+    generator_output_mode: str = 'real_imag'
     amp_activation: str = 'sigmoid'
     object_big: bool = True
+    object_layout: str | None = None
+    training_canvas: str | None = None
+    training_patch_weighting: str | None = None
     probe_big: bool = True
     probe_mask: bool = False
+    probe_mask_sigma: float = 1.0
+    probe_mask_diameter: float | None = None
     pad_object: bool = True
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
@@ -86,6 +117,22 @@ class TrainingConfig:
     output_dir: Path = field(default_factory=lambda: Path('training_outputs'))
     sequential_sampling: bool = False
     backend: str = 'tensorflow'
+    torch_loss_mode: str = 'poisson'
+    torch_mae_pred_l2_match_target: bool = False
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = 'norm'
+    optimizer: str = 'adam'
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    scheduler: str = 'Default'
+    lr_warmup_epochs: int = 0
+    lr_min_ratio: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_min_lr: float = 5e-5
+    plateau_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         self.n_groups = _resolve_n_groups(self.n_groups, self.n_images)
@@ -96,7 +143,12 @@ class TrainingConfig:
 
 @dataclass
 class InferenceConfig:
-    """Inference workflow and grouping settings; ``n_groups=None`` means every group."""
+    """Inference workflow and grouping settings; ``n_groups=None`` means every group.
+
+    ``sequential_sampling`` is not one of PtychoPINN's InferenceConfig fields: its default None
+    leaves ``params.cfg['sequential_sampling']`` as a TrainingConfig set it (as PtychoPINN does)
+    and means False for grouping.
+    """
 
     model: ModelConfig
     model_path: Path
@@ -108,7 +160,7 @@ class InferenceConfig:
     neighbor_count: int = 4
     enable_oversampling: bool = False
     neighbor_pool_size: int | None = None
-    sequential_sampling: bool = False
+    sequential_sampling: bool | None = None
     debug: bool = False
     output_dir: Path = field(default_factory=lambda: Path('inference_outputs'))
     backend: str = 'tensorflow'
@@ -202,9 +254,25 @@ def validate_model_config(config: ModelConfig) -> None:
     _require_positive_int(owner, 'gridsize', config.gridsize)
     _require_positive_int(owner, 'n_filters_scale', config.n_filters_scale)
     _require_choice(owner, 'model_type', config.model_type, MODEL_TYPES)
+    _require_choice(owner, 'architecture', config.architecture, ARCHITECTURES)
+    for name in ('fno_modes', 'fno_width', 'fno_blocks', 'learned_input_channels'):
+        _require_positive_int(owner, name, getattr(config, name))
+    if not _is_int(config.fno_cnn_blocks) or config.fno_cnn_blocks < 0:
+        raise ValueError(f'{owner}.fno_cnn_blocks must be a non-negative integer, got {config.fno_cnn_blocks!r}')
+    for name in ('max_hidden_channels', 'resnet_width'):
+        _require_optional_positive_int(owner, name, getattr(config, name))
+    _require_choice(owner, 'fno_input_transform', config.fno_input_transform, FNO_INPUT_TRANSFORMS)
+    _require_choice(owner, 'generator_output_mode', config.generator_output_mode, GENERATOR_OUTPUT_MODES)
     _require_choice(owner, 'amp_activation', config.amp_activation, AMP_ACTIVATIONS)
+    for name, choices in (('object_layout', OBJECT_LAYOUTS), ('training_canvas', TRAINING_CANVASES),
+                          ('training_patch_weighting', TRAINING_PATCH_WEIGHTINGS)):
+        if getattr(config, name) is not None:
+            _require_choice(owner, name, getattr(config, name), choices)
     for name in ('object_big', 'probe_big', 'probe_mask', 'pad_object'):
         _require_bool(owner, name, getattr(config, name))
+    _require_real(owner, 'probe_mask_sigma', config.probe_mask_sigma, low=0.0)
+    if config.probe_mask_diameter is not None:
+        _require_real(owner, 'probe_mask_diameter', config.probe_mask_diameter, low=0.0, low_inclusive=False)
     _require_real(owner, 'probe_scale', config.probe_scale, low=0.0, low_inclusive=False)
     _require_real(owner, 'gaussian_smoothing_sigma', config.gaussian_smoothing_sigma, low=0.0)
 
@@ -222,8 +290,30 @@ def _validate_grouping(owner: str, config: TrainingConfig | InferenceConfig) -> 
     _require_positive_int(owner, 'neighbor_count', config.neighbor_count)
     _require_optional_positive_int(owner, 'neighbor_pool_size', config.neighbor_pool_size)
     _require_bool(owner, 'enable_oversampling', config.enable_oversampling)
-    _require_bool(owner, 'sequential_sampling', config.sequential_sampling)
+    if config.sequential_sampling is not None or isinstance(config, TrainingConfig):
+        _require_bool(owner, 'sequential_sampling', config.sequential_sampling)
     _require_choice(owner, 'backend', config.backend, BACKENDS)
+
+
+def _validate_optimisation(owner: str, config: TrainingConfig) -> None:
+    """The torch training fields PtychoPINN's TrainingConfig carries (this package only validates them)."""
+    _require_choice(owner, 'torch_loss_mode', config.torch_loss_mode, TORCH_LOSS_MODES)
+    _require_bool(owner, 'torch_mae_pred_l2_match_target', config.torch_mae_pred_l2_match_target)
+    if config.gradient_clip_val is not None:
+        _require_real(owner, 'gradient_clip_val', config.gradient_clip_val, low=0.0)
+    _require_choice(owner, 'gradient_clip_algorithm', config.gradient_clip_algorithm, GRADIENT_CLIP_ALGORITHMS)
+    _require_choice(owner, 'optimizer', config.optimizer, OPTIMIZERS)
+    _require_choice(owner, 'scheduler', config.scheduler, SCHEDULERS)
+    for name in ('momentum', 'lr_min_ratio'):
+        _require_real(owner, name, getattr(config, name), low=0.0, high=1.0)
+    for name in ('adam_beta1', 'adam_beta2'):
+        _require_real(owner, name, getattr(config, name), low=0.0, high=1.0)
+    for name in ('weight_decay', 'plateau_min_lr', 'plateau_threshold'):
+        _require_real(owner, name, getattr(config, name), low=0.0)
+    _require_real(owner, 'plateau_factor', config.plateau_factor, low=0.0, high=1.0, low_inclusive=False)
+    for name in ('lr_warmup_epochs', 'plateau_patience'):
+        if not _is_int(getattr(config, name)) or getattr(config, name) < 0:
+            raise ValueError(f'{owner}.{name} must be a non-negative integer, got {getattr(config, name)!r}')
 
 
 def validate_training_config(config: TrainingConfig) -> None:
@@ -242,6 +332,7 @@ def validate_training_config(config: TrainingConfig) -> None:
     for name in ('positions_provided', 'probe_trainable', 'intensity_scale_trainable'):
         _require_bool(owner, name, getattr(config, name))
     _validate_grouping(owner, config)
+    _validate_optimisation(owner, config)
 
 
 def validate_inference_config(config: InferenceConfig) -> None:

@@ -110,7 +110,7 @@ def test_twenty_epochs_serve_every_group_once_with_flat_memory(large_scan, data_
             if i == 0:  # the gathered patterns are the map's, scaled
                 expected = diffraction[nn.ravel()].reshape(len(nn), GRIDSIZE**2, N, N) * norm
                 np.testing.assert_array_equal(batch["images"].numpy(), expected)
-                assert probe.shape == (len(nn), GRIDSIZE**2, N, N) and torch.all(scale == scale[0])
+                assert probe.shape == (len(nn), GRIDSIZE**2, 1, N, N) and torch.all(scale == scale[0])
         order = np.array(sampler.order)
         assert sampler.epochs == epoch + 1
         orders.append(order[:100])

@@ -34,14 +34,14 @@ TORCH_DEFAULTS = {
         'nphotons': 1e5, 'N': 64, 'C': 4, 'K': 6, 'K_quadrant': 30, 'n_subsample': 7,
         'subsample_seed': None, 'grid_size': (2, 2), 'neighbor_function': 'Nearest',
         'min_neighbor_distance': 0.0, 'max_neighbor_distance': 3.0, 'scan_pattern': 'Isotropic',
-        'normalize': 'Batch', 'probe_scale': 1.0, 'probe_normalize': True,
+        'normalize': 'Batch', 'probe_scale': 4.0, 'probe_normalize': True,
         'data_scaling': 'Parseval', 'phase_subtraction': True, 'x_bounds': (0.1, 0.9),
         'y_bounds': (0.1, 0.9),
     },
     ModelConfig: {
         'mode': 'Unsupervised', 'intensity_scale_trainable': False, 'intensity_scale': 10000.0,
-        'max_position_jitter': 10, 'C_model': 1, 'n_filters_scale': 2, 'amp_activation': 'silu',
-        'batch_norm': False, 'probe_mask': None, 'object_big': False, 'probe_big': True,
+        'max_position_jitter': 10, 'C_model': 4, 'n_filters_scale': 2, 'amp_activation': 'silu',
+        'batch_norm': False, 'probe_mask': False, 'object_big': True, 'probe_big': True,
         'offset': 6, 'C_forward': 4, 'pad_object': True, 'gaussian_smoothing_sigma': 0.0,
         'loss_function': 'Poisson',
     },
@@ -381,7 +381,7 @@ def test_inference_field_mappings() -> None:
     assert config.neighbor_count == 5 and config.subsample_seed == 4
     assert config.backend == 'pytorch'
     assert config.model_path == Path('model_dir') and config.test_data_file == Path('test.npz')
-    assert config.sequential_sampling is False and config.n_groups is None
+    assert config.sequential_sampling is None and config.n_groups is None  # None: params.cfg keeps the training value
 
 
 @pytest.mark.parametrize('missing', ['model_path', 'test_data_file'])
@@ -490,7 +490,7 @@ def test_bridged_inference_legacy_dict_equals_direct_construction() -> None:
     )
     direct = TFInferenceConfig(
         model=TFModelConfig(
-            N=64, gridsize=1, amp_activation='swish', object_big=False, probe_scale=1.0
+            N=64, gridsize=1, amp_activation='swish', object_big=True, probe_scale=4.0
         ),
         model_path=Path('m'), test_data_file=Path('t.npz'), n_groups=50, neighbor_count=4,
         backend='pytorch',

@@ -310,13 +310,16 @@ def test_memmap_dataset_batches_equal_the_baseline_channels_first(dataset_factor
     batch, probe_, scale = dataset[list(range(len(dataset)))]
     assert len(dataset) == 200 and batch.batch_size == (200,)
     np.testing.assert_allclose(batch["images"].numpy(), expected["X_full"].transpose(0, 3, 1, 2), rtol=1e-6)
-    np.testing.assert_allclose(batch["coords_relative"].numpy(), expected["coords_relative"].transpose(0, 3, 1, 2), rtol=1e-12)
-    np.testing.assert_allclose(batch["coords_center"].numpy(), expected["coords_offsets"].transpose(0, 1, 3, 2), rtol=1e-12)
+    # coordinates are float32 in the batch (PtychoPINN's dtype): equal to the float64 baseline cast once
+    np.testing.assert_array_equal(batch["coords_relative"].numpy(), expected["coords_relative"].transpose(0, 3, 1, 2).astype(np.float32))
+    np.testing.assert_array_equal(batch["coords_center"].numpy(), expected["coords_offsets"].transpose(0, 1, 3, 2).astype(np.float32))
+    np.testing.assert_array_equal(batch["coords_global"].numpy(), expected["coords_nn"].transpose(0, 3, 1, 2).astype(np.float32))
     np.testing.assert_array_equal(batch["nn_indices"].numpy(), expected["nn_indices"])
     np.testing.assert_allclose(batch["Y"].numpy(), expected["Y"].transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-7)
     assert batch["images"].dtype.is_floating_point and str(batch["images"].dtype) == "torch.float32"
-    assert tuple(probe_.shape) == (200, 4, N64, N64) and str(probe_.dtype) == "torch.complex64"
-    np.testing.assert_array_equal(probe_[7, 2].numpy(), embedded_arrays()["probeGuess"].astype(np.complex64))
+    assert tuple(probe_.shape) == (200, 4, 1, N64, N64) and str(probe_.dtype) == "torch.complex64"
+    np.testing.assert_array_equal(probe_[7, 2, 0].numpy(), embedded_arrays()["probeGuess"].astype(np.complex64))
+    assert tuple(scale.shape) == (200, 1, 1, 1)
     assert float(scale[0]) == pytest.approx(float(np.sqrt((N64 / 2) ** 2 / np.mean(np.sum(expected["diffraction"].astype(np.float64) ** 2, axis=(1, 2))))), rel=1e-6)
 
 
@@ -329,7 +332,7 @@ def test_memmap_dataset_indexing_forms(dataset_factory):
     by_array, _, _ = dataset[np.array([3, 9])]
     single, probe_, scale = dataset[9]
     assert torch.equal(by_list["images"], by_tensor["images"]) and torch.equal(by_list["images"], by_array["images"])
-    assert tuple(single["images"].shape) == (4, N64, N64) and tuple(probe_.shape) == (4, N64, N64) and scale.ndim == 0
+    assert tuple(single["images"].shape) == (4, N64, N64) and tuple(probe_.shape) == (4, 1, N64, N64) and tuple(scale.shape) == (1, 1, 1)
     assert torch.equal(single["images"], by_list["images"][1])
     assert torch.equal(dataset[-1][0]["images"], dataset[199][0]["images"])
     with pytest.raises(IndexError, match="index 200 is out of range for a dataset of 200 groups"):
@@ -349,7 +352,7 @@ def test_memmap_dataset_multi_file_directory(dataset_factory, tmp_path):
     assert len(dataset) == 400
     batch, probe_, scale = dataset[[0, 199, 200, 399]]
     np.testing.assert_array_equal(batch["experiment_id"].numpy(), [0, 0, 1, 1])
-    np.testing.assert_array_equal(probe_[2, 0].numpy(), second_probe)
+    np.testing.assert_array_equal(probe_[2, 0, 0].numpy(), second_probe)
     assert float(scale[2]) == pytest.approx(float(scale[0]) / 2, rel=1e-6)
     expected = baseline_grouped()["X_full"].transpose(0, 3, 1, 2)
     np.testing.assert_allclose(batch["images"].numpy(), expected[[0, 199, 0, 199]], rtol=1e-6)  # X_full is scale-free
