@@ -198,14 +198,15 @@ def test_default_ground_truth_is_the_object_under_each_channels_pattern(simulate
     data = dataset(simulated, tmp_path / "memmap", config=simulated_config(simulated), ground_truth=True)
     batch, probe, scale = data[list(range(len(data)))]
     images = batch["images"].numpy().astype(np.float64)
+    probe = probe[:, :, 0]  # the simulated probe has one mode
     predicted = diffraction_amplitude(probe.numpy().astype(np.complex128), batch["Y"].numpy().astype(np.complex128))
-    predicted *= float(scale[0])
+    predicted *= float(scale.reshape(-1)[0])
     error = np.abs(predicted - images).max() / images.max()
     assert error < 1e-4, f"Y[:, c] is not the object under images[:, c]: relative error {error}"
 
     reflected = dataset(simulated, tmp_path / "memmap", config=simulated_config(simulated), ground_truth=True, y_convention="baseline")
     batch_b, _, _ = reflected[list(range(len(reflected)))]
-    predicted_b = diffraction_amplitude(probe.numpy().astype(np.complex128), batch_b["Y"].numpy().astype(np.complex128)) * float(scale[0])
+    predicted_b = diffraction_amplitude(probe.numpy().astype(np.complex128), batch_b["Y"].numpy().astype(np.complex128)) * float(scale.reshape(-1)[0])
     assert np.abs(predicted_b - images).max() / images.max() > 100 * error, "the baseline's patches are reflected"
 
 
