@@ -171,10 +171,10 @@ class PtychoDataset(Dataset):
             if experiment.store.ground_truth is not None:
                 members = experiment.grouping.nn_indices[local]
                 truth[rows] = experiment.store.ground_truth[members.ravel()].reshape(-1, self.C, self.N, self.N)
-            elif experiment.scan.objectGuess is not None:
+            elif experiment.object_guess.present:
                 g = experiment.grouping
                 position = g.coords_offsets[local] + g.coords_relative[local]
-                patches = extract_patches(experiment.scan.objectGuess, position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
+                patches = extract_patches(experiment.object_guess.get(), position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
                 truth[rows] = patches.reshape(-1, self.C, self.N, self.N)
             else:
                 return None

@@ -95,7 +95,7 @@ class MemmapDatasetBridge:
 
 
 def _grouped_data(e: Experiment) -> dict:
-    return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.scan.objectGuess, Y=e.store.ground_truth)
+    return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.object_guess.get(), Y=e.store.ground_truth)
 
 
 def _ptycho_config(npz_path: Path, config, overrides) -> PtychoConfig:
