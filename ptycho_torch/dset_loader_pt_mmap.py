@@ -19,6 +19,7 @@ from ptycho.config.config import update_legacy_dict
 from ptycho.loader import probe_mode0
 from ptycho.patches import extract_patches
 from ptycho.scan_file import scan_files
+from ptycho_torch.data_settings import PipelineSettings, pipeline_settings
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
@@ -49,8 +50,10 @@ class PtychoDataset(Dataset):
     (B, 1, 1, 2)``, ``coords_start_relative``, ``coords_start_center``, ``nn_indices (B, C)``,
     ``experiment_id (B,)`` and, with ``ground_truth=True`` and an object or ``Y`` in the data,
     ``Y (B, C, N, N)`` complex64; ``probe`` is ``(B, C, N, N)`` complex64 (each item's experiment
-    probe, mode 0, broadcast over channels) and ``scale`` ``(B,)`` float32 is that experiment's
-    X_full normalisation factor. An int index gives the same without the batch dimension.
+    probe, mode 0, broadcast over channels) and ``scale`` ``(B,)`` float32 is the factor the
+    images were multiplied by: the experiment's X_full factor (``DataConfig.normalize='Batch'``) or
+    the group's own (``'Group'``; see specs/data_contracts.md). An int index gives the same without
+    the batch dimension.
 
     Configure with the torch configs (``data_config``, ``model_config``, ``training_config``;
     ``inference_config`` and ``datagen_config`` are accepted and unused, as Ptychodus passes all
@@ -102,6 +105,8 @@ class PtychoDataset(Dataset):
         self._index = _GroupIndex(self.experiments)
         self.probes = torch.from_numpy(np.stack([_probe_of(e, self.N) for e in self.experiments]))
         self.scales = torch.tensor([e.grouping.norm for e in self.experiments], dtype=torch.float32)
+        self.settings: PipelineSettings = PipelineSettings() if config is not None else pipeline_settings(data_config, model_config)
+        self._group_scales = _group_scales(self.experiments, self.N) if self.settings.per_group(self.C) else None
         logger.info("PtychoDataset: %d groups of %d from %d file(s) in %s", len(self), self.C, len(self.files), self.data_dir)
 
     def __len__(self) -> int:
@@ -151,12 +156,18 @@ class PtychoDataset(Dataset):
             target = images if isinstance(rows, slice) else np.empty((int(rows.sum()), self.C, self.N, self.N), np.float32)
             # indices were range-checked when the cache was loaded; "clip" avoids a copy of `out`
             np.take(experiment.store.diffraction, members, axis=0, out=target.reshape(-1, self.N, self.N), mode="clip")
-            torch.from_numpy(target).mul_(float(np.float32(experiment.grouping.norm)))  # threaded
+            if self._group_scales is None:
+                torch.from_numpy(target).mul_(float(np.float32(experiment.grouping.norm)))  # threaded
+            else:
+                torch.from_numpy(target).mul_(torch.from_numpy(self._group_scales[idx[rows]]).view(-1, 1, 1, 1))
             if target is not images:
                 images[rows] = target
         return torch.from_numpy(images)
 
     def _probe_and_scale(self, idx: np.ndarray, parts):
+        if self._group_scales is not None:
+            ids = torch.from_numpy(self._index.experiment_of[idx])
+            return self.probes[ids].unsqueeze(1).expand(-1, self.C, -1, -1), torch.from_numpy(self._group_scales[idx])
         if len(parts) == 1:  # one experiment: broadcast views, no per-item copies
             e = parts[0][0]
             return self.probes[e].expand(len(idx), self.C, self.N, self.N), self.scales[e].expand(len(idx))
@@ -236,6 +247,22 @@ def _index_array(indices, length: int) -> tuple[np.ndarray, bool]:
     if bad.any():
         raise IndexError(f"index {idx[bad][0]} is out of range for a dataset of {length} groups")
     return np.where(idx < 0, idx + length, idx), single
+
+
+def _group_scales(experiments: list[Experiment], N: int) -> np.ndarray:
+    """``normalize='Group'``: each group's own Parseval factor ``sqrt((N/2)**2 / mean over its C patterns of sum(d**2))``."""
+    scales = []
+    for experiment in experiments:
+        energy = experiment.store.energy[experiment.grouping.nn_indices].mean(axis=1)
+        empty = np.flatnonzero(energy <= 0)
+        if empty.size:
+            group = int(empty[0])
+            raise ValueError(
+                f"{experiment.scan.path}: group {group} (patterns {experiment.grouping.nn_indices[group].tolist()}) holds only "
+                "zero patterns, so normalize='Group' cannot scale it; use normalize='Batch' or remove the empty patterns"
+            )
+        scales.append(np.sqrt((N / 2) ** 2 / energy).astype(np.float32))
+    return np.concatenate(scales)
 
 
 def _probe_of(experiment: Experiment, N: int) -> np.ndarray:
