@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +28,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 MiB = 1024**2
-PHASES = ("cold", "warm", "epoch", "eager", "eager_y")
+PHASES = ("cold", "warm", "epoch", "variants", "cold_cache", "eager", "eager_y")
+QUICK = {"n_points": 4_000, "n_groups": 1_000, "epochs": 3}
 
 
 @dataclass(frozen=True)
@@ -187,12 +188,46 @@ def run_warm(settings: BenchSettings, sampler: AnonPeakSampler) -> dict:
 
 
 def timed_epoch(batches) -> dict:
-    """Seconds and groups of one pass over ``batches`` (an iterable of image tensors/arrays)."""
+    """Seconds and groups of one pass over ``batches`` (an iterable of image tensors/arrays), with the load average."""
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     count = 0
     for images in batches:
         count += images.shape[0]
-    return {"seconds": time.perf_counter() - started, "groups": count}
+    return {"seconds": time.perf_counter() - started, "groups": count, "loadavg_1min": load}
+
+
+def resident_fraction(path: Path) -> float:
+    """Fraction of ``path``'s pages in the page cache (``mincore`` on a private mapping that is never touched)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    page = mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * ((size + page - 1) // page))()
+    with open(path, "rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+    try:
+        buffer = ctypes.c_char.from_buffer(mapping)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.mincore(ctypes.c_void_p(ctypes.addressof(buffer)), ctypes.c_size_t(size), vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del buffer
+    finally:
+        mapping.close()
+    return sum(v & 1 for v in vector) / len(vector)
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """``posix_fadvise(DONTNEED)``: drop the file's clean pages (only pages nobody maps can go)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def run_epoch(settings: BenchSettings, sampler: AnonPeakSampler) -> dict:
@@ -271,6 +306,86 @@ def run_epoch(settings: BenchSettings, sampler: AnonPeakSampler) -> dict:
     }
 
 
+def run_variants(settings: BenchSettings, sampler: AnonPeakSampler) -> dict:
+    """The README's recipe (num_workers=2, pin_memory=True) against num_workers=0 and the in-memory tensor, interleaved."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from ptycho_torch.dataloader import TensorDictDataLoader
+
+    torch.manual_seed(0)
+    dataset = open_dataset(settings)
+    n, bs = len(dataset), settings.batch_size
+    full = torch.cat([dataset[np.arange(s, min(s + 1024, n))][0]["images"] for s in range(0, n, 1024)])
+
+    def loader_images(**kwargs):
+        for batch, probe, scale in TensorDictDataLoader(dataset, batch_size=bs, shuffle=True, **kwargs):
+            yield batch["images"]
+
+    def tensor_images():
+        order = torch.randperm(n)
+        for start in range(0, n, bs):
+            yield full[order[start : start + bs]]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe_batch = next(iter(TensorDictDataLoader(dataset, batch_size=bs, num_workers=2, pin_memory=True)))[0]["images"]
+    pinned = _is_pinned(probe_batch)
+    epochs = {"workers0": [], "workers2_pin": [], "tensor": []}
+    for _ in range(settings.epochs):
+        epochs["workers0"].append(timed_epoch(loader_images(num_workers=0)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            epochs["workers2_pin"].append(timed_epoch(loader_images(num_workers=2, pin_memory=True)))
+        epochs["tensor"].append(timed_epoch(tensor_images()))
+    return {
+        "epochs": epochs,
+        "pinned": pinned,
+        "accelerator": torch.cuda.is_available(),
+        "pin_memory_warnings": sorted({str(w.message) for w in caught}),
+    }
+
+
+def _is_pinned(tensor) -> bool:
+    try:
+        return bool(tensor.is_pinned())
+    except RuntimeError:  # no accelerator to pin for
+        return False
+
+
+def run_cold_cache(settings: BenchSettings, sampler: AnonPeakSampler) -> dict:
+    """Epochs whose every page of ``diffraction.npy`` is first evicted from the page cache, against warm ones."""
+    import torch
+
+    from ptycho_torch.dataloader import TensorDictDataLoader
+
+    torch.manual_seed(0)
+    epochs = {"cold": [], "warm": []}
+    resident = []
+    for _ in range(settings.epochs):
+        for state in ("cold", "warm"):
+            dataset = open_dataset(settings)  # a fresh, not yet mapped store: mapped pages could not be evicted
+            path = dataset.experiments[0].store.directory / "diffraction.npy"
+            if state == "cold":
+                gc.collect()
+                evict_from_page_cache(path)
+                resident.append(resident_fraction(path))
+            loader = TensorDictDataLoader(dataset, batch_size=settings.batch_size, shuffle=True, num_workers=0)
+            epochs[state].append(timed_epoch(batch["images"] for batch, probe, scale in loader))
+            del dataset, loader
+    return {"epochs": epochs, "resident_fraction_after_evict": resident,
+            "map_bytes": os.path.getsize(path), "mem_available_bytes": _mem_available()}
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
 def run_eager(settings: BenchSettings, sampler: AnonPeakSampler, with_y: bool) -> dict:
     from ptycho.raw_data import RawData
 
@@ -328,6 +443,10 @@ def child_main(phase: str, settings: BenchSettings, result_path: Path) -> None:
             result = run_warm(settings, sampler)
         elif phase == "epoch":
             result = run_epoch(settings, sampler)
+        elif phase == "variants":
+            result = run_variants(settings, sampler)
+        elif phase == "cold_cache":
+            result = run_cold_cache(settings, sampler)
         elif phase in ("eager", "eager_y"):
             result = run_eager(settings, sampler, with_y=phase == "eager_y")
         else:
@@ -426,12 +545,50 @@ def summarise(settings: BenchSettings, runs: dict) -> dict:
             "absolute_ratio": values["absolute"] / eager_abs,
             "absolute_pass": values["absolute"] <= 0.25 * eager_abs,
         }
+    targets["throughput_ge_0.8x_in_memory"]["torch_threads"] = epoch["torch_threads"]
+    per_thread = [thread_summary(run) for name, run in sorted(runs.items()) if name.startswith("epoch_threads_")]
+    variants = variant_summary(runs["variants"]) if "variants" in runs else None
+    cold_cache = cold_cache_summary(runs["cold_cache"]) if "cold_cache" in runs else None
     checks = {
         "same_groups_as_eager": epoch["nn_indices_digest"] == eager["nn_indices_digest"],
         "x_full_sum_rel_diff": abs(epoch["x_full_sum"] - eager["x_full_sum"]) / abs(eager["x_full_sum"]),
         "x_full_sum_sq_rel_diff": abs(epoch["x_full_sum_sq"] - eager["x_full_sum_sq"]) / abs(eager["x_full_sum_sq"]),
     }
-    return {"throughput": throughput, "memory": memory, "targets": targets, "checks": checks}
+    return {"throughput": throughput, "memory": memory, "targets": targets, "checks": checks,
+            "per_thread": per_thread, "variants": variants, "cold_cache": cold_cache}
+
+
+def loads_of(*epoch_lists: list[dict]) -> list[float]:
+    return [e["loadavg_1min"] for epochs in epoch_lists for e in epochs]
+
+
+def is_contended(loads: list[float]) -> bool:
+    """Other work shared the cores: a 1-minute load average above half the core count."""
+    return max(loads) > 0.5 * (os.cpu_count() or 1)
+
+
+def thread_summary(run: dict) -> dict:
+    loader, tensor = rates(run["epochs"]["loader"]), rates(run["epochs"]["tensor"])
+    ratios = [a / b for a, b in zip(loader, tensor)]
+    loads = loads_of(run["epochs"]["loader"], run["epochs"]["tensor"])
+    return {"torch_threads": run["torch_threads"], "loader": loader, "tensor": tensor, "pair_ratios": ratios,
+            "median_ratio": statistics.median(ratios), "loads": loads, "contended": is_contended(loads)}
+
+
+def variant_summary(run: dict) -> dict:
+    medians = {name: statistics.median(rates(epochs)) for name, epochs in run["epochs"].items()}
+    loads = loads_of(*run["epochs"].values())
+    return {"medians": medians, "all": {name: rates(epochs) for name, epochs in run["epochs"].items()},
+            "pinned": run["pinned"], "accelerator": run["accelerator"], "warnings": run["pin_memory_warnings"],
+            "loads": loads, "contended": is_contended(loads)}
+
+
+def cold_cache_summary(run: dict) -> dict:
+    cold, warm = rates(run["epochs"]["cold"]), rates(run["epochs"]["warm"])
+    loads = loads_of(run["epochs"]["cold"], run["epochs"]["warm"])
+    return {"cold": cold, "warm": warm, "pair_ratios": [c / w for c, w in zip(cold, warm)],
+            "resident_after_evict": run["resident_fraction_after_evict"], "map_bytes": run["map_bytes"],
+            "mem_available_bytes": run["mem_available_bytes"], "loads": loads, "contended": is_contended(loads)}
 
 
 def mib(value: float) -> str:
@@ -463,7 +620,7 @@ def table(settings: BenchSettings, runs: dict, summary: dict) -> str:
         hwm = run["epoch_vm_hwm"] if key == "epoch_peak_anon" else run["vm_hwm"]
         lines.append(f"| {label} | {time_text} | {mib(run['baseline_anon'])} | {mib(run[key])} | "
                      f"{mib(run[key] - run['baseline_anon'])} | {mib(hwm)} |")
-    ratios = ", ".join(f"{r:.2f}" for r in summary["targets"]["throughput_ge_0.8x_in_memory"]["pair_ratios"])
+    ratios = ", ".join(f"{r:.3f}" for r in summary["targets"]["throughput_ge_0.8x_in_memory"]["pair_ratios"])
     lines += [
         "",
         f"| throughput, batch {settings.batch_size}, shuffled (groups/s) | median of {settings.epochs} epochs | epochs |",
@@ -497,8 +654,9 @@ def table(settings: BenchSettings, runs: dict, summary: dict) -> str:
         lines.append(f"| {name} peak RssAnon / eager's, absolute (nothing subtracted) | {entry['absolute_ratio']:.3f} | <= 0.25 | "
                      f"{'PASS' if entry['absolute_pass'] else 'FAIL'} |")
     entry = t["throughput_ge_0.8x_in_memory"]
-    lines.append(f"| DataLoader / in-memory indexing throughput (median of per-epoch ratios) | {entry['value']:.2f} | >= 0.8 | "
-                 f"{'PASS' if entry['pass'] else 'FAIL'} |")
+    lines.append(f"| DataLoader / in-memory indexing throughput (median of per-epoch ratios, {entry['torch_threads']} torch "
+                 f"thread(s)) | {entry['value']:.3f} | >= 0.8 | {'PASS' if entry['pass'] else 'FAIL'} |")
+    lines += extra_tables(settings, summary)
     checks = summary["checks"]
     lines += [
         "",
@@ -509,6 +667,48 @@ def table(settings: BenchSettings, runs: dict, summary: dict) -> str:
         f"sum of squares {checks['x_full_sum_sq_rel_diff']:.1e}.",
     ]
     return "\n".join(lines)
+
+
+def _contended_note(entry: dict) -> str:
+    return "CONTENDED" if entry["contended"] else "quiet"
+
+
+def extra_tables(settings: BenchSettings, summary: dict) -> list[str]:
+    """Per thread count, the worker/pinning recipe and the cold page cache; every number with its load average."""
+    cores = os.cpu_count() or 1
+    lines = ["", f"Load: 1-minute load average before each timed epoch, on {cores} cores; a run is marked CONTENDED when "
+             f"it exceeded {0.5 * cores:g} (other work shared the cores, so its timings are not a quiet machine's)."]
+    if summary["per_thread"]:
+        lines += ["", "| torch threads | loader groups/s per epoch | in-memory groups/s per epoch | loader / in-memory per epoch "
+                  "| median ratio | load per epoch | |", "|---:|---|---|---|---:|---|---|"]
+        for t in summary["per_thread"]:
+            lines.append(
+                f"| {t['torch_threads']} | {', '.join(f'{r:,.0f}' for r in t['loader'])} | "
+                f"{', '.join(f'{r:,.0f}' for r in t['tensor'])} | {', '.join(f'{r:.3f}' for r in t['pair_ratios'])} | "
+                f"{t['median_ratio']:.3f} | {', '.join(f'{x:.2f}' for x in t['loads'])} | {_contended_note(t)} |")
+    v = summary["variants"]
+    if v:
+        pin = "pinned" if v["pinned"] else "NOT pinned (no accelerator: pin_memory does nothing here)"
+        lines += ["", f"| DataLoader variant, batch {settings.batch_size}, shuffled | median groups/s | per epoch | / num_workers=0 |",
+                  "|---|---:|---|---:|"]
+        labels = {"workers0": "num_workers=0", "workers2_pin": f"num_workers=2, pin_memory=True (workers started each epoch; batches {pin})",
+                  "tensor": "in-memory X_full tensor, indexed"}
+        for name, label in labels.items():
+            lines.append(f"| {label} | {v['medians'][name]:,.0f} | {', '.join(f'{r:,.0f}' for r in v['all'][name])} | "
+                         f"{v['medians'][name] / v['medians']['workers0']:.3f} |")
+        lines.append(f"\nLoad per epoch: {', '.join(f'{x:.2f}' for x in v['loads'])} ({_contended_note(v)}).")
+    c = summary["cold_cache"]
+    if c:
+        lines += ["", "| page cache before the epoch (num_workers=0) | groups/s per epoch | resident share of the map after eviction |",
+                  "|---|---|---|",
+                  f"| warm (map pages cached) | {', '.join(f'{r:,.0f}' for r in c['warm'])} | - |",
+                  f"| cold (posix_fadvise DONTNEED on diffraction.npy first) | {', '.join(f'{r:,.0f}' for r in c['cold'])} | "
+                  f"{', '.join(f'{x:.3f}' for x in c['resident_after_evict'])} |",
+                  "",
+                  f"Cold / warm per epoch pair: {', '.join(f'{r:.3f}' for r in c['pair_ratios'])}; map {c['map_bytes'] / MiB:,.0f} MiB, "
+                  f"MemAvailable {c['mem_available_bytes'] / MiB:,.0f} MiB; load per epoch {', '.join(f'{x:.2f}' for x in c['loads'])} "
+                  f"({_contended_note(c)})."]
+    return lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -524,6 +724,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads in every child (default: torch's own)")
     parser.add_argument("--compressed", action="store_true", help="simulate a compressed NPZ (np.savez_compressed)")
     parser.add_argument("--no-eager-y", action="store_true", help="skip the eager run that also cuts Y from objectGuess")
+    parser.add_argument("--thread-sweep", default="1,2",
+                        help="torch thread counts to measure the loader / in-memory ratio with, each in its own process (default: 1,2; '' for none)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a small scan ({QUICK['n_points']:,} points, {QUICK['n_groups']:,} groups, {QUICK['epochs']} epochs), "
+                             "no eager Y run: under 3 minutes on a busy 2-core machine")
     parser.add_argument("--workdir", type=Path, default=Path(defaults.workdir), help="simulated NPZ (kept) and memmap data dir")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_memmap.json", help="result file")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
@@ -538,11 +743,14 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child, BenchSettings(**json.loads(args.settings)), args.result)
         return 0
+    if args.quick:
+        args.n_points, args.n_groups, args.epochs, args.no_eager_y = QUICK["n_points"], QUICK["n_groups"], QUICK["epochs"], True
     settings = BenchSettings(
         n_points=args.n_points, N=args.N, n_groups=args.n_groups, K=args.K, gridsize=args.gridsize,
         batch_size=args.batch_size, epochs=args.epochs, compressed=args.compressed, workdir=str(args.workdir.resolve()),
         torch_threads=args.torch_threads,
     )
+    sweep = [int(t) for t in args.thread_sweep.split(",") if t.strip()]
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
     dataset = ensure_dataset(settings)
     print(f"dataset {dataset['path']} ({dataset['bytes'] / 1e6:.0f} MB"
@@ -554,6 +762,9 @@ def main(argv=None) -> int:
     for phase in phases:
         print(f"running {phase} ...", flush=True)
         runs[phase] = run_child(phase, settings)
+    for threads in sweep:
+        print(f"running epoch with {threads} torch thread(s) ...", flush=True)
+        runs[f"epoch_threads_{threads}"] = run_child("epoch", replace(settings, torch_threads=threads))
     summary = summarise(settings, runs)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

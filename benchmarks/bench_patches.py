@@ -107,22 +107,11 @@ def best_and_median(fn, repeats: int) -> tuple[float, float, np.ndarray]:
     return min(times), float(np.median(times)), result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--B", type=int, default=64, help="groups")
-    parser.add_argument("--gridsize", type=int, default=2, help="channels per group: gridsize ** 2")
-    parser.add_argument("--N", type=int, default=64, help="patch side")
-    parser.add_argument("--object-size", type=int, default=512, help="object side (before the N // 2 padding)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed repeats of get_image_patches")
-    parser.add_argument("--slow-repeats", type=int, default=3, help="timed repeats of each slow method")
-    parser.add_argument("--helper-patches", type=int, default=16, help="patches timed with the (slowest) test helper")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_patches.json")
-    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
-    args = parser.parse_args(argv)
+def measure_once(args, obj, global_offsets, local_offsets) -> dict:
+    """One run: get_image_patches against every slow method, with the load average around it."""
     C, N = args.gridsize**2, args.N
     patches = args.B * C
-    obj, global_offsets, local_offsets = make_inputs(args.B, C, N, args.object_size, args.seed)
+    load_before = os.getloadavg()[0]
     fast_best, fast_median, fast = best_and_median(
         lambda: get_image_patches(obj, global_offsets, local_offsets, N=N, gridsize=args.gridsize), args.repeats
     )
@@ -143,37 +132,83 @@ def main(argv=None) -> int:
             "speedup": (med / count) / fast_per_patch,
             "max_abs_diff": float(np.max(np.abs(fast_flat[:count] - result))),
         }
-    max_diff = max(v["max_abs_diff"] for v in slow.values())
-    targets = {"speedup_ge_100_vs_gather": slow["gather"]["speedup"] >= 100, "max_abs_diff_le_1e-5": max_diff <= 1e-5}
+    return {
+        "fast_s": {"best": fast_best, "median": fast_median, "per_patch": fast_per_patch},
+        "slow": slow,
+        "loadavg_1min": [load_before, os.getloadavg()[0]],
+    }
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": min(values), "max": max(values), "all": values}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, default=64, help="groups")
+    parser.add_argument("--gridsize", type=int, default=2, help="channels per group: gridsize ** 2")
+    parser.add_argument("--N", type=int, default=64, help="patch side")
+    parser.add_argument("--object-size", type=int, default=512, help="object side (before the N // 2 padding)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats of get_image_patches per run")
+    parser.add_argument("--slow-repeats", type=int, default=3, help="timed repeats of each slow method per run")
+    parser.add_argument("--helper-patches", type=int, default=16, help="patches timed with the (slowest) test helper")
+    parser.add_argument("--runs", type=int, default=5, help="independent runs; speed-ups are reported as median and range over them")
+    parser.add_argument("--quick", action="store_true", help="3 runs, 1 slow repeat each (about a minute on an idle 2-core machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_patches.json")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.slow_repeats, args.repeats = 3, 1, 10
+    C, N = args.gridsize**2, args.N
+    patches = args.B * C
+    obj, global_offsets, local_offsets = make_inputs(args.B, C, N, args.object_size, args.seed)
+    runs = []
+    for run in range(args.runs):
+        runs.append(measure_once(args, obj, global_offsets, local_offsets))
+        print(f"run {run + 1}/{args.runs}: {runs[-1]['slow']['gather']['speedup']:,.1f}x against the gather translation, "
+              f"load {runs[-1]['loadavg_1min'][0]:.2f} -> {runs[-1]['loadavg_1min'][1]:.2f}", flush=True)
+    speedups = {name: spread([r["slow"][name]["speedup"] for r in runs]) for name in SLOW_METHODS}
+    max_diff = max(v["max_abs_diff"] for r in runs for v in r["slow"].values())
+    targets = {"median_speedup_ge_100_vs_gather": speedups["gather"]["median"] >= 100, "max_abs_diff_le_1e-5": max_diff <= 1e-5}
     padded_side = args.object_size + 2 * (N // 2)
+    loads = [load for r in runs for load in r["loadavg_1min"]]
+    cores = os.cpu_count() or 1
+    contended = max(loads) > 0.5 * cores
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "loadavg": os.getloadavg()},
+        "machine": {"cpu_count": cores, "python": platform.python_version(), "numpy": np.__version__},
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "C": C},
         "patches": patches,
-        "fast_s": {"best": fast_best, "median": fast_median, "per_patch": fast_per_patch},
-        "slow": slow,
+        "runs": runs,
+        "speedups": speedups,
+        "contended": contended,
         "pixel_ratio": padded_side**2 / (N + 1) ** 2,
         "targets": targets,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    print(f"{args.B} groups x {C} channels = {patches} patches of {N}x{N} from a {args.object_size}x{args.object_size} "
-          f"complex64 object (padded to {padded_side}x{padded_side})\n")
-    print("| method | patches timed | median time | per patch | speed-up of get_image_patches | max abs diff |")
-    print("|---|---:|---:|---:|---:|---:|")
+    fast_medians = [r["fast_s"]["median"] for r in runs]
+    print(f"\n{args.B} groups x {C} channels = {patches} patches of {N}x{N} from a {args.object_size}x{args.object_size} "
+          f"complex64 object (padded to {padded_side}x{padded_side}); {args.runs} runs; 1-min load average "
+          f"{min(loads):.2f}-{max(loads):.2f} on {cores} cores{' (CONTENDED: other work shared the cores)' if contended else ''}\n")
+    print("| method | patches timed | median time per run (ms) | speed-up of get_image_patches: median (min-max) | per run | max abs diff |")
+    print("|---|---:|---|---|---|---:|")
     print(f"| ptycho.raw_data.get_image_patches ((N+1)^2 window per patch, vectorised) | {patches} | "
-          f"{fast_median * 1e3:.1f} ms | {fast_per_patch * 1e6:.0f} us | - | - |")
-    for v in slow.values():
-        print(f"| {v['label']} | {v['patches_timed']} | {v['median_s'] * 1e3:,.0f} ms | {v['per_patch_s'] * 1e3:.2f} ms "
-              f"| {v['speedup']:,.0f}x | {v['max_abs_diff']:.1e} |")
+          f"{', '.join(f'{t * 1e3:.1f}' for t in fast_medians)} | - | - | - |")
+    for name, (label, _) in SLOW_METHODS.items():
+        s_ = speedups[name]
+        times = ", ".join(f"{r['slow'][name]['median_s'] * 1e3:,.0f}" for r in runs)
+        print(f"| {label} | {runs[0]['slow'][name]['patches_timed']} | {times} | {s_['median']:,.1f}x ({s_['min']:,.1f}-{s_['max']:,.1f}x) "
+              f"| {', '.join(f'{v:,.1f}' for v in s_['all'])} | {max(r['slow'][name]['max_abs_diff'] for r in runs):.1e} |")
     print(f"\nA whole padded object has {report['pixel_ratio']:.0f}x the pixels of one (N+1)^2 window "
           "(the speed-up grows with the object).")
-    print(f"speed-up against the per-pixel gather translation: {slow['gather']['speedup']:,.0f}x (target >= 100x): "
-          f"{'PASS' if targets['speedup_ge_100_vs_gather'] else 'FAIL'}")
-    print(f"max |difference| over all slow methods: {max_diff:.1e} (target <= 1e-5): "
+    g = speedups["gather"]
+    print(f"speed-up against the per-pixel gather translation: median {g['median']:,.1f}x over {args.runs} runs "
+          f"(range {g['min']:,.1f}-{g['max']:,.1f}x; target >= 100x on the median): "
+          f"{'PASS' if targets['median_speedup_ge_100_vs_gather'] else 'FAIL'}")
+    print(f"max |difference| over all slow methods and runs: {max_diff:.1e} (target <= 1e-5): "
           f"{'PASS' if targets['max_abs_diff_le_1e-5'] else 'FAIL'}")
     print(f"\nJSON written to {args.json}")
     return 1 if args.strict and not all(targets.values()) else 0

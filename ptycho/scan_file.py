@@ -235,14 +235,16 @@ class ScanFile:
             )
         return shape[2] > shape[0] and shape[0] == shape[1]
 
-    def read_scan(self, load_diffraction: bool = True) -> Scan:
-        """The file's arrays checked against the NPZ contract; the diffraction stays on disk unless asked for."""
+    def read_scan(self, load_diffraction: bool = True, load_object: bool = True) -> Scan:
+        """The file's arrays checked against the NPZ contract; the diffraction (and, with
+        ``load_object=False``, the objectGuess) stays on disk unless asked for."""
         for key in REQUIRED_KEYS:
             self.require(key, _fix_for(key))
         key = self.diffraction_key()
         layout = self.pattern_layout(key)
         self._require_one_per_pattern(layout.n)
-        arrays = {name: self.load(name) for name in REQUIRED_KEYS + SMALL_OPTIONAL_KEYS if name in self.headers}
+        wanted = [name for name in REQUIRED_KEYS + SMALL_OPTIONAL_KEYS if load_object or name != "objectGuess"]
+        arrays = {name: self.load(name) for name in wanted if name in self.headers}
         diffraction = _load_patterns(self, key, layout) if load_diffraction else None
         Y = self.load("Y") if load_diffraction and "Y" in self.headers else None
         scan = _scan_from_arrays(self.path, arrays, key, layout, self.headers[key].dtype, diffraction, Y)
@@ -365,10 +367,10 @@ def _require_scan_entry(entry: Path) -> None:
     )
 
 
-def read_scan(path, load_diffraction: bool = True, layout: str = "auto") -> Scan:
-    """Read a scan NPZ's arrays, checked against the NPZ contract; diffraction optional (it may be huge)."""
+def read_scan(path, load_diffraction: bool = True, layout: str = "auto", load_object: bool = True) -> Scan:
+    """Read a scan NPZ's arrays, checked against the NPZ contract; diffraction and object optional (they may be huge)."""
     with ScanFile(path, layout) as scan_file:
-        return scan_file.read_scan(load_diffraction)
+        return scan_file.read_scan(load_diffraction, load_object)
 
 
 def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:

@@ -125,18 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GROUPING_DEFAULTS = {"gridsize": 2, "n_groups": None, "K": 6, "seed": None, "N": None, "sequential": False,
+                     "oversampling": False, "pool_size": None}  # DataConfig's and ptycho's TrainingConfig's defaults
+
+
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", type=Path, help="a scan NPZ or a directory of them")
-    grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache)")
-    grouping.add_argument("--gridsize", type=_positive_int, default=2, help="groups of gridsize**2 patterns (default: 2)")
-    grouping.add_argument("--n-groups", type=_positive_int, default=512, help="number of groups (default: 512)")
-    grouping.add_argument("--K", "--neighbor-count", dest="K", type=_positive_int, default=4,
-                          help="nearest neighbours to draw each group from (default: 4)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="torch configs as JSON (or YAML, with PyYAML): {\"data_config\": {...}, \"model_config\": {...}, "
+                             "\"training_config\": {...}}; builds exactly the cache a PtychoDataset with these configs reuses "
+                             "(instead of the grouping options below)")
+    grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache; defaults are DataConfig's)")
+    grouping.add_argument("--gridsize", type=_positive_int, default=None, help="groups of gridsize**2 patterns (default: 2)")
+    grouping.add_argument("--n-groups", type=_positive_int, default=None,
+                          help="number of groups per scan file (default: 512, as a training config without n_groups)")
+    grouping.add_argument("--K", "--neighbor-count", dest="K", type=_positive_int, default=None,
+                          help="nearest neighbours to draw each group from (default: 6)")
     grouping.add_argument("--seed", type=_non_negative_int, default=None,
                           help="subsample seed (default: none, a random draw as in PtychoPINN)")
     grouping.add_argument("--N", type=_positive_int, default=None, help="pattern size (default: the file's)")
-    grouping.add_argument("--sequential", action="store_true", help="take the first scan points instead of a random sample")
-    grouping.add_argument("--oversampling", action="store_true", help="allow more groups than scan points")
+    grouping.add_argument("--sequential", action="store_true", default=None, help="take the first scan points instead of a random sample")
+    grouping.add_argument("--oversampling", action="store_true", default=None, help="allow more groups than scan points")
     grouping.add_argument("--pool-size", type=_positive_int, default=None, help="neighbour pool when oversampling (default: K)")
     parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
                         help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
@@ -350,19 +359,37 @@ def _bridge(path: Path, args, remake: bool):
 
 
 def _training_config(path: Path, args, pattern_size: int | None = None):
+    """The ``ptycho`` config whose grouping the command builds: from ``--config`` or from the grouping options."""
     from ptycho.config.config import ModelConfig, TrainingConfig
 
-    N = args.N if args.N is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
+    given = sorted(name for name in GROUPING_DEFAULTS if getattr(args, name) is not None)
+    if args.config is not None:
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{options} cannot be combined with --config: put the setting in the config file, so "
+                             "the training run that reads it reuses the cache")
+        return _config_file_training_config(path, args.config)
+    grouping = {name: getattr(args, name) if name in given else default for name, default in GROUPING_DEFAULTS.items()}
+    N = grouping["N"] if grouping["N"] is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
     return TrainingConfig(
-        model=ModelConfig(N=N, gridsize=args.gridsize),
+        model=ModelConfig(N=N, gridsize=grouping["gridsize"]),
         train_data_file=path,
-        n_groups=args.n_groups,
-        neighbor_count=args.K,
-        subsample_seed=args.seed,
-        sequential_sampling=args.sequential,
-        enable_oversampling=args.oversampling,
-        neighbor_pool_size=args.pool_size,
+        n_groups=grouping["n_groups"],
+        neighbor_count=grouping["K"],
+        subsample_seed=grouping["seed"],
+        sequential_sampling=grouping["sequential"],
+        enable_oversampling=grouping["oversampling"],
+        neighbor_pool_size=grouping["pool_size"],
     )
+
+
+def _config_file_training_config(path: Path, config_file: Path):
+    """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into."""
+    from ptycho_torch.config_file import load_torch_configs
+    from ptycho_torch.dataset_config import to_ptycho_config
+
+    configs = load_torch_configs(config_file)
+    return to_ptycho_config(path, configs.data, configs.model, configs.training)
 
 
 def _pattern_count_and_size(path: Path, layout: str = "auto") -> tuple[int, int]:

@@ -193,11 +193,16 @@ def to_training_config(
     pt_model: ModelConfig,
     training: TrainingConfig,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    require_run_fields: bool = True,
 ) -> TFTrainingConfig:
     """Build a ``ptycho`` TrainingConfig from torch configs; ``overrides`` win.
 
     Needs ``train_data_file`` and ``n_groups`` (from ``training`` or ``overrides``), and an
-    explicit photon count; warns when there is no ``test_data_file``.
+    explicit photon count; warns when there is no ``test_data_file``. With
+    ``require_run_fields=False`` (the data pipeline, whose batches none of these change) only
+    ``train_data_file`` is needed: ``DataConfig.nphotons`` is taken as given and ``n_groups=None``
+    means the ``ptycho`` default.
     """
     checked = _checked_overrides(overrides, TFTrainingConfig)
     values: dict[str, Any] = {
@@ -207,7 +212,7 @@ def to_training_config(
         'batch_size': training.batch_size,
         'nepochs': training.epochs,
         'nll_weight': 1.0 if training.nll else 0.0,
-        'nphotons': _nphotons(data, checked),
+        'nphotons': _nphotons(data, checked) if require_run_fields else data.nphotons,
         'n_groups': training.n_groups,
         'subsample_seed': data.subsample_seed,
         'neighbor_count': data.K,
@@ -223,12 +228,12 @@ def to_training_config(
             'train_data_file is required: training needs the scan to train on; set '
             "TrainingConfig(train_data_file=...) or pass overrides={'train_data_file': Path('train.npz')}"
         )
-    if values['n_groups'] is None and values.get('n_images') is None:
+    if require_run_fields and values['n_groups'] is None and values.get('n_images') is None:
         raise ValueError(
             'training needs n_groups (the number of groups to sample): set '
             "TrainingConfig(n_groups=...) or pass overrides={'n_groups': 512}"
         )
-    if values['test_data_file'] is None:
+    if require_run_fields and values['test_data_file'] is None:
         warnings.warn(
             'no test_data_file for training: evaluation after training will have no data; set '
             'TrainingConfig(test_data_file=...) or pass '

@@ -12,6 +12,7 @@ from ptycho.config.config import TrainingConfig as TFTrainingConfig
 from ptycho.grouping import GroupingSettings
 from ptycho_torch.config_bridge import to_model_config, to_training_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.data_settings import check_data_config
 from ptycho_torch.groups_cache import GroupingKey
 
 PtychoConfig = TFTrainingConfig | TFInferenceConfig
@@ -31,6 +32,9 @@ def to_ptycho_config(
 
     ``overrides`` may name fields of the ``ptycho`` ModelConfig (N, gridsize, ...) and of the
     TrainingConfig (n_groups, nphotons, subsample_seed, ...). ``train_data_file`` defaults to the scan.
+    Torch configs are checked by ``data_settings.check_data_config``; the bridge's demands for a
+    training run (photon count, n_groups, test file) are left to where a model is trained, since
+    none of them changes a batch.
     """
     model_overrides, other = _split_overrides(overrides or {})
     if config is not None:
@@ -40,10 +44,11 @@ def to_ptycho_config(
             raise TypeError(f"config must be a ptycho.config TrainingConfig or InferenceConfig, got {type(config).__name__}")
         return replace(config, model=replace(config.model, **model_overrides), **other)
     data, model, training = data or DataConfig(), model or ModelConfig(), training or TrainingConfig()
+    check_data_config(data)
     if training.train_data_file is None:
         other.setdefault("train_data_file", Path(npz_path))
     tf_model = to_model_config(data, model, model_overrides)
-    return to_training_config(tf_model, data, model, training, other)
+    return to_training_config(tf_model, data, model, training, other, require_run_fields=False)
 
 
 def grouping_key(config: PtychoConfig) -> GroupingKey:

@@ -18,6 +18,7 @@ from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.patches import extract_patches
 from ptycho.scan_file import ScanFile, scan_files
+from ptycho_torch.data_settings import PipelineSettings, pipeline_settings
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, resolve_call_slots, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
@@ -53,8 +54,9 @@ class PtychoDataset(Dataset):
     ``rms_scaling_constant`` and ``physics_scaling_constant`` ``(B, 1, 1, 1)`` float32 and, with
     ``ground_truth=True`` (every scan file must hold an object or ``Y``), ``Y (B, C, N, N)`` complex64;
     ``probe`` is ``(B, C, P, N, N)`` complex64 (each item's experiment probe modes, a read-only
-    broadcast view of a per-batch copy) and ``scale`` ``(B, 1, 1, 1)`` float32 is that
-    experiment's X_full normalisation factor. An int index gives the same without the batch dimension.
+    broadcast view of a per-batch copy) and ``scale`` ``(B, 1, 1, 1)`` float32 is the factor
+    the images were multiplied by: the experiment's X_full factor (``DataConfig.normalize='Batch'``)
+    or the group's own (``'Group'``; see specs/data_contracts.md section 7). An int index gives the same without the batch dimension.
 
     Call forms: PtychoPINN's ``PtychoDataset(ptycho_dir, model_config, data_config,
     training_config, data_dir, remake_map)`` and this project's ``PtychoDataset(path,
@@ -146,6 +148,10 @@ class PtychoDataset(Dataset):
         self.probes = torch.from_numpy(_probe_stack([_probe_modes(e, self.N) for e in self.experiments]))
         self.scales = torch.tensor([e.grouping.norm for e in self.experiments], dtype=torch.float32)
         self.physics_scales = torch.tensor([_physics_scale(e) for e in self.experiments], dtype=torch.float32)
+        self.settings: PipelineSettings = (
+            PipelineSettings() if config is not None else pipeline_settings(self.data_config, self.model_config)
+        )
+        self._group_scales = _group_scales(self.experiments, self.N) if self.settings.per_group(self.C) else None
         logger.info("PtychoDataset: %d groups of %d from %d file(s) in %s", len(self), self.C, len(self.files), self.data_dir)
 
     def __len__(self) -> int:
@@ -178,7 +184,7 @@ class PtychoDataset(Dataset):
     def __getitem__(self, indices):
         idx, single = _index_array(indices, len(self))
         parts = self._by_experiment(self._index.experiment_of[idx])
-        scale, physics = self._per_item(self.scales, idx, parts), self._per_item(self.physics_scales, idx, parts)
+        scale, physics = self._scale(idx, parts), self._per_item(self.physics_scales, idx, parts)
         items = {
             "images": self._images(idx, parts),
             **self._index.gather(idx),
@@ -212,10 +218,19 @@ class PtychoDataset(Dataset):
             target = images if isinstance(rows, slice) else np.empty((int(rows.sum()), self.C, self.N, self.N), np.float32)
             # indices were range-checked when the cache was loaded; "clip" avoids a copy of `out`
             np.take(experiment.store.diffraction, members, axis=0, out=target.reshape(-1, self.N, self.N), mode="clip")
-            torch.from_numpy(target).mul_(float(np.float32(experiment.grouping.norm)))  # threaded
+            if self._group_scales is None:
+                torch.from_numpy(target).mul_(float(np.float32(experiment.grouping.norm)))  # threaded
+            else:
+                torch.from_numpy(target).mul_(torch.from_numpy(self._group_scales[idx[rows]]).view(-1, 1, 1, 1))
             if target is not images:
                 images[rows] = target
         return torch.from_numpy(images)
+
+    def _scale(self, idx: np.ndarray, parts):
+        """``(B, 1, 1, 1)``: the factor each item's images were multiplied by (its group's or its experiment's)."""
+        if self._group_scales is not None:
+            return torch.from_numpy(self._group_scales[idx]).view(-1, 1, 1, 1)
+        return self._per_item(self.scales, idx, parts)
 
     def _per_item(self, values, idx: np.ndarray, parts):
         """A real ``(B, 1, 1, 1)`` tensor of each item's experiment value."""
@@ -245,7 +260,7 @@ class PtychoDataset(Dataset):
                 truth[rows] = experiment.store.ground_truth[members.ravel()].reshape(-1, self.C, self.N, self.N)
             else:  # every file has an object or Y (checked at construction)
                 position = self._patch_positions(experiment.grouping, local)
-                patches = extract_patches(experiment.scan.objectGuess, position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
+                patches = extract_patches(experiment.object_guess.get(), position[:, 0, 0].ravel(), position[:, 0, 1].ravel(), self.N)
                 truth[rows] = patches.reshape(-1, self.C, self.N, self.N)
         return torch.from_numpy(truth)
 
@@ -335,7 +350,6 @@ def _require_ground_truth_in_every_file(files: list[Path]) -> None:
         )
 
 
-
 def _probe_modes(experiment: Experiment, N: int) -> np.ndarray:
     """The experiment's probe as a ``(P, N, N)`` complex64 mode stack (one mode for a 2-D probe)."""
     probe = np.asarray(experiment.scan.probeGuess)
@@ -369,6 +383,23 @@ def _one_path(ptycho_dir, ptycho_dir_or_npz):
     if path is None:
         raise TypeError("PtychoDataset needs ptycho_dir: one scan NPZ or a directory of them")
     return path
+
+
+def _group_scales(experiments: list[Experiment], N: int) -> np.ndarray:
+    """``normalize='Group'``: each group's own Parseval factor ``sqrt((N/2)**2 / mean over its C patterns of sum(d**2))``."""
+    scales = []
+    for experiment in experiments:
+        energy = experiment.store.energy[experiment.grouping.nn_indices].mean(axis=1)
+        empty = np.flatnonzero(energy <= 0)
+        if empty.size:
+            group = int(empty[0])
+            raise ValueError(
+                f"{experiment.scan.path}: group {group} (patterns {experiment.grouping.nn_indices[group].tolist()}) holds only "
+                "zero patterns, so normalize='Group' cannot scale it; use normalize='Batch' or remove the empty patterns"
+            )
+        scales.append(np.sqrt((N / 2) ** 2 / energy).astype(np.float32))
+    return np.concatenate(scales)
+
 
 
 def _require_tensordict() -> None:

@@ -8,9 +8,11 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
-from ptycho.validation import probe_size_problem
+from ptycho.validation import probe_size_problem, require_complex_image
 from ptycho_torch.atomic_io import ensure_directory, remove_stale_temporaries
 from ptycho_torch.file_lock import directory_lock
 from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
@@ -21,9 +23,34 @@ from ptycho_torch.raw_data_bridge import RawDataTorch
 logger = logging.getLogger(__name__)
 
 
+class LazyObjectGuess:
+    """A scan file's ``objectGuess``, read on first use only; never pickled (a worker that needs it reads it)."""
+
+    def __init__(self, path: Path, present: bool):
+        self.path, self.present = Path(path), present
+        self._array: np.ndarray | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._array is not None
+
+    def get(self) -> np.ndarray | None:
+        """The object (complex, 2-D), or None when the file has none."""
+        if self.present and self._array is None:
+            with ScanFile(self.path) as scan_file:
+                self._array = require_complex_image(f"{self.path} key 'objectGuess'", scan_file.load("objectGuess"))
+        return self._array
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+
 @dataclass(frozen=True, eq=False)
 class Experiment:
-    """A scan ready to serve groups: everything a dataset or the bridge reads at batch time."""
+    """A scan ready to serve groups: everything a dataset or the bridge reads at batch time.
+
+    ``scan.objectGuess`` is None here: the object is read through ``object_guess`` when used.
+    """
 
     scan: Scan
     store: DiffractionMemmap
@@ -31,6 +58,7 @@ class Experiment:
     key: GroupingKey
     cache_path: Path
     regrouped: bool
+    object_guess: LazyObjectGuess
 
     @property
     def n_groups(self) -> int:
@@ -68,7 +96,8 @@ def prepare_experiment(
     """
     npz_path, data_dir = Path(npz_path).resolve(), Path(data_dir).absolute()
     with ScanFile(npz_path, layout) as scan_file:
-        scan = scan_file.read_scan(load_diffraction=False)
+        scan = scan_file.read_scan(load_diffraction=False, load_object=False)
+        object_guess = LazyObjectGuess(npz_path, "objectGuess" in scan_file.headers)
         counts = resolve_counts(scan_file, diffraction_units)
     if key.N != scan.N:
         raise ValueError(
@@ -84,7 +113,7 @@ def prepare_experiment(
     directory = dataset_directory(data_dir, npz_path)
     path = cache_path(directory, key)
     if not remake:
-        ready = _reuse(scan, directory, path, key, fingerprint, counts)
+        ready = _reuse(scan, directory, path, key, fingerprint, counts, object_guess)
         if ready is not None:
             logger.info("reusing %s (%d groups)", path, ready.n_groups)
             return ready
@@ -94,24 +123,24 @@ def prepare_experiment(
     with directory_lock(directory, lock_timeout):
         remove_stale_temporaries(directory)
         if not remake:
-            ready = _reuse(scan, directory, path, key, fingerprint, counts)
+            ready = _reuse(scan, directory, path, key, fingerprint, counts, object_guess)
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, layout)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, layout, object_guess)
 
 
-def _reuse(scan, directory, path, key, fingerprint, counts) -> Experiment | None:
+def _reuse(scan, directory, path, key, fingerprint, counts, object_guess) -> Experiment | None:
     store = DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
     if store is None:
         return None
     grouping = read_cache(path, key, fingerprint, store.identity, n_points=store.manifest.n)
     if grouping is None:
         return None
-    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False)
+    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False, object_guess=object_guess)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, layout) -> Experiment:
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, layout, object_guess) -> Experiment:
     store = None if remake else DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
     if store is None:
         with ScanFile(npz_path, layout) as scan_file:
@@ -122,7 +151,7 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
         raise ValueError(f"{npz_path}: {exc}") from exc
     write_cache(path, grouping, key, fingerprint, str(npz_path), store.identity)
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
-    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True)
+    return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True, object_guess=object_guess)
 
 
 def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) -> Grouping:
@@ -133,7 +162,7 @@ def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) 
         store.diffraction,
         scan.probeGuess,
         scan.scan_index,
-        scan.objectGuess,
+        None,  # the grouping never reads the object
         xcoords_start=scan.xcoords_start,
         ycoords_start=scan.ycoords_start,
         pattern_energy=store.energy,

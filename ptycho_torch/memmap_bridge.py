@@ -104,10 +104,15 @@ class MemmapDatasetBridge:
 
 
 def _grouped_data(e: Experiment) -> dict:
-    return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.scan.objectGuess, Y=e.store.ground_truth)
+    return grouped_data_from(e.grouping, e.store.diffraction, objectGuess=e.object_guess.get(), Y=e.store.ground_truth)
 
 
 def _ptycho_config(npz_path: Path, config, overrides) -> PtychoConfig:
     if isinstance(config, tuple):
+        if config and getattr(config[0], "normalize", "Batch") == "Group":
+            raise ValueError(
+                "DataConfig.normalize='Group' has no effect on MemmapDatasetBridge: its grouped data is PtychoPINN's "
+                "X_full, normalised per scan; use PtychoDataset for per-group scaling, or normalize='Batch'"
+            )
         return to_ptycho_config(npz_path, *config, overrides=overrides)
     return to_ptycho_config(npz_path, config=config, overrides=overrides)

@@ -33,7 +33,7 @@ def write_groups_plot(experiment_or_bridge, path, max_groups: int = DEFAULT_MAX_
             f"(gridsize {settings.gridsize}, K {settings.K}, seed {settings.seed})"
         )
     figure = groups_figure(
-        scan.xcoords, scan.ycoords, grouping.nn_indices, scan.objectGuess, N=experiment.key.N, max_groups=max_groups, title=title
+        scan.xcoords, scan.ycoords, grouping.nn_indices, experiment.object_guess.get(), N=experiment.key.N, max_groups=max_groups, title=title
     )
     figure.savefig(path, format="png", dpi=110)
     logger.info("wrote the groups plot %s", path)

@@ -292,3 +292,84 @@ def test_usage_errors_exit_2_with_one_line_naming_the_problem(args, expected, da
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ptycho-memmap") and expected in lines[0], result.stderr
+
+
+# --- defaults and --config: the cache a training run reuses -----------------------------------------
+
+def torch_dataset(scan, data_dir, data, model, training):
+    pytest.importorskip("torch")
+    pytest.importorskip("tensordict")
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+
+    return PtychoDataset(scan, data, model, training, data_dir=data_dir, progress=False)
+
+
+def test_build_defaults_are_the_dataconfig_defaults(scan, tmp_path):
+    from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+
+    data_dir = tmp_path / "data"
+    result = run("build", scan, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 0, result.stderr
+    dataset = torch_dataset(scan, data_dir, DataConfig(), ModelConfig(), TrainingConfig())
+    assert not dataset.regrouped and dataset.cache_paths == [only_cache(data_dir)]
+    assert grouping_key_of(read_metadata(only_cache(data_dir))).settings.K == DataConfig().K == 6
+
+
+CONFIG = {
+    "data_config": {"N": 64, "C": 4, "grid_size": [2, 2], "K": 7, "subsample_seed": 3, "normalize": "Group"},
+    "model_config": {"mode": "Unsupervised", "n_filters_scale": 1},
+    "training_config": {"n_groups": 150, "batch_size": 8},
+    "inference_config": {"batch_size": 100},
+}
+
+
+def _write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_build_with_a_config_file_makes_the_cache_that_training_reuses(scan, tmp_path, suffix):
+    from ptycho_torch.config_file import load_torch_configs
+
+    if suffix == ".yaml":
+        yaml = pytest.importorskip("yaml")
+        config_file = _write_config(tmp_path / "run.yaml", yaml.safe_dump(CONFIG))
+    else:
+        config_file = _write_config(tmp_path / "run.json", json.dumps(CONFIG))
+    data_dir = tmp_path / "data"
+    result = run("build", scan, "--config", config_file, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"built {scan}: 150 groups of 4")
+    configs = load_torch_configs(config_file)
+    assert configs.data.grid_size == (2, 2) and configs.training.n_groups == 150
+    dataset = torch_dataset(scan, data_dir, configs.data, configs.model, configs.training)
+    assert dataset.regrouped is False and len(dataset) == 150
+    settings = grouping_key_of(read_metadata(only_cache(data_dir))).settings
+    assert (settings.K, settings.seed, settings.nsamples, settings.gridsize) == (7, 3, 150, 2)
+
+
+def test_yaml_config_without_pyyaml_is_a_clear_error(scan, tmp_path):
+    fake = tmp_path / "no_yaml"
+    fake.mkdir()
+    (fake / "yaml.py").write_text("raise ImportError('No module named yaml')\n")
+    config_file = _write_config(tmp_path / "run.yaml", "data_config:\n  K: 7\n")
+    result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "data", pythonpath=[fake])
+    assert result.returncode == 2
+    assert "run.yaml is YAML, which needs PyYAML (pip install pyyaml)" in result.stderr and "as JSON" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "content", "message"),
+    [
+        (("--K", "7"), CONFIG, "--K cannot be combined with --config"),
+        ((), {"data_config": {"K": 7, "neighbours": 3}}, "data_config has no field(s) ['neighbours']"),
+        ((), {"data_config": {"C": 9}}, "DataConfig.C=9 does not match grid_size=(2, 2)"),
+        ((), {"trainer": {}}, "unknown section(s) ['trainer']"),
+    ],
+)
+def test_bad_config_file_use_is_a_usage_error_naming_the_problem(scan, tmp_path, extra, content, message):
+    config_file = _write_config(tmp_path / "run.json", json.dumps(content))
+    result = run("build", scan, "--config", config_file, *extra, "--data-dir", tmp_path / "data")
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -29,6 +29,7 @@ from ptycho import params  # noqa: E402
 from ptycho.config.config import update_legacy_dict  # noqa: E402
 from ptycho.loader import PtychoDataContainer, load  # noqa: E402
 from ptycho.raw_data import RawData  # noqa: E402
+from ptycho_torch.config_bridge import to_model_config, to_training_config  # noqa: E402
 from ptycho_torch.dataset_config import to_ptycho_config  # noqa: E402
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge  # noqa: E402
 
@@ -180,12 +181,17 @@ def test_ptychodus_finds_this_package_by_its_distribution_name(caplog):
 
 # --- torch plugin: its configs drive the memmap dataset ------------------------------------------
 
-def test_torch_plugin_configs_need_photon_count_and_group_count_overrides():
+def test_torch_plugin_configs_drive_the_data_pipeline_and_the_bridge_guards_a_training_config():
     data, model, training, _, _ = torch_plugin_configs()
+    # the data pipeline needs neither (no batch depends on them); n_groups None is ptycho's default
+    config = to_ptycho_config(EMBEDDED, data, model, training)
+    assert (config.n_groups, config.nphotons) == (512, data.nphotons)
+    # a training config for a model still needs an explicit photon count and group count
+    tf_model = to_model_config(data, model)
     with pytest.raises(ValueError, match=r"(?s)nphotons.*overrides"):
-        to_ptycho_config(EMBEDDED, data, model, training, overrides={"n_groups": 128})
+        to_training_config(tf_model, data, model, training, {"n_groups": 128, "train_data_file": EMBEDDED})
     with pytest.raises(ValueError, match="n_groups"):
-        to_ptycho_config(EMBEDDED, data, model, training, overrides={"nphotons": PHOTONS})
+        to_training_config(tf_model, data, model, training, {"nphotons": PHOTONS, "train_data_file": EMBEDDED})
     config = to_ptycho_config(EMBEDDED, data, model, training, overrides=OVERRIDES)
     assert (config.model.N, config.model.gridsize, config.neighbor_count) == (N, 2, 7)
     assert (config.n_groups, config.nphotons, config.train_data_file) == (128, PHOTONS, EMBEDDED)
@@ -224,6 +230,18 @@ def test_torch_plugin_configs_build_a_ptycho_dataset_that_iterates(tmp_path, gri
     assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, every_group.tolist()))
     energy = np.sum(amplitude.astype(np.float64) ** 2, axis=(1, 2))
     assert float(scale[0]) == pytest.approx(np.sqrt((N / 2) ** 2 / energy[every_group].mean()), rel=1e-6)
+
+
+def test_torch_plugin_default_configs_build_a_dataset_without_overrides_or_warnings(tmp_path, caplog):
+    PtychoDataset, _ = require_torch_dataset()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.WARNING):
+            dataset = PtychoDataset(EMBEDDED, *torch_plugin_configs(), data_dir=tmp_path, progress=False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert (len(dataset), dataset.C) == (512, 4)  # n_groups unset: ptycho's default of 512 groups per scan
 
 
 # --- Ptychodus's training-data export -------------------------------------------------------------

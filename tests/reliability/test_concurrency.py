@@ -191,3 +191,70 @@ def test_file_system_without_locks_still_builds_with_a_warning(tmp_path, monkeyp
         bridge = MemmapDatasetBridge(npz, memmap_config(npz), tmp_path / "data", progress=False)
     assert "does not support file locks" in caplog.text and str(bridge.cache_path.parent) in caplog.text
     assert_same_grouped_data(bridge.grouped_data(), baseline_grouped())
+
+
+SLOW_BUILD_UNDER_SHORT_TIMEOUT = r"""
+import json, sys, time
+from datetime import timedelta
+from pathlib import Path
+import torch.distributed as dist
+import ptycho_torch.experiment as experiment
+from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+from tests.torch.test_data_pipeline import memmap_config
+
+npz, data_dir, out, build_seconds, fail = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "fail"
+real_build = experiment._build
+def slow_build(*args, **kwargs):  # a build that outlasts the process group timeout
+    time.sleep(build_seconds)
+    if fail:
+        raise OSError("disk full while building (test)")
+    return real_build(*args, **kwargs)
+experiment._build = slow_build
+rank = int(__import__("os").environ["RANK"])
+(out / f"ready-{rank}").touch()  # start the process group together, so only the build outlasts its timeout
+while not all((out / f"ready-{r}").exists() for r in range(2)):
+    time.sleep(0.01)
+dist.init_process_group("gloo", timeout=timedelta(seconds=3))
+started = time.monotonic()
+try:
+    dataset = PtychoDataset(npz, config=memmap_config(npz), data_dir=data_dir, progress=False)
+    result = {"regrouped": dataset.regrouped, "n": len(dataset)}
+except Exception as exc:
+    result = {"error": f"{type(exc).__name__}: {exc}"}
+result.update(rank=rank, seconds=time.monotonic() - started)
+dist.barrier()  # the process group still works after the long wait
+(out / f"rank-{rank}.json").write_text(json.dumps(result))
+dist.destroy_process_group()
+"""
+
+
+def _run_two_ranks(tmp_path, build_seconds: float, fail: bool) -> list[dict]:
+    npz = copy_embedded(tmp_path / "scan.npz")
+    script = tmp_path / "slow_build.py"
+    script.write_text(SLOW_BUILD_UNDER_SHORT_TIMEOUT)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), str(script), str(npz), str(tmp_path / "data"), str(tmp_path),
+         str(build_seconds), "fail" if fail else "ok"],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def test_other_ranks_outlive_a_build_longer_than_the_process_group_timeout(tmp_path):
+    """Rank 1 must not wait inside a collective while rank 0 builds for 6 s under a 3 s gloo timeout."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensordict")
+    ranks = _run_two_ranks(tmp_path, build_seconds=6.0, fail=False)
+    assert [r.get("error") for r in ranks] == [None, None]
+    assert [r["regrouped"] for r in ranks] == [True, False] and [r["n"] for r in ranks] == [200, 200]
+    assert ranks[1]["seconds"] >= 6.0  # it really waited for the build, outside the 3 s collective timeout
+
+
+def test_a_failed_build_on_rank_zero_is_reported_on_every_rank(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("tensordict")
+    ranks = _run_two_ranks(tmp_path, build_seconds=4.0, fail=True)
+    assert ranks[0]["error"] == "OSError: disk full while building (test)"
+    assert ranks[1]["error"] == "RuntimeError: rank 0 failed to prepare the data: OSError: disk full while building (test)"

@@ -634,3 +634,47 @@ def test_cache_reuse_two_rank_torch_distributed_builds_once(tmp_path):
     results = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
     assert [r["regrouped"] for r in results] == [True, False]
     assert [r["n"] for r in results] == [200, 200]
+
+
+def test_object_is_never_read_without_ground_truth_nor_pickled(dataset_factory, tmp_path, monkeypatch):
+    """objectGuess stays on disk with ground_truth=False: not read at construction, not copied into workers."""
+    from ptycho.scan_file import ScanFile
+
+    big_object = np.ones((1024, 1024), dtype=np.complex64)  # 8 MB: would dominate a pickled dataset
+    npz = save_variant(tmp_path / "big_object.npz", objectGuess=big_object)
+    loaded = []
+    real_load = ScanFile.load
+    monkeypatch.setattr(ScanFile, "load", lambda self, key: loaded.append(key) or real_load(self, key))
+    dataset = dataset_factory(npz, config=memmap_config(npz))
+    batch, _, _ = dataset[list(range(len(dataset)))]
+    assert "Y" not in batch.keys() and "objectGuess" not in loaded
+    assert not dataset.experiments[0].object_guess.loaded
+    assert len(pickle.dumps(dataset)) < 1_000_000
+
+    again = dataset_factory(npz, config=memmap_config(npz))  # from the cache
+    assert "objectGuess" not in loaded and not again.experiments[0].object_guess.loaded
+
+
+def test_a_bad_object_matters_only_when_ground_truth_is_asked_for(dataset_factory, tmp_path):
+    npz = save_variant(tmp_path / "nan_object.npz", objectGuess=np.full((244, 244), np.nan, dtype=np.complex64))
+    dataset = dataset_factory(npz, config=memmap_config(npz))
+    np.testing.assert_array_equal(dataset[[0, 1]][0]["nn_indices"].numpy(), baseline_grouped()["nn_indices"][:2])
+    with_truth = dataset_factory(npz, config=memmap_config(npz), ground_truth=True)
+    with pytest.raises(ValueError, match=r"nan_object\.npz key 'objectGuess' has non-finite values"):
+        with_truth[[0]]
+
+
+def test_object_is_read_once_when_ground_truth_needs_it(dataset_factory, tmp_path, monkeypatch):
+    from ptycho.scan_file import ScanFile
+
+    loaded = []
+    real_load = ScanFile.load
+    monkeypatch.setattr(ScanFile, "load", lambda self, key: loaded.append(key) or real_load(self, key))
+    dataset = dataset_factory(ground_truth=True)
+    expected = baseline_grouped()["Y"].transpose(0, 3, 1, 2)
+    for rows in ([0, 1], [5, 6, 7]):
+        np.testing.assert_allclose(dataset[rows][0]["Y"].numpy(), expected[rows], rtol=1e-6, atol=1e-7)
+    assert loaded.count("objectGuess") == 1
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert not clone.experiments[0].object_guess.loaded  # a worker reads its own copy when it needs one
+    np.testing.assert_allclose(clone[[3]][0]["Y"].numpy(), expected[[3]], rtol=1e-6, atol=1e-7)
