@@ -670,7 +670,7 @@ def test_object_is_read_once_when_ground_truth_needs_it(dataset_factory, tmp_pat
     loaded = []
     real_load = ScanFile.load
     monkeypatch.setattr(ScanFile, "load", lambda self, key: loaded.append(key) or real_load(self, key))
-    dataset = dataset_factory(ground_truth=True)
+    dataset = dataset_factory(ground_truth=True, y_convention="baseline")
     expected = baseline_grouped()["Y"].transpose(0, 3, 1, 2)
     for rows in ([0, 1], [5, 6, 7]):
         np.testing.assert_allclose(dataset[rows][0]["Y"].numpy(), expected[rows], rtol=1e-6, atol=1e-7)

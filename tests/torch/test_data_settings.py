@@ -108,15 +108,18 @@ def test_group_normalisation_scales_each_group_by_its_own_parseval_factor(tmp_pa
     (by_batch, _, batch_scale), (by_group, probe, group_scale) = batch_data[rows], group_data[rows]
     nn = by_group["nn_indices"].numpy()
     expected_scale = np.sqrt((N64 / 2) ** 2 / _energy_of_groups(nn).mean(axis=1))
+    assert tuple(group_scale.shape) == (200, 1, 1, 1)
+    group_scale = group_scale.reshape(-1)
     np.testing.assert_allclose(group_scale.numpy(), expected_scale, rtol=1e-6)
     assert np.ptp(group_scale.numpy()) > 0.01 * group_scale.numpy().mean()  # really per group
+    np.testing.assert_array_equal(by_group["rms_scaling_constant"].reshape(-1).numpy(), group_scale.numpy())
     raw = embedded_arrays()["diffraction"][nn]
     np.testing.assert_allclose(by_group["images"].numpy(), raw * expected_scale[:, None, None, None].astype(np.float32), rtol=1e-6)
-    np.testing.assert_allclose(by_batch["images"].numpy(), raw * batch_scale.numpy()[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(by_batch["images"].numpy(), raw * batch_scale.numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.sum(by_group["images"].numpy().astype(np.float64) ** 2, axis=(2, 3)).mean(axis=1), (N64 / 2) ** 2, rtol=1e-5)
     single, single_probe, single_scale = group_data[7]
     np.testing.assert_allclose(single["images"].numpy(), by_group["images"][7].numpy())
-    assert float(single_scale) == pytest.approx(expected_scale[7], rel=1e-6) and tuple(probe.shape) == (200, 4, N64, N64)
+    assert float(single_scale) == pytest.approx(expected_scale[7], rel=1e-6) and tuple(probe.shape) == (200, 4, 1, N64, N64)
 
 
 @pytest.mark.parametrize(("mode", "per_group"), [("Unsupervised", False), ("Supervised", True)])
