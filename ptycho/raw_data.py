@@ -424,8 +424,10 @@ def _require_scan_index(scan_index, n: int) -> np.ndarray:
     array = np.asarray(scan_index)
     if array.shape != (n,):
         raise ValueError(f"scan_index must have shape ({n},) (one entry per scan point), got {array.shape}")
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        return array.astype(np.int64)  # PtychoPINN writes np.zeros(n), a float array of whole numbers
     if array.dtype.kind not in "iu":
-        raise TypeError(f"scan_index must hold integers, got dtype {array.dtype}")
+        raise TypeError(f"scan_index must hold whole numbers (one scan id per point), got dtype {array.dtype}")
     return array
 
 

@@ -124,7 +124,7 @@ class CaseInputs:
 
     @property
     def scan_index(self) -> np.ndarray:
-        return np.zeros(len(self.xcoords), dtype=np.int64)
+        return np.zeros(len(self.xcoords))  # float64 zeros, exactly what upstream passed
 
 
 def case_inputs(case: GoldenCase) -> CaseInputs:

@@ -144,6 +144,7 @@ def test_integer_counts_become_amplitudes_with_a_warning(caplog):
         (dict(diff3d=np.where(np.arange(len(X))[:, None, None] == 5, -1.0, DIFF)), ValueError, r"diff3d\[5\] has a negative value"),
         (dict(diff3d=np.where(np.arange(len(X))[:, None, None] == 7, np.inf, DIFF)), ValueError, r"diff3d\[7\] has a not finite value"),
         (dict(scan_index=np.zeros(3, int)), ValueError, "scan_index must have shape"),
+        (dict(scan_index=np.full(len(X), 0.5)), TypeError, "scan_index must hold whole numbers"),
         (dict(probeGuess=np.ones(5)), ValueError, "probeGuess must be"),
     ],
 )
@@ -168,3 +169,9 @@ def test_file_round_trip(tmp_path):
     a = loaded.generate_grouped_data(N, **GROUPING)
     b = raw().generate_grouped_data(N, **GROUPING)
     np.testing.assert_array_equal(a["X_full"], b["X_full"])
+
+
+def test_float_scan_index_of_whole_numbers_is_taken_as_integers():
+    """PtychoPINN's own files and golden runs use ``scan_index=np.zeros(n)`` (float64)."""
+    data = raw(scan_index=np.zeros(len(X)))
+    assert data.scan_index.dtype == np.int64 and not data.scan_index.any()
