@@ -1,4 +1,4 @@
-"""``ptycho-memmap``: build, list, verify, plot and clean the memory maps and groups caches of scan files."""
+"""``ptycho-memmap`` (or ``python -m ptycho_torch.cli``): build, list, verify, plot and clean the memory maps and groups caches of scan files."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def _build(args) -> int:
 
 def _info(args) -> int:
     data_dir = _existing_data_dir(args)
-    from ptycho_torch.cache_inventory import list_caches
+    from ptycho_torch.store.inventory import list_caches
 
     entries = list_caches(data_dir)
     if args.json:
@@ -229,8 +229,8 @@ def _plot(args) -> int:
 
 def _clean(args) -> int:
     data_dir = _existing_data_dir(args)
-    from ptycho_torch.cache_inventory import owned_files, remove_owned
-    from ptycho_torch.file_lock import directory_lock
+    from ptycho_torch.store.inventory import owned_files, remove_owned
+    from ptycho_torch.store.locks import directory_lock
 
     found = owned_files(data_dir)
     if not found:
@@ -257,11 +257,11 @@ def _clean(args) -> int:
 
 def _verify_one(path: Path, args) -> bool:
     from ptycho.raw_data import RawData
-    from ptycho_torch.cache_inventory import check_groups_cache
+    from ptycho_torch.store.inventory import check_groups_cache
     from ptycho_torch.dataset_config import grouping_key
     from ptycho_torch.experiment import dataset_directory
-    from ptycho_torch.fingerprint import fingerprint_file
-    from ptycho_torch.groups_cache import cache_path
+    from ptycho_torch.store.fingerprint import fingerprint_file
+    from ptycho_torch.store.groups_cache import cache_path
 
     n_points, N = _pattern_count_and_size(path, args.layout)
     key = grouping_key(_training_config(path, args, N))
@@ -304,7 +304,7 @@ def grouping_differences(cached, fresh) -> list[str]:
 
 def _valid_memory_map(path: Path, directory: Path, fingerprint, units: str):
     from ptycho.scan_file import ScanFile
-    from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
+    from ptycho_torch.store.memmap import DiffractionMemmap, resolve_counts
 
     with ScanFile(path) as scan_file:
         counts = resolve_counts(scan_file, units)
@@ -313,7 +313,7 @@ def _valid_memory_map(path: Path, directory: Path, fingerprint, units: str):
 
 def _memory_map_problems(store, diffraction: np.ndarray) -> list[str]:
     """The map's full checksum against its manifest, then every pattern against the scan file's diffraction."""
-    from ptycho_torch.memmap_store import DIFFRACTION, sha256_file
+    from ptycho_torch.store.memmap import DIFFRACTION, sha256_file
 
     problems = []
     if sha256_file(store.directory / DIFFRACTION) != store.manifest.diffraction_sha256:
@@ -498,3 +498,7 @@ def _age_text(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.0f} {unit}"
     return f"{seconds:.0f} s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

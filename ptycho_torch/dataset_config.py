@@ -13,7 +13,7 @@ from ptycho.grouping import GroupingSettings
 from ptycho_torch.config_bridge import to_model_config, to_training_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.data_settings import check_data_config
-from ptycho_torch.groups_cache import GroupingKey
+from ptycho_torch.store.groups_cache import GroupingKey
 
 PtychoConfig = TFTrainingConfig | TFInferenceConfig
 _MODEL_FIELDS = frozenset(f.name for f in fields(TFModelConfig))

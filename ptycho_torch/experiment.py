@@ -13,12 +13,12 @@ import numpy as np
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
 from ptycho.validation import probe_size_problem, require_complex_image
-from ptycho_torch.atomic_io import ensure_directory, remove_stale_temporaries
-from ptycho_torch.file_lock import directory_lock
-from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
-from ptycho_torch.groups_cache import GroupingKey, cache_path, read_cache, write_cache
-from ptycho_torch.memmap_store import DiffractionMemmap, resolve_counts
 from ptycho_torch.raw_data_bridge import RawDataTorch
+from ptycho_torch.store.atomic import ensure_directory, remove_stale_temporaries
+from ptycho_torch.store.fingerprint import Fingerprint, fingerprint_file
+from ptycho_torch.store.groups_cache import GroupingKey, cache_path, read_cache, write_cache
+from ptycho_torch.store.locks import directory_lock
+from ptycho_torch.store.memmap import DiffractionMemmap, resolve_counts
 
 logger = logging.getLogger(__name__)
 

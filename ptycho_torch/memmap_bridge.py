@@ -12,7 +12,7 @@ from ptycho.raw_data import grouped_data_from, resolve_gridsize
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
-from ptycho_torch.groups_cache import GroupingKey
+from ptycho_torch.store.groups_cache import GroupingKey
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import pytest
 from ptycho.config.config import ModelConfig, TrainingConfig
 from ptycho.patches import extract_patches
 from ptycho.raw_data import Grouping
-from ptycho_torch.cache_inventory import grouping_key_of
-from ptycho_torch.fingerprint import SAMPLE_BYTES, Fingerprint, sample_offsets
-from ptycho_torch.groups_cache import read_cache, read_metadata, write_cache
+from ptycho_torch.store.inventory import grouping_key_of
+from ptycho_torch.store.fingerprint import SAMPLE_BYTES, Fingerprint, sample_offsets
+from ptycho_torch.store.groups_cache import read_cache, read_metadata, write_cache
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is 
 def run(*args, pythonpath=()):
     path = os.pathsep.join(filter(None, [*map(str, pythonpath), str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "ptycho_torch.memmap", *map(str, args)],
+        [sys.executable, "-m", "ptycho_torch.cli", *map(str, args)],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True, timeout=120,
     )
 

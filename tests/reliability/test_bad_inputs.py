@@ -16,9 +16,9 @@ import pytest
 
 from ptycho.scan_file import ScanFileError
 from ptycho_torch.experiment import dataset_directory
-from ptycho_torch.groups_cache import SUFFIX
+from ptycho_torch.store.groups_cache import SUFFIX
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DIFFRACTION, MANIFEST
+from ptycho_torch.store.memmap import DIFFRACTION, MANIFEST
 from ptycho_torch.torch_support import TORCH_AVAILABLE
 from tests.reliability.support import CACHE_GLOB, copy_embedded, file_identity, scan_directory, temporaries
 from tests.torch.test_data_pipeline import assert_same_grouped_data, baseline_grouped, embedded_arrays, memmap_config, save_variant
@@ -261,9 +261,9 @@ def test_tampered_cache_fails_its_checksum_and_is_rebuilt(tmp_path, entry, caplo
 def test_forged_cache_with_a_valid_checksum_but_impossible_indices_is_rebuilt(tmp_path, entry, caplog):
     """A checksum catches accidents, not forgeries: indices are range-checked before any batch uses them."""
     from ptycho.raw_data import Grouping
-    from ptycho_torch.groups_cache import read_metadata, write_cache
-    from ptycho_torch.fingerprint import Fingerprint
-    from ptycho_torch.cache_inventory import grouping_key_of
+    from ptycho_torch.store.groups_cache import read_metadata, write_cache
+    from ptycho_torch.store.fingerprint import Fingerprint
+    from ptycho_torch.store.inventory import grouping_key_of
 
     npz = copy_embedded(tmp_path / "scan.npz")
     experiment, _ = serve(entry, npz, tmp_path / "data")

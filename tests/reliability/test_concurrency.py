@@ -23,7 +23,7 @@ START_TOGETHER = r"""
 import hashlib, json, sys, time
 from pathlib import Path
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DiffractionMemmap
+from ptycho_torch.store.memmap import DiffractionMemmap
 from tests.torch.test_data_pipeline import memmap_config
 
 npz, data_dir, ready, go = sys.argv[1:5]
@@ -187,7 +187,7 @@ def test_file_system_without_locks_still_builds_with_a_warning(tmp_path, monkeyp
 
     npz = copy_embedded(tmp_path / "scan.npz")
     monkeypatch.setattr(fcntl, "flock", unsupported)
-    with caplog.at_level(logging.WARNING, logger="ptycho_torch.file_lock"):
+    with caplog.at_level(logging.WARNING, logger="ptycho_torch.store.locks"):
         bridge = MemmapDatasetBridge(npz, memmap_config(npz), tmp_path / "data", progress=False)
     assert "does not support file locks" in caplog.text and str(bridge.cache_path.parent) in caplog.text
     assert_same_grouped_data(bridge.grouped_data(), baseline_grouped())

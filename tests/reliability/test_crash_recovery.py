@@ -14,9 +14,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from ptycho_torch.file_lock import LOCK_NAME
+from ptycho_torch.store.locks import LOCK_NAME
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DIFFRACTION, MANIFEST, DiffractionMemmap
+from ptycho_torch.store.memmap import DIFFRACTION, MANIFEST, DiffractionMemmap
 from tests.reliability.support import (
     CACHE_GLOB,
     copy_embedded,
@@ -35,7 +35,7 @@ BUILD_AND_DIE = r"""
 import io, os, signal, sys
 import numpy as np
 from ptycho.scan_file import ScanFile
-from ptycho_torch import atomic_io, groups_cache, memmap_store
+from ptycho_torch.store import atomic, groups_cache, memmap
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.torch.test_data_pipeline import memmap_config
 
@@ -54,7 +54,7 @@ if point in ("memmap-half-copied", "remake-half-copied"):
             yield item
     ScanFile.iter_disk_blocks = blocks
 elif point == "memmap-before-manifest":
-    memmap_store.sample_digest = lambda *a, **k: die()
+    memmap.sample_digest = lambda *a, **k: die()
 elif point == "cache-half-written":
     real_savez = np.savez
     def savez(handle, **arrays):
@@ -72,7 +72,7 @@ elif point == "cache-before-rename":
         if str(dst).endswith(groups_cache.SUFFIX):
             die()
         return real_replace(src, dst)
-    atomic_io.os.replace = replace
+    atomic.os.replace = replace
 else:
     raise SystemExit(f"unknown kill point {point}")
 
@@ -156,7 +156,7 @@ def test_kill_during_build_then_next_run_recovers(tmp_path, point, map_builds, c
     assert_killed_at(point, directory)
     assert_lock_is_free(directory)
 
-    with caplog.at_level(logging.WARNING, logger="ptycho_torch.atomic_io"):
+    with caplog.at_level(logging.WARNING, logger="ptycho_torch.store.atomic"):
         recovered = MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
     assert recovered.experiment.regrouped
     assert bool(map_builds) == REBUILDS_MAP[point]
@@ -187,7 +187,7 @@ HOLD_LOCK_THEN_DIE = r"""
 import os, signal, sys, time
 from pathlib import Path
 from ptycho_torch.experiment import dataset_directory
-from ptycho_torch.file_lock import directory_lock
+from ptycho_torch.store.locks import directory_lock
 npz, data_dir, holding, release = sys.argv[1:5]
 directory = dataset_directory(data_dir, npz)
 directory.mkdir(parents=True)

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from ptycho_torch.cache_inventory import list_caches
+from ptycho_torch.store.inventory import list_caches
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import MANIFEST
+from ptycho_torch.store.memmap import MANIFEST
 from tests.reliability.support import copy_embedded
 from tests.torch.test_data_pipeline import assert_same_grouped_data, baseline_grouped, memmap_config
 

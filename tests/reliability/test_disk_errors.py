@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycho_torch import atomic_io, groups_cache, memmap_store
-from ptycho_torch.atomic_io import DataDirectoryError
+from ptycho_torch.store import atomic, groups_cache, memmap
+from ptycho_torch.store.atomic import DataDirectoryError
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DIFFRACTION, MANIFEST, DiffractionMemmap
+from ptycho_torch.store.memmap import DIFFRACTION, MANIFEST, DiffractionMemmap
 from tests.reliability.support import CACHE_GLOB, copy_embedded, last_json, python_env, run_python, scan_directory, temporaries
 from tests.torch.test_data_pipeline import ROOT, assert_same_grouped_data, baseline_grouped, memmap_config
 
@@ -67,7 +67,7 @@ def scan(tmp_path):
 def test_too_little_free_space_fails_before_writing(scan, monkeypatch):
     npz, data_dir, directory = scan
     real = shutil.disk_usage
-    monkeypatch.setattr(atomic_io.shutil, "disk_usage", lambda path: real(path)._replace(free=2**20))
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: real(path)._replace(free=2**20))
     with pytest.raises(DataDirectoryError) as caught:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
     assert_names_directory_and_space(caught.value, directory, MAP_BYTES)
@@ -80,7 +80,7 @@ def test_too_little_free_space_fails_before_writing(scan, monkeypatch):
 def test_disk_full_while_copying_the_patterns(scan, monkeypatch):
     npz, data_dir, directory = scan
     written = []
-    real_write = memmap_store._write_block
+    real_write = memmap._write_block
 
     def write_then_fill_the_disk(handle, part):
         if written:
@@ -88,7 +88,7 @@ def test_disk_full_while_copying_the_patterns(scan, monkeypatch):
         written.append(len(part))
         real_write(handle, part)
 
-    monkeypatch.setattr(memmap_store, "_write_block", write_then_fill_the_disk)
+    monkeypatch.setattr(memmap, "_write_block", write_then_fill_the_disk)
     monkeypatch.setattr("ptycho.scan_file.BLOCK_BYTES", 2**20)
     with pytest.raises(DataDirectoryError) as caught:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
@@ -102,7 +102,7 @@ def test_disk_full_while_copying_the_patterns(scan, monkeypatch):
 
 def test_disk_full_after_the_map_but_before_its_manifest(scan, monkeypatch):
     npz, data_dir, directory = scan
-    monkeypatch.setattr(memmap_store, "_save_npy", no_space)
+    monkeypatch.setattr(memmap, "_save_npy", no_space)
     with pytest.raises(DataDirectoryError) as caught:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
     assert_names_directory_and_space(caught.value, directory, 512 * 8)
@@ -119,8 +119,8 @@ def test_disk_full_after_the_map_but_before_its_manifest(scan, monkeypatch):
 def test_fsync_failure_of_the_manifest(scan, monkeypatch):
     """Network file systems report ENOSPC at fsync: the manifest must not appear."""
     npz, data_dir, directory = scan
-    real_fsync = atomic_io.fsync_file
-    monkeypatch.setattr(atomic_io, "fsync_file", lambda path: no_space() if MANIFEST in path.name else real_fsync(path))
+    real_fsync = atomic.fsync_file
+    monkeypatch.setattr(atomic, "fsync_file", lambda path: no_space() if MANIFEST in path.name else real_fsync(path))
     with pytest.raises(DataDirectoryError) as caught:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
     assert_names_directory_and_space(caught.value, directory, 100)  # the manifest's size
@@ -181,9 +181,10 @@ def test_file_size_limit_is_reported_with_the_size_needed(scan):
 ON_A_SMALL_TMPFS = r"""
 import errno, json, os, sys
 from pathlib import Path
-from ptycho_torch import atomic_io, experiment, memmap_store
+from ptycho_torch import experiment
+from ptycho_torch.store import atomic, memmap
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DiffractionMemmap
+from ptycho_torch.store.memmap import DiffractionMemmap
 from tests.reliability.support import CACHE_GLOB, scan_directory, temporaries
 from tests.torch.test_data_pipeline import memmap_config
 
@@ -203,12 +204,12 @@ def fill(size=None):
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
 
-real_check, real_write = memmap_store.require_free_space, experiment.write_cache
+real_check, real_write = memmap.require_free_space, experiment.write_cache
 if what == "map":  # another job fills the disk right after the free-space check passed
     def check_then_fill(directory, needed):
         real_check(directory, needed)
         fill(6 * 2**20)
-    memmap_store.require_free_space = check_then_fill
+    memmap.require_free_space = check_then_fill
 else:  # the map fits; the disk is full when the groups cache is written
     def fill_then_write(*args, **kwargs):
         fill()
@@ -224,7 +225,7 @@ except Exception as exc:
 directory = scan_directory(data_dir, npz)
 result["left"] = sorted(p.name for p in directory.iterdir())
 result["temporaries"] = temporaries(directory)
-memmap_store.require_free_space, experiment.write_cache = real_check, real_write
+memmap.require_free_space, experiment.write_cache = real_check, real_write
 filler.unlink()
 builds = []
 real_build = DiffractionMemmap.build

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ptycho_torch import cache_inventory, file_lock
+from ptycho_torch.store import inventory, locks
 from ptycho_torch.cli import main as cli
-from ptycho_torch.file_lock import LockTimeoutError, directory_lock
+from ptycho_torch.store.locks import LockTimeoutError, directory_lock
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.reliability.support import copy_embedded, python_env, scan_directory
 from tests.torch.test_data_pipeline import ROOT, assert_same_grouped_data, baseline_grouped, memmap_config
@@ -22,7 +22,7 @@ from tests.torch.test_data_pipeline import ROOT, assert_same_grouped_data, basel
 HOLD_AND_STOP = r"""
 import os, signal, sys
 from pathlib import Path
-from ptycho_torch.file_lock import directory_lock
+from ptycho_torch.store.locks import directory_lock
 directory, holding = sys.argv[1:3]
 Path(directory).mkdir(parents=True, exist_ok=True)
 with directory_lock(Path(directory)):
@@ -51,14 +51,14 @@ def stopped_holder(tmp_path):
 def test_stopped_lock_holder_is_named_in_a_warning_and_lock_timeout_ends_the_wait(stopped_holder, caplog):
     npz, data_dir, directory, pid = stopped_holder
     lock = str(directory / ".lock")
-    caplog.set_level(logging.WARNING, logger=file_lock.__name__)
+    caplog.set_level(logging.WARNING, logger=locks.__name__)
     started = time.time()
     with pytest.raises(LockTimeoutError) as error:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False, lock_timeout=7)
     waited = time.time() - started
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and lock in r.getMessage() and f"process {pid}" in r.getMessage()]
     assert warnings, [r.getMessage() for r in caplog.records]
-    assert warnings[0].created - started < file_lock.WARN_AFTER_SECONDS + 3  # default: a warning within 8 s
+    assert warnings[0].created - started < locks.WARN_AFTER_SECONDS + 3  # default: a warning within 8 s
     assert 7 <= waited < 30
     assert lock in str(error.value) and f"process {pid}" in str(error.value) and "lock_timeout" in str(error.value)
     assert not any(directory.glob("*.groups_cache.npz"))
@@ -75,9 +75,9 @@ def test_cli_lock_timeout_exits_2_naming_the_lock_and_its_holder(stopped_holder,
 
 def test_warning_repeats_while_waiting(stopped_holder, caplog, monkeypatch):
     npz, data_dir, directory, pid = stopped_holder
-    monkeypatch.setattr(file_lock, "WARN_AFTER_SECONDS", 0.2)
-    monkeypatch.setattr(file_lock, "WARN_EVERY_SECONDS", 0.5)
-    caplog.set_level(logging.WARNING, logger=file_lock.__name__)
+    monkeypatch.setattr(locks, "WARN_AFTER_SECONDS", 0.2)
+    monkeypatch.setattr(locks, "WARN_EVERY_SECONDS", 0.5)
+    caplog.set_level(logging.WARNING, logger=locks.__name__)
     with pytest.raises(LockTimeoutError):
         with directory_lock(directory, timeout_seconds=1.9):
             pass
@@ -104,7 +104,7 @@ def test_clean_while_a_builder_waits_for_the_lock_does_not_break_the_builder(tmp
         except BaseException as exc:  # reported by the assertions below
             outcome["error"] = exc
 
-    real_remove = cache_inventory.remove_owned
+    real_remove = inventory.remove_owned
     thread = threading.Thread(target=builder)
 
     def remove_once_the_builder_waits(*args, **kwargs):  # clean holds the lock here
@@ -112,11 +112,11 @@ def test_clean_while_a_builder_waits_for_the_lock_does_not_break_the_builder(tmp
         assert waiting.wait(timeout=60), "the builder never waited for the lock"
         return real_remove(*args, **kwargs)
 
-    handler, lock_logger = WaitSignal(level=logging.INFO), logging.getLogger(file_lock.__name__)
+    handler, lock_logger = WaitSignal(level=logging.INFO), logging.getLogger(locks.__name__)
     previous_level = lock_logger.level
     lock_logger.addHandler(handler)
     lock_logger.setLevel(logging.INFO)
-    monkeypatch.setattr(cache_inventory, "remove_owned", remove_once_the_builder_waits)
+    monkeypatch.setattr(inventory, "remove_owned", remove_once_the_builder_waits)
     try:
         assert cli(["clean", "--yes", str(data_dir), "--quiet"]) == 0
         thread.join(timeout=120)

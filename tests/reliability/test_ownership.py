@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from ptycho_torch.atomic_io import DataDirectoryError
+from ptycho_torch.store.atomic import DataDirectoryError
 from ptycho_torch.cli import main as cli
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DIFFRACTION, ENERGY, MANIFEST
+from ptycho_torch.store.memmap import DIFFRACTION, ENERGY, MANIFEST
 from tests.reliability.support import copy_embedded, file_identity, last_json, run_python, scan_directory, tree_state
 from tests.torch.test_data_pipeline import assert_same_grouped_data, baseline_grouped, memmap_config
 
@@ -95,7 +95,7 @@ def test_symlinked_lock_file_is_refused_not_written_through(tmp_path):
 BUILD_AND_INFO = r"""
 import json, logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-from ptycho_torch.cache_inventory import list_caches
+from ptycho_torch.store.inventory import list_caches
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.torch.test_data_pipeline import memmap_config
 npz, data_dir = sys.argv[1:3]

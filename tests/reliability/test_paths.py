@@ -11,9 +11,9 @@ import pytest
 
 from ptycho.scan_file import ScanFileError, scan_files
 from ptycho_torch.cli import main as cli
-from ptycho_torch.groups_cache import read_metadata
+from ptycho_torch.store.groups_cache import read_metadata
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import MANIFEST
+from ptycho_torch.store.memmap import MANIFEST
 from tests.reliability.support import copy_embedded
 from tests.torch.test_data_pipeline import EMBEDDED, assert_same_grouped_data, baseline_grouped, memmap_config
 

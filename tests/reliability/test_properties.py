@@ -16,8 +16,8 @@ from hypothesis import strategies as st  # noqa: E402
 from ptycho.config.config import ModelConfig, TrainingConfig  # noqa: E402
 from ptycho.grouping import GroupingSettings  # noqa: E402
 from ptycho.raw_data import Grouping  # noqa: E402
-from ptycho_torch.fingerprint import Fingerprint  # noqa: E402
-from ptycho_torch.groups_cache import GroupingKey, read_cache, write_cache  # noqa: E402
+from ptycho_torch.store.fingerprint import Fingerprint  # noqa: E402
+from ptycho_torch.store.groups_cache import GroupingKey, read_cache, write_cache  # noqa: E402
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge  # noqa: E402
 from ptycho_torch.raw_data_bridge import RawDataTorch  # noqa: E402
 from tests.scans import amplitude_stack, probe  # noqa: E402

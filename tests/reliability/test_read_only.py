@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycho_torch.atomic_io import DataDirectoryError
-from ptycho_torch.file_lock import LOCK_NAME
+from ptycho_torch.store.atomic import DataDirectoryError
+from ptycho_torch.store.locks import LOCK_NAME
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.reliability.support import copy_embedded, last_json, python_env, run_python, scan_directory, tree_state
 from tests.torch.test_data_pipeline import assert_same_grouped_data, baseline_grouped, memmap_config

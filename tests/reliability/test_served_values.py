@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycho_torch.cache_inventory import GROUPS, MEMORY_MAP, list_caches
-from ptycho_torch.fingerprint import SAMPLE_BYTES, sample_offsets
+from ptycho_torch.store.inventory import GROUPS, MEMORY_MAP, list_caches
+from ptycho_torch.store.fingerprint import SAMPLE_BYTES, sample_offsets
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
-from ptycho_torch.memmap_store import DIFFRACTION
+from ptycho_torch.store.memmap import DIFFRACTION
 from tests.reliability.support import scan_directory
 from tests.torch.test_data_pipeline import baseline_grouped, embedded_arrays, memmap_config, save_variant
 
@@ -67,7 +67,7 @@ def test_cache_made_from_another_memory_map_is_stale_units_sequence_a_b_a(tmp_pa
 
 
 def test_cache_of_another_grouping_version_is_stale(tmp_path, monkeypatch, caplog):
-    from ptycho_torch import groups_cache
+    from ptycho_torch.store import groups_cache
 
     npz, data_dir = save_variant(tmp_path / "scan.npz"), tmp_path / "memmap"
     first = serve(npz, data_dir, "auto")

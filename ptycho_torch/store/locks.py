@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ptycho_torch.atomic_io import DataDirectoryError, ensure_directory, explain_write_error
+from ptycho_torch.store.atomic import DataDirectoryError, ensure_directory, explain_write_error
 
 logger = logging.getLogger(__name__)
 

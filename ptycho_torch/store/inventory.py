@@ -17,16 +17,16 @@ import numpy as np
 from ptycho.grouping import GroupingSettings
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import read_scan
-from ptycho_torch import groups_cache
-from ptycho_torch.atomic_io import is_temporary, open_regular, read_regular, refuse_symlinked_directory
-from ptycho_torch.file_lock import LOCK_NAME, is_lock_file
-from ptycho_torch.fingerprint import Fingerprint, fingerprint_file
-from ptycho_torch.groups_cache import GroupingKey, read_cache, read_metadata, stale_reason
-from ptycho_torch.json_checks import has_signature, parse_json_object
-from ptycho_torch.memmap_store import (
+from ptycho_torch.store import groups_cache
+from ptycho_torch.store.atomic import is_temporary, open_regular, read_regular, refuse_symlinked_directory
+from ptycho_torch.store.fingerprint import Fingerprint, fingerprint_file
+from ptycho_torch.store.locks import LOCK_NAME, is_lock_file
+from ptycho_torch.store.groups_cache import GroupingKey, read_cache, read_metadata, stale_reason
+from ptycho_torch.store.json_checks import has_signature, parse_json_object
+from ptycho_torch.store.memmap import (
     DIFFRACTION, ENERGY, GROUND_TRUTH, MANIFEST, MANIFEST_SIGNATURE, DiffractionMemmap, Manifest,
 )
-from ptycho_torch.memmap_store import stale_reason as memmap_stale_reason
+from ptycho_torch.store.memmap import stale_reason as memmap_stale_reason
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from ptycho.grouping import GROUPING_VERSION, GroupingSettings
 from ptycho.raw_data import Grouping
-from ptycho_torch.atomic_io import atomic_path, open_regular
-from ptycho_torch.fingerprint import Fingerprint
-from ptycho_torch.json_checks import has_signature, parse_json_object
-from ptycho_torch.version import library_version
+from ptycho_torch.store.atomic import atomic_path, open_regular
+from ptycho_torch.store.fingerprint import Fingerprint
+from ptycho_torch.store.json_checks import has_signature, parse_json_object
+from ptycho_torch.store.version import library_version
 
 logger = logging.getLogger(__name__)
 

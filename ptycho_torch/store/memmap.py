@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from ptycho.scan_file import PatternLayout, ScanFile, ScanFileError
 from ptycho.validation import amplitude_from_counts, check_amplitude_block, is_counts, pattern_energy
-from ptycho_torch.atomic_io import NotRegularFileError, atomic_path, read_regular, require_free_space, require_regular
-from ptycho_torch.fingerprint import Fingerprint, sample_digest
-from ptycho_torch.json_checks import has_type, parse_json_object
-from ptycho_torch.version import library_version
+from ptycho_torch.store.atomic import NotRegularFileError, atomic_path, read_regular, require_free_space, require_regular
+from ptycho_torch.store.fingerprint import Fingerprint, sample_digest
+from ptycho_torch.store.json_checks import has_type, parse_json_object
+from ptycho_torch.store.version import library_version
 
 logger = logging.getLogger(__name__)
 
