@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ptycho import params
+
 logger = logging.getLogger(__name__)
 
 SEQUENTIAL_SEED = 0
@@ -38,6 +40,20 @@ class GroupingSettings:
             elif isinstance(value, np.integer):
                 object.__setattr__(self, name, int(value))
 
+    @classmethod
+    def from_keywords(
+        cls, *, K: int = 4, nsamples: int = 1, seed: int | None = None, sequential_sampling: bool = False,
+        gridsize: int | None = None, enable_oversampling: bool = False, neighbor_pool_size: int | None = None,
+    ) -> GroupingSettings:
+        """The settings of PtychoPINN's grouping keywords, with its defaults; ``gridsize=None`` reads ``params.cfg``.
+
+        Public methods that take upstream's keywords build the settings here once and pass them on.
+        """
+        return cls(
+            gridsize=resolve_gridsize(gridsize), K=K, nsamples=nsamples, seed=seed, sequential_sampling=sequential_sampling,
+            enable_oversampling=enable_oversampling, neighbor_pool_size=neighbor_pool_size,
+        )
+
     @property
     def C(self) -> int:
         return self.gridsize**2
@@ -50,6 +66,18 @@ class GroupingSettings:
             _require_int("seed", self.seed, minimum=0, fix="use a non-negative integer seed, or None")
         if self.neighbor_pool_size is not None:
             _require_int("neighbor_pool_size", self.neighbor_pool_size, minimum=1, fix="use None (= K) or an integer >= gridsize**2")
+
+
+def resolve_gridsize(gridsize: int | None) -> int:
+    """``gridsize`` if given, else ``params.cfg['gridsize']`` once a config has set it (CONFIG-001 in docs/findings.md)."""
+    if gridsize is not None:
+        return gridsize
+    if not params.is_configured("gridsize"):
+        raise ValueError(
+            "gridsize was not passed and params.cfg['gridsize'] was never configured; "
+            "call update_legacy_dict(params.cfg, config) first or pass gridsize= explicitly"
+        )
+    return params.get("gridsize")
 
 
 def sample_groups(xcoords: np.ndarray, ycoords: np.ndarray, settings: GroupingSettings) -> np.ndarray:

@@ -10,7 +10,9 @@ import numpy as np
 from ptycho import params
 from scipy.spatial import cKDTree
 
-from ptycho.grouping import GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, oversampled_groups, sample_groups
+from ptycho.grouping import (
+    GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, oversampled_groups, resolve_gridsize, sample_groups,
+)
 from ptycho.patches import extract_patches
 from ptycho.validation import (
     amplitude_from_counts,
@@ -276,57 +278,40 @@ class RawData:
         return self._energy
 
     def generate_grouping(
-        self,
-        N: int,
-        K: int = 4,
-        nsamples: int = 1,
-        seed: int | None = None,
-        sequential_sampling: bool = False,
-        gridsize: int | None = None,
-        enable_oversampling: bool = False,
-        neighbor_pool_size: int | None = None,
+        self, N: int, K: int = 4, nsamples: int = 1, seed: int | None = None, sequential_sampling: bool = False,
+        gridsize: int | None = None, enable_oversampling: bool = False, neighbor_pool_size: int | None = None,
     ) -> Grouping:
+        """:meth:`grouping` with PtychoPINN's grouping keywords (``gridsize=None`` reads ``params.cfg``)."""
+        self._require_patterns_of_size(N)
+        return self.grouping(N, GroupingSettings.from_keywords(
+            K=K, nsamples=nsamples, seed=seed, sequential_sampling=sequential_sampling, gridsize=gridsize,
+            enable_oversampling=enable_oversampling, neighbor_pool_size=neighbor_pool_size,
+        ))
+
+    def generate_grouped_data(
+        self, N: int, K: int = 4, nsamples: int = 1, dataset_path=None, seed: int | None = None,
+        sequential_sampling: bool = False, gridsize: int | None = None, enable_oversampling: bool = False,
+        neighbor_pool_size: int | None = None,
+    ) -> dict[str, np.ndarray | None]:
+        """PtychoPINN's grouped-data dict (:meth:`grouped_data`; ``dataset_path`` is accepted for compatibility, unused)."""
+        self._require_patterns_of_size(N)
+        return self.grouped_data(N, GroupingSettings.from_keywords(
+            K=K, nsamples=nsamples, seed=seed, sequential_sampling=sequential_sampling, gridsize=gridsize,
+            enable_oversampling=enable_oversampling, neighbor_pool_size=neighbor_pool_size,
+        ))
+
+    def grouping(self, N: int, settings: GroupingSettings) -> Grouping:
         """The grouping alone: indices, coordinates and normalisation, no diffraction gathered."""
         self._require_patterns_of_size(N)
-        settings = GroupingSettings(
-            gridsize=resolve_gridsize(gridsize),
-            K=K,
-            nsamples=nsamples,
-            seed=seed,
-            sequential_sampling=sequential_sampling,
-            enable_oversampling=enable_oversampling,
-            neighbor_pool_size=neighbor_pool_size,
-        )
         grouping = compute_grouping(
             self.xcoords, self.ycoords, self.xcoords_start, self.ycoords_start, self.pattern_energy, N, settings
         )
         logger.debug("grouped %d scan points into %d groups of %d", len(self.xcoords), grouping.n_groups, grouping.C)
         return grouping
 
-    def generate_grouped_data(
-        self,
-        N: int,
-        K: int = 4,
-        nsamples: int = 1,
-        dataset_path=None,
-        seed: int | None = None,
-        sequential_sampling: bool = False,
-        gridsize: int | None = None,
-        enable_oversampling: bool = False,
-        neighbor_pool_size: int | None = None,
-    ) -> dict[str, np.ndarray | None]:
-        """PtychoPINN's grouped-data dict (``dataset_path`` is accepted for compatibility, unused)."""
-        grouping = self.generate_grouping(
-            N,
-            K=K,
-            nsamples=nsamples,
-            seed=seed,
-            sequential_sampling=sequential_sampling,
-            gridsize=gridsize,
-            enable_oversampling=enable_oversampling,
-            neighbor_pool_size=neighbor_pool_size,
-        )
-        return grouped_data_from(grouping, self.diff3d, objectGuess=self.objectGuess, Y=self.Y)
+    def grouped_data(self, N: int, settings: GroupingSettings) -> dict[str, np.ndarray | None]:
+        """PtychoPINN's grouped-data dict for these settings."""
+        return grouped_data_from(self.grouping(N, settings), self.diff3d, objectGuess=self.objectGuess, Y=self.Y)
 
     def _generate_groups_efficiently(
         self, nsamples: int, K: int, C: int, seed: int | None = None, seed_indices: np.ndarray | None = None
@@ -397,18 +382,6 @@ class RawData:
                 f"N={N} does not match the {self.diff3d.shape[1]} x {self.diff3d.shape[2]} diffraction patterns; "
                 f"set N={self.diff3d.shape[1]} (model.N) or resample the patterns"
             )
-
-
-def resolve_gridsize(gridsize: int | None) -> int:
-    """``gridsize`` if given, else ``params.cfg['gridsize']`` once a config has set it (CONFIG-001)."""
-    if gridsize is not None:
-        return gridsize
-    if not params.is_configured("gridsize"):
-        raise ValueError(
-            "gridsize was not passed and params.cfg['gridsize'] was never configured (CONFIG-001); "
-            "call update_legacy_dict(params.cfg, config) first or pass gridsize= explicitly"
-        )
-    return params.get("gridsize")
 
 
 def _gridsize_of(C: int) -> int:

@@ -8,7 +8,6 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +268,7 @@ def _verify_one(path: Path, args) -> bool:
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
                          "build and verify with the same --seed S")
     raw = RawData.from_file(path, diffraction_units=args.units, layout=args.layout)
-    fresh = raw.generate_grouping(key.N, **asdict(key.settings))
+    fresh = raw.grouping(key.N, key.settings)
     fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
     directory = dataset_directory(args.data_dir, path)
     cached_path = cache_path(directory, key)

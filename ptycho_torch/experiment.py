@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -168,4 +168,4 @@ def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) 
         pattern_energy=store.energy,
         diffraction_units="amplitude",
     )
-    return raw.generate_grouping(key.N, **asdict(key.settings))
+    return raw.grouping(key.N, key.settings)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.grouping import GroupingSettings
-from ptycho.raw_data import grouped_data_from, resolve_gridsize
+from ptycho.raw_data import grouped_data_from
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
@@ -57,30 +57,16 @@ class MemmapDatasetBridge:
         return self.experiment.cache_path
 
     def get_grouped_data(
-        self,
-        N: int,
-        K: int = 4,
-        nsamples: int = 1,
-        dataset_path=None,
-        seed: int | None = None,
-        sequential_sampling: bool = False,
-        gridsize: int | None = None,
-        enable_oversampling: bool = False,
+        self, N: int, K: int = 4, nsamples: int = 1, dataset_path=None, seed: int | None = None,
+        sequential_sampling: bool = False, gridsize: int | None = None, enable_oversampling: bool = False,
         neighbor_pool_size: int | None = None,
     ) -> dict:
         """Same arguments and result as ``RawDataTorch.generate_grouped_data``; groups come from the cache."""
-        key = GroupingKey(
-            N=int(N),
-            settings=GroupingSettings(
-                gridsize=resolve_gridsize(gridsize),
-                K=K,
-                nsamples=nsamples,
-                seed=seed,
-                sequential_sampling=sequential_sampling,
-                enable_oversampling=enable_oversampling,
-                neighbor_pool_size=neighbor_pool_size,
-            ),
+        settings = GroupingSettings.from_keywords(
+            K=K, nsamples=nsamples, seed=seed, sequential_sampling=sequential_sampling, gridsize=gridsize,
+            enable_oversampling=enable_oversampling, neighbor_pool_size=neighbor_pool_size,
         )
+        key = GroupingKey(N=int(N), settings=settings)
         return _grouped_data(self.experiment if key == self.experiment.key else self._prepare(key, remake=False))
 
     def grouped_data(self) -> dict:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from ptycho import params
 from ptycho.config.config import InferenceConfig, TrainingConfig, update_legacy_dict
-from ptycho.raw_data import Grouping, RawData
+from ptycho.raw_data import RawData
 from ptycho_torch.torch_support import TORCH_AVAILABLE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RawDataTorch", "TORCH_AVAILABLE"]
+
+
+def _on_raw_data(method):
+    """``RawData.<method>`` as a method of RawDataTorch: same signature and docstring, run on ``self.raw_data``."""
+
+    @functools.wraps(method)
+    def on_raw_data(self, *args, **kwargs):
+        return method(self.raw_data, *args, **kwargs)
+
+    on_raw_data.__qualname__ = f"RawDataTorch.{method.__name__}"
+    return on_raw_data
 
 
 class RawDataTorch:
@@ -75,53 +87,10 @@ class RawDataTorch:
     def objectGuess(self):
         return self.raw_data.objectGuess
 
-    def generate_grouped_data(
-        self,
-        N: int,
-        K: int = 4,
-        nsamples: int = 1,
-        dataset_path=None,
-        seed: int | None = None,
-        sequential_sampling: bool = False,
-        gridsize: int | None = None,
-        enable_oversampling: bool = False,
-        neighbor_pool_size: int | None = None,
-    ) -> dict:
-        """:meth:`RawData.generate_grouped_data`, argument for argument."""
-        return self.raw_data.generate_grouped_data(
-            N,
-            K=K,
-            nsamples=nsamples,
-            dataset_path=dataset_path,
-            seed=seed,
-            sequential_sampling=sequential_sampling,
-            gridsize=gridsize,
-            enable_oversampling=enable_oversampling,
-            neighbor_pool_size=neighbor_pool_size,
-        )
-
-    def generate_grouping(
-        self,
-        N: int,
-        K: int = 4,
-        nsamples: int = 1,
-        seed: int | None = None,
-        sequential_sampling: bool = False,
-        gridsize: int | None = None,
-        enable_oversampling: bool = False,
-        neighbor_pool_size: int | None = None,
-    ) -> Grouping:
-        """:meth:`RawData.generate_grouping` (indices, coordinates, normalisation; no diffraction read)."""
-        return self.raw_data.generate_grouping(
-            N,
-            K=K,
-            nsamples=nsamples,
-            seed=seed,
-            sequential_sampling=sequential_sampling,
-            gridsize=gridsize,
-            enable_oversampling=enable_oversampling,
-            neighbor_pool_size=neighbor_pool_size,
-        )
+    generate_grouped_data = _on_raw_data(RawData.generate_grouped_data)
+    generate_grouping = _on_raw_data(RawData.generate_grouping)
+    grouped_data = _on_raw_data(RawData.grouped_data)
+    grouping = _on_raw_data(RawData.grouping)
 
     def __repr__(self) -> str:
         return f"RawDataTorch({self.raw_data!r})"

@@ -107,7 +107,7 @@ def test_real_y_is_refused_with_data_001():
 def test_gridsize_comes_from_a_configured_params_cfg_only():
     data = raw()
     params.reset()
-    with pytest.raises(ValueError, match="CONFIG-001"):
+    with pytest.raises(ValueError, match=r"params.cfg\['gridsize'\] was never configured.*update_legacy_dict"):  # CONFIG-001
         data.generate_grouped_data(N, K=6, nsamples=5, seed=1)
     params.set("gridsize", 1)
     assert data.generate_grouped_data(N, K=6, nsamples=5, seed=1)["X_full"].shape == (5, N, N, 1)
@@ -175,3 +175,41 @@ def test_float_scan_index_of_whole_numbers_is_taken_as_integers():
     """PtychoPINN's own files and golden runs use ``scan_index=np.zeros(n)`` (float64)."""
     data = raw(scan_index=np.zeros(len(X)))
     assert data.scan_index.dtype == np.int64 and not data.scan_index.any()
+
+
+# Every public call that takes PtychoPINN's grouping keywords builds one GroupingSettings with
+# GroupingSettings.from_keywords and passes it on; these tests catch an entry point whose keywords or
+# defaults drift from it, or one that drops a keyword on the way.
+def _keyword_entry_points():
+    from ptycho_torch.memmap_bridge import MemmapDatasetBridge
+    from ptycho_torch.raw_data_bridge import RawDataTorch
+
+    return [RawData.generate_grouping, RawData.generate_grouped_data, RawDataTorch.generate_grouping,
+            RawDataTorch.generate_grouped_data, MemmapDatasetBridge.get_grouped_data]
+
+
+@pytest.mark.parametrize("method", _keyword_entry_points(), ids=lambda method: method.__qualname__)
+def test_public_grouping_keywords_and_defaults_are_those_of_grouping_settings(method):
+    import inspect
+
+    from ptycho.grouping import GroupingSettings
+
+    def defaults(function, skip=()):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items() if name not in skip}
+
+    assert defaults(method, skip=("self", "N", "dataset_path")) == defaults(GroupingSettings.from_keywords)
+    assert set(defaults(GroupingSettings.from_keywords)) <= set(GroupingSettings.__dataclass_fields__)
+
+
+def test_every_grouping_keyword_reaches_the_grouping():
+    from ptycho.grouping import GroupingSettings
+    from ptycho_torch.raw_data_bridge import RawDataTorch
+
+    # oversampling with a pool other than K: each keyword changes the groups (a dropped one would show)
+    keywords = dict(K=4, nsamples=100, seed=7, gridsize=2, enable_oversampling=True, neighbor_pool_size=6)
+    expected = raw().grouping(N, GroupingSettings(**keywords)).nn_indices
+    assert expected.shape == (100, 4)
+    for data in (raw(), RawDataTorch(X, Y, DIFF, probe(N), np.zeros(len(X), int))):
+        np.testing.assert_array_equal(data.generate_grouping(N, **keywords).nn_indices, expected)
+        np.testing.assert_array_equal(data.generate_grouped_data(N, **keywords)["nn_indices"], expected)
+    assert not np.array_equal(raw().grouping(N, GroupingSettings(**{**keywords, "neighbor_pool_size": 5})).nn_indices, expected)
