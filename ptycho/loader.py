@@ -139,5 +139,5 @@ def _require_float32(name: str, array) -> np.ndarray:
 def _require_complex64(Y) -> np.ndarray:
     Y = np.asarray(Y)
     if Y.dtype != np.complex64:
-        raise ValueError(f"Y must be complex64 (DATA-001), got {Y.dtype}; a real or float64 Y silently wrecks training")
+        raise ValueError(f"Y must be complex64, got {Y.dtype}; a real or float64 Y silently wrecks training: store complex64 patches")
     return Y

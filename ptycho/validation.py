@@ -137,7 +137,7 @@ def require_ground_truth(Y, n: int, N: int) -> np.ndarray:
         raise ValueError(f"Y must have shape ({n}, {N}, {N}) like the diffraction, got {array.shape}")
     if not np.iscomplexobj(array):
         raise ValueError(
-            f"Y has real dtype {array.dtype}; DATA-001 requires complex64 ground truth "
+            f"Y has real dtype {array.dtype}; ground truth must be complex64 "
             "(a real Y silently drops the phase and wrecks training): store the complex patches"
         )
     return array.astype(np.complex64, copy=False)

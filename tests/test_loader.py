@@ -62,7 +62,7 @@ def test_missing_y_becomes_ones():
 def test_y_that_is_not_complex64_is_refused():
     dset = grouped(complex_object())
     dset["Y"] = dset["Y"].astype(np.complex128)
-    with pytest.raises(ValueError, match="DATA-001"):
+    with pytest.raises(ValueError, match="Y must be complex64, got complex128"):  # DATA-001
         load(lambda: dset, probe(N), which=None, create_split=False)
 
 

@@ -100,7 +100,7 @@ def test_no_object_and_no_y_gives_none():
 
 
 def test_real_y_is_refused_with_data_001():
-    with pytest.raises(ValueError, match="DATA-001"):
+    with pytest.raises(ValueError, match="Y has real dtype float64; ground truth must be complex64"):  # DATA-001
         RawData(X, Y, X, Y, DIFF, probe(N), None, Y=np.ones((len(X), N, N)))
 
 

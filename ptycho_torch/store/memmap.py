@@ -287,7 +287,7 @@ def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Pa
     if header.shape != (layout.n, layout.N, layout.N):
         raise ScanFileError(f"{where} has shape {header.shape}; it must be ({layout.n}, {layout.N}, {layout.N}) like the diffraction")
     if header.dtype.kind != "c":
-        raise ScanFileError(f"{where} has real dtype {header.dtype}; DATA-001 requires complex ground truth (store the complex patches)")
+        raise ScanFileError(f"{where} has real dtype {header.dtype}; ground truth must be complex (store the complex patches)")
     perm = (2, 1, 0) if header.fortran_order else (0, 1, 2)
     with atomic_path(directory / GROUND_TRUTH, header.nbytes) as tmp:
         if perm == (0, 1, 2):
