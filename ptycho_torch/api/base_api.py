@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 ORCHESTRATION = "lightning"
+CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundred MB at N=64, C=4
 
 
 class PtychoModel:
@@ -127,6 +128,9 @@ class InferenceEngine:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         network.to(device).eval()
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))
+        if device == "cpu" and batch_size > CPU_INFERENCE_BATCH:
+            logger.info("inference batch %d capped at %d groups on the CPU to bound memory", batch_size, CPU_INFERENCE_BATCH)
+            batch_size = CPU_INFERENCE_BATCH
         with torch.inference_mode():
             result = reconstruct_object(network, loader.dataset, batch_size=batch_size, progress=progress)
         if isinstance(result, torch.Tensor):

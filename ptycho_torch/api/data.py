@@ -153,8 +153,12 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
                 f"Supervised training needs the true object ('objectGuess') in every training file; missing in {', '.join(missing)}. "
                 "Export the training data from a product whose object is the ground truth, or use the Unsupervised reconstructor"
             )
+    n_groups = _n_groups(data, headers)
     overrides = {
-        "n_groups": _n_groups(data, headers),
+        "n_groups": n_groups,
+        # more groups than scan points: draw several C-subsets of each point's neighbours, as PtychoPINN does
+        "enable_oversampling": n_groups > min(header["n"] for header in headers),
+        "neighbor_pool_size": max(int(data.K), int(data.C)),
         "nphotons": float(np.mean([header["photons"] for header in headers])),
         "subsample_seed": DEFAULT_SEED if data.subsample_seed is None else data.subsample_seed,
     }
