@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import typing
@@ -34,7 +35,7 @@ _CONFIG_CLASSES = {
 
 
 def as_config(cls: type, value: Any):
-    """``value`` as a ``cls`` dataclass: None gives the defaults; a dict (e.g. checkpoint hparams) is rebuilt.
+    """``value`` as a new ``cls`` dataclass: None gives the defaults; an instance is copied; a dict (e.g. checkpoint hparams) is rebuilt.
 
     Lists become tuples where the field is a tuple; keys ``cls`` does not know are logged and dropped,
     so a checkpoint written by a newer version still loads.
@@ -42,7 +43,7 @@ def as_config(cls: type, value: Any):
     if value is None:
         return cls()
     if isinstance(value, cls):
-        return value
+        return copy.deepcopy(value)  # a manager's configs never alias a network's or a caller's
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if not isinstance(value, dict):

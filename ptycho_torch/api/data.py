@@ -58,8 +58,12 @@ class PtychoDataLoader:
         self.config_manager = config_manager
         self.data_format = DataloaderFormats(data_format)
         self.output_dir = _new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
-        self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)
-        self.dataset = _training_dataset(self.data_dir, config_manager, self.cache_dir, progress)
+        try:
+            self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)
+            self.dataset = _training_dataset(self.data_dir, config_manager, self.cache_dir, progress)
+        except BaseException:
+            _remove_if_empty(self.output_dir)  # a refused run leaves no empty run directory behind
+            raise
         self.data_module = None
         self.dataloader = None
         if self.data_format in (DataloaderFormats.LIGHTNING_MODULE, DataloaderFormats.LIGHTNING_ONLY_MODULE):
@@ -121,6 +125,13 @@ def _new_run_dir(output_dir: Path) -> Path:
             continue
         return run_dir
     raise FileExistsError(f"cannot create a new run directory under {output_dir}: run_{stamp}* all exist")
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 def _writable_cache_dir(cache_dir, run_dir: Path) -> Path:
