@@ -52,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loss", choices=["Poisson", "MAE"], default="Poisson")
     parser.add_argument("--no-object-big", action="store_true")
     parser.add_argument("--shared-decoder", action="store_true")
+    parser.add_argument("--batch-norm", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amp-activation", default="silu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -64,6 +65,8 @@ def settings(args) -> dict:
     for name in ("n_filters_scale", "n_groups", "epochs", "learning_rate"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
+    if args.batch_norm:
+        chosen["batch_norm"] = True
     if args.shared_decoder:
         chosen["use_shared_decoder"] = True
     chosen.update(amp_activation=args.amp_activation, batch_size=args.batch_size, loss=args.loss, object_big=not args.no_object_big, seed=args.seed)
@@ -73,7 +76,7 @@ def settings(args) -> dict:
 def configs(s: dict, npz: Path):
     data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
     model = ModelConfig(n_filters_scale=s["n_filters_scale"], cbam_encoder=s["cbam_encoder"], object_big=s["object_big"],
-                        use_shared_decoder=s["use_shared_decoder"], loss_function=s["loss"], amp_activation=s["amp_activation"])
+                        use_shared_decoder=s["use_shared_decoder"], loss_function=s["loss"], amp_activation=s["amp_activation"], batch_norm=s.get("batch_norm", False))
     training = TrainingConfig(n_groups=s["n_groups"], epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
                               device="cpu", num_workers=0, train_data_file=str(npz), test_data_file=str(npz))
     return data, model, training, InferenceConfig(batch_size=64)

@@ -121,7 +121,7 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
 
-    def _loss(self, batch) -> torch.Tensor:
+    def loss_of(self, batch) -> torch.Tensor:
         td, probe, scale = batch
         scale = scale.reshape(-1)
         patches = self.predict_patches(td, probe, scale)
@@ -136,12 +136,12 @@ class PtychoPINN_Lightning(L.LightningModule):
         return physics.mae_amplitude_loss(predicted, counts).mean()
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        loss = self.loss_of(batch)
         self.log(self.loss_name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        loss = self.loss_of(batch)
         self.log(self.val_loss_name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
         self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]), sync_dist=True)
         return loss

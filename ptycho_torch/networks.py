@@ -19,7 +19,7 @@ AMPLITUDE_ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "relu": nn.functional.relu,
 }
-_BIAS_FOR_UNIT = {"exp": 0.0, "softplus": math.log(math.e - 1), "silu": 1.2785, "swish": 1.2785, "sigmoid": 0.0, "relu": 1.0}
+_BIAS_FOR_UNIT = {"exp": 0.0, "softplus": math.log(math.e - 1), "silu": 1.2784645, "swish": 1.2784645, "sigmoid": 0.0, "relu": 1.0}
 
 
 class CBAM(nn.Module):
