@@ -22,6 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'scan': ceil(scan span + N) centred on the scan's bounding box (Ptychodus's rule, default); "
                              "'object': the grid of the scan's objectGuess (positions are its pixels)")
     parser.add_argument("--batch-size", type=int, default=64, help="groups per inference batch (default: 64)")
+    parser.add_argument("--n-groups", type=int, help="groups to predict (default: one per scan point)")
     parser.add_argument("--data-dir", type=Path, help="memory map directory (default: <output stem>_memmap beside the output)")
     parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
     model = PtychoPINN_Lightning.load_from_checkpoint(args.checkpoint, map_location=torch.device("cpu"))
     scan = read_scan(args.scan, load_diffraction=False)
-    training = replace(model.training_config, n_groups=len(scan.xcoords), train_data_file=str(args.scan), test_data_file=str(args.scan))
+    training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan), test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training,
                             data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), progress=not args.quiet)
     canvas = None
