@@ -276,3 +276,16 @@ def test_stitched_object_lands_on_the_input_object_grid(parameters):
         shifted = np.abs(np.roll(result, (dy, dx), axis=(0, 1))[interior] - truth[interior])
         assert np.median(shifted) > 2 * np.median(error), (dy, dx)
     assert not workspace.exists(), "the inference files are removed with the loader"
+
+
+def test_supervised_trains_on_the_exported_object(tmp_path, cache_dir):
+    """Ptychodus's Supervised reconstructor: labels are patches of the exported objectGuess."""
+    directory = tmp_path / "train"
+    export_training_data(directory, reconstruct_input(64))
+    configs = build_configs("Supervised", **{**SMALL, "epochs": 1, "num_dataloader_workers": 0, "coordinate_subsampling_factor": 1})
+    messages = run_in_process(run_train, train_payload(configs, directory, directory))
+    assert [tag for tag, _ in messages] == ["train_output", "model_saved"]
+    output = pickle.loads(messages[0][1])
+    assert len(output.training_loss) == 1 and output.validation_loss
+    _, model, _, _ = PtychoModel._extract_configs_from_checkpoint(messages[1][1])
+    assert model.mode == "Supervised"
