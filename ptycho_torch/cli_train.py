@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ptycho.scan_file import ScanFile, scan_files
+from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -53,8 +54,6 @@ def read_config_file(path: Path | None) -> dict:
 
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
-    from ptycho_torch.model import as_config
-
     content = read_config_file(args.config)
     try:
         data, model, training, inference = (as_config(content.get(name, {}), cls) for name, cls in SECTIONS.items())

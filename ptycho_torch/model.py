@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
 
 from ptycho_torch import physics
+from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.networks import build_generator
 
@@ -19,24 +20,6 @@ __all__ = ["PtychoPINN_Lightning", "as_config"]
 
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
 SCHEDULERS = ("Default", "Cosine", "Exponential")
-
-
-def as_config(value, config_type):
-    """A ``config_type`` dataclass from an instance, a plain dict (e.g. checkpoint hparams) or None (defaults)."""
-    if value is None:
-        return config_type()
-    if isinstance(value, config_type):
-        return value
-    if is_dataclass(value):
-        value = asdict(value)
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a {config_type.__name__} or a dict, got {type(value).__name__}")
-    known = {f.name for f in fields(config_type)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(f"unknown {config_type.__name__} field(s) {unknown}; valid fields are {sorted(known)}")
-    tuples = {k: tuple(v) for k, v in value.items() if isinstance(v, list) and isinstance(getattr(config_type(), k), tuple)}
-    return config_type(**{**value, **tuples})
 
 
 def _plain(config) -> dict:

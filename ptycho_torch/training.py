@@ -17,7 +17,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
-from ptycho_torch.model import as_config
+from ptycho_torch.config_coerce import as_config
 
 logger = logging.getLogger(__name__)
 
