@@ -35,9 +35,9 @@ from ptycho_torch.training import PtychoDataModule, build_trainer  # noqa: E402
 
 PRESETS = {
     # this package: n_filters_scale 1, one group per scan point (512), 10 epochs
-    "default": dict(n_filters_scale=1, n_groups=512, epochs=10, cbam_encoder=False, use_shared_decoder=False, learning_rate=2e-3),
+    "default": dict(n_filters_scale=1, n_groups=512, epochs=10, cbam_encoder=False, use_shared_decoder=True, batch_norm=True, learning_rate=2e-3, batch_size=8),
     # Ptychodus's defaults for the model size, 2023 groups as upstream's subsampling 7 gives, 2 epochs
-    "upstream": dict(n_filters_scale=2, n_groups=2023, epochs=2, cbam_encoder=True, use_shared_decoder=False, learning_rate=1e-3),
+    "upstream": dict(n_filters_scale=2, n_groups=2023, epochs=2, cbam_encoder=True, use_shared_decoder=False, batch_norm=False, learning_rate=1e-3, batch_size=16),
 }
 
 
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     for name in ("n_filters_scale", "n_groups", "epochs"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--loss", choices=["Poisson", "MAE"], default="Poisson")
     parser.add_argument("--no-object-big", action="store_true")
     parser.add_argument("--shared-decoder", action="store_true")
@@ -62,14 +62,14 @@ def parse_args() -> argparse.Namespace:
 
 def settings(args) -> dict:
     chosen = dict(PRESETS[args.preset])
-    for name in ("n_filters_scale", "n_groups", "epochs", "learning_rate"):
+    for name in ("n_filters_scale", "n_groups", "epochs", "learning_rate", "batch_size"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     if args.batch_norm:
         chosen["batch_norm"] = True
     if args.shared_decoder:
         chosen["use_shared_decoder"] = True
-    chosen.update(amp_activation=args.amp_activation, batch_size=args.batch_size, loss=args.loss, object_big=not args.no_object_big, seed=args.seed)
+    chosen.update(amp_activation=args.amp_activation, loss=args.loss, object_big=not args.no_object_big, seed=args.seed)
     return chosen
 
 
