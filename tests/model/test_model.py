@@ -17,6 +17,7 @@ pytest.importorskip("tensordict")
 pytest.importorskip("lightning")
 
 from benchmarks.quality import reconstruction_quality  # noqa: E402
+from ptycho import params  # noqa: E402
 from ptycho.patches import extract_patches  # noqa: E402
 from ptycho.scan_file import read_scan  # noqa: E402
 from ptycho_torch import physics  # noqa: E402
@@ -47,6 +48,14 @@ def memmap_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, memmap_dir):
     """Two epochs on 48 groups; returns the run directory, the model, the configs and the loss before training."""
+    saved = params.snapshot()  # module scope runs outside the per-test restore of conftest.py
+    try:
+        return _train_two_epochs(tmp_path_factory, memmap_dir)
+    finally:
+        params.restore(saved)
+
+
+def _train_two_epochs(tmp_path_factory, memmap_dir):
     data, model_config, training, inference = configs()
     dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
     model = PtychoPINN_Lightning(model_config, data, training, inference)
