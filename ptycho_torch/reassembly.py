@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Canvas", "Reconstruction", "default_canvas", "reconstruct", "reconstruct_object"]
 
+DEFAULT_BATCH = 64  # groups per inference batch unless the caller asks for more
 COVERAGE_FLOOR = 1e-3  # pixels whose summed probe weight is below this fraction of the maximum are left 0
 
 
@@ -65,7 +66,8 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. The object is then
     multiplied by the real gain ``sqrt(sum counts / sum predicted counts)`` (the Poisson
     maximum-likelihood gain of the whole scan), so its scale is calibrated on the measurement.
-    ``canvas`` defaults to :func:`default_canvas` of the experiment's scan positions.
+    ``canvas`` defaults to :func:`default_canvas` of the experiment's scan positions; ``batch_size``
+    to ``InferenceConfig.batch_size`` capped at 64 groups.
     """
     was_training = model.training
     model.eval()
@@ -74,7 +76,8 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
     groups = np.flatnonzero(dataset._index.experiment_of == experiment)
-    batch_size = int(batch_size or getattr(getattr(model, "inference_config", None), "batch_size", 64) or 64)
+    if batch_size is None:  # the config's (Ptychodus: 1000) capped, so activations stay bounded
+        batch_size = min(int(getattr(getattr(model, "inference_config", None), "batch_size", 0) or DEFAULT_BATCH), DEFAULT_BATCH)
     accumulator = _Accumulator(canvas, N, device)
     counts_total = predicted_total = 0.0
     try:
