@@ -1,9 +1,10 @@
-"""Train a tiny stand-in model on PtychoDataset batches, on one process or under torchrun (CPU, gloo).
+"""Train PtychoPINN (the real model and loss) on PtychoDataset batches, on one process or under torchrun (CPU, gloo).
 
     python examples/train_loop.py --steps 20
     python -m torch.distributed.run --nproc_per_node 2 examples/train_loop.py --steps 2
 
 The first run memory-maps and groups the scan; later runs (and the other ranks) reuse that cache.
+A plain torch loop shows what a batch feeds; ``ptycho-train`` does the same through Lightning.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from ptycho.scan_file import ScanFile
-from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+from ptycho_torch.model import PtychoPINN_Lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("train_loop")
@@ -46,15 +48,27 @@ def pattern_size(npz: Path) -> int:
         return scan_file.pattern_layout(scan_file.diffraction_key()).N
 
 
-def build_dataset(args: argparse.Namespace) -> PtychoDataset:
+def configs(args: argparse.Namespace):
     data = DataConfig(N=pattern_size(args.npz), grid_size=(2, 2), K=7, subsample_seed=42, nphotons=args.nphotons)
-    training = TrainingConfig(n_groups=args.n_groups, batch_size=args.batch_size, train_data_file=args.npz, test_data_file=args.npz)
-    return PtychoDataset(args.npz, data, ModelConfig(), training, data_dir=args.data_dir, progress=rank() == 0)
+    model = ModelConfig(n_filters_scale=1, cbam_encoder=False, use_shared_decoder=True, object_big=True)
+    training = TrainingConfig(n_groups=args.n_groups, batch_size=args.batch_size, learning_rate=2e-3, train_data_file=args.npz, test_data_file=args.npz)
+    return data, model, training
 
 
-def stand_in_model(channels: int) -> nn.Module:
-    """A two-layer conv net; the real PtychoPINN model would take ``images``, ``probe`` and the coordinates."""
-    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, channels, 3, padding=1))
+def build_dataset(args: argparse.Namespace) -> PtychoDataset:
+    data, model, training = configs(args)
+    return PtychoDataset(args.npz, data, model, training, data_dir=args.data_dir, progress=rank() == 0)
+
+
+class PoissonLoss(nn.Module):
+    """The model's training loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: PtychoPINN_Lightning):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss_of(batch)
 
 
 def rank() -> int:
@@ -62,24 +76,24 @@ def rank() -> int:
 
 
 def train(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
     dataset = build_dataset(args)
     logger.info("%d groups of %d patterns %dx%d; groups cache %s (dataset.regrouped=%s): %s",
                 len(dataset), dataset.C, dataset.N, dataset.N, "built" if dataset.regrouped else "reused",
                 dataset.regrouped, dataset.cache_paths[0])
     sampler = DistributedSampler(dataset, shuffle=True, seed=0) if dist.is_initialized() else None
-    loader = TensorDictDataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler)
-    model = stand_in_model(dataset.C)
+    generator = None if sampler is not None else torch.Generator().manual_seed(0)
+    loader = TensorDictDataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator)
+    data, model_config, training = configs(args)
+    model = PoissonLoss(PtychoPINN_Lightning(model_config, data, training, InferenceConfig(), seed=0))
     if dist.is_initialized():
         model = DistributedDataParallel(model)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
     step, epoch = 0, 0
     while step < args.steps:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        for batch, probe, scale in loader:
-            images = batch["images"]  # (B, C, N, N) float32 normalised amplitudes; probe (B, C, P, N, N) complex64, scale (B, 1, 1, 1)
-            loss = nn.functional.mse_loss(model(images), images)
+        for batch in loader:  # (TensorDict of images, coords..., probe, scale)
+            loss = model(batch)  # Poisson NLL of the predicted counts against the measured ones
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

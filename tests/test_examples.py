@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("tensordict")
+pytest.importorskip("lightning")
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_LOOP = ROOT / "examples" / "train_loop.py"

@@ -1,0 +1,1 @@
+"""The names Ptychodus's PtychoPINN-Torch plugin calls: configs, data loaders, model, trainer, inference."""

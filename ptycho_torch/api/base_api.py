@@ -1,0 +1,138 @@
+"""The API Ptychodus's PtychoPINN-Torch plugin drives: configs, data, model, trainer and inference engine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ptycho_torch.api.configs import ConfigManager, as_config
+from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
+from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.lightning_utils import find_best_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ConfigManager",
+    "DataloaderFormats",
+    "InferenceEngine",
+    "PtychoDataLoader",
+    "PtychoModel",
+    "Trainer",
+]
+
+ORCHESTRATION = "lightning"
+CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundred MB at N=64, C=4
+
+
+class PtychoModel:
+    """A network (``.model``, a ``PtychoPINN_Lightning``) and the four configs it was built from."""
+
+    def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None):
+        self.model_config: ModelConfig = as_config(ModelConfig, model_config)
+        self.data_config: DataConfig = as_config(DataConfig, data_config)
+        self.training_config: TrainingConfig = as_config(TrainingConfig, training_config)
+        self.inference_config: InferenceConfig = as_config(InferenceConfig, inference_config)
+        self.model = None
+
+    @classmethod
+    def _new_model(cls, model, config_manager: ConfigManager) -> PtychoModel:
+        """A freshly initialised network of class ``model`` built from ``config_manager``'s configs."""
+        cm = config_manager
+        wrapped = cls(model_config=cm.model_config, data_config=cm.data_config, training_config=cm.training_config, inference_config=cm.inference_config)
+        wrapped.model = model(cm.model_config, cm.data_config, cm.training_config, cm.inference_config)
+        return wrapped
+
+    @staticmethod
+    def _extract_configs_from_checkpoint(path):
+        """``(data, model, training, inference)`` configs stored in a checkpoint's hyper-parameters (None where absent).
+
+        Read with ``weights_only=True`` on the CPU, so a GPU checkpoint opens anywhere and nothing is unpickled.
+        """
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; train a model or choose an existing .ckpt file")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable PtychoPINN checkpoint ({type(exc).__name__}: {exc})") from exc
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict):
+            raise ValueError(f"{path} holds no 'hyper_parameters'; it was not written by PtychoPINN_Lightning training")
+        classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
+        return tuple(as_config(cls, hparams[name]) if hparams.get(name) is not None else None for name, cls in classes)
+
+
+class Trainer:
+    """Trains a :class:`PtychoModel` on a :class:`PtychoDataLoader`; ``._trainer`` is the ``lightning.Trainer``."""
+
+    def __init__(self, model: PtychoModel, dataloader: PtychoDataLoader, config_manager: ConfigManager, trainer):
+        self.model = model
+        self.dataloader = dataloader
+        self.config_manager = config_manager
+        self._trainer = trainer
+        self.best_checkpoint: Path | None = None
+
+    @classmethod
+    def _from_lightning(cls, model: PtychoModel, dataloader: PtychoDataLoader, orchestration: str = ORCHESTRATION, config_manager: ConfigManager | None = None) -> Trainer:
+        """A Lightning trainer writing checkpoints and configs into ``dataloader.output_dir``."""
+        from ptycho_torch.training import build_trainer
+
+        _check_orchestration(orchestration)
+        if dataloader.data_module is None:
+            raise ValueError("training with Lightning needs a PtychoDataLoader built with data_format 'lightning_only_module'")
+        config_manager = config_manager or dataloader.config_manager
+        trainer = build_trainer(config_manager.training_config, Path(dataloader.output_dir))
+        return cls(model, dataloader, config_manager, trainer)
+
+    def train(self, orchestration: str = ORCHESTRATION, experiment_name: str = "") -> Path | None:
+        """Fit the model; returns the best checkpoint in the run directory (also kept as ``best_checkpoint``)."""
+        _check_orchestration(orchestration)
+        run_dir = Path(self.dataloader.output_dir)
+        logger.info("training %s in %s", experiment_name or "PtychoPINN", run_dir)
+        self._trainer.fit(self.model.model, datamodule=self.dataloader.data_module)
+        self.best_checkpoint = find_best_checkpoint(run_dir)
+        logger.info("best checkpoint: %s", self.best_checkpoint)
+        return self.best_checkpoint
+
+
+def _check_orchestration(orchestration: str) -> None:
+    if str(orchestration).lower() != ORCHESTRATION:
+        raise ValueError(f"orchestration {orchestration!r} is not supported; use 'lightning' (mlflow is not used by this package)")
+
+
+class InferenceEngine:
+    """Predicts every group of a loader's dataset and stitches the patches into one complex object."""
+
+    def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
+        if ptycho_model.model is None:
+            raise ValueError("the PtychoModel holds no network; load a checkpoint first")
+        self.config_manager = config_manager
+        self.ptycho_model = ptycho_model
+
+    def predict_and_stitch(self, loader: PtychoDataLoader, *, progress: bool = True) -> np.ndarray:
+        """Complex ``(H, W)`` object: ``ceil(scan span + N)`` pixels per axis, centred on the scan's bounding box.
+
+        That is the grid of Ptychodus's default object for the same positions, so the result lands
+        where the input object was.
+        """
+        import torch
+
+        from ptycho_torch.reassembly import reconstruct_object
+
+        network = self.ptycho_model.model
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        network.to(device).eval()
+        batch_size = max(1, int(self.config_manager.inference_config.batch_size))
+        if device == "cpu" and batch_size > CPU_INFERENCE_BATCH:
+            logger.info("inference batch %d capped at %d groups on the CPU to bound memory", batch_size, CPU_INFERENCE_BATCH)
+            batch_size = CPU_INFERENCE_BATCH
+        with torch.inference_mode():
+            result = reconstruct_object(network, loader.dataset, batch_size=batch_size, progress=progress)
+        if isinstance(result, torch.Tensor):
+            result = result.detach().cpu().numpy()
+        return np.asarray(result)

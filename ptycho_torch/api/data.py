@@ -1,0 +1,300 @@
+"""Training data from a directory of exported NPZ files, and inference data from Ptychodus's arrays."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+import weakref
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from ptycho.scan_file import ScanFile, scan_files
+from ptycho_torch.config_bridge import to_inference_config, to_model_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataloaderFormats", "PtychoDataLoader", "default_cache_dir"]
+
+DEFAULT_SEED = 42
+
+
+class DataloaderFormats(Enum):
+    """What :class:`PtychoDataLoader` builds for training."""
+
+    LIGHTNING_MODULE = "lightning_module"
+    LIGHTNING_ONLY_MODULE = "lightning_only_module"
+    TENSORDICT = "tensordict"
+    PYTORCH = "pytorch"
+    NUMPY = "numpy"
+
+
+def default_cache_dir() -> Path:
+    """Where memory maps and group caches of training data live: ``$PTYCHOPINN_CACHE_DIR``, else the user cache."""
+    configured = os.environ.get("PTYCHOPINN_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "ptychopinn" / "memmap"
+
+
+class PtychoDataLoader:
+    """Training data (``PtychoDataLoader(data_dir, config_manager, data_format, output_dir)``) or inference data (:meth:`from_np`).
+
+    For training, every ``*.npz`` directly inside ``data_dir`` (e.g. files written by Ptychodus's
+    Export Training Data) is one experiment of a memory-mapped ``PtychoDataset``; sub-directories
+    (such as earlier ``run_*`` outputs) are never read. ``output_dir`` becomes
+    ``output_dir/run_<timestamp>``, where the trainer writes checkpoints and configs. Memory maps
+    and group caches go to ``cache_dir`` (default :func:`default_cache_dir`; the run directory when
+    that is not writable), never the working directory.
+    """
+
+    def __init__(self, data_dir, config_manager, data_format=DataloaderFormats.LIGHTNING_ONLY_MODULE, output_dir=None, *, cache_dir=None, progress: bool = True):
+        self.data_dir = Path(data_dir)
+        self.config_manager = config_manager
+        self.data_format = DataloaderFormats(data_format)
+        self.output_dir = _new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
+        try:
+            self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)
+            self.dataset = _training_dataset(self.data_dir, config_manager, self.cache_dir, progress)
+        except BaseException:
+            _remove_if_empty(self.output_dir)  # a refused run leaves no empty run directory behind
+            raise
+        self.data_module = None
+        self.dataloader = None
+        if self.data_format in (DataloaderFormats.LIGHTNING_MODULE, DataloaderFormats.LIGHTNING_ONLY_MODULE):
+            from ptycho_torch.training import PtychoDataModule
+
+            cm = config_manager
+            self.data_module = PtychoDataModule(self.dataset, cm.data_config, cm.model_config, cm.training_config, data_dir=self.cache_dir, progress=progress)
+        elif self.data_format in (DataloaderFormats.TENSORDICT, DataloaderFormats.PYTORCH):
+            from ptycho_torch.dataloader import TensorDictDataLoader
+
+            training = config_manager.training_config
+            self.dataloader = TensorDictDataLoader(self.dataset, batch_size=training.batch_size, shuffle=True, num_workers=training.num_workers)
+        else:
+            raise ValueError(
+                f"data_format {self.data_format.value!r} is not supported for training; use 'lightning_only_module' "
+                "(a LightningDataModule) or 'tensordict' (a DataLoader of TensorDict batches)"
+            )
+
+    @classmethod
+    def from_np(cls, diff_patterns, probe, positions, config_manager, *, progress: bool = True) -> PtychoDataLoader:
+        """Inference data from arrays: one group per scan point.
+
+        ``diff_patterns (n, N, N)``: measured counts in the detector's dtype (integers or floats);
+        ``probe (modes, N, N)`` or ``(N, N)`` complex; ``positions (n, 2)``: ``[y, x]`` in object pixels.
+        The arrays are written once to a private temporary directory that is removed with the loader.
+        """
+        patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, config_manager.data_config.N)
+        loader = cls.__new__(cls)
+        loader.config_manager = config_manager
+        loader.data_format = DataloaderFormats.TENSORDICT
+        loader.data_module = None
+        loader.dataloader = None
+        workspace = tempfile.TemporaryDirectory(prefix="ptychopinn-inference-")
+        loader._workspace = workspace
+        weakref.finalize(loader, workspace.cleanup)
+        root = Path(workspace.name)
+        loader.data_dir = loader.output_dir = loader.cache_dir = root
+        scan = root / "scan.npz"
+        np.savez(scan, xcoords=positions[:, 1], ycoords=positions[:, 0], diff3d=patterns, probeGuess=probe_stack, scan_index=np.zeros(len(positions), dtype=np.int64))
+        loader.dataset = _inference_dataset(scan, config_manager, root / "memmap", progress)
+        return loader
+
+    def close(self) -> None:
+        """Remove the temporary files of :meth:`from_np` now (also done when the loader is collected)."""
+        workspace = getattr(self, "_workspace", None)
+        if workspace is not None:
+            workspace.cleanup()
+
+
+def _new_run_dir(output_dir: Path) -> Path:
+    """A fresh ``output_dir/run_<YYYYmmdd_HHMMSS>`` (``_<k>`` appended when two runs start in the same second)."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        run_dir = output_dir / (f"run_{stamp}" if attempt == 0 else f"run_{stamp}_{attempt}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
+    raise FileExistsError(f"cannot create a new run directory under {output_dir}: run_{stamp}* all exist")
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
+def _writable_cache_dir(cache_dir, run_dir: Path) -> Path:
+    wanted = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=wanted, prefix=".write-test-")
+        probe.close()
+        return wanted
+    except OSError as exc:
+        fallback = run_dir / "memmap"
+        logger.warning("cache directory %s is not writable (%s); caching in %s instead", wanted, exc, fallback)
+        return fallback
+
+
+def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress: bool):
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+
+    files = _training_files(data_dir)
+    data, model, training = config_manager.data_config, config_manager.model_config, config_manager.training_config
+    headers = [_header(path) for path in files]
+    _check_pattern_size(data.N, files, headers)
+    _check_channels(data)
+    units = _diffraction_units(files, headers)
+    supervised = model.mode == "Supervised"
+    if supervised:
+        missing = [str(path) for path, header in zip(files, headers) if not header["has_object"]]
+        if missing:
+            raise ValueError(
+                f"Supervised training needs the true object ('objectGuess') in every training file; missing in {', '.join(missing)}. "
+                "Export the training data from a product whose object is the ground truth, or use the Unsupervised reconstructor"
+            )
+    n_groups = _n_groups(data, headers)
+    overrides = {
+        "n_groups": n_groups,
+        # more groups than scan points: draw several C-subsets of each point's neighbours, as PtychoPINN does
+        "enable_oversampling": n_groups > min(header["n"] for header in headers),
+        "neighbor_pool_size": max(int(data.K), int(data.C)),
+        "nphotons": float(np.mean([header["photons"] for header in headers])),
+        "subsample_seed": DEFAULT_SEED if data.subsample_seed is None else data.subsample_seed,
+    }
+    logger.info("training on %d file(s) in %s: %d groups per file, caches in %s", len(files), data_dir, overrides["n_groups"], cache_dir)
+    with warnings.catch_warnings():  # the plugin trains without a test file; the reminder would only confuse
+        warnings.filterwarnings("ignore", message="no test_data_file for training", category=UserWarning)
+        return PtychoDataset(
+            data_dir, data, model, training,
+            overrides=overrides, data_dir=cache_dir, diffraction_units=units, ground_truth=supervised, progress=progress,
+        )
+
+
+def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool):
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+
+    data, model = config_manager.data_config, config_manager.model_config
+    _check_channels(data)
+    config = to_inference_config(
+        to_model_config(data, model),
+        data,
+        config_manager.inference_config,
+        overrides={
+            "model_path": scan.parent,
+            "test_data_file": scan,
+            "subsample_seed": DEFAULT_SEED if data.subsample_seed is None else data.subsample_seed,
+        },
+    )
+    return PtychoDataset(scan, config=config, data_dir=cache_dir, diffraction_units="counts", progress=progress)
+
+
+def _training_files(data_dir: Path) -> list[Path]:
+    if not data_dir.exists():
+        raise FileNotFoundError(f"training data directory {data_dir} does not exist; choose the directory holding the exported .npz files")
+    try:
+        return scan_files(data_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"no training data in {data_dir}: it holds no .npz file. In Ptychodus, use Export Training Data "
+            "(PtychoPINN-Torch reconstructor) to write one into this directory, then train again"
+        ) from exc
+
+
+def _header(path: Path) -> dict:
+    """Pattern size, count of points inside the grouping bounds, photon estimate, and whether the file is a Ptychodus export."""
+    with ScanFile(path) as scan_file:
+        scan = scan_file.read_scan(load_diffraction=False)
+        key = scan_file.diffraction_key()
+        _, first = next(scan_file.iter_disk_blocks(key, block_bytes=1 << 20))
+        keys = set(scan_file.keys)
+    exported = key == "diff3d" and "bad_pixels" in keys
+    values = first.astype(np.float64)
+    per_pixel = values.mean() if exported or first.dtype.kind in "iu" else np.mean(values**2)
+    return {
+        "N": scan.N,
+        "n": scan.n,
+        "x": scan.xcoords,
+        "y": scan.ycoords,
+        "exported": exported,
+        "has_object": scan.objectGuess is not None,
+        "photons": per_pixel * scan.N * scan.N,
+    }
+
+
+def _check_pattern_size(N: int, files: list[Path], headers: list[dict]) -> None:
+    for path, header in zip(files, headers):
+        if header["N"] != N:
+            raise ValueError(
+                f"model size {N} (DataConfig.N) does not match the {header['N']} x {header['N']} diffraction patterns in {path}; "
+                f"set Model Size to {header['N']} in the PtychoPINN-Torch data settings (or DataConfig(N={header['N']}))"
+            )
+
+
+def _check_channels(data) -> None:
+    gy, gx = data.grid_size
+    if gy != gx:
+        raise ValueError(f"grid size {gy} x {gx} is not square; set Grid Size X and Y to the same value")
+    if data.C != gy * gx:
+        raise ValueError(f"number of channels C={data.C} must equal grid size {gy} x {gx} = {gy * gx}; set Num Channels to {gy * gx}")
+
+
+def _diffraction_units(files: list[Path], headers: list[dict]) -> str:
+    """Ptychodus exports hold counts whatever their dtype; other files follow the package's own rule ('auto')."""
+    exported = [header["exported"] for header in headers]
+    if all(exported):
+        return "counts"
+    if any(exported):
+        mixed = ", ".join(f"{path.name} ({'Ptychodus export' if flag else 'other'})" for path, flag in zip(files, exported))
+        raise ValueError(f"the training directory mixes Ptychodus exports with other NPZ files: {mixed}; keep one kind per directory")
+    return "auto"
+
+
+def _n_groups(data, headers: list[dict]) -> int:
+    """``n_subsample`` groups per scan point inside the x/y bounds (fractions of the scan range), as PtychoPINN counts them."""
+    counts = []
+    for header in headers:
+        x, y = header["x"], header["y"]
+        inside = _within(x, data.x_bounds) & _within(y, data.y_bounds)
+        counts.append(max(1, int(inside.sum())))
+    return max(1, int(data.n_subsample)) * max(counts)
+
+
+def _within(values: np.ndarray, bounds) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    span = high - low
+    return (values >= low + bounds[0] * span) & (values <= low + bounds[1] * span)
+
+
+def _checked_arrays(diff_patterns, probe, positions, N: int):
+    patterns = np.asarray(diff_patterns)
+    if patterns.ndim != 3 or patterns.shape[1] != patterns.shape[2]:
+        raise ValueError(f"diff_patterns must be a stack (n, N, N) of square patterns, got shape {patterns.shape}")
+    if patterns.shape[1] != N:
+        raise ValueError(
+            f"the model was trained on {N} x {N} patterns but the data holds {patterns.shape[1]} x {patterns.shape[2]} patterns; "
+            "reconstruct with a model trained at this size (or crop/bin the patterns)"
+        )
+    if patterns.dtype.kind not in "iuf":
+        raise ValueError(f"diff_patterns must be real counts (integer or float), got dtype {patterns.dtype}")
+    stack = np.asarray(probe)
+    stack = stack[None] if stack.ndim == 2 else stack
+    if stack.ndim != 3 or stack.shape[1:] != (N, N):
+        raise ValueError(f"probe must be (modes, {N}, {N}) or ({N}, {N}), got shape {np.shape(probe)}")
+    points = np.asarray(positions, dtype=np.float64)
+    if points.shape != (patterns.shape[0], 2):
+        raise ValueError(f"positions must be (n, 2) [y, x] pixels with n={patterns.shape[0]} (one per pattern), got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"positions hold non-finite values at rows {np.flatnonzero(~np.isfinite(points).all(axis=1))[:10].tolist()}")
+    return patterns, stack.astype(np.complex64), points

@@ -1,0 +1,153 @@
+"""PtychoPINN as a LightningModule: a U-Net generator trained through the ptychographic forward model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+
+import lightning as L
+import torch
+
+from ptycho_torch import physics
+from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.networks import build_generator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PtychoPINN_Lightning", "as_config"]
+
+LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
+SCHEDULERS = ("Default", "Cosine", "Exponential")
+
+
+def _plain(config) -> dict:
+    """A dataclass as a dict of plain values that ``torch.load(weights_only=True)`` accepts."""
+    out = asdict(config)
+    mask = out.get("probe_mask")
+    if mask is not None and not isinstance(mask, (bool, torch.Tensor)):
+        out["probe_mask"] = torch.as_tensor(mask)  # e.g. a NumPy array
+    return out
+
+
+class PtychoPINN_Lightning(L.LightningModule):
+    """Predicts the object patches of a group from its diffraction and trains them through the physics.
+
+    ``Unsupervised``: patches -> (``object_big``: probe-weighted merge of the group onto one region
+    and extraction back) -> ``kappa * sum_modes |FFT(P * O)|^2`` compared with the measured counts
+    by the Poisson NLL (``loss_function='Poisson'``) or the amplitude MAE. ``Supervised``: L1 of the
+    complex patches against ``Y``. Configs may be dataclasses or dicts; they are saved as plain dicts.
+    """
+
+    def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
+        super().__init__()
+        self.model_config = as_config(model_config, ModelConfig)
+        self.data_config = as_config(data_config, DataConfig)
+        self.training_config = as_config(training_config, TrainingConfig)
+        self.inference_config = as_config(inference_config, InferenceConfig)
+        self._check_supported()
+        self.save_hyperparameters({
+            "model_config": _plain(self.model_config),
+            "data_config": _plain(self.data_config),
+            "training_config": _plain(self.training_config),
+            "inference_config": _plain(self.inference_config),
+            "seed": int(seed),
+        })
+        self.N = int(self.data_config.N)
+        self.C = int(self.data_config.grid_size[0]) * int(self.data_config.grid_size[1])
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+            torch.manual_seed(int(seed))
+            self.generator = build_generator(self.model_config, self.C)
+        self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
+        kind = "supervised" if self.model_config.mode == "Supervised" else LOSS_KINDS[self.model_config.loss_function]
+        self.loss_name = f"{kind}_train_loss"
+        self.val_loss_name = f"{kind}_val_loss"
+
+    def _check_supported(self) -> None:
+        mc = self.model_config
+        if mc.mode not in ("Unsupervised", "Supervised"):
+            raise ValueError(f"ModelConfig.mode={mc.mode!r}; use 'Unsupervised' or 'Supervised'")
+        if mc.loss_function not in LOSS_KINDS:
+            raise ValueError(f"ModelConfig.loss_function={mc.loss_function!r}; use 'Poisson' or 'MAE'")
+        if self.training_config.scheduler not in SCHEDULERS:
+            raise ValueError(f"TrainingConfig.scheduler={self.training_config.scheduler!r}; use one of {SCHEDULERS}")
+        gy, gx = self.data_config.grid_size
+        if gy != gx:
+            raise ValueError(f"DataConfig.grid_size={tuple(self.data_config.grid_size)} must be square, e.g. (2, 2)")
+        if self.data_config.N % 8:
+            raise ValueError(f"DataConfig.N={self.data_config.N}: the U-Net needs N divisible by 8")
+
+    # ---- prediction -------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw generator output: complex object patches ``(B, C, N, N)`` from normalised amplitudes."""
+        amplitude, phase = self.generator(images)
+        return torch.polar(amplitude, phase)
+
+    def predict_patches(self, batch, probe, scale) -> torch.Tensor:
+        """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``."""
+        patches = self(batch["images"])
+        if self.model_config.object_big and self.C > 1:
+            probe = physics.as_probe_modes(probe)
+            coords = batch["coords_relative"].to(patches.real.dtype)
+            M = physics.region_size(self.N, coords)
+            region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, M)
+            patches = physics.extract_from_region(region, coords, self.N)
+        return patches
+
+    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale."""
+        probe = physics.as_probe_modes(probe)
+        kappa = physics.count_scale(scale, probe, self.N) * torch.exp(2 * self.log_gain)
+        return kappa[:, None, None, None] * physics.far_field_intensity(patches, probe)
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def loss_of(self, batch) -> torch.Tensor:
+        td, probe, scale = batch
+        scale = scale.reshape(-1)
+        patches = self.predict_patches(td, probe, scale)
+        if self.model_config.mode == "Supervised":
+            if "Y" not in td.keys():
+                raise KeyError("Supervised training needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from a scan with objectGuess or Y")
+            return (patches - td["Y"]).abs().mean()
+        counts = physics.counts_from_amplitudes(td["images"], scale)
+        predicted = self.predicted_counts(patches, probe, scale)
+        if self.model_config.loss_function == "Poisson":
+            return physics.poisson_nll(predicted, counts).mean()
+        return physics.mae_amplitude_loss(predicted, counts).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss_of(batch)
+        self.log(self.loss_name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.loss_of(batch)
+        self.log(self.val_loss_name, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]), sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        tc = self.training_config
+        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=tc.learning_rate)
+        if tc.scheduler == "Default":
+            return optimizer
+        if tc.scheduler == "Exponential":
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(tc.epochs, tc.warmup_epochs, tc.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _warmup_cosine(epochs: int, warmup: int, min_ratio: float):
+    """Learning-rate factor per epoch: linear warm-up, then cosine decay to ``min_ratio``."""
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        progress = (epoch - warmup) / max(1, epochs - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

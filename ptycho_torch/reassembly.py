@@ -1,0 +1,136 @@
+"""Stitching: predict every group, place its patches on a canvas with probe weights, fit the count scale."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ptycho_torch import physics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Canvas", "Reconstruction", "default_canvas", "reconstruct", "reconstruct_object"]
+
+DEFAULT_BATCH = 64  # groups per inference batch unless the caller asks for more
+COVERAGE_FLOOR = 1e-3  # pixels whose summed probe weight is below this fraction of the maximum are left 0
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Output grid: ``shape_px (H, W)``; scan position ``(x, y)`` falls on pixel ``(y + origin_px[0], x + origin_px[1])``.
+
+    The scan positions are the patch centres of ``ptycho.patches.extract_patches``: pixel
+    ``(N // 2, N // 2)`` of a patch sits on the position. For a scan given in an input object's
+    pixel coordinates, ``Canvas(object.shape, (0, 0))`` puts the result on that object's grid.
+    """
+
+    shape_px: tuple[int, int]
+    origin_px: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """A stitched object ``(H, W)`` complex64, its summed probe weight, the canvas and the fitted count gain."""
+
+    object: np.ndarray
+    coverage: np.ndarray
+    canvas: Canvas
+    gain: float
+
+
+def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
+    """Ptychodus's rule: ``ceil(scan span + N)`` per axis, the scan's bounding-box midpoint on pixel ``((H-1)/2, (W-1)/2)``."""
+    x, y = np.asarray(xcoords, np.float64), np.asarray(ycoords, np.float64)
+    W = math.ceil(np.ptp(x) + N)
+    H = math.ceil(np.ptp(y) + N)
+    return Canvas((H, W), ((H - 1) / 2 - (y.min() + y.max()) / 2, (W - 1) / 2 - (x.min() + x.max()) / 2))
+
+
+def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
+                       experiment: int = 0, progress: bool = True) -> np.ndarray:
+    """The stitched complex64 ``(H, W)`` object of one experiment of ``dataset`` (see :func:`reconstruct`)."""
+    return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress).object
+
+
+@torch.no_grad()
+def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
+                experiment: int = 0, progress: bool = True) -> Reconstruction:
+    """Predict every group of ``experiment`` in batches and stitch the member patches.
+
+    Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
+    intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. The object is then
+    multiplied by the real gain ``sqrt(sum counts / sum predicted counts)`` (the Poisson
+    maximum-likelihood gain of the whole scan), so its scale is calibrated on the measurement.
+    ``canvas`` defaults to :func:`default_canvas` of the experiment's scan positions; ``batch_size``
+    to ``InferenceConfig.batch_size`` capped at 64 groups.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    exp = dataset.experiments[experiment]
+    N = dataset.N
+    canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
+    groups = np.flatnonzero(dataset._index.experiment_of == experiment)
+    if batch_size is None:  # the config's (Ptychodus: 1000) capped, so activations stay bounded
+        batch_size = min(int(getattr(getattr(model, "inference_config", None), "batch_size", 0) or DEFAULT_BATCH), DEFAULT_BATCH)
+    accumulator = _Accumulator(canvas, N, device)
+    counts_total = predicted_total = 0.0
+    try:
+        for start in tqdm(range(0, len(groups), batch_size), desc="reconstructing", unit="batch", disable=not progress):
+            td, probe, scale = dataset[groups[start : start + batch_size]]
+            td, probe, scale = td.to(device), probe.to(device), scale.to(device).reshape(-1)
+            patches = model.predict_patches(td, probe, scale)
+            counts_total += float(physics.counts_from_amplitudes(td["images"], scale).sum(dtype=torch.float64))
+            predicted_total += float(model.predicted_counts(patches, probe, scale).sum(dtype=torch.float64))
+            positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :]  # (B, C, 2) [x, y]
+            weights = physics.probe_weight(physics.as_probe_modes(probe)).to(patches.real.dtype)
+            accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1))
+    finally:
+        model.train(was_training)
+    gain = math.sqrt(counts_total / predicted_total) if predicted_total > 0 else 1.0
+    obj, coverage = accumulator.result()
+    logger.info("stitched %d groups on a %d x %d canvas; count gain %.4g", len(groups), *canvas.shape_px, gain)
+    return Reconstruction((obj * gain).astype(np.complex64), coverage, canvas, gain)
+
+
+class _Accumulator:
+    """Sums weighted patches and weights on the canvas with bilinear sub-pixel placement."""
+
+    def __init__(self, canvas: Canvas, N: int, device):
+        H, W = canvas.shape_px
+        self.canvas, self.N, self.W = canvas, N, W
+        self.numerator = torch.zeros(2, H * W, dtype=torch.float64, device=device)
+        self.weight = torch.zeros(H * W, dtype=torch.float64, device=device)
+        self.offsets = torch.arange(N + 1, device=device)
+
+    def add(self, patches: torch.Tensor, weights: torch.Tensor, positions: torch.Tensor) -> None:
+        """``patches (K, N, N)`` complex, ``weights (K, N, N)``, ``positions (K, 2)`` scan ``[x, y]``."""
+        origin = torch.tensor(self.canvas.origin_px[::-1], dtype=torch.float64, device=positions.device)  # [col, row]
+        corner = positions.to(torch.float64) + origin - self.N // 2  # canvas [col, row] of patch pixel (0, 0)
+        whole = torch.floor(corner)
+        fraction = (corner - whole).to(weights.dtype)
+        pad = (0, 1, 0, 1)
+        values = physics.translate(torch.nn.functional.pad(patches * weights, pad), fraction)
+        spread = physics.translate(torch.nn.functional.pad(weights, pad), fraction)
+        cols = whole[:, 0:1].long() + self.offsets  # (K, N+1)
+        rows = whole[:, 1:2].long() + self.offsets
+        H, W = self.canvas.shape_px
+        inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+        flat = (rows[:, :, None] * W + cols[:, None, :])[inside]
+        self.numerator[0].index_add_(0, flat, values.real[inside].to(torch.float64))
+        self.numerator[1].index_add_(0, flat, values.imag[inside].to(torch.float64))
+        self.weight.index_add_(0, flat, spread[inside].to(torch.float64))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        H, W = self.canvas.shape_px
+        weight = self.weight.cpu().numpy().reshape(H, W)
+        numerator = self.numerator.cpu().numpy().reshape(2, H, W)
+        covered = weight > COVERAGE_FLOOR * max(float(weight.max()), np.finfo(np.float64).tiny)
+        obj = np.zeros((H, W), dtype=np.complex128)
+        obj[covered] = (numerator[0][covered] + 1j * numerator[1][covered]) / weight[covered]
+        return obj, weight

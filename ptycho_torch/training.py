@@ -1,0 +1,172 @@
+"""Lightning training on PtychoDataset: a data module with a seeded validation split, and the Trainer set-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import BatchSampler, DistributedSampler
+
+from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+from ptycho_torch.dataloader import TensorDictDataLoader
+from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+from ptycho_torch.config_coerce import as_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "PtychoDataModule", "build_trainer", "split_indices"]
+
+BEST_CHECKPOINT = "best-checkpoint.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+VAL_MONITOR = "val_loss"  # logged by PtychoPINN_Lightning beside its val_loss_name
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` group indices: a seeded permutation, ``max(1, round(val_fraction * n))`` for validation."""
+    if n < 2:
+        raise ValueError(f"the dataset has {n} group(s); training with a validation split needs at least 2 (ask for more groups)")
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class _Subset:
+    """The groups ``indices`` of a PtychoDataset, still indexable by whole index batches."""
+
+    def __init__(self, dataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx):
+        return self.dataset[self.indices[np.asarray(idx)]]
+
+
+class _EpochBatches(BatchSampler):
+    """A BatchSampler that forwards ``set_epoch`` (Lightning calls it) to its DistributedSampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+class PtychoDataModule(L.LightningDataModule):
+    """Training and validation batches of a PtychoDataset (or of a scan path, built on ``setup``).
+
+    The split is a seeded permutation (``val_fraction`` 5 %, ``val_seed`` 42; at least one
+    validation group). ``num_workers``, ``pin_memory`` and ``batch_size`` come from the
+    TrainingConfig; under DDP each process reads its own shard through a DistributedSampler.
+    """
+
+    def __init__(self, data, data_config=None, model_config=None, training_config=None, *, data_dir="data/memmap",
+                 val_fraction: float = 0.05, val_seed: int = 42, pin_memory: bool | None = None, progress: bool = True):
+        super().__init__()
+        self.data_config = as_config(data_config, DataConfig)
+        self.model_config = as_config(model_config, ModelConfig)
+        self.training_config = as_config(training_config, TrainingConfig)
+        self.dataset = data if isinstance(data, PtychoDataset) else None
+        self.source = None if self.dataset is not None else Path(data)
+        self.data_dir, self.val_fraction, self.val_seed, self.progress = Path(data_dir), val_fraction, val_seed, progress
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.train_indices = self.val_indices = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
+                                         data_dir=self.data_dir, ground_truth=self.model_config.mode == "Supervised", progress=self.progress)
+        if self.train_indices is None:
+            self.train_indices, self.val_indices = split_indices(len(self.dataset), self.val_fraction, self.val_seed)
+            logger.info("%d training and %d validation groups", len(self.train_indices), len(self.val_indices))
+
+    def train_dataloader(self):
+        return self._loader(self.train_indices, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_indices, shuffle=False)
+
+    def _loader(self, indices: np.ndarray, shuffle: bool) -> TensorDictDataLoader:
+        subset = _Subset(self.dataset, indices)
+        tc = self.training_config
+        workers = int(tc.num_workers)
+        options = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=self.val_seed)
+            batches = _EpochBatches(sampler, batch_size=tc.batch_size, drop_last=False)
+            return torch.utils.data.DataLoader(subset, sampler=batches, batch_size=None, collate_fn=_whole_batch, **options)
+        generator = torch.Generator().manual_seed(self.val_seed)
+        return TensorDictDataLoader(subset, batch_size=tc.batch_size, shuffle=shuffle, generator=generator, **options)
+
+
+def _whole_batch(batch):
+    return batch
+
+
+class ConfigWriter(Callback):
+    """Writes the module's configs as JSON to ``run_dir/configs/<name>.json`` when fitting starts (rank 0)."""
+
+    def __init__(self, run_dir: Path):
+        self.config_dir = Path(run_dir) / "configs"
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        for name, value in pl_module.hparams.items():
+            if isinstance(value, dict):
+                (self.config_dir / f"{name}.json").write_text(json.dumps(value, indent=2, default=_json_value))
+
+
+def _json_value(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if is_dataclass(value):
+        return asdict(value)
+    return str(value)
+
+
+def choose_accelerator(training_config) -> tuple[str, int]:
+    """``(accelerator, devices)``: GPUs only when torch sees CUDA; a CUDA request without it falls back to 1 CPU."""
+    wanted = str(training_config.device or "cpu").lower()
+    if wanted != "cpu" and torch.cuda.is_available():
+        return "gpu", max(1, min(int(training_config.n_devices), torch.cuda.device_count()))
+    if wanted.startswith("cuda") or wanted == "gpu":
+        logger.warning("TrainingConfig.device=%r but no CUDA device is available: training on the CPU", training_config.device)
+    return "cpu", 1
+
+
+def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = True) -> L.Trainer:
+    """A Lightning Trainer writing ``run_dir/checkpoints/{best-checkpoint,last}.ckpt`` and ``run_dir/configs/*.json``.
+
+    One process per device; with one device the strategy is in-process (``'auto'``) whatever
+    ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks). Gradient
+    clipping and accumulation follow the config. Metrics go to ``run_dir/metrics.csv``.
+    """
+    tc = as_config(training_config, TrainingConfig)
+    run_dir = Path(run_dir)
+    accelerator, devices = choose_accelerator(tc)
+    strategy = "auto" if devices == 1 or not tc.strategy else tc.strategy
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=Path(BEST_CHECKPOINT).stem, monitor=VAL_MONITOR,
+                                 mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        max_epochs=int(tc.epochs),
+        gradient_clip_val=tc.gradient_clip_val or None,
+        accumulate_grad_batches=max(1, int(tc.accum_steps)),
+        callbacks=[checkpoint, ConfigWriter(run_dir), *callbacks],
+        logger=CSVLogger(run_dir, name="", version=""),
+        default_root_dir=run_dir,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # PtychoDataModule shards by itself
+        num_sanity_val_steps=0,
+    )

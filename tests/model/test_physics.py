@@ -1,0 +1,112 @@
+"""Forward physics: shifts, the group merge/extract in this project's coordinate sign, FFT intensity, losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ptycho.grouping import get_relative_coords  # noqa: E402
+from ptycho.patches import extract_patches  # noqa: E402
+from ptycho_torch import physics  # noqa: E402
+
+
+def ramp(H, W, a=0.3, b=-0.2, c=1.0):
+    y, x = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    return a * x + b * y + c
+
+
+def test_fractional_shift_moves_a_ramp_exactly_in_the_interior():
+    image = ramp(32, 32)
+    shifted = physics.translate(image[None], torch.tensor([[1.25, -2.5]], dtype=torch.float64))[0]
+    expected = ramp(32, 32, c=1.0 - 0.3 * 1.25 - 0.2 * 2.5)  # f(x - sx, y - sy)
+    torch.testing.assert_close(shifted[4:-4, 4:-4], expected[4:-4, 4:-4])
+
+
+def test_shift_round_trip_restores_complex_images_for_whole_pixels_and_interior_ramps():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(3, 24, 24, dtype=torch.complex64, generator=g)
+    shift = torch.tensor([[3.0, -2.0], [0.0, 5.0], [-4.0, 1.0]])
+    back = physics.translate(physics.translate(image, shift), -shift)
+    torch.testing.assert_close(back[:, 6:-6, 6:-6], image[:, 6:-6, 6:-6])
+    linear = torch.complex(ramp(24, 24), ramp(24, 24, 0.1, 0.2, -1)).to(torch.complex64)[None]
+    frac = torch.tensor([[0.4, -0.7]])
+    torch.testing.assert_close(physics.translate(physics.translate(linear, frac), -frac)[:, 3:-3, 3:-3], linear[:, 3:-3, 3:-3])
+
+
+def group_of(obj: np.ndarray, xs, ys, N: int):
+    """Member patches and coords_relative of one group, both from the project's own code."""
+    coords_nn = np.array([[xs, ys]], dtype=np.float64)[:, None]  # (1, 1, 2, C)
+    centre, relative = get_relative_coords(coords_nn)
+    patches = extract_patches(obj, np.asarray(xs, float), np.asarray(ys, float), N)
+    coords_relative = torch.from_numpy(relative.transpose(0, 3, 1, 2))  # (1, C, 1, 2), as PtychoDataset serves it
+    return torch.from_numpy(patches)[None], coords_relative, centre[0, 0, :, 0]
+
+
+@pytest.mark.parametrize("xs, ys", [([40, 46, 40, 46], [50, 50, 56, 56]), ([40.0, 46.5, 41.0, 45.5], [50.0, 50.0, 55.5, 56.5])])
+def test_merge_then_extract_reproduces_the_object_region_and_the_member_patches(xs, ys):
+    N, M = 16, 30
+    yy, xx = np.mgrid[0:100, 0:100]
+    obj = ((0.8 + 0.002 * xx + 0.001 * yy) * np.exp(1j * (0.01 * xx - 0.004 * yy))).astype(np.complex64)
+    if float(np.max(np.mod(xs, 1))) == 0:
+        obj = obj * (1 + 0.1 * np.random.default_rng(1).standard_normal(obj.shape)).astype(np.float32)  # whole pixels: any texture
+    patches, coords_relative, centre = group_of(obj, xs, ys, N)
+    weights = torch.ones(1, 4, N, N)
+    region, coverage = physics.merge_group(patches, weights, coords_relative.float(), M)
+    expected_region = extract_patches(obj, np.array([centre[0]]), np.array([centre[1]]), M)[0]
+    inside = coverage[0] > 3.999  # covered by all four members
+    assert int(inside.sum()) > 60
+    tol = 1e-5 if float(np.max(np.mod(xs, 1))) == 0 else 2e-3  # bilinear resampling of a smooth object
+    np.testing.assert_allclose(region[0][inside].numpy(), expected_region[inside.numpy()], atol=tol)
+    assert torch.all(region[0][coverage[0] < 1e-3 * coverage.max()] == 0)
+    back = physics.extract_from_region(region, coords_relative.float(), N)
+    np.testing.assert_allclose(back[0, :, 4:-4, 4:-4].numpy(), patches[0, :, 4:-4, 4:-4].numpy(), atol=tol)
+
+
+def test_far_field_intensity_obeys_parseval_and_sums_the_probe_modes():
+    g = torch.Generator().manual_seed(2)
+    obj = torch.randn(2, 4, 32, 32, dtype=torch.complex64, generator=g)
+    probe = torch.randn(2, 4, 3, 32, 32, dtype=torch.complex64, generator=g)
+    intensity = physics.far_field_intensity(obj, probe)
+    assert intensity.shape == (2, 4, 32, 32)
+    real_space = (probe * obj[:, :, None]).abs().pow(2).sum(dim=(2, 3, 4))
+    torch.testing.assert_close(intensity.sum(dim=(2, 3)), real_space, rtol=1e-4, atol=0)
+    one_mode = physics.far_field_intensity(obj, probe[:, :, :1]) + physics.far_field_intensity(obj, probe[:, :, 1:2]) + physics.far_field_intensity(obj, probe[:, :, 2:])
+    torch.testing.assert_close(intensity, one_mode)
+
+
+def test_poisson_nll_matches_the_hand_computed_value_for_integer_and_real_counts():
+    predicted = torch.tensor([2.5, 2.5, 0.7], dtype=torch.float64)
+    counts = torch.tensor([3.0, 2.25, 0.0], dtype=torch.float64)
+    expected = [2.5 - 3 * math.log(2.5) + math.log(6), 2.5 - 2.25 * math.log(2.5) + math.lgamma(3.25), 0.7]
+    np.testing.assert_allclose(physics.poisson_nll(predicted, counts, eps=0).numpy(), expected, rtol=1e-12)
+
+
+def test_count_scale_makes_predicted_counts_independent_of_the_probe_normalisation():
+    g = torch.Generator().manual_seed(3)
+    obj = torch.polar(torch.rand(2, 4, 16, 16, generator=g) + 0.5, torch.rand(2, 4, 16, 16, generator=g))
+    probe = torch.randn(2, 4, 1, 16, 16, dtype=torch.complex64, generator=g)
+    scale = torch.tensor([0.03, 0.05])
+    counts = [physics.count_scale(scale, p, 16)[:, None, None, None] * physics.far_field_intensity(obj, p) for p in (probe, 1e3 * probe)]
+    torch.testing.assert_close(counts[0], counts[1], rtol=1e-4, atol=1e-6)
+    unit = physics.count_scale(scale, probe, 16)[:, None, None, None] * physics.far_field_intensity(torch.ones_like(obj), probe)
+    torch.testing.assert_close(unit.sum(dim=(2, 3)).mean(dim=1), (16 / 2) ** 2 / scale**2, rtol=1e-4, atol=0)
+
+
+def test_losses_have_finite_gradients_with_zero_counts_and_zero_probe_weight():
+    patches = torch.polar(torch.rand(1, 4, 16, 16) + 0.5, torch.zeros(1, 4, 16, 16)).requires_grad_(True)
+    probe = torch.zeros(1, 4, 1, 16, 16, dtype=torch.complex64)
+    probe[..., 4:12, 4:12] = 1
+    coords = torch.tensor([[[[1.5, 0.5]], [[-1.5, 0.5]], [[1.5, -0.5]], [[-1.5, -0.5]]]])
+    region, _ = physics.merge_group(patches, physics.probe_weight(probe), coords, 22)
+    merged = physics.extract_from_region(region, coords, 16)
+    predicted = physics.count_scale(torch.tensor([0.1]), probe, 16)[:, None, None, None] * physics.far_field_intensity(merged, probe)
+    counts = torch.zeros_like(predicted)
+    counts[..., 8, 8] = 50.0
+    for loss in (physics.poisson_nll(predicted, counts).mean(), physics.mae_amplitude_loss(predicted, counts).mean()):
+        (grad,) = torch.autograd.grad(loss, patches, retain_graph=True)
+        assert torch.isfinite(torch.view_as_real(grad)).all()
+        assert grad.abs().sum() > 0
