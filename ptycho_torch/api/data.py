@@ -7,6 +7,7 @@ import os
 import tempfile
 import warnings
 import weakref
+from dataclasses import replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -177,7 +178,7 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
     with warnings.catch_warnings():  # the plugin trains without a test file; the reminder would only confuse
         warnings.filterwarnings("ignore", message="no test_data_file for training", category=UserWarning)
         return PtychoDataset(
-            data_dir, data, model, training,
+            data_dir, _counted_groups_applied(data), model, training,
             overrides=overrides, data_dir=cache_dir, diffraction_units=units, ground_truth=supervised, progress=progress,
         )
 
@@ -259,6 +260,18 @@ def _diffraction_units(files: list[Path], headers: list[dict]) -> str:
         mixed = ", ".join(f"{path.name} ({'Ptychodus export' if flag else 'other'})" for path, flag in zip(files, exported))
         raise ValueError(f"the training directory mixes Ptychodus exports with other NPZ files: {mixed}; keep one kind per directory")
     return "auto"
+
+
+def _counted_groups_applied(data):
+    """``data`` with the group-counting fields reset: ``_n_groups`` has turned them into ``n_groups``.
+
+    The dataset refuses ``n_subsample`` and x/y bounds other than the defaults (it reads
+    ``n_groups``); here they have done their job, so the dataset gets the defaults.
+    """
+    from ptycho_torch.config_params import DataConfig
+
+    defaults = DataConfig()
+    return replace(data, n_subsample=defaults.n_subsample, x_bounds=defaults.x_bounds, y_bounds=defaults.y_bounds)
 
 
 def _n_groups(data, headers: list[dict]) -> int:
