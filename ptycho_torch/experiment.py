@@ -128,7 +128,7 @@ def prepare_experiment(
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, layout, object_guess)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess)
 
 
 def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report: bool = True) -> Experiment | None:
@@ -141,13 +141,14 @@ def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False, object_guess=object_guess)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, layout, object_guess) -> Experiment:
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess) -> Experiment:
     # checked (and reported) just before by _reuse under the same lock
     store = None if remake else DiffractionMemmap.open_valid(
         directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
     )
     if store is None:
-        with ScanFile(npz_path, layout) as scan_file:
+        settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
+        with ScanFile(npz_path, settled) as scan_file:
             store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
     try:
         grouping = group_with_raw_data(scan, store, key)

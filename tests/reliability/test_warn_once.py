@@ -1,4 +1,4 @@
-"""A damaged or modified memory map or groups cache is reported once per construction, not once per check."""
+"""Each damage or ambiguity of a scan, memory map or groups cache is reported once per construction, not once per check."""
 
 from __future__ import annotations
 
@@ -49,3 +49,16 @@ def test_damage_is_warned_once_and_rebuilt(tmp_path, caplog, damage):
     caplog.clear()
     assert build(npz, data_dir).experiment.regrouped is False
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_ambiguous_cube_layout_is_warned_once_per_construction(tmp_path, caplog):
+    with np.load(copy_embedded(tmp_path / "full.npz"), allow_pickle=False) as full:
+        arrays = {name: full[name] for name in full.files}
+    n = arrays["diffraction"].shape[-1]  # n == N: a (64, 64, 64) cube, (n, N, N) or legacy (N, N, n)
+    cube = {name: (value[:n] if name not in ("probeGuess", "objectGuess") else value) for name, value in arrays.items()}
+    npz = tmp_path / "cube.npz"
+    np.savez(npz, **cube)
+    caplog.set_level(logging.WARNING)
+    MemmapDatasetBridge(npz, memmap_config(npz, n_groups=16), tmp_path / "data", progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "could be (n, N, N) or a legacy (N, N, n)" in r.getMessage()]
+    assert len(warnings) == 1, warnings
