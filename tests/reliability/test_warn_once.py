@@ -1,4 +1,4 @@
-"""Each damage or ambiguity of a scan, memory map or groups cache is reported once per construction, not once per check."""
+"""Each damage or ambiguity of a scan, memory map or groups cache is reported once per construction, not once per check; about 1.5 s."""
 
 from __future__ import annotations
 
