@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.patches import extract_patches
-from ptycho.scan_file import ScanFile, scan_files
+from ptycho.scan_file import ScanFile, ScanFileError, scan_files
+from ptycho.validation import REAL_GROUND_TRUTH_FIX
 from ptycho_torch.data_settings import PipelineSettings, pipeline_settings
 from ptycho_torch.dataset_config import PtychoConfig, grouping_key, resolve_call_slots, to_ptycho_config
 from ptycho_torch.distributed import rank_zero_first
@@ -341,6 +342,11 @@ def _require_ground_truth_in_every_file(files: list[Path]) -> None:
         with ScanFile(path) as scan_file:
             if "objectGuess" not in scan_file.headers and "Y" not in scan_file.headers:
                 missing.append(path)
+            elif "Y" not in scan_file.headers and scan_file.headers["objectGuess"].dtype.kind != "c":
+                # the dtype is in the header: refuse now, not at the first batch after the build
+                raise ScanFileError(
+                    f"{path} key 'objectGuess' has real dtype {scan_file.headers['objectGuess'].dtype}; {REAL_GROUND_TRUTH_FIX}"
+                )
     if missing:
         shown = ", ".join(str(p) for p in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ValueError(

@@ -113,7 +113,8 @@ def prepare_experiment(
     directory = dataset_directory(data_dir, npz_path)
     path = cache_path(directory, key)
     if not remake:
-        ready = _reuse(scan, directory, path, key, fingerprint, counts, object_guess)
+        # reported under the lock, where the decision to rebuild is made (so once, not twice)
+        ready = _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report=not build)
         if ready is not None:
             logger.info("reusing %s (%d groups)", path, ready.n_groups)
             return ready
@@ -127,23 +128,27 @@ def prepare_experiment(
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, layout, object_guess)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess)
 
 
-def _reuse(scan, directory, path, key, fingerprint, counts, object_guess) -> Experiment | None:
-    store = DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
+def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report: bool = True) -> Experiment | None:
+    store = DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=report)
     if store is None:
         return None
-    grouping = read_cache(path, key, fingerprint, store.identity, n_points=store.manifest.n)
+    grouping = read_cache(path, key, fingerprint, store.identity, n_points=store.manifest.n, report=report)
     if grouping is None:
         return None
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False, object_guess=object_guess)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, layout, object_guess) -> Experiment:
-    store = None if remake else DiffractionMemmap.open_valid(directory, fingerprint, counts, legacy_layout=scan.layout.legacy)
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess) -> Experiment:
+    # checked (and reported) just before by _reuse under the same lock
+    store = None if remake else DiffractionMemmap.open_valid(
+        directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
+    )
     if store is None:
-        with ScanFile(npz_path, layout) as scan_file:
+        settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
+        with ScanFile(npz_path, settled) as scan_file:
             store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
     try:
         grouping = group_with_raw_data(scan, store, key)

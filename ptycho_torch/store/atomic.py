@@ -92,6 +92,14 @@ def ensure_directory(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            dangling = next((p for p in (directory, *directory.parents) if p.is_symlink() and not p.exists()), None)
+            if dangling is not None:
+                raise DataDirectoryError(
+                    exc.errno,
+                    f"cannot create the data directory {directory}: {dangling} is a symbolic link to "
+                    f"{os.readlink(dangling)}, which does not exist; fix the link (mount or create its target) "
+                    "or pass data_dir= (or --data-dir) pointing to a directory",
+                ) from exc
             blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
             raise DataDirectoryError(
                 exc.errno,

@@ -103,14 +103,17 @@ def parse_metadata(cache) -> dict:
 
 
 def read_cache(
-    path: Path, key: GroupingKey, fingerprint: Fingerprint, memory_map: dict, n_points: int | None = None
+    path: Path, key: GroupingKey, fingerprint: Fingerprint, memory_map: dict, n_points: int | None = None,
+    report: bool = True,
 ) -> Grouping | None:
     """The cached grouping if it is intact and was made from this data, map and settings, else None.
 
     A missing cache is silent; stale ones are logged at INFO (a changed scan file or format) or WARNING
     (made from another memory map or by another grouping algorithm); damaged or tampered ones at WARNING.
     With ``n_points``, shapes and index ranges are checked too (a cache is data, not trusted code).
+    ``report=False`` logs at DEBUG only (a repeated check whose finding is reported elsewhere).
     """
+    warning = logging.WARNING if report else logging.DEBUG
     path = Path(path)
     if memory_map is None:
         raise ValueError("read_cache needs the identity of the memory map the cache must have been computed from")
@@ -121,18 +124,18 @@ def read_cache(
             metadata = parse_metadata(cache)
             reason, level = _staleness(metadata, key, fingerprint, memory_map)
             if reason:
-                logger.log(level, "groups cache %s is stale (%s); regrouping", path, reason)
+                logger.log(level if report else logging.DEBUG, "groups cache %s is stale (%s); regrouping", path, reason)
                 return None
             arrays = {name: cache[name] for name in ARRAY_NAMES + ("norm",)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        logger.warning("groups cache %s is damaged (%s: %s); rebuilding it", path, type(exc).__name__, exc)
+        logger.log(warning, "groups cache %s is damaged (%s: %s); rebuilding it", path, type(exc).__name__, exc)
         return None
     if _checksum(arrays) != metadata.get("checksum"):
-        logger.warning("groups cache %s does not match its checksum (damaged or edited); rebuilding it", path)
+        logger.log(warning, "groups cache %s does not match its checksum (damaged or edited); rebuilding it", path)
         return None
     problem = None if n_points is None else _shape_problem(arrays, key.settings.C, n_points)
     if problem:
-        logger.warning("groups cache %s is inconsistent (%s); rebuilding it", path, problem)
+        logger.log(warning, "groups cache %s is inconsistent (%s); rebuilding it", path, problem)
         return None
     norm = float(arrays.pop("norm"))
     return Grouping(**arrays, norm=norm)

@@ -138,10 +138,14 @@ class DiffractionMemmap:
 
     @staticmethod
     def open_valid(
-        directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool, legacy_layout: bool | None = None
+        directory: Path, fingerprint: Fingerprint, counts_to_amplitude: bool, legacy_layout: bool | None = None,
+        report: bool = True,
     ) -> DiffractionMemmap | None:
-        """The map in ``directory`` if it is complete and was built from this very file (and layout); else None."""
-        manifest = _read_manifest(Path(directory) / MANIFEST)
+        """The map in ``directory`` if it is complete and was built from this very file (and layout); else None.
+
+        ``report=False`` logs why it is not at DEBUG only (a repeated check whose finding is reported elsewhere).
+        """
+        manifest = _read_manifest(Path(directory) / MANIFEST, report)
         if manifest is None:
             return None
         identities = _identities(Path(directory), manifest)
@@ -149,7 +153,7 @@ class DiffractionMemmap:
         if not reason and legacy_layout is not None and manifest.legacy_layout != legacy_layout:
             reason, level = "built with the other pattern layout (layout=)", logging.INFO
         if reason:
-            logger.log(level, "memory map in %s is not reusable (%s); rebuilding it", directory, reason)
+            logger.log(level if report else logging.DEBUG, "memory map in %s is not reusable (%s); rebuilding it", directory, reason)
             return None
         energy = np.load(Path(directory) / ENERGY, allow_pickle=False)  # a regular file: checked in _stale_reason
         return DiffractionMemmap(Path(directory), manifest, energy, identities)
@@ -305,13 +309,13 @@ def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Pa
         del out
 
 
-def _read_manifest(path: Path) -> Manifest | None:
+def _read_manifest(path: Path, report: bool = True) -> Manifest | None:
     try:
         return Manifest.from_json(read_regular(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        logger.warning("ignoring unreadable memory-map manifest %s (%s); it will be rebuilt", path, exc)
+        logger.log(logging.WARNING if report else logging.DEBUG, "ignoring unreadable memory-map manifest %s (%s); it will be rebuilt", path, exc)
         return None
 
 

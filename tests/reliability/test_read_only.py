@@ -183,6 +183,20 @@ def test_data_directory_that_cannot_exist_names_the_path_and_the_option(tmp_path
     assert blocker.read_text() == "a file where the data directory should go"
 
 
+@pytest.mark.parametrize("where", ["data_dir is the link", "parent is the link"])
+def test_data_directory_behind_a_dangling_link_names_the_link_and_its_target(tmp_path, where):
+    npz = copy_embedded(tmp_path / "scan.npz")
+    link = tmp_path / "caches"
+    link.symlink_to(tmp_path / "unmounted" / "disk")
+    data_dir = link if where == "data_dir is the link" else link / "memmap"
+    with pytest.raises(DataDirectoryError) as caught:
+        MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False)
+    message = str(caught.value)
+    assert f"{link} is a symbolic link to {tmp_path / 'unmounted' / 'disk'}, which does not exist" in message, message
+    assert "is a file" not in message and "data_dir=" in message, message
+    assert link.is_symlink() and not (tmp_path / "unmounted").exists()
+
+
 def test_missing_data_directory_is_created(tmp_path):
     npz = copy_embedded(tmp_path / "scan.npz")
     data_dir = tmp_path / "does" / "not" / "exist yet"

@@ -664,6 +664,17 @@ def test_a_bad_object_matters_only_when_ground_truth_is_asked_for(dataset_factor
         with_truth[[0]]
 
 
+def test_a_real_object_is_refused_at_construction_when_ground_truth_is_asked_for(dataset_factory, tmp_path):
+    """Its dtype is in the NPZ header: the error comes before any build or batch, naming the file and key."""
+    real = np.abs(embedded_arrays()["objectGuess"]).astype(np.float32)
+    npz = save_variant(tmp_path / "real_object.npz", objectGuess=real)
+    data_dir = tmp_path / "refused"
+    with pytest.raises(ValueError, match=r"real_object\.npz key 'objectGuess' has real dtype float32; ground truth must be complex"):
+        dataset_factory(npz, config=memmap_config(npz), ground_truth=True, data_dir=data_dir)
+    assert not data_dir.exists() or not any(data_dir.iterdir())  # refused before anything was built
+    assert len(dataset_factory(npz, config=memmap_config(npz), data_dir=data_dir)) == 200  # without ground truth it serves
+
+
 def test_object_is_read_once_when_ground_truth_needs_it(dataset_factory, tmp_path, monkeypatch):
     from ptycho.scan_file import ScanFile
 
