@@ -608,12 +608,15 @@ def test_cache_reuse_two_processes_building_at_once_build_once(tmp_path):
 
 DDP_WORKER = """
 import json, os, sys
+from pathlib import Path
 import torch.distributed as dist
 from tests.torch.test_data_pipeline import memmap_config, EMBEDDED
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 dist.init_process_group("gloo")
 dataset = PtychoDataset(EMBEDDED, config=memmap_config(), data_dir=sys.argv[1], progress=False)
-print(json.dumps({"rank": dist.get_rank(), "regrouped": dataset.regrouped, "n": len(dataset)}))
+# one file per rank: both ranks finish together, and their stdout lines can interleave
+result = {"rank": dist.get_rank(), "regrouped": dataset.regrouped, "n": len(dataset)}
+Path(sys.argv[2], f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
 dist.destroy_process_group()
 """
 
@@ -627,11 +630,11 @@ def test_cache_reuse_two_rank_torch_distributed_builds_once(tmp_path):
     script.write_text(DDP_WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script), str(tmp_path / "memmap")],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script), str(tmp_path / "memmap"), str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    results = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["regrouped"] for r in results] == [True, False]
     assert [r["n"] for r in results] == [200, 200]
 
