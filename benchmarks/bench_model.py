@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,8 +53,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loss", choices=["Poisson", "MAE"], default="Poisson")
     parser.add_argument("--no-object-big", action="store_true")
     parser.add_argument("--shared-decoder", action="store_true")
+    parser.add_argument("--separate-decoders", action="store_true", help="one decoder for amplitude, one for phase")
     parser.add_argument("--batch-norm", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: cheapest in CPU time on a shared machine)")
     parser.add_argument("--amp-activation", default="silu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None)
@@ -69,7 +72,9 @@ def settings(args) -> dict:
         chosen["batch_norm"] = True
     if args.shared_decoder:
         chosen["use_shared_decoder"] = True
-    chosen.update(amp_activation=args.amp_activation, loss=args.loss, object_big=not args.no_object_big, seed=args.seed)
+    if args.separate_decoders:
+        chosen["use_shared_decoder"] = False
+    chosen.update(amp_activation=args.amp_activation, loss=args.loss, object_big=not args.no_object_big, seed=args.seed, threads=args.threads)
     return chosen
 
 
@@ -90,6 +95,7 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = settings(args)
+    torch.set_num_threads(s["threads"])
     data, model_config, training, inference = configs(s, args.npz)
     work = Path(tempfile.mkdtemp(prefix="bench_model_"))
     overrides = {"enable_oversampling": True, "neighbor_pool_size": 7} if s["n_groups"] > 512 else None
