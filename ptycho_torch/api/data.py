@@ -216,7 +216,7 @@ def _training_files(data_dir: Path) -> list[Path]:
 def _header(path: Path) -> dict:
     """Pattern size, count of points inside the grouping bounds, photon estimate, and whether the file is a Ptychodus export."""
     with ScanFile(path) as scan_file:
-        scan = scan_file.read_scan(load_diffraction=False)
+        scan = scan_file.read_scan(load_diffraction=False, load_object=False)  # only its presence matters here
         key = scan_file.diffraction_key()
         _, first = next(scan_file.iter_disk_blocks(key, block_bytes=1 << 20))
         keys = set(scan_file.keys)
@@ -229,7 +229,7 @@ def _header(path: Path) -> dict:
         "x": scan.xcoords,
         "y": scan.ycoords,
         "exported": exported,
-        "has_object": scan.objectGuess is not None,
+        "has_object": "objectGuess" in keys,
         "photons": per_pixel * scan.N * scan.N,
     }
 

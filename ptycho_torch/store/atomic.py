@@ -175,12 +175,8 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError):  # some file systems refuse to fsync a directory
+        fsync_file(directory)
 
 
 def _discard(path: Path) -> None:
