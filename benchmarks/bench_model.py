@@ -55,9 +55,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shared-decoder", action="store_true")
     parser.add_argument("--separate-decoders", action="store_true", help="one decoder for amplitude, one for phase")
     parser.add_argument("--batch-norm", action="store_true")
+    parser.add_argument("--no-batch-norm", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: cheapest in CPU time on a shared machine)")
     parser.add_argument("--amp-activation", default="silu")
+    parser.add_argument("--generator-input", choices=["object_estimate", "diffraction"], default=None,
+                        help="what the generator sees (default: ModelConfig's, the object estimate; 'diffraction' as upstream)")
+    parser.add_argument("--object-estimate-steps", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None)
     return parser.parse_args()
@@ -68,12 +72,14 @@ def settings(args) -> dict:
     for name in ("n_filters_scale", "n_groups", "epochs", "learning_rate", "batch_size"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
-    if args.batch_norm:
-        chosen["batch_norm"] = True
+    if args.batch_norm or args.no_batch_norm:
+        chosen["batch_norm"] = not args.no_batch_norm
     if args.shared_decoder:
         chosen["use_shared_decoder"] = True
     if args.separate_decoders:
         chosen["use_shared_decoder"] = False
+    for name in ("generator_input", "object_estimate_steps"):
+        chosen[name] = getattr(args, name) if getattr(args, name) is not None else getattr(ModelConfig, name)
     chosen.update(amp_activation=args.amp_activation, loss=args.loss, object_big=not args.no_object_big, seed=args.seed, threads=args.threads)
     return chosen
 
@@ -81,7 +87,8 @@ def settings(args) -> dict:
 def configs(s: dict, npz: Path):
     data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
     model = ModelConfig(n_filters_scale=s["n_filters_scale"], cbam_encoder=s["cbam_encoder"], object_big=s["object_big"],
-                        use_shared_decoder=s["use_shared_decoder"], loss_function=s["loss"], amp_activation=s["amp_activation"], batch_norm=s.get("batch_norm", False))
+                        use_shared_decoder=s["use_shared_decoder"], loss_function=s["loss"], amp_activation=s["amp_activation"], batch_norm=s.get("batch_norm", False),
+                        generator_input=s["generator_input"], object_estimate_steps=s["object_estimate_steps"])
     training = TrainingConfig(n_groups=s["n_groups"], epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
                               device="cpu", num_workers=0, train_data_file=str(npz), test_data_file=str(npz))
     return data, model, training, InferenceConfig(batch_size=64)

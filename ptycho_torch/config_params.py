@@ -46,6 +46,8 @@ class ModelConfig:
 
     ``probe_mask`` is None, a bool, or a mask tensor/array and ``probe_mask_tensor`` a mask
     tensor/array or None; they are typed loosely so this module never needs torch.
+    ``generator_input`` and ``object_estimate_steps`` are this package's (specs/model.md
+    "Generator input"): ``'diffraction'`` feeds the generator the amplitudes as PtychoPINN does.
     """
 
     mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
@@ -73,6 +75,8 @@ class ModelConfig:
     spectral_bottleneck_gate_init: float = 0.1
     spectral_bottleneck_gate_mode: Literal['shared', 'per_block'] = 'shared'
     generator_output_mode: Literal['real_imag', 'amp_phase_logits', 'amp_phase'] = 'real_imag'
+    generator_input: Literal['object_estimate', 'diffraction'] = 'object_estimate'
+    object_estimate_steps: int = 40
     intensity_scale_trainable: bool = False
     intensity_scale: float = 10000.0
     max_position_jitter: int = 10

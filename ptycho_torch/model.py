@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PtychoPINN_Lightning", "as_config"]
 
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
+INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
 SCHEDULERS = ("Default", "Cosine", "Exponential")
 
 
@@ -58,7 +59,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         self.C = int(self.data_config.grid_size[0]) * int(self.data_config.grid_size[1])
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
             torch.manual_seed(int(seed))
-            self.generator = build_generator(self.model_config, self.C)
+            self.generator = build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
         self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
         kind = "supervised" if self.model_config.mode == "Supervised" else LOSS_KINDS[self.model_config.loss_function]
         self.loss_name = f"{kind}_train_loss"
@@ -75,21 +76,39 @@ class PtychoPINN_Lightning(L.LightningModule):
         gy, gx = self.data_config.grid_size
         if gy != gx:
             raise ValueError(f"DataConfig.grid_size={tuple(self.data_config.grid_size)} must be square, e.g. (2, 2)")
+        if mc.generator_input not in INPUT_IMAGES_PER_MEMBER:
+            raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
+        if mc.generator_input == "object_estimate" and (int(mc.object_estimate_steps) != mc.object_estimate_steps or mc.object_estimate_steps < 1):
+            raise ValueError(f"ModelConfig.object_estimate_steps={mc.object_estimate_steps!r} must be an integer >= 1 (or set generator_input='diffraction')")
         if self.data_config.N % 8:
             raise ValueError(f"DataConfig.N={self.data_config.N}: the U-Net needs N divisible by 8")
 
     # ---- prediction -------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw generator output: complex object patches ``(B, C, N, N)`` from normalised amplitudes."""
-        amplitude, phase = self.generator(images)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw generator output: complex object patches ``(B, C, N, N)`` from :meth:`generator_input` images."""
+        amplitude, phase = self.generator(inputs)
         return torch.polar(amplitude, phase)
+
+    def generator_input(self, batch, probe, scale) -> torch.Tensor:
+        """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
+        (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``)."""
+        images = batch["images"]
+        if self.model_config.generator_input == "diffraction":
+            return images
+        probe = physics.as_probe_modes(probe)
+        with torch.no_grad():  # a function of the data alone
+            counts = physics.counts_from_amplitudes(images, scale)
+            modulus = physics.measured_modulus(counts, physics.count_scale(scale, probe, self.N))
+            coords = batch["coords_relative"].to(images.dtype)
+            estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps)) - 1
+        return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
     def predict_patches(self, batch, probe, scale) -> torch.Tensor:
         """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``."""
-        patches = self(batch["images"])
+        probe = physics.as_probe_modes(probe)
+        patches = self(self.generator_input(batch, probe, scale.reshape(-1)))
         if self.model_config.object_big and self.C > 1:
-            probe = physics.as_probe_modes(probe)
             coords = batch["coords_relative"].to(patches.real.dtype)
             M = physics.region_size(self.N, coords)
             region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, M)

@@ -1,4 +1,4 @@
-"""Generators of PtychoPINN: a U-Net from C diffraction amplitudes to C complex object patches."""
+"""Generators of PtychoPINN: a U-Net from a group's C input images to its C complex object patches."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class _Decoder(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """``(B, C, N, N)`` amplitudes -> amplitude and phase ``(B, C, N, N)`` through a 3-level U-Net.
+    """``(B, in_channels, N, N)`` inputs -> amplitude and phase ``(B, C, N, N)`` through a 3-level U-Net.
 
     Encoder widths ``[w, 2w, 4w]`` with ``w = 32 * n_filters_scale`` and a ``8w`` bottleneck
     at ``N / 8``; amplitude and phase get their own decoder (or one shared decoder with
@@ -75,14 +75,14 @@ class UNetGenerator(nn.Module):
     ``activation(bias) = 1`` in amplitude and 0 in phase.
     """
 
-    def __init__(self, C: int, n_filters_scale: int = 1, *, batch_norm=False, cbam_encoder=False, cbam_bottleneck=False,
+    def __init__(self, C: int, n_filters_scale: int = 1, *, in_channels: int | None = None, batch_norm=False, cbam_encoder=False, cbam_bottleneck=False,
                  cbam_decoder=False, use_shared_decoder=False, amp_activation="exp"):
         super().__init__()
         if amp_activation not in AMPLITUDE_ACTIVATIONS:
             raise ValueError(f"ModelConfig.amp_activation={amp_activation!r} is not supported; use one of {sorted(AMPLITUDE_ACTIVATIONS)}")
         w = BASE_FILTERS * int(n_filters_scale)
         widths = [w, 2 * w, 4 * w]
-        ins = [C] + widths[:-1]
+        ins = [in_channels or C] + widths[:-1]
         self.encoder = nn.ModuleList(_double_conv(cin, cout, batch_norm, cbam_encoder) for cin, cout in zip(ins, widths))
         self.bottleneck = _double_conv(widths[-1], 2 * widths[-1], batch_norm, cbam_bottleneck)
         self.amp_decoder = _Decoder(widths, batch_norm, cbam_decoder)
@@ -107,8 +107,8 @@ class UNetGenerator(nn.Module):
         return self.amp_activation(self.amp_head(amp_features)), self.phase_head(phase_features)
 
 
-def build_generator(model_config, C: int) -> nn.Module:
-    """The generator ``ModelConfig.architecture`` names; unsupported options are refused by name."""
+def build_generator(model_config, C: int, in_channels: int) -> nn.Module:
+    """The generator ``ModelConfig.architecture`` names, for ``in_channels`` input images; unsupported options are refused by name."""
     if model_config.architecture != "cnn":
         raise ValueError(f"ModelConfig.architecture={model_config.architecture!r} is not available; use 'cnn' (the U-Net)")
     for flag in UNSUPPORTED_FLAGS:
@@ -117,6 +117,7 @@ def build_generator(model_config, C: int) -> nn.Module:
     return UNetGenerator(
         C,
         model_config.n_filters_scale,
+        in_channels=in_channels,
         batch_norm=model_config.batch_norm,
         cbam_encoder=model_config.cbam_encoder,
         cbam_bottleneck=model_config.cbam_bottleneck,

@@ -10,11 +10,16 @@ __all__ = [
     "count_scale",
     "counts_from_amplitudes",
     "extract_from_region",
+    "far_field",
     "far_field_intensity",
     "mae_amplitude_loss",
+    "measured_modulus",
     "merge_group",
+    "near_field",
+    "object_estimate",
     "poisson_nll",
     "probe_weight",
+    "project_modulus",
     "region_size",
     "translate",
 ]
@@ -26,25 +31,32 @@ def translate(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     ``out[i, j] = images[i - shift_y, j - shift_x]``; samples from outside the image are zero.
     Complex images are shifted in their real and imaginary parts alike.
     """
-    if images.is_complex():
-        parts = torch.view_as_real(images).movedim(-1, -3)  # (..., 2, H, W)
-        moved = _translate_real(parts, shift_px.unsqueeze(-2).expand(*parts.shape[:-2], 2))
-        return torch.view_as_complex(moved.movedim(-3, -1).contiguous())
-    return _translate_real(images, shift_px)
+    return _translation(shift_px, images.shape[-2:], images.real.dtype)(images)
 
 
-def _translate_real(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
-    H, W = images.shape[-2:]
-    flat = images.reshape(-1, 1, H, W)
-    shift = shift_px.reshape(-1, 2).to(images.dtype)
-    theta = torch.zeros(flat.shape[0], 2, 3, dtype=images.dtype, device=images.device)
-    theta[:, 0, 0] = 1
-    theta[:, 1, 1] = 1
-    theta[:, 0, 2] = -2 * shift[:, 0] / W  # align_corners=False: one pixel is 2 / size
-    theta[:, 1, 2] = -2 * shift[:, 1] / H
-    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(images.shape)
+def _translation(shift_px: torch.Tensor, size: tuple[int, int], dtype: torch.dtype):
+    """A function moving ``(..., H, W)`` images by ``shift_px (..., 2)``; the sampling grid is built once.
+
+    For a pure translation the ``align_corners=False`` grid is the pixel-centre grid plus
+    ``-2 * shift / size`` (what ``affine_grid`` computes, without its batched matrix product).
+    """
+    H, W = int(size[0]), int(size[1])
+    shift = shift_px.reshape(-1, 2).to(dtype)
+    ys = (2 * torch.arange(H, dtype=dtype, device=shift.device) + 1) / H - 1
+    xs = (2 * torch.arange(W, dtype=dtype, device=shift.device) + 1) / W - 1
+    grid = torch.empty(shift.shape[0], H, W, 2, dtype=dtype, device=shift.device)
+    grid[..., 0] = xs - (2 * shift[:, 0] / W)[:, None, None]
+    grid[..., 1] = ys[:, None] - (2 * shift[:, 1] / H)[:, None, None]
+
+    def move(images: torch.Tensor) -> torch.Tensor:
+        if images.is_complex():
+            parts = torch.view_as_real(images).movedim(-1, -3).reshape(-1, 2, H, W)
+            moved = F.grid_sample(parts, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            return torch.view_as_complex(moved.reshape(*images.shape[:-2], 2, H, W).movedim(-3, -1).contiguous())
+        moved = F.grid_sample(images.reshape(-1, 1, H, W), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return moved.reshape(images.shape)
+
+    return move
 
 
 def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> int:
@@ -104,11 +116,74 @@ def as_probe_modes(probe: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"probe must be (B, C, N, N) or (B, C, P, N, N), got shape {tuple(probe.shape)}")
 
 
+def far_field(exit_waves: torch.Tensor) -> torch.Tensor:
+    """``fftshift(fft2(exit_waves, norm='ortho'))`` over the last two axes: the detector field, DC at the centre."""
+    return torch.fft.fftshift(torch.fft.fft2(exit_waves, norm="ortho"), dim=(-2, -1))
+
+
+def near_field(detector_field: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`far_field`: exit waves from a centred detector field."""
+    return torch.fft.ifft2(torch.fft.ifftshift(detector_field, dim=(-2, -1)), norm="ortho")
+
+
 def far_field_intensity(objects: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
     """``sum over modes |fftshift(fft2(P * O, norm='ortho'))|^2``: ``(B, C, N, N)`` from objects ``(B, C, N, N)``, probe ``(B, C, P, N, N)``."""
-    exit_waves = probe * objects.unsqueeze(2)
-    field = torch.fft.fftshift(torch.fft.fft2(exit_waves, norm="ortho"), dim=(-2, -1))
+    field = far_field(probe * objects.unsqueeze(2))
     return (field.real**2 + field.imag**2).sum(dim=2)
+
+
+def measured_modulus(counts: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    """The detector modulus ``sqrt(counts / kappa)`` that :func:`far_field_intensity` should reproduce, ``(B, C, N, N)``."""
+    return torch.sqrt(counts / kappa.reshape(-1, *([1] * (counts.ndim - 1))).to(counts.dtype))
+
+
+def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor) -> torch.Tensor:
+    """Give ``detector_field (B, C, P, N, N)`` the measured ``modulus (B, C, N, N)``, keeping each mode's phase.
+
+    The modes are scaled together, ``Psi_m * modulus / sqrt(sum_m |Psi_m|^2)``, so that their summed
+    intensity equals ``modulus^2``; pixels where the field is exactly zero stay zero.
+    """
+    magnitude = detector_field.abs()
+    tiny = torch.finfo(magnitude.dtype).tiny
+    if detector_field.shape[2] == 1:
+        total = magnitude
+    else:  # scaled by the largest mode, so that |Psi|^2 cannot underflow
+        largest = magnitude.amax(dim=2, keepdim=True).clamp_min(tiny)
+        total = largest * torch.sqrt(((magnitude / largest) ** 2).sum(dim=2, keepdim=True))
+    return detector_field / total.clamp_min(tiny) * modulus.unsqueeze(2)  # |Psi / total| <= 1: no overflow
+
+
+def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative: torch.Tensor, steps: int,
+                    regularisation: float = 0.05) -> torch.Tensor:
+    """Object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region, from ``O = 1``.
+
+    One step: extract the members' patches from the group region, impose the measured modulus on
+    their exit waves (:func:`project_modulus`), and add the probe-weighted corrections of all
+    members back onto the region,
+    ``region += sum_c shift_c(sum_m conj(P_m) (psi'_m - psi_m)) / (coverage + regularisation * max coverage)``.
+    ``coords_relative`` follows :func:`merge_group`. The result depends only on the data, so it is a
+    physics-derived input for the generator: its phase carries the object's phase, which the
+    diffraction amplitudes hold only non-locally.
+    """
+    if steps < 1:
+        raise ValueError(f"object_estimate needs steps >= 1, got {steps}")
+    B, C, N = modulus.shape[0], modulus.shape[1], modulus.shape[-1]
+    dtype = modulus.dtype
+    M = region_size(N, coords_relative)
+    coords = coords_relative[:, :, 0, :].to(dtype)
+    to_region = _translation(-coords, (M, M), dtype)
+    from_region = _translation(coords, (M, M), dtype)
+    probe = probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    coverage = to_region(_pad_to(probe_weight(probe), M)).sum(dim=1)
+    denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1).clamp_min(torch.finfo(dtype).tiny)[:, None, None]
+    region = torch.ones(B, M, M, dtype=probe.dtype, device=modulus.device)
+    for _ in range(steps):
+        patches = _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
+        exit_waves = probe * patches.unsqueeze(2)
+        corrected = near_field(project_modulus(far_field(exit_waves), modulus))
+        correction = (probe.conj() * (corrected - exit_waves)).sum(dim=2)
+        region = region + to_region(_pad_to(correction, M)).sum(dim=1) / denominator
+    return _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
 
 
 def count_scale(scale: torch.Tensor, probe: torch.Tensor, N: int) -> torch.Tensor:

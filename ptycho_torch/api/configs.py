@@ -22,7 +22,8 @@ ARCHITECTURE_FIELDS: dict[str, tuple[str, ...]] = {
         "architecture", "n_filters_scale", "C_model", "C_forward", "object_big", "probe_big",
         "amp_activation", "batch_norm", "use_shared_decoder", "decoder_last_c_outer_fraction",
         "decoder_last_amp_channels", "eca_encoder", "cbam_encoder", "cbam_bottleneck", "cbam_decoder",
-        "eca_decoder", "spatial_decoder", "decoder_spatial_kernel", "num_datasets",
+        "eca_decoder", "spatial_decoder", "decoder_spatial_kernel", "num_datasets", "generator_input",
+        "object_estimate_steps",
     ),
 }
 

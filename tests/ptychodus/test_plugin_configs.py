@@ -50,11 +50,13 @@ def test_validate_arch_compatibility_lists_every_mismatch_and_accepts_a_match():
     model = SimpleNamespace(model=network)
     ConfigManager.from_loaded_model(model).validate_arch_compatibility(model)
 
-    manager = ConfigManager(data_config=DataConfig(N=128), model_config=ModelConfig(n_filters_scale=2, cbam_encoder=False), training_config=TrainingConfig(epochs=1))
+    manager = ConfigManager(data_config=DataConfig(N=128), model_config=ModelConfig(n_filters_scale=2, cbam_encoder=False, object_estimate_steps=5),
+                            training_config=TrainingConfig(epochs=1))
     with pytest.raises(ValueError) as error:
         manager.validate_arch_compatibility(model)
     message = str(error.value)
-    for expected in ("data_config.N: configs 128 vs model 64", "model_config.n_filters_scale: configs 2 vs model 1", "model_config.cbam_encoder: configs False vs model True"):
+    for expected in ("data_config.N: configs 128 vs model 64", "model_config.n_filters_scale: configs 2 vs model 1", "model_config.cbam_encoder: configs False vs model True",
+                     "model_config.object_estimate_steps: configs 5 vs model 40"):  # the network was trained on 40-step estimates
         assert expected in message
     assert "epochs" not in message  # training settings do not fix the architecture
 
