@@ -127,7 +127,7 @@ def save_figure(result: np.ndarray, truth: np.ndarray, quality, record: dict, pa
     s = record["settings"]
     fig.suptitle(
         f"Ptychodus run_train + run_reconstruct, sim_small, CPU: {s['epochs']} epochs, filters scale {s['num_filters_scale']}, "
-        f"subsampling {s['coordinate_subsampling_factor']}; object {record['object_shape'][0]} x {record['object_shape'][1]} px "
+        f"subsampling {s['coordinate_subsampling_factor']};\nobject {record['object_shape'][0]} x {record['object_shape'][1]} px "
         f"on the input grid (shift {tuple(record['registration_shift_px'])} px)",
         fontsize=9,
     )

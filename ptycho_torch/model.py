@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import lightning as L
 import torch
@@ -57,13 +57,25 @@ class PtychoPINN_Lightning(L.LightningModule):
         })
         self.N = int(self.data_config.N)
         self.C = int(self.data_config.grid_size[0]) * int(self.data_config.grid_size[1])
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
-            torch.manual_seed(int(seed))
-            self.generator = build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+        self.generator = self._new_generator(int(seed))
         self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
         kind = "supervised" if self.model_config.mode == "Supervised" else LOSS_KINDS[self.model_config.loss_function]
         self.loss_name = f"{kind}_train_loss"
         self.val_loss_name = f"{kind}_val_loss"
+
+    def _new_generator(self, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+            torch.manual_seed(seed)
+            return build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        """A checkpoint from before ``generator_input`` existed holds a network trained on the diffraction."""
+        stored = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
+        if isinstance(stored, dict) and "generator_input" not in stored and self.model_config.generator_input != "diffraction":
+            logger.info("checkpoint without ModelConfig.generator_input: its network reads the diffraction, as before that setting existed")
+            self.model_config = replace(self.model_config, generator_input="diffraction")
+            self.hparams["model_config"]["generator_input"] = "diffraction"
+            self.generator = self._new_generator(int(self.hparams.get("seed", 0)))
 
     def _check_supported(self) -> None:
         mc = self.model_config
@@ -96,7 +108,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         images = batch["images"]
         if self.model_config.generator_input == "diffraction":
             return images
-        probe = physics.as_probe_modes(probe)
+        probe = physics.unit_peak(physics.as_probe_modes(probe))
         with torch.no_grad():  # a function of the data alone
             counts = physics.counts_from_amplitudes(images, scale)
             modulus = physics.measured_modulus(counts, physics.count_scale(scale, probe, self.N))
@@ -106,7 +118,7 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     def predict_patches(self, batch, probe, scale) -> torch.Tensor:
         """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``."""
-        probe = physics.as_probe_modes(probe)
+        probe = physics.unit_peak(physics.as_probe_modes(probe))  # |P|^2 stays in range whatever the file's scale
         patches = self(self.generator_input(batch, probe, scale.reshape(-1)))
         if self.model_config.object_big and self.C > 1:
             coords = batch["coords_relative"].to(patches.real.dtype)
@@ -117,7 +129,7 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale."""
-        probe = physics.as_probe_modes(probe)
+        probe = physics.unit_peak(physics.as_probe_modes(probe))  # kappa * |F(P O)|^2 does not depend on P's scale
         kappa = physics.count_scale(scale, probe, self.N) * torch.exp(2 * self.log_gain)
         return kappa[:, None, None, None] * physics.far_field_intensity(patches, probe)
 

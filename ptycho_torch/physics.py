@@ -22,6 +22,7 @@ __all__ = [
     "project_modulus",
     "region_size",
     "translate",
+    "unit_peak",
 ]
 
 
@@ -31,7 +32,8 @@ def translate(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     ``out[i, j] = images[i - shift_y, j - shift_x]``; samples from outside the image are zero.
     Complex images are shifted in their real and imaginary parts alike.
     """
-    return _translation(shift_px, images.shape[-2:], images.real.dtype)(images)
+    shift = torch.broadcast_to(shift_px, (*images.shape[:-2], 2))  # one shift per image, broadcast as before
+    return _translation(shift, images.shape[-2:], images.real.dtype)(images)
 
 
 def _translation(shift_px: torch.Tensor, size: tuple[int, int], dtype: torch.dtype):
@@ -137,11 +139,13 @@ def measured_modulus(counts: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(counts / kappa.reshape(-1, *([1] * (counts.ndim - 1))).to(counts.dtype))
 
 
-def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor) -> torch.Tensor:
+def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     """Give ``detector_field (B, C, P, N, N)`` the measured ``modulus (B, C, N, N)``, keeping each mode's phase.
 
     The modes are scaled together, ``Psi_m * modulus / sqrt(sum_m |Psi_m|^2)``, so that their summed
-    intensity equals ``modulus^2``; pixels where the field is exactly zero stay zero.
+    intensity equals ``modulus^2``. Pixels whose field is at most ``floor`` times the pattern's
+    largest are returned unchanged: their phase is rounding noise, not information (with the
+    default 0, only exact zeros).
     """
     magnitude = detector_field.abs()
     tiny = torch.finfo(magnitude.dtype).tiny
@@ -150,7 +154,23 @@ def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor) -> torc
     else:  # scaled by the largest mode, so that |Psi|^2 cannot underflow
         largest = magnitude.amax(dim=2, keepdim=True).clamp_min(tiny)
         total = largest * torch.sqrt(((magnitude / largest) ** 2).sum(dim=2, keepdim=True))
-    return detector_field / total.clamp_min(tiny) * modulus.unsqueeze(2)  # |Psi / total| <= 1: no overflow
+    projected = detector_field / total.clamp_min(tiny) * modulus.unsqueeze(2)  # |Psi / total| <= 1: no overflow
+    reliable = total > floor * total.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(reliable, projected, detector_field)
+
+
+def unit_peak(probe: torch.Tensor) -> torch.Tensor:
+    """``probe (B, ...)`` divided by each item's largest amplitude (an all-zero probe stays zero).
+
+    Every quantity of the forward model is invariant to the probe's scale once the count scale is
+    taken from the counts (:func:`count_scale`); this keeps ``|P|^2`` within float32's range
+    whatever the file's normalisation.
+    """
+    peak = probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(probe.real.dtype).tiny)
+    return probe / peak.reshape(-1, *([1] * (probe.ndim - 1)))
+
+
+RELIABLE_FIELD_FRACTION = 1e-5  # detector fields below this fraction of a pattern's largest are rounding noise (float32)
 
 
 def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative: torch.Tensor, steps: int,
@@ -158,9 +178,12 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     """Object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region, from ``O = 1``.
 
     One step: extract the members' patches from the group region, impose the measured modulus on
-    their exit waves (:func:`project_modulus`), and add the probe-weighted corrections of all
-    members back onto the region,
+    their exit waves (:func:`project_modulus`; fields below ``RELIABLE_FIELD_FRACTION`` of the
+    pattern's largest keep their value), and add the probe-weighted corrections of all members back
+    onto the region,
     ``region += sum_c shift_c(sum_m conj(P_m) (psi'_m - psi_m)) / (coverage + regularisation * max coverage)``.
+    ``modulus`` is in the units of ``|far_field(P O)|`` for this ``probe``; both are rescaled by the
+    probe's peak first, so the result does not depend on the probe's normalisation.
     ``coords_relative`` follows :func:`merge_group`. The result depends only on the data, so it is a
     physics-derived input for the generator: its phase carries the object's phase, which the
     diffraction amplitudes hold only non-locally.
@@ -174,15 +197,18 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     to_region = _translation(-coords, (M, M), dtype)
     from_region = _translation(coords, (M, M), dtype)
     probe = probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    peak = probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(dtype).tiny).reshape(-1, 1, 1, 1)
+    probe, modulus = probe / peak.unsqueeze(-1), modulus / peak
     coverage = to_region(_pad_to(probe_weight(probe), M)).sum(dim=1)
-    denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1).clamp_min(torch.finfo(dtype).tiny)[:, None, None]
+    denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1)[:, None, None]
+    inverse = 1 / denominator.clamp_min(torch.finfo(dtype).tiny)  # an all-zero probe: no correction, not 0/0
     region = torch.ones(B, M, M, dtype=probe.dtype, device=modulus.device)
     for _ in range(steps):
         patches = _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
         exit_waves = probe * patches.unsqueeze(2)
-        corrected = near_field(project_modulus(far_field(exit_waves), modulus))
+        corrected = near_field(project_modulus(far_field(exit_waves), modulus, RELIABLE_FIELD_FRACTION))
         correction = (probe.conj() * (corrected - exit_waves)).sum(dim=2)
-        region = region + to_region(_pad_to(correction, M)).sum(dim=1) / denominator
+        region = region + to_region(_pad_to(correction, M)).sum(dim=1) * inverse
     return _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
 
 

@@ -88,7 +88,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
             counts_total += float(physics.counts_from_amplitudes(td["images"], scale).sum(dtype=torch.float64))
             predicted_total += float(model.predicted_counts(patches, probe, scale).sum(dtype=torch.float64))
             positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :]  # (B, C, 2) [x, y]
-            weights = physics.probe_weight(physics.as_probe_modes(probe)).to(patches.real.dtype)
+            weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe))).to(patches.real.dtype)
             accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1))
     finally:
         model.train(was_training)
