@@ -166,8 +166,12 @@ def unit_peak(probe: torch.Tensor) -> torch.Tensor:
     taken from the counts (:func:`count_scale`); this keeps ``|P|^2`` within float32's range
     whatever the file's normalisation.
     """
-    peak = probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(probe.real.dtype).tiny)
-    return probe / peak.reshape(-1, *([1] * (probe.ndim - 1)))
+    return probe / _peak_amplitude(probe).reshape(-1, *([1] * (probe.ndim - 1)))
+
+
+def _peak_amplitude(probe: torch.Tensor) -> torch.Tensor:
+    """Each item's largest ``|P|``, ``(B,)``, at least the dtype's smallest normal number."""
+    return probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(probe.real.dtype).tiny)
 
 
 RELIABLE_FIELD_FRACTION = 1e-5  # detector fields below this fraction of a pattern's largest are rounding noise (float32)
@@ -197,7 +201,7 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     to_region = _translation(-coords, (M, M), dtype)
     from_region = _translation(coords, (M, M), dtype)
     probe = probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
-    peak = probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(dtype).tiny).reshape(-1, 1, 1, 1)
+    peak = _peak_amplitude(probe).reshape(-1, 1, 1, 1)
     probe, modulus = probe / peak.unsqueeze(-1), modulus / peak
     coverage = to_region(_pad_to(probe_weight(probe), M)).sum(dim=1)
     denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1)[:, None, None]
