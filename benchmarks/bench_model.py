@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,49 +105,52 @@ def main() -> None:
     torch.set_num_threads(s["threads"])
     data, model_config, training, inference = configs(s, args.npz)
     work = Path(tempfile.mkdtemp(prefix="bench_model_"))
-    overrides = {"enable_oversampling": True, "neighbor_pool_size": 7} if s["n_groups"] > 512 else None
-    dataset = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides=overrides, progress=False)
-    model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
-    module = PtychoDataModule(dataset, data, model_config, training)
-    trainer = build_trainer(training, work / "run", progress=False)
-    load_before = os.getloadavg()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    trainer.fit(model, datamodule=module)
-    train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    load_after = os.getloadavg()
-    n_train = len(module.train_indices) * s["epochs"]
+    try:  # the memory map, caches and checkpoints are scratch: removed afterwards
+        overrides = {"enable_oversampling": True, "neighbor_pool_size": 7} if s["n_groups"] > 512 else None
+        dataset = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides=overrides, progress=False)
+        model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
+        module = PtychoDataModule(dataset, data, model_config, training)
+        trainer = build_trainer(training, work / "run", progress=False)
+        load_before = os.getloadavg()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        trainer.fit(model, datamodule=module)
+        train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        load_after = os.getloadavg()
+        n_train = len(module.train_indices) * s["epochs"]
 
-    scan = read_scan(args.npz)
-    inference_set = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides={"n_groups": 512}, progress=False)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = reconstruct(model, inference_set, canvas=Canvas(scan.objectGuess.shape, (0, 0)), progress=False)
-    infer_cpu, infer_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    covered = result.coverage > 0.05 * result.coverage.max()
-    quality = reconstruction_quality(result.object, scan.objectGuess, covered)
-    record = {
-        "settings": s,
-        "amplitude_r": quality.amplitude_r,
-        "phase_r": quality.phase_r,
-        "registration_shift_px": quality.shift_px,
-        "compared_pixels": quality.n_pixels,
-        "train_groups": len(module.train_indices),
-        "train_cpu_s": train_cpu,
-        "train_wall_s": train_wall,
-        "train_groups_per_wall_s": n_train / train_wall,
-        "train_groups_per_cpu_s": n_train / train_cpu,
-        "inference_wall_s": infer_wall,
-        "inference_cpu_s": infer_cpu,
-        "peak_rss_mib": peak_rss_mib(),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "count_gain": result.gain,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"{args.preset}_seed{s['seed']}"
-    (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=2))
-    figure(result.object, scan.objectGuess, covered, quality, args.out / f"bench_model_{tag}.png")
-    print(json.dumps(record, indent=2))
+        scan = read_scan(args.npz)
+        inference_set = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides={"n_groups": 512}, progress=False)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        result = reconstruct(model, inference_set, canvas=Canvas(scan.objectGuess.shape, (0, 0)), progress=False)
+        infer_cpu, infer_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        covered = result.coverage > 0.05 * result.coverage.max()
+        quality = reconstruction_quality(result.object, scan.objectGuess, covered)
+        record = {
+            "settings": s,
+            "amplitude_r": quality.amplitude_r,
+            "phase_r": quality.phase_r,
+            "registration_shift_px": quality.shift_px,
+            "compared_pixels": quality.n_pixels,
+            "train_groups": len(module.train_indices),
+            "train_cpu_s": train_cpu,
+            "train_wall_s": train_wall,
+            "train_groups_per_wall_s": n_train / train_wall,
+            "train_groups_per_cpu_s": n_train / train_cpu,
+            "inference_wall_s": infer_wall,
+            "inference_cpu_s": infer_cpu,
+            "peak_rss_mib": peak_rss_mib(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+            "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "count_gain": result.gain,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        tag = args.tag or f"{args.preset}_seed{s['seed']}"
+        (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=2))
+        figure(result.object, scan.objectGuess, covered, quality, args.out / f"bench_model_{tag}.png")
+        print(json.dumps(record, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def figure(rec: np.ndarray, truth: np.ndarray, covered: np.ndarray, quality, path: Path) -> None:
