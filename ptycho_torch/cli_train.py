@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import ConfigFileError, read_config_sections
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -32,33 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_config_file(path: Path | None) -> dict:
-    """The sections of a JSON/YAML config file as plain dicts; unknown sections are refused."""
-    if path is None:
-        return {}
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as exc:
-            raise SystemExit(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or write the config as JSON") from exc
-        content = yaml.safe_load(text) or {}
-    else:
-        try:
-            content = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"{path}: not valid JSON ({exc}); sections are data, model, training, inference") from exc
-    if not isinstance(content, dict) or set(content) - set(SECTIONS):
-        raise SystemExit(f"{path}: expected a mapping with sections {sorted(SECTIONS)}, got {sorted(content) if isinstance(content, dict) else type(content).__name__}")
-    return content
-
-
 def build_configs(args: argparse.Namespace, first_scan: Path):
-    content = read_config_file(args.config)
     try:
-        data, model, training, inference = (as_config(content.get(name, {}), cls) for name, cls in SECTIONS.items())
-    except (TypeError, ValueError) as exc:
-        raise SystemExit(f"{args.config}: {exc}") from exc
+        sections = read_config_sections(args.config, SECTIONS) if args.config else {name: cls() for name, cls in SECTIONS.items()}
+    except (ConfigFileError, FileNotFoundError) as exc:
+        raise SystemExit(str(exc)) from exc
+    data, model, training, inference = sections.values()
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))

@@ -7,9 +7,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 
-__all__ = ["ConfigFileError", "TorchConfigs", "load_torch_configs"]
+__all__ = ["ConfigFileError", "TorchConfigs", "load_torch_configs", "read_config_sections"]
 
 SECTIONS = {
     "data_config": DataConfig,
@@ -38,15 +39,22 @@ class TorchConfigs:
 
 def load_torch_configs(path) -> TorchConfigs:
     """Read ``{"data_config": {...}, "model_config": {...}, ...}``; unknown sections or fields are errors."""
+    return TorchConfigs(*read_config_sections(path, SECTIONS).values())
+
+
+def read_config_sections(path, sections: dict[str, type]) -> dict[str, Any]:
+    """Each of ``sections`` (name -> config dataclass) read from a JSON/YAML file; a missing section is its defaults.
+
+    Unknown sections or fields raise :class:`ConfigFileError` naming the file, the section and the valid names.
+    """
     path = Path(path)
     document = _read_document(path)
     if not isinstance(document, dict):
-        raise ConfigFileError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)}), got {type(document).__name__}")
-    unknown = sorted(set(document) - set(SECTIONS))
+        raise ConfigFileError(f"{path} must hold a mapping of sections ({', '.join(sections)}), got {type(document).__name__}")
+    unknown = sorted(set(document) - set(sections))
     if unknown:
-        raise ConfigFileError(f"{path}: unknown section(s) {unknown}; the sections are {list(SECTIONS)}")
-    configs = {name: _config(path, name, config_type, document.get(name) or {}) for name, config_type in SECTIONS.items()}
-    return TorchConfigs(*configs.values())
+        raise ConfigFileError(f"{path}: unknown section(s) {unknown}; the sections are {list(sections)}")
+    return {name: _config(path, name, config_type, document.get(name) or {}) for name, config_type in sections.items()}
 
 
 def _read_document(path: Path) -> Any:
@@ -78,15 +86,8 @@ def _read_yaml(path: Path, text: str) -> Any:
 def _config(path: Path, section: str, config_type: type, values: Any):
     if not isinstance(values, dict):
         raise ConfigFileError(f"{path}: section {section!r} must be a mapping of field names to values, got {type(values).__name__}")
-    known = {f.name: f for f in fields(config_type)}
-    unknown = sorted(set(values) - set(known))
+    known = {f.name for f in fields(config_type)}
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigFileError(f"{path}: {section} has no field(s) {unknown}; {config_type.__name__} fields are {sorted(known)}")
-    defaults = config_type()
-    converted = {name: _as_default_type(value, getattr(defaults, name)) for name, value in values.items()}
-    return config_type(**converted)
-
-
-def _as_default_type(value: Any, default: Any) -> Any:
-    """JSON has no tuples: a list for a tuple field (grid_size, bounds) becomes a tuple."""
-    return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+    return as_config(values, config_type)  # JSON lists become tuples for tuple fields (grid_size, bounds)
