@@ -31,8 +31,8 @@ from ptycho.scan_file import read_scan  # noqa: E402
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig  # noqa: E402
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model import PtychoPINN_Lightning  # noqa: E402
-from ptycho_torch.reassembly import Canvas, reconstruct  # noqa: E402
-from ptycho_torch.training import PtychoDataModule, build_trainer  # noqa: E402
+from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
+from ptycho_torch.model.training import PtychoDataModule, build_trainer  # noqa: E402
 
 PRESETS = {
     # this package: n_filters_scale 1, one group per scan point (512), 10 epochs

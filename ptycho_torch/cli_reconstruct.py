@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from ptycho.scan_file import read_scan
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.reassembly import Canvas, reconstruct
+    from ptycho_torch.model.stitching import Canvas, reconstruct
 
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
     model = PtychoPINN_Lightning.load_from_checkpoint(args.checkpoint, map_location=torch.device("cpu"))

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     data, model_config, training, inference = build_configs(args, files[0])
 
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
+    from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
 
     run_dir = args.output_dir / time.strftime("run_%Y%m%d_%H%M%S", time.gmtime())
     module = PtychoDataModule(args.data, data, model_config, training, data_dir=args.data_dir or args.output_dir / "memmap", progress=not args.quiet)

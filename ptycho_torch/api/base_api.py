@@ -80,7 +80,7 @@ class Trainer:
     @classmethod
     def _from_lightning(cls, model: PtychoModel, dataloader: PtychoDataLoader, orchestration: str = ORCHESTRATION, config_manager: ConfigManager | None = None) -> Trainer:
         """A Lightning trainer writing checkpoints and configs into ``dataloader.output_dir``."""
-        from ptycho_torch.training import build_trainer
+        from ptycho_torch.model.training import build_trainer
 
         _check_orchestration(orchestration)
         if dataloader.data_module is None:
@@ -122,7 +122,7 @@ class InferenceEngine:
         """
         import torch
 
-        from ptycho_torch.reassembly import reconstruct_object
+        from ptycho_torch.model.stitching import reconstruct_object
 
         network = self.ptycho_model.model
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -68,7 +68,7 @@ class PtychoDataLoader:
         self.data_module = None
         self.dataloader = None
         if self.data_format in (DataloaderFormats.LIGHTNING_MODULE, DataloaderFormats.LIGHTNING_ONLY_MODULE):
-            from ptycho_torch.training import PtychoDataModule
+            from ptycho_torch.model.training import PtychoDataModule
 
             cm = config_manager
             self.data_module = PtychoDataModule(self.dataset, cm.data_config, cm.model_config, cm.training_config, data_dir=self.cache_dir, progress=progress)

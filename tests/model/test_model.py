@@ -20,12 +20,12 @@ from benchmarks.quality import reconstruction_quality  # noqa: E402
 from ptycho import params  # noqa: E402
 from ptycho.patches import extract_patches  # noqa: E402
 from ptycho.scan_file import read_scan  # noqa: E402
-from ptycho_torch import physics  # noqa: E402
+from ptycho_torch.model import physics  # noqa: E402
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig  # noqa: E402
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model import PtychoPINN_Lightning  # noqa: E402
-from ptycho_torch.reassembly import Canvas, default_canvas, reconstruct  # noqa: E402
-from ptycho_torch.training import PtychoDataModule, build_trainer, split_indices  # noqa: E402
+from ptycho_torch.model.stitching import Canvas, default_canvas, reconstruct  # noqa: E402
+from ptycho_torch.model.training import PtychoDataModule, build_trainer, split_indices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NPZ = ROOT / "datasets" / "sim_small.npz"
@@ -275,7 +275,7 @@ PHASE_FLOOR = 0.08
 def test_trainer_falls_back_to_one_cpu_process_when_cuda_is_missing(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _, _, training, _ = configs()
-    with caplog.at_level(logging.WARNING, logger="ptycho_torch.training"):
+    with caplog.at_level(logging.WARNING, logger="ptycho_torch.model.training"):
         trainer = build_trainer(replace(training, device="cuda", n_devices=2, strategy="ddp_spawn", gradient_clip_val=0.5, accum_steps=3), tmp_path)
     assert "no CUDA device" in caplog.text
     assert trainer.accelerator.__class__.__name__ == "CPUAccelerator"

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from ptycho.grouping import get_relative_coords  # noqa: E402
 from ptycho.patches import extract_patches  # noqa: E402
-from ptycho_torch import physics  # noqa: E402
+from ptycho_torch.model import physics  # noqa: E402
 
 
 def ramp(H, W, a=0.3, b=-0.2, c=1.0):

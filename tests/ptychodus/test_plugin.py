@@ -233,7 +233,7 @@ class _TruePatches:
         import torch
 
         from ptycho.patches import extract_patches
-        from ptycho_torch import physics
+        from ptycho_torch.model import physics
 
         positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :].numpy()  # (B, C, [x, y])
         patches = extract_patches(self.truth, positions[..., 0].ravel(), positions[..., 1].ravel(), self.N)

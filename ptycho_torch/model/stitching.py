@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ptycho_torch import physics
+from ptycho_torch.model import physics
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import asdict, replace
 import lightning as L
 import torch
 
-from ptycho_torch import physics
+from ptycho_torch.model import physics
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.networks import build_generator
+from ptycho_torch.model.networks import build_generator
 
 logger = logging.getLogger(__name__)
 
