@@ -1,4 +1,4 @@
-"""Reconstruction quality against a known object: register, erode the covered interior, fit one complex scalar, Pearson r."""
+"""Reconstruction quality against a known object: register, erode the covered interior, fit one complex scalar, compare."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ __all__ = ["Quality", "reconstruction_quality"]
 
 @dataclass(frozen=True)
 class Quality:
-    """Pearson r of amplitude and of phase on the compared pixels, the registration shift and the pixel count."""
+    """Scores on the compared pixels, the registration shift and the pixel count.
+
+    ``nrmse`` is ``||alpha rec - truth|| / ||truth||``; ``phase_contrast`` is the standard deviation
+    of the fitted reconstruction's phase over that of the truth (1: the phase range is right; below
+    1: the phase is flattened).
+    """
 
     amplitude_r: float
     phase_r: float
     shift_px: tuple[int, int]
     n_pixels: int
+    nrmse: float
+    phase_contrast: float
 
 
 def reconstruction_quality(reconstruction: np.ndarray, truth: np.ndarray, covered: np.ndarray, *, erode_px: int = 8, max_shift_px: int = 8) -> Quality:
@@ -27,7 +34,8 @@ def reconstruction_quality(reconstruction: np.ndarray, truth: np.ndarray, covere
        mean-subtracted amplitudes inside ``covered``;
     2. keep ``covered`` eroded by ``erode_px`` pixels (the interior, away from the scan edge);
     3. fit one complex scalar ``alpha = <rec, truth> / <rec, rec>`` there (global amplitude and phase);
-    4. Pearson r of ``|alpha rec|`` against ``|truth|`` and of ``angle(alpha rec)`` against ``angle(truth)``.
+    4. Pearson r of ``|alpha rec|`` against ``|truth|`` and of ``angle(alpha rec)`` against ``angle(truth)``,
+       the complex NRMSE of ``alpha rec`` and the phase contrast (see :class:`Quality`).
     """
     if reconstruction.shape != truth.shape or covered.shape != truth.shape:
         raise ValueError(f"reconstruction {reconstruction.shape}, truth {truth.shape} and covered {covered.shape} must share one grid")
@@ -39,7 +47,15 @@ def reconstruction_quality(reconstruction: np.ndarray, truth: np.ndarray, covere
     r, t = rec[mask].astype(np.complex128), truth[mask].astype(np.complex128)
     alpha = np.vdot(r, t) / np.vdot(r, r)
     fitted = alpha * r
-    return Quality(_pearson(np.abs(fitted), np.abs(t)), _pearson(np.angle(fitted), np.angle(t)), shift, int(mask.sum()))
+    phase_fitted, phase_true = np.angle(fitted), np.angle(t)
+    return Quality(
+        amplitude_r=_pearson(np.abs(fitted), np.abs(t)),
+        phase_r=_pearson(phase_fitted, phase_true),
+        shift_px=shift,
+        n_pixels=int(mask.sum()),
+        nrmse=float(np.linalg.norm(fitted - t) / np.linalg.norm(t)),
+        phase_contrast=float(np.std(phase_fitted) / max(float(np.std(phase_true)), 1e-30)),
+    )
 
 
 def _register(rec: np.ndarray, truth: np.ndarray, covered: np.ndarray, max_shift: int) -> tuple[int, int]:

@@ -46,7 +46,9 @@ class SimulationSettings:
     (default: just large enough for the scan) is the side of the square object. Counts are
     scaled so a pattern holds ``nphotons`` on average; ``poisson_noise=False`` stores the
     noise-free amplitude. ``include_Y`` adds the object patches as ``Y``. ``chunk_size``
-    bounds the patterns processed at once and does not change the result.
+    bounds the patterns processed at once and does not change the result. The object is a
+    family of smooth islands with fine texture: ``feature_size_px`` (default ``N / 10``) is the
+    smoothing length of the islands, ``phase_scale_rad`` the phase the islands add.
     """
 
     n_points: int
@@ -60,6 +62,8 @@ class SimulationSettings:
     seed: int = 0
     include_Y: bool = False
     chunk_size: int = 2048
+    feature_size_px: float | None = None
+    phase_scale_rad: float = 0.8
 
     def __post_init__(self) -> None:
         _require_int("n_points", self.n_points, minimum=1)
@@ -80,6 +84,10 @@ class SimulationSettings:
                     f"patterns are oversampled, got {self.probe_diameter}"
                 )
         _require_positive("nphotons", self.nphotons)
+        if self.feature_size_px is not None:
+            _require_positive("feature_size_px", self.feature_size_px)
+        if isinstance(self.phase_scale_rad, bool) or not isinstance(self.phase_scale_rad, (int, float)) or not math.isfinite(self.phase_scale_rad):
+            raise ValueError(f"phase_scale_rad must be a finite number of radians, got {self.phase_scale_rad!r}")
 
     @property
     def scan_step(self) -> float:
@@ -90,6 +98,11 @@ class SimulationSettings:
     def scan_jitter(self) -> float:
         """Largest displacement of a position from its raster site, per coordinate."""
         return float(self.jitter) if self.jitter is not None else self.scan_step / 10
+
+    @property
+    def object_feature_px(self) -> float:
+        """Smoothing length of the object's islands in pixels."""
+        return float(self.feature_size_px) if self.feature_size_px is not None else self.N / 10
 
     @property
     def beam_diameter(self) -> float:
@@ -126,14 +139,17 @@ def make_probe(N: int, diameter: float) -> np.ndarray:
     return probe / np.sqrt(np.sum(np.abs(probe) ** 2))
 
 
-def make_object(size: int, N: int, rng: np.random.Generator) -> np.ndarray:
-    """``(size, size)`` complex64 object with amplitude in (0, 1] and phase below ~1 rad."""
-    features_amplitude = _blobs(size, N / 10, rng)
-    features_phase = _blobs(size, N / 10, rng)
+def make_object(size: int, feature_px: float, rng: np.random.Generator, phase_scale_rad: float = 0.8) -> np.ndarray:
+    """``(size, size)`` complex64 object: islands of smoothing length ``feature_px`` plus fine texture.
+
+    Amplitude in (0, 1]; phase from ``-0.15`` to about ``phase_scale_rad + 0.15`` rad.
+    """
+    features_amplitude = _blobs(size, feature_px, rng)
+    features_phase = _blobs(size, feature_px, rng)
     texture_amplitude = np.tanh(_unit_field(size, 1.0, rng))
     texture_phase = np.tanh(_unit_field(size, 1.0, rng))
     amplitude = 0.9 - 0.35 * features_amplitude + 0.08 * texture_amplitude
-    phase = 0.8 * features_phase + 0.15 * texture_phase
+    phase = phase_scale_rad * features_phase + 0.15 * texture_phase
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
@@ -206,7 +222,7 @@ def simulate_scan(settings: SimulationSettings) -> dict[str, np.ndarray]:
             settings.scan_step,
             settings.beam_diameter,
         )
-    obj = make_object(object_size, N, object_rng)
+    obj = make_object(object_size, settings.object_feature_px, object_rng, settings.phase_scale_rad)
     unit_probe = make_probe(N, settings.beam_diameter).astype(np.complex64)
     xcoords = np.ascontiguousarray(positions[:, 0])
     ycoords = np.ascontiguousarray(positions[:, 1])
@@ -321,6 +337,32 @@ def write_scan_npz(
     return path
 
 
+def corpus_settings(n_scans: int, seed: int, base: SimulationSettings = PRESETS["embedded"]) -> list[SimulationSettings]:
+    """``n_scans`` scans in ``base``'s regime with other objects, doses and positions, reproducible from ``seed``.
+
+    Each scan has its own simulation seed (its object, jitter and noise) and draws its raster step
+    within +-12.5 % of ``base``'s, its jitter between 0.5 and 1.5 times ``base``'s and its dose
+    log-uniformly within a factor 10 of ``base.nphotons`` either way. Probe, pattern size and
+    object family stay ``base``'s.
+    """
+    _require_int("n_scans", n_scans, minimum=1)
+    rng = np.random.default_rng(seed)
+    scan_seeds = rng.integers(0, 2**31 - 1, size=n_scans)
+    step = rng.uniform(0.875, 1.125, size=n_scans) * base.scan_step
+    jitter = rng.uniform(0.5, 1.5, size=n_scans) * base.scan_jitter
+    dose = base.nphotons * 10 ** rng.uniform(-1, 1, size=n_scans)
+    return [
+        dataclasses.replace(base, seed=int(s), step=float(st), jitter=float(j), nphotons=float(d))
+        for s, st, j, d in zip(scan_seeds, step, jitter, dose)
+    ]
+
+
+def write_corpus(directory: str | os.PathLike[str], settings: Sequence[SimulationSettings], *, prefix: str = "scan") -> list[Path]:
+    """Write one NPZ per settings as ``directory/<prefix><index:03d>.npz``; returns the paths."""
+    directory = Path(directory)
+    return [write_scan_npz(directory / f"{prefix}{index:03d}.npz", one) for index, one in enumerate(settings)]
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ptycho.simulate",
@@ -335,12 +377,16 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-diameter", type=float, help="probe diameter in pixels")
     parser.add_argument("--nphotons", type=float, help="mean counts per pattern")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--feature-size", type=float, dest="feature_size_px", help="smoothing length of the object's islands in pixels (default N/10)")
+    parser.add_argument("--phase-scale", type=float, dest="phase_scale_rad", help="phase added by the object's islands in radians (default 0.8)")
+    parser.add_argument("--corpus", type=int, metavar="N_SCANS",
+                        help="write N_SCANS scans with other objects, doses and positions into the directory --out (seeded by --seed)")
     parser.add_argument("--noise-free", action="store_true", help="no Poisson noise")
     parser.add_argument("--with-Y", action="store_true", help="also store the object patches as Y")
     parser.add_argument("--chunk-size", type=int, help="patterns simulated at once")
     parser.add_argument("--diffraction-key", choices=DIFFRACTION_KEYS, default="diffraction")
     parser.add_argument("--uncompressed", action="store_true", help="write with np.savez")
-    parser.add_argument("--out", required=True, type=Path, help="output .npz path")
+    parser.add_argument("--out", required=True, type=Path, help="output .npz path (a directory with --corpus)")
     return parser
 
 
@@ -349,7 +395,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
     overrides = {
         field: getattr(args, field)
         for field in ("n_points", "N", "object_size", "step", "jitter", "probe_diameter",
-                      "nphotons", "seed", "chunk_size")
+                      "nphotons", "seed", "chunk_size", "feature_size_px", "phase_scale_rad")
         if getattr(args, field) is not None
     }
     if args.noise_free:
@@ -368,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.corpus is not None:
+        return _write_corpus_from_args(parser, args)
     try:
         settings = settings_from_args(args)
         path = write_scan_npz(
@@ -382,6 +430,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "%s: %d patterns of %dx%d under %r, %.1f MB",
         path, settings.n_points, settings.N, settings.N, args.diffraction_key, path.stat().st_size / 1e6,
     )
+    return 0
+
+
+def _write_corpus_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        base = settings_from_args(args) if args.preset or args.n_points else PRESETS["embedded"]
+        paths = write_corpus(args.out, corpus_settings(args.corpus, base.seed if args.seed is None else args.seed, base))
+    except ValueError as error:
+        parser.error(str(error))
+    logger.info("%s: %d scans of %d patterns", args.out, len(paths), base.n_points)
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from ptycho.patches import extract_patches
-from ptycho.simulate import PRESETS, SimulationSettings, simulate_scan, write_scan_npz
+from ptycho.simulate import PRESETS, SimulationSettings, corpus_settings, simulate_scan, write_corpus, write_scan_npz
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "datasets" / "sim_small.npz"
@@ -194,6 +194,8 @@ def test_object_too_small_for_the_scan_is_rejected():
         ("probe_diameter", 40.0),
         ("chunk_size", 0),
         ("seed", -1),
+        ("feature_size_px", 0.0),
+        ("phase_scale_rad", float("inf")),
     ],
 )
 def test_bad_settings_name_the_field(field, value):
@@ -262,3 +264,40 @@ def test_command_line_reports_bad_options(tmp_path):
     assert completed.returncode == 2
     assert "n_points" in completed.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_corpus_settings_vary_objects_doses_and_positions_reproducibly():
+    base = PRESETS["embedded"]
+    corpus = corpus_settings(6, seed=11)
+    assert corpus == corpus_settings(6, seed=11)
+    assert corpus != corpus_settings(6, seed=12)
+    assert len({s.seed for s in corpus}) == 6
+    for s in corpus:
+        assert (s.n_points, s.N, s.probe_diameter, s.object_feature_px) == (base.n_points, base.N, base.probe_diameter, base.object_feature_px)
+        assert 0.875 * base.scan_step <= s.scan_step <= 1.125 * base.scan_step
+        assert 0.5 * base.scan_jitter <= s.scan_jitter <= 1.5 * base.scan_jitter
+        assert base.nphotons / 10 <= s.nphotons <= base.nphotons * 10
+    assert len({round(s.nphotons) for s in corpus}) == 6
+
+
+def test_write_corpus_writes_one_scan_per_setting(tmp_path):
+    settings = [dataclasses.replace(SMALL, seed=seed) for seed in (1, 2)]
+    paths = write_corpus(tmp_path / "corpus", settings)
+    assert [p.name for p in paths] == ["scan000.npz", "scan001.npz"]
+    with np.load(paths[1], allow_pickle=False) as data:
+        np.testing.assert_array_equal(data["diffraction"], simulate_scan(settings[1])["diffraction"])
+
+
+def test_feature_size_sets_the_scale_of_the_object_islands():
+    def correlation_length(feature_px: float) -> float:
+        phase = np.angle(simulate_scan(dataclasses.replace(SMALL, feature_size_px=feature_px, n_points=4, object_size=128))["objectGuess"])
+        phase = phase - phase.mean()
+        lag = np.mean(phase[:, 4:] * phase[:, :-4]) / np.mean(phase * phase)
+        return float(lag)
+
+    assert correlation_length(8.0) > correlation_length(1.5) + 0.2
+
+
+def test_phase_scale_sets_the_phase_range():
+    phases = [np.ptp(np.angle(simulate_scan(dataclasses.replace(SMALL, phase_scale_rad=scale))["objectGuess"])) for scale in (0.4, 1.6)]
+    assert phases[1] > phases[0] + 0.8
