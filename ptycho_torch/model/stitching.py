@@ -52,19 +52,23 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
 
 
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                       experiment: int = 0, progress: bool = True) -> np.ndarray:
+                       experiment: int = 0, progress: bool = True, align_phase: bool = True) -> np.ndarray:
     """The stitched complex64 ``(H, W)`` object of one experiment of ``dataset`` (see :func:`reconstruct`)."""
-    return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress).object
+    return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress,
+                       align_phase=align_phase).object
 
 
 @torch.no_grad()
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                experiment: int = 0, progress: bool = True) -> Reconstruction:
+                experiment: int = 0, progress: bool = True, align_phase: bool = True) -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
 
     Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
-    intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. The object is then
-    multiplied by the real gain ``sqrt(sum counts / sum predicted counts)`` (the Poisson
+    intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. A group's constant
+    phase is not observable from its own patterns, so with ``align_phase`` (default) the groups are
+    stitched outward from the scan's centre and each group's patches are first rotated by the
+    constant phase that best matches what is already on the canvas where they overlap. The object
+    is then multiplied by the real gain ``sqrt(sum counts / sum predicted counts)`` (the Poisson
     maximum-likelihood gain of the whole scan), so its scale is calibrated on the measurement.
     ``canvas`` defaults to :func:`default_canvas` of the experiment's scan positions; ``batch_size``
     to ``InferenceConfig.batch_size`` capped at 64 groups.
@@ -76,6 +80,8 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
     groups = np.flatnonzero(dataset._index.experiment_of == experiment)
+    if align_phase:
+        groups = _outward_order(groups, dataset._index.gather(groups)["coords_center"].reshape(-1, 2).numpy())
     if batch_size is None:  # the config's (Ptychodus: 1000) capped, so activations stay bounded
         batch_size = min(int(getattr(getattr(model, "inference_config", None), "batch_size", 0) or DEFAULT_BATCH), DEFAULT_BATCH)
     accumulator = _Accumulator(canvas, N, device)
@@ -89,13 +95,19 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
             predicted_total += float(model.predicted_counts(patches, probe, scale).sum(dtype=torch.float64))
             positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :]  # (B, C, 2) [x, y]
             weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe))).to(patches.real.dtype)
-            accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1))
+            accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1), group_size=patches.shape[1] if align_phase else 0)
     finally:
         model.train(was_training)
     gain = math.sqrt(counts_total / predicted_total) if predicted_total > 0 else 1.0
     obj, coverage = accumulator.result()
     logger.info("stitched %d groups on a %d x %d canvas; count gain %.4g", len(groups), *canvas.shape_px, gain)
     return Reconstruction((obj * gain).astype(np.complex64), coverage, canvas, gain)
+
+
+def _outward_order(groups: np.ndarray, centres_px: np.ndarray) -> np.ndarray:
+    """``groups`` sorted by the distance of their centre from the middle of all centres (ties: original order)."""
+    distance = np.hypot(*(centres_px - centres_px.mean(axis=0)).T)
+    return groups[np.argsort(distance, kind="stable")]
 
 
 class _Accumulator:
@@ -108,8 +120,13 @@ class _Accumulator:
         self.weight = torch.zeros(H * W, dtype=torch.float64, device=device)
         self.offsets = torch.arange(N + 1, device=device)
 
-    def add(self, patches: torch.Tensor, weights: torch.Tensor, positions: torch.Tensor) -> None:
-        """``patches (K, N, N)`` complex, ``weights (K, N, N)``, ``positions (K, 2)`` scan ``[x, y]``."""
+    def add(self, patches: torch.Tensor, weights: torch.Tensor, positions: torch.Tensor, group_size: int = 0) -> None:
+        """``patches (K, N, N)`` complex, ``weights (K, N, N)``, ``positions (K, 2)`` scan ``[x, y]``.
+
+        ``group_size > 0``: the patches come in groups of that many consecutive patches, added one
+        group after the other, each rotated first by the constant phase that aligns it with the
+        canvas where they overlap (no rotation where the canvas is still empty).
+        """
         origin = torch.tensor(self.canvas.origin_px[::-1], dtype=torch.float64, device=positions.device)  # [col, row]
         corner = positions.to(torch.float64) + origin - self.N // 2  # canvas [col, row] of patch pixel (0, 0)
         whole = torch.floor(corner)
@@ -121,10 +138,22 @@ class _Accumulator:
         rows = whole[:, 1:2].long() + self.offsets
         H, W = self.canvas.shape_px
         inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-        flat = (rows[:, :, None] * W + cols[:, None, :])[inside]
-        self.numerator[0].index_add_(0, flat, values.real[inside].to(torch.float64))
-        self.numerator[1].index_add_(0, flat, values.imag[inside].to(torch.float64))
-        self.weight.index_add_(0, flat, spread[inside].to(torch.float64))
+        flat = rows[:, :, None] * W + cols[:, None, :]
+        if group_size <= 0:
+            self._add(flat[inside], values[inside], spread[inside])
+            return
+        for group in range(0, len(patches), group_size):
+            members = slice(group, group + group_size)
+            where = inside[members]
+            indices, placed = flat[members][where], values[members][where].to(torch.complex128)
+            overlap = (torch.complex(self.numerator[0][indices], self.numerator[1][indices]).conj() * placed).sum()
+            rotation = torch.where(overlap.abs() > 0, overlap.conj() / overlap.abs().clamp_min(1e-300), torch.ones_like(overlap))
+            self._add(indices, placed * rotation, spread[members][where])
+
+    def _add(self, flat: torch.Tensor, values: torch.Tensor, spread: torch.Tensor) -> None:
+        self.numerator[0].index_add_(0, flat, values.real.to(torch.float64))
+        self.numerator[1].index_add_(0, flat, values.imag.to(torch.float64))
+        self.weight.index_add_(0, flat, spread.to(torch.float64))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         H, W = self.canvas.shape_px

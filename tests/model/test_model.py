@@ -231,6 +231,27 @@ def test_stitching_true_patches_rebuilds_the_object_on_its_grid(memmap_dir, monk
     assert 1.25 < result.gain < 1.45 and np.median(ratio.real) == pytest.approx(result.gain, rel=0.02)
 
 
+def test_stitching_aligns_the_unobservable_constant_phase_of_each_group(memmap_dir, monkeypatch):
+    """True patches, each group turned by its own random constant phase: aligned, the phase is rebuilt; not aligned, it is lost."""
+    data, model_config, training, inference = configs(n_groups=512)
+    dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    model = PtychoPINN_Lightning(model_config, data, training, inference)
+    truth = read_scan(NPZ, load_diffraction=False).objectGuess
+    rng = np.random.default_rng(0)
+
+    def turned_true_patches(batch, probe, scale):
+        turn = torch.from_numpy(np.exp(1j * rng.uniform(-np.pi, np.pi, (len(batch), 1, 1, 1))).astype(np.complex64))
+        return true_member_patches(batch, truth) * turn
+
+    monkeypatch.setattr(model, "predict_patches", turned_true_patches)
+    scores = {}
+    for align in (True, False):
+        result = reconstruct(model, dataset, canvas=Canvas(truth.shape, (0, 0)), progress=False, align_phase=align)
+        scores[align] = reconstruction_quality(result.object, truth, result.coverage > 0.05 * result.coverage.max())
+    assert scores[True].phase_r > 0.99 and scores[True].nrmse < 0.05, scores[True]
+    assert scores[False].phase_r < 0.5, scores[False]
+
+
 def test_true_patches_explain_the_measured_counts_under_the_count_scale(memmap_dir):
     """The forward model with kappa from the counts reproduces the data: Poisson NLL near its floor."""
     data, model_config, training, inference = configs(n_groups=64)
