@@ -6,7 +6,7 @@ EXTRAS ?= torch,train,test,plot,ptychodus
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test bench dataset clean-venv
+.PHONY: demo test bench bench-ptychi dataset clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_memmap.py
+
+# The iterative baseline (benchmarks/README.md): Pty-chi's dependencies, then ptychi itself without
+# torchvision (benchmarks/bench_ptychi.py stands in for the one class it uses). Not part of test or CI.
+bench-ptychi: $(STAMP)
+	$(BIN)/python -m pip install -q -c requirements/cpu.txt -r requirements/bench-ptychi.txt
+	$(BIN)/python -m pip install -q --no-deps ptychi==2.2.0
+	$(BIN)/python benchmarks/bench_ptychi.py datasets/sim_small.npz --engines lsqml epie \
+		--epochs 1 3 5 10 20 50 --epie-epochs 10 50 200 --json benchmarks/results/bench_ptychi.json
 
 dataset: $(STAMP)
 	$(BIN)/python -m ptycho.simulate --preset embedded --out datasets/sim_small.npz
