@@ -21,20 +21,45 @@ from ptycho_torch.config_coerce import as_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "PtychoDataModule", "build_trainer", "split_indices"]
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "PtychoDataModule", "build_trainer", "split_by_region"]
 
 BEST_CHECKPOINT = "best-checkpoint.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 VAL_MONITOR = "val_loss"  # logged by PtychoPINN_Lightning beside its val_loss_name
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, val)`` group indices: a seeded permutation, ``max(1, round(val_fraction * n))`` for validation."""
-    if n < 2:
-        raise ValueError(f"the dataset has {n} group(s); training with a validation split needs at least 2 (ask for more groups)")
-    n_val = min(n - 1, max(1, round(val_fraction * n)))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def split_by_region(dataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` group indices of a PtychoDataset that share no scan point, from every experiment.
+
+    In each experiment, the ``max(1, round(val_fraction * groups))`` groups lying furthest towards
+    one edge of the scan (an axis and an end drawn from ``seed``; a group's position is that of its
+    innermost member) validate; the strip they span is then withheld from training: a training
+    group has no member in it. Groups reaching into the strip from outside serve neither purpose.
+    Validation therefore scores parts of the object the network was not trained on.
+    """
+    rng = np.random.default_rng(seed)
+    axis, towards_high = int(rng.integers(2)), bool(rng.integers(2))
+    train, val = [], []
+    first = 0
+    for experiment in dataset.experiments:
+        members = experiment.grouping.nn_indices
+        coordinate = np.asarray(experiment.scan.xcoords if axis == 0 else experiment.scan.ycoords, dtype=np.float64)
+        if not towards_high:
+            coordinate = -coordinate
+        innermost = coordinate[members].min(axis=1)
+        n_val = min(len(innermost) - 1, max(1, round(val_fraction * len(innermost))))
+        if n_val < 1:
+            raise ValueError(f"{experiment.scan.path} has {len(innermost)} group(s); training with a validation split needs at least 2 (ask for more groups)")
+        order = np.argsort(-innermost, kind="stable")
+        threshold = innermost[order[n_val - 1]]
+        in_strip = coordinate[members] >= threshold
+        val.append(first + np.sort(order[:n_val]))
+        train.append(first + np.flatnonzero(~in_strip.any(axis=1)))
+        first += len(innermost)
+    train_indices, val_indices = np.concatenate(train), np.concatenate(val)
+    if len(train_indices) == 0:
+        raise ValueError(f"no training group is left outside the validation strip of {len(dataset)} groups; ask for more groups or a smaller validation fraction")
+    return train_indices, val_indices
 
 
 class _Subset:
@@ -60,7 +85,8 @@ class _EpochBatches(BatchSampler):
 class PtychoDataModule(L.LightningDataModule):
     """Training and validation batches of a PtychoDataset (or of a scan path, built on ``setup``).
 
-    The split is a seeded permutation (``val_fraction`` 5 %, ``val_seed`` 42; at least one
+    Validation groups come from a strip at one edge of each scan and training groups never use its
+    scan points (:func:`split_by_region`: ``val_fraction`` 5 %, ``val_seed`` 42; at least one
     validation group). ``num_workers``, ``pin_memory`` and ``batch_size`` come from the
     TrainingConfig; under DDP each process reads its own shard through a DistributedSampler.
     """
@@ -82,8 +108,9 @@ class PtychoDataModule(L.LightningDataModule):
             self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
                                          data_dir=self.data_dir, ground_truth=self.model_config.mode == "Supervised", progress=self.progress)
         if self.train_indices is None:
-            self.train_indices, self.val_indices = split_indices(len(self.dataset), self.val_fraction, self.val_seed)
-            logger.info("%d training and %d validation groups", len(self.train_indices), len(self.val_indices))
+            self.train_indices, self.val_indices = split_by_region(self.dataset, self.val_fraction, self.val_seed)
+            unused = len(self.dataset) - len(self.train_indices) - len(self.val_indices)
+            logger.info("%d training and %d validation groups (%d on the strip's edge unused)", len(self.train_indices), len(self.val_indices), unused)
 
     def train_dataloader(self):
         return self._loader(self.train_indices, shuffle=True)

@@ -25,7 +25,7 @@ from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig,
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model import PtychoPINN_Lightning  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, default_canvas, reconstruct  # noqa: E402
-from ptycho_torch.model.training import PtychoDataModule, build_trainer, split_indices  # noqa: E402
+from ptycho_torch.model.training import PtychoDataModule, build_trainer, split_by_region  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NPZ = ROOT / "datasets" / "sim_small.npz"
@@ -305,11 +305,34 @@ def test_trainer_falls_back_to_one_cpu_process_when_cuda_is_missing(tmp_path, ca
     assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 3
 
 
-def test_validation_split_is_seeded_and_never_empty():
-    train, val = split_indices(30, 0.05, 42)
-    again = split_indices(30, 0.05, 42)
-    assert len(val) == 2 and len(train) == 28
-    assert np.array_equal(val, again[1]) and not set(train) & set(val)
-    assert len(split_indices(2, 0.05, 42)[1]) == 1
-    with pytest.raises(ValueError, match="at least 2"):
-        split_indices(1, 0.05, 42)
+def test_validation_groups_share_no_scan_point_with_training_groups(memmap_dir):
+    data, model_config, training, _ = configs(n_groups=512)
+    dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    train, val = split_by_region(dataset, 0.05, 42)
+    members = dataset.experiments[0].grouping.nn_indices
+    assert len(val) == 26 and len(train) > 400, (len(train), len(val))
+    assert not set(members[train].ravel()) & set(members[val].ravel())
+    again = split_by_region(dataset, 0.05, 42)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    other = split_by_region(dataset, 0.05, 7)
+    assert not np.array_equal(val, other[1])
+    # the validation groups lie together at one edge: their points span a small part of the scan
+    x, y = dataset.experiments[0].scan.xcoords, dataset.experiments[0].scan.ycoords
+    spans = [np.ptp(c[members[val]]) / np.ptp(c) for c in (x, y)]
+    assert min(spans) < 0.25, spans
+
+
+def test_every_scan_of_a_directory_gives_validation_groups(tmp_path, memmap_dir):
+    import shutil
+
+    for name in ("a.npz", "b.npz"):
+        shutil.copy(NPZ, tmp_path / name)
+    data, model_config, training, _ = configs(n_groups=64)
+    dataset = PtychoDataset(tmp_path, data, model_config, training, data_dir=memmap_dir, progress=False)
+    train, val = split_by_region(dataset, 0.05, 42)
+    experiment = dataset._index.experiment_of
+    assert sorted(set(experiment[val])) == [0, 1] and sorted(set(experiment[train])) == [0, 1]
+    for e in (0, 1):
+        members = dataset.experiments[e].grouping.nn_indices
+        local = dataset._index.local
+        assert not set(members[local[train[experiment[train] == e]]].ravel()) & set(members[local[val[experiment[val] == e]]].ravel())
