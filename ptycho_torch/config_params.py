@@ -46,8 +46,10 @@ class ModelConfig:
 
     ``probe_mask`` is None, a bool, or a mask tensor/array and ``probe_mask_tensor`` a mask
     tensor/array or None; they are typed loosely so this module never needs torch.
-    ``generator_input`` and ``object_estimate_steps`` are this package's (specs/model.md
-    "Generator input"): ``'diffraction'`` feeds the generator the amplitudes as PtychoPINN does.
+    ``generator_input``, ``object_estimate_steps``, ``generator_output`` and ``truth_loss_weight``
+    are this package's (specs/model.md sections 5 and 6): by default the generator reads the object
+    after two error-reduction steps and outputs its correction; ``generator_input='diffraction'``
+    with ``generator_output='object'`` is PtychoPINN's generator.
     """
 
     mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
@@ -76,7 +78,9 @@ class ModelConfig:
     spectral_bottleneck_gate_mode: Literal['shared', 'per_block'] = 'shared'
     generator_output_mode: Literal['real_imag', 'amp_phase_logits', 'amp_phase'] = 'real_imag'
     generator_input: Literal['object_estimate', 'diffraction'] = 'object_estimate'
-    object_estimate_steps: int = 40
+    object_estimate_steps: int = 2
+    generator_output: Literal['correction', 'object'] = 'correction'
+    truth_loss_weight: float = 0.0
     intensity_scale_trainable: bool = False
     intensity_scale: float = 10000.0
     max_position_jitter: int = 10

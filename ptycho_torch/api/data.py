@@ -157,7 +157,9 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
     _check_pattern_size(data.N, files, headers)
     _check_channels(data)
     units = _diffraction_units(files, headers)
-    supervised = model.mode == "Supervised"
+    from ptycho_torch.model.training import needs_ground_truth
+
+    supervised = needs_ground_truth(model)
     if supervised:
         missing = [str(path) for path, header in zip(files, headers) if not header["has_object"]]
         if missing:

@@ -1,4 +1,4 @@
-"""PtychoPINN as a LightningModule: a U-Net generator trained through the ptychographic forward model."""
+"""PtychoPINN as a LightningModule: a U-Net that refines a physics input, trained through the ptychographic forward model."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ __all__ = ["PtychoPINN_Lightning", "as_config"]
 
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
+GENERATOR_OUTPUTS = ("correction", "object")
 SCHEDULERS = ("Default", "Cosine", "Exponential")
+# What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
+SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"))
 
 
 def _plain(config) -> dict:
@@ -33,12 +36,16 @@ def _plain(config) -> dict:
 
 
 class PtychoPINN_Lightning(L.LightningModule):
-    """Predicts the object patches of a group from its diffraction and trains them through the physics.
+    """Predicts the object patches of a group from its diffraction in one pass and trains them through the physics.
 
-    ``Unsupervised``: patches -> (``object_big``: probe-weighted merge of the group onto one region
-    and extraction back) -> ``kappa * sum_modes |FFT(P * O)|^2`` compared with the measured counts
-    by the Poisson NLL (``loss_function='Poisson'``) or the amplitude MAE. ``Supervised``: L1 of the
-    complex patches against ``Y``. Configs may be dataclasses or dicts; they are saved as plain dicts.
+    By default the generator reads the group's object after ``object_estimate_steps`` (2)
+    error-reduction steps and outputs a multiplicative correction of it (specs/model.md sections 5
+    and 6). ``Unsupervised``: patches -> (``object_big``: probe-weighted merge of the group onto one
+    region and extraction back) -> ``kappa * sum_modes |FFT(P * O)|^2`` compared with the measured
+    counts by the Poisson NLL (``loss_function='Poisson'``) or the amplitude MAE, plus
+    ``truth_loss_weight`` times :func:`physics.phase_invariant_error` against ground truth ``Y`` when
+    that weight is positive. ``Supervised``: L1 of the complex patches against ``Y``. Configs may be
+    dataclasses or dicts; they are saved as plain dicts.
     """
 
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
@@ -69,12 +76,22 @@ class PtychoPINN_Lightning(L.LightningModule):
             return build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
 
     def on_load_checkpoint(self, checkpoint) -> None:
-        """A checkpoint from before ``generator_input`` existed holds a network trained on the diffraction."""
+        """A checkpoint written before a setting existed was trained as that setting's old behaviour.
+
+        Before ``generator_input`` the network read the diffraction; before ``generator_output`` it
+        output the object itself.
+        """
         stored = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
-        if isinstance(stored, dict) and "generator_input" not in stored and self.model_config.generator_input != "diffraction":
-            logger.info("checkpoint without ModelConfig.generator_input: its network reads the diffraction, as before that setting existed")
-            self.model_config = replace(self.model_config, generator_input="diffraction")
-            self.hparams["model_config"]["generator_input"] = "diffraction"
+        if not isinstance(stored, dict):
+            return
+        changed = {name: old for name, old in SETTINGS_BEFORE_THEY_EXISTED if name not in stored and getattr(self.model_config, name) != old}
+        if not changed:
+            return
+        logger.info("checkpoint written before %s existed: loading it as %s", ", ".join(changed), changed)
+        rebuild = "generator_input" in changed
+        self.model_config = replace(self.model_config, **changed)
+        self.hparams["model_config"].update(changed)
+        if rebuild:  # the number of input channels changes
             self.generator = self._new_generator(int(self.hparams.get("seed", 0)))
 
     def _check_supported(self) -> None:
@@ -92,13 +109,20 @@ class PtychoPINN_Lightning(L.LightningModule):
             raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
         if mc.generator_input == "object_estimate" and (int(mc.object_estimate_steps) != mc.object_estimate_steps or mc.object_estimate_steps < 1):
             raise ValueError(f"ModelConfig.object_estimate_steps={mc.object_estimate_steps!r} must be an integer >= 1 (or set generator_input='diffraction')")
+        if mc.generator_output not in GENERATOR_OUTPUTS:
+            raise ValueError(f"ModelConfig.generator_output={mc.generator_output!r}; use one of {GENERATOR_OUTPUTS}")
+        if mc.generator_output == "correction" and mc.generator_input != "object_estimate":
+            raise ValueError("ModelConfig.generator_output='correction' corrects the object estimate; with generator_input='diffraction' use generator_output='object'")
+        if not (isinstance(mc.truth_loss_weight, (int, float)) and math.isfinite(mc.truth_loss_weight) and mc.truth_loss_weight >= 0):
+            raise ValueError(f"ModelConfig.truth_loss_weight={mc.truth_loss_weight!r} must be a finite number >= 0 (0: physics loss only)")
         if self.data_config.N % 8:
             raise ValueError(f"DataConfig.N={self.data_config.N}: the U-Net needs N divisible by 8")
 
     # ---- prediction -------------------------------------------------------------------------
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw generator output: complex object patches ``(B, C, N, N)`` from :meth:`generator_input` images."""
+        """Raw generator output ``(B, C, N, N)`` complex from :meth:`generator_input` images: the object
+        patches (``generator_output='object'``) or the factor that corrects the estimate (``'correction'``)."""
         amplitude, phase = self.generator(inputs)
         return torch.polar(amplitude, phase)
 
@@ -111,15 +135,27 @@ class PtychoPINN_Lightning(L.LightningModule):
         probe = physics.unit_peak(physics.as_probe_modes(probe))
         with torch.no_grad():  # a function of the data alone
             counts = physics.counts_from_amplitudes(images, scale)
-            modulus = physics.measured_modulus(counts, physics.count_scale(scale, probe, self.N))
+            modulus = physics.measured_modulus(counts, self.count_scale(batch, probe, scale))
             coords = batch["coords_relative"].to(images.dtype)
             estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps)) - 1
         return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
-    def predict_patches(self, batch, probe, scale) -> torch.Tensor:
-        """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``."""
+    def predict_patches(self, batch, probe, scale, *, use_network: bool = True) -> torch.Tensor:
+        """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``.
+
+        ``use_network=False`` returns the physics input alone (the object estimate, merged the same
+        way): what the pipeline gives without the network.
+        """
         probe = physics.unit_peak(physics.as_probe_modes(probe))  # |P|^2 stays in range whatever the file's scale
-        patches = self(self.generator_input(batch, probe, scale.reshape(-1)))
+        inputs = self.generator_input(batch, probe, scale.reshape(-1))
+        if not use_network:
+            if self.model_config.generator_input != "object_estimate":
+                raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
+            patches = self._estimate_from(inputs)
+        elif self.model_config.generator_output == "correction":
+            patches = self._estimate_from(inputs) * self(inputs)
+        else:
+            patches = self(inputs)
         if self.model_config.object_big and self.C > 1:
             coords = batch["coords_relative"].to(patches.real.dtype)
             M = physics.region_size(self.N, coords)
@@ -127,11 +163,33 @@ class PtychoPINN_Lightning(L.LightningModule):
             patches = physics.extract_from_region(region, coords, self.N)
         return patches
 
-    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale."""
+    def _estimate_from(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The complex object estimate ``(B, C, N, N)`` that :meth:`generator_input` encoded as ``[Re(O - 1), Im(O - 1)]``."""
+        return torch.complex(inputs[:, : self.C], inputs[:, self.C : 2 * self.C]) + 1
+
+    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor, batch=None) -> torch.Tensor:
+        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale.
+
+        ``batch`` (the TensorDict) supplies the experiment's count scale (:meth:`count_scale`); without
+        it, ``scale`` is taken as the experiment's.
+        """
         probe = physics.unit_peak(physics.as_probe_modes(probe))  # kappa * |F(P O)|^2 does not depend on P's scale
-        kappa = physics.count_scale(scale, probe, self.N) * torch.exp(2 * self.log_gain)
+        kappa = self.count_scale(batch, probe, scale) * torch.exp(2 * self.log_gain)
         return kappa[:, None, None, None] * physics.far_field_intensity(patches, probe)
+
+    def count_scale(self, batch, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``kappa (B,)`` of each item's experiment (specs/model.md section 3).
+
+        It comes from the experiment's mean counts per pattern, ``1 / physics_scaling_constant``,
+        not from ``scale``, which under ``DataConfig.normalize='Group'`` is each group's own: a group
+        in a dark part of the object must predict a dark object, not one of unit mean transmission.
+        A batch without ``physics_scaling_constant`` (or ``batch=None``) uses ``scale``.
+        """
+        scale = scale.reshape(-1)
+        if batch is not None and "physics_scaling_constant" in batch.keys():
+            mean_counts = 1 / batch["physics_scaling_constant"].reshape(-1).to(torch.float64)
+            scale = ((self.N / 2) / torch.sqrt(mean_counts)).to(scale.dtype)  # the scale of normalize='Batch'
+        return physics.count_scale(scale, probe, self.N)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -144,10 +202,18 @@ class PtychoPINN_Lightning(L.LightningModule):
                 raise KeyError("Supervised training needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from a scan with objectGuess or Y")
             return (patches - td["Y"]).abs().mean()
         counts = physics.counts_from_amplitudes(td["images"], scale)
-        predicted = self.predicted_counts(patches, probe, scale)
+        predicted = self.predicted_counts(patches, probe, scale, td)
         if self.model_config.loss_function == "Poisson":
-            return physics.poisson_nll(predicted, counts).mean()
-        return physics.mae_amplitude_loss(predicted, counts).mean()
+            loss = physics.poisson_nll(predicted, counts).mean()
+        else:
+            loss = physics.mae_amplitude_loss(predicted, counts).mean()
+        weight = float(self.model_config.truth_loss_weight)
+        if weight > 0:
+            if "Y" not in td.keys():
+                raise KeyError("ModelConfig.truth_loss_weight > 0 needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from scans with objectGuess or Y, or set truth_loss_weight=0")
+            weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe)))
+            loss = loss + weight * physics.phase_invariant_error(patches, td["Y"], weights).mean()
+        return loss
 
     def training_step(self, batch, batch_idx):
         loss = self.loss_of(batch)

@@ -17,6 +17,7 @@ __all__ = [
     "merge_group",
     "near_field",
     "object_estimate",
+    "phase_invariant_error",
     "poisson_nll",
     "probe_weight",
     "project_modulus",
@@ -246,3 +247,18 @@ def poisson_nll(predicted: torch.Tensor, counts: torch.Tensor, eps: float = 1e-6
 def mae_amplitude_loss(predicted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Elementwise ``|sqrt(predicted) - sqrt(counts)|``: absolute error on diffraction amplitudes."""
     return (torch.sqrt(predicted + 1e-12) - torch.sqrt(counts)).abs()
+
+
+def phase_invariant_error(patches: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per item ``min over complex a of sum w |a O - Y|^2 / sum w |Y|^2``, ``(B,)`` from ``(B, ...)`` patches.
+
+    A group's constant phase and the scale of its amplitude are not observable from its
+    diffraction, so a comparison with ground truth ``Y`` first fits them (one complex scalar
+    ``a = sum w conj(O) Y / sum w |O|^2`` per item); ``weights`` (e.g. :func:`probe_weight`) count
+    each pixel by how much the measurement saw of it.
+    """
+    O, Y, w = patches.flatten(1), truth.flatten(1), weights.flatten(1).to(patches.real.dtype)
+    tiny = torch.finfo(w.dtype).tiny
+    a = (w * O.conj() * Y).sum(dim=1, keepdim=True) / (w * (O.real**2 + O.imag**2)).sum(dim=1, keepdim=True).clamp_min(tiny)
+    residual = a * O - Y
+    return (w * (residual.real**2 + residual.imag**2)).sum(dim=1) / (w * (Y.real**2 + Y.imag**2)).sum(dim=1).clamp_min(tiny)

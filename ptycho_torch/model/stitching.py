@@ -52,15 +52,15 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
 
 
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                       experiment: int = 0, progress: bool = True, align_phase: bool = True) -> np.ndarray:
+                       experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> np.ndarray:
     """The stitched complex64 ``(H, W)`` object of one experiment of ``dataset`` (see :func:`reconstruct`)."""
     return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress,
-                       align_phase=align_phase).object
+                       align_phase=align_phase, use_network=use_network).object
 
 
 @torch.no_grad()
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                experiment: int = 0, progress: bool = True, align_phase: bool = True) -> Reconstruction:
+                experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
 
     Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
@@ -71,7 +71,8 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     is then multiplied by the real gain ``sqrt(sum counts / sum predicted counts)`` (the Poisson
     maximum-likelihood gain of the whole scan), so its scale is calibrated on the measurement.
     ``canvas`` defaults to :func:`default_canvas` of the experiment's scan positions; ``batch_size``
-    to ``InferenceConfig.batch_size`` capped at 64 groups.
+    to ``InferenceConfig.batch_size`` capped at 64 groups. ``use_network=False`` stitches the model's
+    physics input instead of its predictions (the pipeline without the network).
     """
     was_training = model.training
     model.eval()
@@ -90,9 +91,9 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
         for start in tqdm(range(0, len(groups), batch_size), desc="reconstructing", unit="batch", disable=not progress):
             td, probe, scale = dataset[groups[start : start + batch_size]]
             td, probe, scale = td.to(device), probe.to(device), scale.to(device).reshape(-1)
-            patches = model.predict_patches(td, probe, scale)
+            patches = model.predict_patches(td, probe, scale) if use_network else model.predict_patches(td, probe, scale, use_network=False)
             counts_total += float(physics.counts_from_amplitudes(td["images"], scale).sum(dtype=torch.float64))
-            predicted_total += float(model.predicted_counts(patches, probe, scale).sum(dtype=torch.float64))
+            predicted_total += float(model.predicted_counts(patches, probe, scale, td).sum(dtype=torch.float64))
             positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :]  # (B, C, 2) [x, y]
             weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe))).to(patches.real.dtype)
             accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1), group_size=patches.shape[1] if align_phase else 0)

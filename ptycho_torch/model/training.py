@@ -28,6 +28,11 @@ LAST_CHECKPOINT = "last.ckpt"
 VAL_MONITOR = "val_loss"  # logged by PtychoPINN_Lightning beside its val_loss_name
 
 
+def needs_ground_truth(model_config) -> bool:
+    """Whether training reads ground-truth patches ``Y``: Supervised mode, or a positive ``truth_loss_weight``."""
+    return model_config.mode == "Supervised" or float(getattr(model_config, "truth_loss_weight", 0) or 0) > 0
+
+
 def split_by_region(dataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train, val)`` group indices of a PtychoDataset that share no scan point, from every experiment.
 
@@ -106,7 +111,7 @@ class PtychoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
-                                         data_dir=self.data_dir, ground_truth=self.model_config.mode == "Supervised", progress=self.progress)
+                                         data_dir=self.data_dir, ground_truth=needs_ground_truth(self.model_config), progress=self.progress)
         if self.train_indices is None:
             self.train_indices, self.val_indices = split_by_region(self.dataset, self.val_fraction, self.val_seed)
             unused = len(self.dataset) - len(self.train_indices) - len(self.val_indices)

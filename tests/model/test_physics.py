@@ -233,3 +233,16 @@ def test_object_estimate_ignores_the_probe_scale_and_rounding_level_fields():
         single = physics.object_estimate((modulus * factor).float(), (probe * factor).to(torch.complex64), coords_relative.float(), 20)
         assert torch.isfinite(torch.view_as_real(single)).all(), factor
         torch.testing.assert_close(single, reference.to(torch.complex64), atol=1e-2, rtol=0, msg=f"probe x {factor}")  # measured 3.8e-3
+
+
+def test_phase_invariant_error_ignores_one_complex_scalar_and_weights_pixels():
+    truth = torch.tensor([[1 + 1j, 2 - 1j, 0.5j]], dtype=torch.complex64)
+    weights = torch.tensor([[1.0, 2.0, 0.0]])
+    # a constant phase and amplitude factor costs nothing
+    assert physics.phase_invariant_error(truth * (0.5 * np.exp(1.2j)), truth, weights).item() == pytest.approx(0, abs=1e-6)
+    # hand-computed: O = [1, 1, 5]; a = sum w conj(O) Y / sum w |O|^2 = (1+1j + 2(2-1j)) / 3 = (5 - 1j) / 3;
+    # the third pixel has no weight, so its value does not count
+    O = torch.tensor([[1, 1, 5]], dtype=torch.complex64)
+    a = (5 - 1j) / 3
+    expected = (abs(a - (1 + 1j)) ** 2 + 2 * abs(a - (2 - 1j)) ** 2) / (2 + 2 * 5)
+    assert physics.phase_invariant_error(O, truth, weights).item() == pytest.approx(expected, rel=1e-5)

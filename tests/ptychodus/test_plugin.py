@@ -240,7 +240,7 @@ class _TruePatches:
         self._counts = physics.counts_from_amplitudes(td["images"], scale)
         return torch.from_numpy(patches.reshape(*positions.shape[:2], self.N, self.N))
 
-    def predicted_counts(self, patches, probe, scale):
+    def predicted_counts(self, patches, probe, scale, batch=None):
         return self._counts
 
 
