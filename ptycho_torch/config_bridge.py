@@ -128,7 +128,7 @@ def _copied_from(config: Any, name: str) -> Callable[[], Any]:
     return lambda: getattr(config, name)
 
 
-def _lr_schedule(training: TrainingConfig) -> dict[str, Any]:
+def lr_schedule(training: TrainingConfig) -> dict[str, Any]:
     """``lr_warmup_epochs``/``lr_min_ratio``: PtychoPINN main's fields if set, else the older ``warmup_epochs``/``min_lr_ratio``."""
     default = TrainingConfig()
     warmup = training.lr_warmup_epochs if training.lr_warmup_epochs != default.lr_warmup_epochs else training.warmup_epochs
@@ -220,7 +220,7 @@ def to_training_config(
         'output_dir': training.output_dir,
         'backend': 'pytorch',
         **{name: getattr(training, name) for name in CARRIED_TRAINING_FIELDS},
-        **_lr_schedule(training),
+        **lr_schedule(training),
     }
     values.update(checked)
     if values['train_data_file'] is None:

@@ -11,6 +11,7 @@ import torch
 
 from ptycho_torch.model import physics
 from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_bridge import lr_schedule
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.model.networks import build_generator
 
@@ -21,7 +22,7 @@ __all__ = ["PtychoPINN_Lightning", "as_config"]
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
 GENERATOR_OUTPUTS = ("correction", "object")
-SCHEDULERS = ("Default", "Cosine", "Exponential")
+SCHEDULERS = ("Default", "WarmupCosine", "Exponential")  # the names the data pipeline's config accepts too
 # What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
 SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"))
 
@@ -234,7 +235,8 @@ class PtychoPINN_Lightning(L.LightningModule):
         if tc.scheduler == "Exponential":
             scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
         else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(tc.epochs, tc.warmup_epochs, tc.min_lr_ratio))
+            schedule = lr_schedule(tc)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(tc.epochs, schedule["lr_warmup_epochs"], schedule["lr_min_ratio"]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 

@@ -122,6 +122,8 @@ def test_dict_and_dataclass_configs_build_the_same_model():
     ("generator_input", "fft", "ModelConfig.generator_input"),
     ("object_estimate_steps", 0, "ModelConfig.object_estimate_steps"),
     ("object_estimate_steps", 2.5, "ModelConfig.object_estimate_steps"),
+    ("generator_output", "region", "ModelConfig.generator_output"),
+    ("truth_loss_weight", -1.0, "ModelConfig.truth_loss_weight"),
 ])
 def test_unsupported_options_are_refused_by_name(field, value, message):
     data, model_config, training, inference = configs()
@@ -129,6 +131,16 @@ def test_unsupported_options_are_refused_by_name(field, value, message):
         PtychoPINN_Lightning(replace(model_config, **{field: value}), data, training, inference)
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         PtychoPINN_Lightning({"n_filter_scale": 1}, data, training, inference)
+
+
+def test_the_warm_up_cosine_schedule_is_one_the_data_pipeline_accepts_too(memmap_dir):
+    """The model offered 'Cosine', which the dataset's config refused; both now take PtychoPINN's 'WarmupCosine'."""
+    data, model_config, training, inference = configs(n_groups=16, epochs=3, scheduler="WarmupCosine", lr_warmup_epochs=1, lr_min_ratio=0.0)
+    PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    schedule = PtychoPINN_Lightning(model_config, data, training, inference).configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [schedule.lr_lambdas[0](epoch) for epoch in range(3)] == pytest.approx([0.5, 1.0, 0.5])
+    with pytest.raises(ValueError, match="WarmupCosine"):
+        PtychoPINN_Lightning(model_config, data, replace(training, scheduler="Cosine"), inference)
 
 
 def test_supervised_mode_trains_on_ground_truth_patches(memmap_dir):
