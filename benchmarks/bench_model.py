@@ -1,20 +1,28 @@
-"""Train PtychoPINN on datasets/sim_small.npz on the CPU, stitch, and score against the true object.
+"""Train PtychoPINN on simulated scans, reconstruct scans it never saw, and credit each part by ablation.
 
-    .venv/bin/python benchmarks/bench_model.py                       # this package's defaults
-    .venv/bin/python benchmarks/bench_model.py --preset upstream     # Ptychodus's defaults (N filters 2, 2 epochs)
+    .venv/bin/python benchmarks/bench_model.py                          # this package's defaults
+    .venv/bin/python benchmarks/bench_model.py --truth-loss-weight 0    # physics loss only
+    .venv/bin/python benchmarks/bench_model.py --ptychi-json benchmarks/results/ptychi_heldout.json
 
-Prints one JSON record (quality, training groups/s, CPU and wall time, peak memory, load average)
-and writes it with a figure (truth, reconstruction, error) under --out.
+A corpus of ``--n-train`` simulated scans (``ptycho.simulate.corpus_settings``: other objects, doses
+and positions than the held-out scans) trains the network through ``PtychoDataModule`` and
+``build_trainer``, as ``ptycho-train`` does. Every held-out scan (``--n-test`` new ones and the
+embedded ``datasets/sim_small.npz``, plus families of other objects) is then reconstructed four ways:
+(a) the physics input alone, stitched; (b) the untrained network; (c) the trained network; (d) Pty-chi,
+read from ``benchmarks/bench_ptychi.py --json ... --save-objects ...`` if given. Prints a Markdown table
+and writes one JSON record and a figure under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,154 +36,244 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import reconstruction_quality  # noqa: E402
 from ptycho.scan_file import read_scan  # noqa: E402
+from ptycho.simulate import PRESETS as SIMULATION_PRESETS  # noqa: E402
+from ptycho.simulate import corpus_settings, write_corpus  # noqa: E402
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig  # noqa: E402
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model import PtychoPINN_Lightning  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
-from ptycho_torch.model.training import PtychoDataModule, build_trainer  # noqa: E402
+from ptycho_torch.model.training import PtychoDataModule, build_trainer, needs_ground_truth  # noqa: E402
 
-PRESETS = {
-    # this package: n_filters_scale 1, one group per scan point (512), 10 epochs
-    "default": dict(n_filters_scale=1, n_groups=512, epochs=10, cbam_encoder=False, use_shared_decoder=True, batch_norm=True, learning_rate=2e-3, batch_size=8),
-    # Ptychodus's defaults for the model size, 2023 groups as upstream's subsampling 7 gives, 2 epochs
-    "upstream": dict(n_filters_scale=2, n_groups=2023, epochs=2, cbam_encoder=True, use_shared_decoder=False, batch_norm=False, learning_rate=1e-3, batch_size=16),
+logger = logging.getLogger("bench_model")
+
+EMBEDDED = ROOT / "datasets" / "sim_small.npz"
+TRAIN_SEED, TEST_SEED = 1, 2  # corpus seeds: the held-out scans share no object, dose or position draw with training
+# Held-out object families: the training family (embedded preset) and two it never saw.
+FAMILIES = {
+    "islands": {},
+    "fine islands": {"feature_size_px": 3.2},
+    "strong phase": {"phase_scale_rad": 1.6},
 }
+PRESETS = {
+    # this package: n_filters_scale 1, shared decoder, batch norm, 2-step physics input, corrected
+    "default": dict(n_filters_scale=1, epochs=10, batch_size=8, learning_rate=2e-3, truth_loss_weight=300.0, cbam_encoder=False,
+                    use_shared_decoder=True, batch_norm=True),
+    # Ptychodus's model size and optimiser settings
+    "upstream": dict(n_filters_scale=2, epochs=10, batch_size=16, learning_rate=1e-3, truth_loss_weight=300.0, cbam_encoder=True,
+                     use_shared_decoder=False, batch_norm=False),
+}
+WAYS = ("physics input", "untrained network", "trained network")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--npz", type=Path, default=ROOT / "datasets" / "sim_small.npz")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    for name in ("n_filters_scale", "n_groups", "epochs"):
+    parser.add_argument("--corpus", type=Path, default=ROOT / "benchmarks" / "results" / "corpus",
+                        help="where the simulated scans are written (reused when present)")
+    parser.add_argument("--n-train", type=int, default=8, help="training scans (512 points each)")
+    parser.add_argument("--n-test", type=int, default=3, help="held-out scans per object family")
+    parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
+    for name in ("n_filters_scale", "epochs", "batch_size", "object_estimate_steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--loss", choices=["Poisson", "MAE"], default="Poisson")
-    parser.add_argument("--no-object-big", action="store_true")
-    parser.add_argument("--shared-decoder", action="store_true")
-    parser.add_argument("--separate-decoders", action="store_true", help="one decoder for amplitude, one for phase")
-    parser.add_argument("--batch-norm", action="store_true")
-    parser.add_argument("--no-batch-norm", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    for name in ("learning_rate", "truth_loss_weight"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float)
+    parser.add_argument("--generator-output", choices=["correction", "object"])
+    parser.add_argument("--seed", type=int, default=0, help="network initialisation")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: cheapest in CPU time on a shared machine)")
-    parser.add_argument("--amp-activation", default="silu")
-    parser.add_argument("--generator-input", choices=["object_estimate", "diffraction"], default=None,
-                        help="what the generator sees (default: ModelConfig's, the object estimate; 'diffraction' as upstream)")
-    parser.add_argument("--object-estimate-steps", type=int, default=None)
+    parser.add_argument("--ptychi-json", type=Path, help="bench_ptychi.py records of the same held-out scans (with --save-objects)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def settings(args) -> dict:
+def settings_of(args) -> dict:
     chosen = dict(PRESETS[args.preset])
-    for name in ("n_filters_scale", "n_groups", "epochs", "learning_rate", "batch_size"):
+    for name in ("n_filters_scale", "epochs", "batch_size", "learning_rate", "truth_loss_weight", "object_estimate_steps", "generator_output"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
-    if args.batch_norm or args.no_batch_norm:
-        chosen["batch_norm"] = not args.no_batch_norm
-    if args.shared_decoder:
-        chosen["use_shared_decoder"] = True
-    if args.separate_decoders:
-        chosen["use_shared_decoder"] = False
-    for name in ("generator_input", "object_estimate_steps"):
-        chosen[name] = getattr(args, name) if getattr(args, name) is not None else getattr(ModelConfig, name)
-    chosen.update(amp_activation=args.amp_activation, loss=args.loss, object_big=not args.no_object_big, seed=args.seed, threads=args.threads)
-    return chosen
+    chosen.setdefault("object_estimate_steps", ModelConfig.object_estimate_steps)
+    chosen.setdefault("generator_output", ModelConfig.generator_output)
+    return dict(chosen, seed=args.seed, threads=args.threads, n_train=args.n_train)
 
 
-def configs(s: dict, npz: Path):
+def configs(s: dict, train_file: Path):
     data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
-    model = ModelConfig(n_filters_scale=s["n_filters_scale"], cbam_encoder=s["cbam_encoder"], object_big=s["object_big"],
-                        use_shared_decoder=s["use_shared_decoder"], loss_function=s["loss"], amp_activation=s["amp_activation"], batch_norm=s.get("batch_norm", False),
-                        generator_input=s["generator_input"], object_estimate_steps=s["object_estimate_steps"])
-    training = TrainingConfig(n_groups=s["n_groups"], epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
-                              device="cpu", num_workers=0, train_data_file=str(npz), test_data_file=str(npz))
+    model = ModelConfig(n_filters_scale=s["n_filters_scale"], cbam_encoder=s["cbam_encoder"], use_shared_decoder=s["use_shared_decoder"],
+                        batch_norm=s["batch_norm"], object_big=True, object_estimate_steps=s["object_estimate_steps"],
+                        generator_output=s["generator_output"], truth_loss_weight=s["truth_loss_weight"])
+    training = TrainingConfig(n_groups=512, epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
+                              scheduler="WarmupCosine", lr_warmup_epochs=0, lr_min_ratio=0.0,
+                              device="cpu", num_workers=0, train_data_file=str(train_file), test_data_file=str(train_file))
     return data, model, training, InferenceConfig(batch_size=64)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def make_corpus(root: Path, n_train: int, n_test: int, families: list[str]) -> tuple[Path, dict[str, list[Path]]]:
+    """Training scans under ``root/train``; held-out scans per family under ``root/test-<family>``; reused if present."""
+    base = SIMULATION_PRESETS["embedded"]
+    train = root / f"train-{n_train}"
+    if len(list(train.glob("*.npz"))) != n_train:
+        write_corpus(train, corpus_settings(n_train, TRAIN_SEED, base))
+    tests = {}
+    for family in families:
+        directory = root / f"test-{family.replace(' ', '-')}-{n_test}"
+        if len(list(directory.glob("*.npz"))) != n_test:
+            write_corpus(directory, corpus_settings(n_test, TEST_SEED, dataclasses.replace(base, **FAMILIES[family])), prefix="test")
+        tests[family] = sorted(directory.glob("*.npz")) + ([EMBEDDED] if family == "islands" else [])
+    return train, tests
 
 
-def main() -> None:
-    args = parse_args()
+def cpu_seconds() -> float:
+    return time.process_time()
+
+
+def score(result, truth: np.ndarray) -> dict:
+    quality = reconstruction_quality(result.object, truth, result.coverage > 0.05 * result.coverage.max())
+    return {"amplitude_r": quality.amplitude_r, "phase_r": quality.phase_r, "nrmse": quality.nrmse,
+            "phase_contrast": quality.phase_contrast, "shift_px": list(quality.shift_px)}
+
+
+def reconstruct_held_out(models: dict, scan_path: Path, data, model_config, training, work: Path) -> tuple[dict, dict]:
+    """Each way of :data:`WAYS` on one scan: scores with CPU seconds, and the objects."""
+    dataset = PtychoDataset(scan_path, data, model_config, dataclasses.replace(training, n_groups=512), data_dir=work / "memmap-test", progress=False)
+    truth = read_scan(scan_path, load_diffraction=False).objectGuess
+    records, objects = {}, {}
+    for way in WAYS:
+        model = models["untrained" if way == "untrained network" else "trained"]
+        started = cpu_seconds()
+        result = reconstruct(model, dataset, canvas=Canvas(truth.shape, (0, 0)), progress=False, use_network=way != "physics input")
+        records[way] = dict(score(result, truth), reconstruct_cpu_s=cpu_seconds() - started)
+        objects[way] = result.object
+    return records, objects
+
+
+def ptychi_records(path: Path | None) -> list[dict]:
+    if path is None:
+        return []
+    return json.loads(path.read_text())["records"]
+
+
+def summary_rows(by_scan: dict, ptychi: list[dict], family_of: dict) -> list[dict]:
+    """One row per family and way (and Pty-chi engine/epochs): mean and range over the family's scans."""
+    rows = []
+    for family in dict.fromkeys(family_of.values()):
+        scans = [scan for scan, f in family_of.items() if f == family]
+        ways = [(way, [by_scan[scan][way] for scan in scans]) for way in WAYS]
+        for engine, epochs in sorted({(r["engine"], r["epochs"]) for r in ptychi if r["scan"] in scans}):
+            found = [r for r in ptychi if r["scan"] in scans and (r["engine"], r["epochs"]) == (engine, epochs)]
+            ways.append((f"Pty-chi {engine.upper() if engine != 'epie' else 'ePIE'} {epochs} epochs",
+                         [dict(r, reconstruct_cpu_s=r["cpu_s"]) for r in found]))
+        for way, records in ways:
+            row = {"family": family, "way": way, "scans": len(records)}
+            for key in ("amplitude_r", "phase_r", "nrmse", "phase_contrast", "reconstruct_cpu_s"):
+                values = np.array([r[key] for r in records])
+                row[key] = (float(values.mean()), float(values.min()), float(values.max()))
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| held-out family | reconstruction | scans | amplitude r | phase r | NRMSE | phase contrast | reconstruction CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        cells = [f"{m:.4f} ({lo:.4f}-{hi:.4f})" if key != "reconstruct_cpu_s" else f"{m:.1f} ({lo:.1f}-{hi:.1f})"
+                 for key in ("amplitude_r", "phase_r", "nrmse", "phase_contrast", "reconstruct_cpu_s")
+                 for m, lo, hi in [row[key]]]
+        lines.append(f"| {row['family']} | {row['way']} | {row['scans']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    s = settings(args)
+    logger.setLevel(logging.INFO)
+    s = settings_of(args)
     torch.set_num_threads(s["threads"])
-    data, model_config, training, inference = configs(s, args.npz)
+    train_dir, tests = make_corpus(args.corpus, args.n_train, args.n_test, args.families)
+    data, model_config, training, inference = configs(s, sorted(train_dir.glob("*.npz"))[0])
     work = Path(tempfile.mkdtemp(prefix="bench_model_"))
-    try:  # the memory map, caches and checkpoints are scratch: removed afterwards
-        overrides = {"enable_oversampling": True, "neighbor_pool_size": 7} if s["n_groups"] > 512 else None
-        dataset = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides=overrides, progress=False)
+    try:  # memory maps, caches and checkpoints are scratch: removed afterwards
+        dataset = PtychoDataset(train_dir, data, model_config, training, data_dir=work / "memmap", ground_truth=needs_ground_truth(model_config), progress=False)
+        untrained = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
         module = PtychoDataModule(dataset, data, model_config, training)
         trainer = build_trainer(training, work / "run", progress=False)
-        load_before = os.getloadavg()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        load_before, started_wall, started_cpu = os.getloadavg(), time.perf_counter(), cpu_seconds()
         trainer.fit(model, datamodule=module)
-        train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        load_after = os.getloadavg()
-        n_train = len(module.train_indices) * s["epochs"]
+        train_cpu, train_wall, load_after = cpu_seconds() - started_cpu, time.perf_counter() - started_wall, os.getloadavg()
+        group_steps = len(module.train_indices) * s["epochs"]
+        logger.info("trained %d group steps in %.1f CPU s", group_steps, train_cpu)
 
-        scan = read_scan(args.npz)
-        inference_set = PtychoDataset(args.npz, data, model_config, training, data_dir=work / "memmap", overrides={"n_groups": 512}, progress=False)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = reconstruct(model, inference_set, canvas=Canvas(scan.objectGuess.shape, (0, 0)), progress=False)
-        infer_cpu, infer_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        covered = result.coverage > 0.05 * result.coverage.max()
-        quality = reconstruction_quality(result.object, scan.objectGuess, covered)
+        by_scan, objects, family_of = {}, {}, {}
+        for family, scans in tests.items():
+            for scan in scans:
+                family_of[str(scan)] = family
+                by_scan[str(scan)], objects[str(scan)] = reconstruct_held_out({"trained": model, "untrained": untrained}, scan, data, model_config, training, work)
+                logger.info("%s (%s): %s", scan.name, family, {w: (round(r["amplitude_r"], 4), round(r["phase_r"], 4)) for w, r in by_scan[str(scan)].items()})
+        ptychi = ptychi_records(args.ptychi_json)
+        rows = summary_rows(by_scan, ptychi, family_of)
         record = {
-            "settings": s,
-            "amplitude_r": quality.amplitude_r,
-            "phase_r": quality.phase_r,
-            "registration_shift_px": quality.shift_px,
-            "compared_pixels": quality.n_pixels,
-            "train_groups": len(module.train_indices),
-            "train_cpu_s": train_cpu,
-            "train_wall_s": train_wall,
-            "train_groups_per_wall_s": n_train / train_wall,
-            "train_groups_per_cpu_s": n_train / train_cpu,
-            "inference_wall_s": infer_wall,
-            "inference_cpu_s": infer_cpu,
-            "peak_rss_mib": peak_rss_mib(),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
+            "settings": s, "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "train_scans": sorted(p.name for p in train_dir.glob("*.npz")), "train_groups": len(module.train_indices),
+            "validation_groups": len(module.val_indices), "group_steps": group_steps,
+            "train_cpu_s": train_cpu, "train_wall_s": train_wall, "train_groups_per_cpu_s": group_steps / train_cpu,
+            "loadavg_before_training": load_before, "loadavg_after_training": load_after, "loadavg_end": os.getloadavg(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "count_gain": result.gain,
+            "per_scan": by_scan, "summary": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         tag = args.tag or f"{args.preset}_seed{s['seed']}"
-        (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=2))
-        figure(result.object, scan.objectGuess, covered, quality, args.out / f"bench_model_{tag}.png")
-        print(json.dumps(record, indent=2))
+        (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=1))
+        figure(objects[str(EMBEDDED)] if str(EMBEDDED) in objects else next(iter(objects.values())),
+               EMBEDDED if str(EMBEDDED) in objects else Path(next(iter(objects))), by_scan, ptychi, args.out / f"bench_model_{tag}.png")
+        print(markdown(rows))
+        print(f"training: {group_steps} group steps in {train_cpu:.1f} CPU s ({group_steps / train_cpu:.2f} groups per CPU s), "
+              f"{train_wall:.1f} s wall, load {load_before[0]:.2f} -> {load_after[0]:.2f}, {s['threads']} torch thread(s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def figure(rec: np.ndarray, truth: np.ndarray, covered: np.ndarray, quality, path: Path) -> None:
+def figure(objects: dict, scan_path: Path, by_scan: dict, ptychi: list[dict], path: Path) -> None:
+    """Truth, trained network, physics input and Pty-chi LSQML at the epochs closest to the network's CPU time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy import ndimage
 
-    rec = np.roll(rec, quality.shift_px, axis=(0, 1))
-    mask = ndimage.binary_erosion(np.roll(covered, quality.shift_px, axis=(0, 1)), iterations=8)
-    alpha = np.vdot(rec[mask], truth[mask]) / np.vdot(rec[mask], rec[mask])
-    rec = np.where(mask, alpha * rec, np.nan)
-    t = np.where(mask, truth, np.nan)
-    fig, axes = plt.subplots(2, 3, figsize=(10, 6.5))
-    for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
-        tv, rv = part(t), part(rec)
-        lo, hi = np.nanmin(tv), np.nanmax(tv)
-        for col, (title, image, limits) in enumerate(((f"true {name}", tv, (lo, hi)), (f"reconstructed {name}", rv, (lo, hi)), (f"error {name}", rv - tv, None))):
-            ax = axes[row, col]
-            shown = ax.imshow(image, cmap="gray" if col < 2 else "coolwarm", vmin=None if limits is None else limits[0], vmax=None if limits is None else limits[1])
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-            fig.colorbar(shown, ax=ax, fraction=0.046)
-    fig.suptitle(f"sim_small: amplitude r {quality.amplitude_r:.3f}, phase r {quality.phase_r:.3f} (interior eroded 8 px, one complex scalar fitted)", fontsize=9)
+    truth = read_scan(scan_path, load_diffraction=False).objectGuess
+    panels = [("truth", truth, None), ("trained network", objects["trained network"], by_scan[str(scan_path)]["trained network"]),
+              ("physics input alone", objects["physics input"], by_scan[str(scan_path)]["physics input"])]
+    network_cpu = by_scan[str(scan_path)]["trained network"]["reconstruct_cpu_s"]
+    lsqml = [r for r in ptychi if r["scan"] == str(scan_path) and r["engine"] == "lsqml" and r.get("object_path")]
+    if lsqml:
+        nearest = min(lsqml, key=lambda r: abs(r["cpu_s"] - network_cpu))
+        panels.append((f"Pty-chi LSQML {nearest['epochs']} epochs", np.load(nearest["object_path"], allow_pickle=False), dict(nearest, reconstruct_cpu_s=nearest["cpu_s"])))
+    covered = np.abs(objects["physics input"]) > 0
+    mask = ndimage.binary_erosion(covered, iterations=8)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.3 * len(panels), 6.6))
+    phase_range = np.percentile(np.angle(truth[mask]), [1, 99])
+    for col, (title, image, scores) in enumerate(panels):
+        r = image[mask].astype(np.complex128)
+        alpha = np.vdot(r, truth[mask]) / np.vdot(r, r) if scores is not None else 1.0
+        shown = np.where(mask, alpha * image, np.nan)
+        label = title if scores is None else (f"{title}\namp r {scores['amplitude_r']:.3f}, phase r {scores['phase_r']:.3f}\n"
+                                              f"{scores['reconstruct_cpu_s']:.1f} CPU s")
+        axes[0, col].imshow(np.abs(shown), cmap="gray")
+        axes[1, col].imshow(np.angle(shown), cmap="gray", vmin=phase_range[0], vmax=phase_range[1])
+        axes[0, col].set_title(label, fontsize=8)
+        for row in (0, 1):
+            axes[row, col].axis("off")
+    axes[0, 0].set_ylabel("amplitude")
+    axes[1, 0].set_ylabel("phase")
+    fig.suptitle(f"{scan_path.name}, never seen in training: amplitude (top) and phase (bottom), one complex scalar fitted", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
