@@ -63,6 +63,9 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
     png = None if args.no_png else output.with_suffix(".png")
+    if png == output:
+        raise UsageError(f"--output {output} ends in .png, where the amplitude/phase picture goes; give the NPZ another "
+                         "name (e.g. .npz) or pass --no-png")
     for path, option in ((output, "--output"), (png, "the PNG (--no-png to skip it)")):
         if path is not None:
             check_output_path(path, option, inputs=(args.checkpoint, args.scan))

@@ -103,6 +103,12 @@ def test_reconstruct_never_writes_through_a_symbolic_link(checkpoint, tmp_path):
     assert precious.read_bytes() == b"a user's own file"
 
 
+def test_reconstruct_refuses_an_output_named_like_its_png(checkpoint, tmp_path):
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "recon.png", "--quiet")
+    assert_one_line_error(result, str(tmp_path / "recon.png"), "--no-png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reconstruct_writes_exactly_the_path_it_prints_with_device_cpu(checkpoint, tmp_path):
     output = tmp_path / "object.ckpt"
     result = reconstruct(checkpoint, NPZ, "--output", output, "--n-groups", 16, "--no-png", "--device", "cpu", "--quiet")
