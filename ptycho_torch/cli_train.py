@@ -113,7 +113,7 @@ def train(args: argparse.Namespace) -> int:
 
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
-    from ptycho_torch.run_dirs import discard_failed_run, mark_finished, new_run_dir
+    from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 
     # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
@@ -133,7 +133,6 @@ def train(args: argparse.Namespace) -> int:
             discard_failed_run(run_dir)
         raise
     if trainer.is_global_zero:
-        mark_finished(best.parents[1])
         print(best)
     return EXIT_OK
 

@@ -2,10 +2,12 @@
 
 ``new_run_dir(output_dir)`` makes ``output_dir/run_<UTC YYYYmmdd_HHMMSS>`` with ``os.mkdir`` (no
 ``exist_ok``): two runs starting in the same second get ``run_<stamp>`` and ``run_<stamp>_1``, never
-one shared directory. The new directory holds an ``INCOMPLETE`` file until :func:`mark_finished`;
-:func:`ptycho_torch.lightning_utils.find_best_checkpoint` ignores a directory that still has it, so
-a run that failed or was killed is never taken for a finished one. :func:`discard_failed_run` removes
-a failed run's directory when it holds no checkpoint, and otherwise keeps the checkpoints (marked).
+one shared directory. From the start of fitting until it ends normally the directory holds a file
+``INCOMPLETE`` (:func:`mark_incomplete`, :func:`mark_finished`; ``model.training.build_trainer``
+does both), and :func:`ptycho_torch.lightning_utils.find_best_checkpoint` ignores a directory that
+has it, so the checkpoints of a run that failed or was killed are never taken for a finished run's.
+:func:`discard_failed_run` removes a failed run's directory when it holds no checkpoint, and
+otherwise keeps the checkpoints (marked).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ptycho_torch.store.atomic import DataDirectoryError, explain_write_error, m
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INCOMPLETE", "discard_failed_run", "is_incomplete", "mark_finished", "new_run_dir"]
+__all__ = ["INCOMPLETE", "discard_failed_run", "is_incomplete", "mark_finished", "mark_incomplete", "new_run_dir"]
 
 INCOMPLETE = "INCOMPLETE"
 _INCOMPLETE_TEXT = (
@@ -33,7 +35,7 @@ _MAX_SUFFIX = 1000
 
 
 def new_run_dir(output_dir, now: float | None = None) -> Path:
-    """A new, empty-but-marked ``output_dir/run_<UTC stamp>[_k]`` created exclusively; ``output_dir`` is created if needed."""
+    """A new, empty ``output_dir/run_<UTC stamp>[_k]`` created exclusively; ``output_dir`` is created if needed."""
     output_dir = Path(output_dir)
     stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(now))
     _make_output_dir(output_dir)
@@ -45,7 +47,6 @@ def new_run_dir(output_dir, now: float | None = None) -> Path:
             continue
         except OSError as exc:
             raise _output_error(exc, output_dir) from exc
-        (run_dir / INCOMPLETE).write_text(_INCOMPLETE_TEXT)
         return run_dir
     raise FileExistsError(errno.EEXIST, f"cannot create a new run directory in {output_dir}: run_{stamp} to "
                           f"run_{stamp}_{_MAX_SUFFIX - 1} all exist; {OUTPUT_DIR_FIX}")
@@ -54,6 +55,11 @@ def new_run_dir(output_dir, now: float | None = None) -> Path:
 def is_incomplete(run_dir) -> bool:
     """Whether ``run_dir`` belongs to a run that has not finished (see :func:`new_run_dir`)."""
     return (Path(run_dir) / INCOMPLETE).exists()
+
+
+def mark_incomplete(run_dir) -> None:
+    """Mark ``run_dir`` as the directory of a run in progress (its checkpoints are not to be used yet)."""
+    (Path(run_dir) / INCOMPLETE).write_text(_INCOMPLETE_TEXT)
 
 
 def mark_finished(run_dir) -> None:

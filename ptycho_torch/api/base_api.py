@@ -11,7 +11,7 @@ from ptycho_torch.api.configs import ConfigManager, as_config
 from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.lightning_utils import find_best_checkpoint
-from ptycho_torch.run_dirs import discard_failed_run, mark_finished
+from ptycho_torch.run_dirs import discard_failed_run
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,6 @@ class Trainer:
         except BaseException:
             discard_failed_run(run_dir)
             raise
-        mark_finished(run_dir)
         self.best_checkpoint = find_best_checkpoint(run_dir)
         logger.info("best checkpoint: %s", self.best_checkpoint)
         return self.best_checkpoint

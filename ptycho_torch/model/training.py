@@ -19,6 +19,7 @@ from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 from ptycho_torch.config_coerce import as_config
+from ptycho_torch.run_dirs import mark_finished, mark_incomplete
 from ptycho_torch.store.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,26 @@ class ConfigWriter(Callback):
                     tmp.write_text(json.dumps(value, indent=2, default=_json_value))
 
 
+class RunInProgressMark(Callback):
+    """Rank 0 keeps ``run_dir/INCOMPLETE`` from the start of fitting until it ends normally (``ptycho_torch.run_dirs``).
+
+    Written after the logger opened the directory (so Lightning sees no earlier files there); a fit that
+    raises or is interrupted leaves it, and ``find_best_checkpoint`` then ignores the directory.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mark_incomplete(self.run_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.interrupted:
+            mark_finished(self.run_dir)
+
+
 class NonFiniteLossError(ValueError):
     """The training or validation loss became NaN or infinite; the message names the epoch and batch."""
 
@@ -199,7 +220,7 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
     One process per device; with one device the strategy is in-process (``'auto'``) whatever
     ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks); under ``torchrun``
     it is ``'ddp'`` over the processes it started. Gradient clipping and accumulation follow the
-    config. Metrics go to ``run_dir/metrics.csv``. A non-finite loss stops training with
+    config. Metrics go to ``run_dir/metrics.csv``; ``run_dir/INCOMPLETE`` marks it while fitting. A non-finite loss stops training with
     :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
     broadcasts it), so only rank 0 needs a real one.
     """
@@ -223,7 +244,7 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
         max_epochs=int(tc.epochs),
         gradient_clip_val=tc.gradient_clip_val or None,
         accumulate_grad_batches=max(1, int(tc.accum_steps)),
-        callbacks=[checkpoint, ConfigWriter(run_dir), StopOnNonFiniteLoss(), *callbacks],
+        callbacks=[checkpoint, ConfigWriter(run_dir), RunInProgressMark(run_dir), StopOnNonFiniteLoss(), *callbacks],
         logger=CSVLogger(run_dir, name="", version=""),
         default_root_dir=run_dir,
         enable_progress_bar=progress,

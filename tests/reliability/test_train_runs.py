@@ -7,13 +7,14 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ptycho_torch.lightning_utils import find_best_checkpoint
-from ptycho_torch.run_dirs import INCOMPLETE, discard_failed_run, mark_finished, new_run_dir
+from ptycho_torch.run_dirs import INCOMPLETE, discard_failed_run, mark_finished, mark_incomplete, new_run_dir
 from tests.reliability.support import python_env
 from tests.reliability.test_concurrency import free_port
 from tests.torch.test_data_pipeline import EMBEDDED, ROOT
@@ -44,9 +45,12 @@ def test_train_never_writes_into_the_directory_of_a_run_started_in_the_same_seco
     (other / "theirs.txt").write_text("the other run")
     config = tmp_path / "fast.json"
     config.write_text(json.dumps(FAST))
-    status = cli_train.main([str(EMBEDDED), "--config", str(config), "--output-dir", str(tmp_path / "runs"),
-                             "--data-dir", str(tmp_path / "memmap"), "--n-groups", "16", "--quiet"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = cli_train.main([str(EMBEDDED), "--config", str(config), "--output-dir", str(tmp_path / "runs"),
+                                 "--data-dir", str(tmp_path / "memmap"), "--n-groups", "16", "--quiet"])
     assert status == 0
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # a fresh directory, as Lightning sees it
     assert sorted(p.name for p in other.iterdir()) == ["theirs.txt"]
     ours = tmp_path / "runs" / (other.name + "_1")
     assert (ours / "checkpoints" / "best-checkpoint.ckpt").is_file() and not (ours / INCOMPLETE).exists()
@@ -56,6 +60,7 @@ def test_train_never_writes_into_the_directory_of_a_run_started_in_the_same_seco
 def test_an_unfinished_run_directory_is_never_picked(tmp_path):
     """A run killed after its first checkpoint keeps its files but find_best_checkpoint does not take them."""
     run_dir = new_run_dir(tmp_path)
+    mark_incomplete(run_dir)  # what build_trainer's RunInProgressMark does when fitting starts
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"half")
     assert find_best_checkpoint(run_dir) is None
@@ -90,7 +95,7 @@ def test_two_ddp_ranks_share_one_run_directory(tmp_path):
     printed = [Path(line) for line in result.stdout.split() if line.endswith(".ckpt")]
     assert printed == [run_dir / "checkpoints" / "best-checkpoint.ckpt"]  # rank 0 prints it, once
     assert printed[0].is_file() and (run_dir / "metrics.csv").is_file() and (run_dir / "configs" / "data_config.json").is_file()
-    assert not (run_dir / INCOMPLETE).exists()
+    assert not (run_dir / INCOMPLETE).exists() and "exists and is not empty" not in result.stderr
     assert "world_size=2" in result.stderr or "distributed_backend=gloo" in result.stderr, result.stderr[-3000:]
 
 
