@@ -26,6 +26,8 @@ BLOCK_BYTES = 32 * 2**20
 PATTERN_LAYOUTS = ("auto", "nNN", "NNn")
 
 METADATA_KEY = "_metadata"
+# A member every reconstruction ptycho-reconstruct writes holds: scan discovery skips such files (by content, not name).
+RECONSTRUCTION_MARKER = "ptychopinn_reconstruction"
 _NPZ_FIX = "re-export the scan with numpy.savez / savez_compressed (plain arrays, no Python objects)"
 
 
@@ -345,12 +347,28 @@ def scan_files(path) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npz")
         for entry in files:
             _require_scan_entry(entry)
+        written = [entry for entry in files if is_reconstruction(entry)]
+        if written:
+            logger.info("skipping %d reconstruction(s) written by ptycho-reconstruct in %s: %s", len(written), path,
+                        ", ".join(entry.name for entry in written))
+            files = [entry for entry in files if entry not in written]
         if not files:
             raise FileNotFoundError(f"no .npz scan files in directory {path}; pass an NPZ or a directory holding them")
         return files
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist; check the path")
+    if is_reconstruction(path):
+        raise ScanFileError(f"{path} is a reconstruction written by ptycho-reconstruct, not a scan; pass the scan NPZ")
     return [path]
+
+
+def is_reconstruction(path) -> bool:
+    """Whether ``path`` is an NPZ holding the ``RECONSTRUCTION_MARKER`` member (read from its directory, not its data)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f"{RECONSTRUCTION_MARKER}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False  # not readable as an NPZ: the scan checks report it
 
 
 def _require_scan_entry(entry: Path) -> None:

@@ -121,6 +121,17 @@ def split_probe(probe) -> tuple[np.ndarray, np.ndarray]:
     return stack[0], stack
 
 
+def probe_value_problem(probe: np.ndarray) -> str | None:
+    """Why ``probe`` cannot illuminate anything (non-finite or all zero), or None."""
+    array = np.asarray(probe)
+    if not np.isfinite(array).all():
+        return (f"probeGuess has {int(np.size(array) - np.isfinite(array).sum())} non-finite value(s) (NaN or inf); "
+                "store the finite probe recovered for this scan")
+    if not np.any(array):
+        return "probeGuess is all zeros, so it illuminates nothing and no object can be recovered; store the probe recovered for this scan"
+    return None
+
+
 def probe_size_problem(probe: np.ndarray, N: int) -> str | None:
     """Why mode 0 of ``probe`` cannot illuminate ``N x N`` patterns, or None."""
     shape = tuple(np.shape(probe))[-2:]

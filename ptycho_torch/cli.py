@@ -33,37 +33,52 @@ class UsageError(Exception):
     """A problem with the command line or its inputs; the message says how to fix it."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr and exit status 2."""
+class UsageParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2 (every command of this package)."""
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+USER_ERRORS = (UsageError, ValueError, TypeError, OSError, ImportError)  # bad input: one line, exit 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (never raises for bad input)."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help or a usage error, already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_or_status(parser, argv)
+    if isinstance(args, int):
+        return args
     if args.command is None:
         print(f"{PROG}: error: choose a command: build, info, verify, plot or clean; see {PROG} --help", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(args.quiet, args.debug)
+    configure_logging(args.quiet, args.debug)
+    return run_reporting_errors(f"{PROG} {args.command}", args.handler, args, args.debug)
+
+
+def parse_or_status(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status when ``--help`` or a usage error was already printed."""
     try:
-        return args.handler(args)
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def run_reporting_errors(label: str, handler, args, debug: bool = False) -> int:
+    """``handler(args)``'s exit status; bad input is one line on stderr and exit 2, a bug a traceback and exit 3."""
+    try:
+        return handler(args)
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        print(f"{label}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError, OSError, ImportError) as exc:
-        if args.debug:
+    except USER_ERRORS as exc:
+        if debug:
             traceback.print_exc()
-        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{label}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception:
         traceback.print_exc()
-        print(f"{PROG} {args.command}: internal error (please report it with the traceback above)", file=sys.stderr)
+        print(f"{label}: internal error (please report it with the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
@@ -73,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars, warnings and results only")
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
 
-    parser = _Parser(
+    parser = UsageParser(
         prog=PROG,
         description="Memory maps and groups caches of ptychography scan files (NPZ) for the PyTorch data pipeline.",
         epilog=EXIT_CODES,
@@ -93,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = command("build", _build, "build the memory map and groups cache of scan files",
                     "Copy the diffraction of each scan NPZ into a memory map and cache its groups; reuses valid ones.")
     _add_scan_arguments(build)
-    _add_lock_timeout_argument(build)
+    add_lock_timeout_argument(build)
     build.add_argument("--remake", action="store_true", help="rebuild the memory map and regroup even if valid")
 
     info = command("info", _info, "list the caches in a data directory",
@@ -110,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Draw the scan positions and each group's outline over the object amplitude into a PNG, "
                    "using the groups cache (built if needed).")
     _add_scan_arguments(plot)
-    _add_lock_timeout_argument(plot)
+    add_lock_timeout_argument(plot)
     plot.add_argument("-o", "--output", type=Path, default=Path("groups.png"), help="PNG to write (default: groups.png)")
-    plot.add_argument("--max-groups", type=_non_negative_int, default=200, help="outline at most this many groups (default: 200)")
+    plot.add_argument("--max-groups", type=non_negative_int, default=200, help="outline at most this many groups (default: 200)")
 
     clean = command("clean", _clean, "remove the files this tool wrote",
                     "Remove the memory maps, groups caches, locks and temporaries written by this tool, judged by their "
@@ -120,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "behind. Without --yes, only lists what would be removed.")
     _add_data_dir_arguments(clean)
     clean.add_argument("--yes", action="store_true", help="really remove the files")
-    _add_lock_timeout_argument(clean)
+    add_lock_timeout_argument(clean)
     return parser
 
 
@@ -135,17 +150,17 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                              "\"training_config\": {...}}; builds exactly the cache a PtychoDataset with these configs reuses "
                              "(instead of the grouping options below)")
     grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache; defaults are DataConfig's)")
-    grouping.add_argument("--gridsize", type=_positive_int, default=None, help="groups of gridsize**2 patterns (default: 2)")
-    grouping.add_argument("--n-groups", type=_positive_int, default=None,
+    grouping.add_argument("--gridsize", type=positive_int, default=None, help="groups of gridsize**2 patterns (default: 2)")
+    grouping.add_argument("--n-groups", type=positive_int, default=None,
                           help="number of groups per scan file (default: 512, as a training config without n_groups)")
-    grouping.add_argument("--K", "--neighbor-count", dest="K", type=_positive_int, default=None,
+    grouping.add_argument("--K", "--neighbor-count", dest="K", type=positive_int, default=None,
                           help="nearest neighbours to draw each group from (default: 6)")
-    grouping.add_argument("--seed", type=_non_negative_int, default=None,
+    grouping.add_argument("--seed", type=non_negative_int, default=None,
                           help="subsample seed (default: none, a random draw as in PtychoPINN)")
-    grouping.add_argument("--N", type=_positive_int, default=None, help="pattern size (default: the file's)")
+    grouping.add_argument("--N", type=positive_int, default=None, help="pattern size (default: the file's)")
     grouping.add_argument("--sequential", action="store_true", default=None, help="take the first scan points instead of a random sample")
     grouping.add_argument("--oversampling", action="store_true", default=None, help="allow more groups than scan points")
-    grouping.add_argument("--pool-size", type=_positive_int, default=None, help="neighbour pool when oversampling (default: K)")
+    grouping.add_argument("--pool-size", type=positive_int, default=None, help="neighbour pool when oversampling (default: K)")
     parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
                         help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
     parser.add_argument("--layout", choices=("auto", "nNN", "NNn"), default="auto",
@@ -153,8 +168,9 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
 
 
-def _add_lock_timeout_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lock-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
+def add_lock_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    """``--lock-timeout SECONDS``: how long to wait for another process building the same scan."""
+    parser.add_argument("--lock-timeout", type=non_negative_float, default=None, metavar="SECONDS",
                         help="give up after waiting this long for another process building the same scan "
                              "(default: wait for ever, with a warning naming that process every minute)")
 
@@ -426,12 +442,15 @@ def _progress(items: list, args, description: str):
     return tqdm(items, desc=description, unit="file")
 
 
-def _configure_logging(quiet: bool, debug: bool) -> None:
+def configure_logging(quiet: bool, debug: bool = False) -> None:
+    """INFO (WARNING with ``quiet``, DEBUG with ``debug``) records of every logger on stderr."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)  # warnings (e.g. a lock wait) as log lines like the rest
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (an OSError as ``filename: reason``)."""
     if isinstance(exc, OSError) and exc.strerror and len(exc.args) >= 2:
         text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
     else:
@@ -439,21 +458,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
     try:
         value = float(text)
     except ValueError:

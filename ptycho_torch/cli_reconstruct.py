@@ -4,71 +4,179 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ptycho.scan_file import RECONSTRUCTION_MARKER
+from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+                              positive_int, run_reporting_errors)
+
 logger = logging.getLogger("ptycho_torch.reconstruct")
 
+PROG = "ptycho-reconstruct"
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ptycho-reconstruct", description=__doc__)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = UsageParser(prog=PROG, description=__doc__, epilog="exit status: 0 written, 2 usage or input error (one line on "
+                         "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by ptycho-train")
     parser.add_argument("scan", type=Path, help="scan NPZ to reconstruct")
-    parser.add_argument("--output", type=Path, help="output NPZ (default: <scan stem>_reconstruction.npz beside the scan)")
+    parser.add_argument("--output", type=Path, help="output NPZ, written exactly there (default: <scan stem>_reconstruction.npz "
+                        "beside the scan; scan discovery skips reconstructions by their contents)")
     parser.add_argument("--canvas", choices=["scan", "object"], default="scan",
                         help="'scan': ceil(scan span + N) centred on the scan's bounding box (Ptychodus's rule, default); "
                              "'object': the grid of the scan's objectGuess (positions are its pixels)")
-    parser.add_argument("--batch-size", type=int, default=64, help="groups per inference batch (default: 64)")
-    parser.add_argument("--n-groups", type=int, help="groups to predict (default: one per scan point)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="groups per inference batch (default: 64)")
+    parser.add_argument("--n-groups", type=positive_int, help="groups to predict (default: one per scan point)")
     parser.add_argument("--data-dir", type=Path, help="memory map directory (default: <output stem>_memmap beside the output)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
+    add_lock_timeout_argument(parser)
     parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    return parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for path in (args.checkpoint, args.scan):
-        if not path.is_file():
-            raise SystemExit(f"{path}: no such file")
-    import torch
+    args = parse_or_status(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    configure_logging(args.quiet, args.debug)
+    return run_reporting_errors(PROG, reconstruct_command, args, args.debug)
 
-    from ptycho.scan_file import read_scan
+
+def reconstruct_command(args: argparse.Namespace) -> int:
+    """Check the inputs, the outputs and the sizes, then predict, stitch and write atomically."""
+    for path, what in ((args.checkpoint, "checkpoint"), (args.scan, "scan")):
+        _require_input_file(path, what)
+    from ptycho.scan_file import read_scan, scan_files
+
+    scan_files(args.scan)  # refuses a reconstruction given as the scan
+    output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
+    png = None if args.no_png else output.with_suffix(".png")
+    if png == output:
+        raise UsageError(f"--output {output} ends in .png, where the amplitude/phase picture goes; give the NPZ another "
+                         "name (e.g. .npz) or pass --no-png")
+    for path, option in ((output, "--output"), (png, "the PNG (--no-png to skip it)")):
+        if path is not None:
+            check_output_path(path, option, inputs=(args.checkpoint, args.scan))
+    scan = read_scan(args.scan, load_diffraction=False)
+    canvas = _canvas(args, scan)
+    device = choose_device(args.device)
+
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.model.stitching import Canvas, reconstruct
+    from ptycho_torch.model.stitching import reconstruct
 
-    output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
-    model = PtychoPINN_Lightning.load_from_checkpoint(args.checkpoint, map_location=torch.device("cpu"))
-    scan = read_scan(args.scan, load_diffraction=False)
-    training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan), test_data_file=str(args.scan))
-    dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training,
-                            data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), progress=not args.quiet)
-    canvas = None
+    model = PtychoPINN_Lightning.load_from_checkpoint(args.checkpoint, map_location=device)
+    _require_pattern_size(model, args.checkpoint, scan)
+    training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
+                       test_data_file=str(args.scan))
+    dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
+                            data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), lock_timeout=args.lock_timeout)
+    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
+    write_reconstruction(output, result)
+    print(output)
+    if png is not None:
+        print(write_png(result.object, scan.objectGuess, png))
+    return EXIT_OK
+
+
+def _require_input_file(path: Path, what: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; fix the link or pass the file")
+    if not path.is_file():
+        raise UsageError(f"{what} {path}: no such file" if not path.exists() else f"{what} {path} is not a regular file")
+
+
+def check_output_path(path: Path, option: str, inputs: tuple[Path, ...]) -> None:
+    """Refuse an output that is an input, a link or a directory, or whose directory cannot be written, before any work."""
+    from ptycho_torch.store.atomic import make_directory, require_writable_directory
+
+    if path.is_symlink():
+        raise UsageError(f"{option} {path} is a symbolic link (to {os.readlink(path)}); {PROG} never writes through a link; "
+                         "remove the link or choose another path")
+    for source in inputs:
+        if path.exists() and source.exists() and os.path.samefile(path, source):
+            raise UsageError(f"{option} {path} is the input {source}; {PROG} never overwrites an input; choose another path")
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {path / 'reconstruction.npz'}")
+    make_directory(path.parent, "output directory", f"choose another {option}")
+    require_writable_directory(path.parent)
+
+
+def choose_device(requested: str, cuda_available: bool | None = None):
+    """``auto`` is the GPU when torch sees one, else the CPU; ``cuda`` without CUDA is a usage error."""
+    import torch
+
+    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    wanted = str(requested).strip().lower()
+    if wanted == "auto":
+        return torch.device("cuda" if cuda_available else "cpu")
+    try:
+        device = torch.device(wanted)
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r} is not a device; use {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {requested!r} is not supported; use {DEVICE_CHOICES}")
+    if device.type == "cuda" and not cuda_available:
+        raise UsageError(f"--device {requested}: torch sees no CUDA device here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {requested}: torch sees {torch.cuda.device_count()} CUDA device(s); use cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def _canvas(args: argparse.Namespace, scan):
+    """The output grid, checked to fit in memory before any work."""
+    from ptycho_torch.model import footprint
+    from ptycho_torch.model.stitching import Canvas, default_canvas
+
     if args.canvas == "object":
         if scan.objectGuess is None:
-            raise SystemExit(f"{args.scan}: --canvas object needs an objectGuess in the scan")
+            raise UsageError(f"{args.scan}: --canvas object needs an objectGuess in the scan")
         canvas = Canvas(scan.objectGuess.shape, (0.0, 0.0))
-    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(output, object=result.object, coverage=result.coverage.astype(np.float32),
-             origin_px=np.asarray(result.canvas.origin_px, dtype=np.float64), count_gain=np.float64(result.gain))
-    print(output)
-    if not args.no_png:
-        print(write_png(result.object, scan.objectGuess, output.with_suffix(".png")))
-    return 0
+    else:
+        canvas = default_canvas(scan.xcoords, scan.ycoords, scan.N)
+    footprint.check_canvas(canvas.shape_px, str(args.scan))
+    return canvas
+
+
+def _require_pattern_size(model, checkpoint: Path, scan) -> None:
+    if int(model.N) != scan.N:
+        raise UsageError(f"checkpoint {checkpoint} was trained on {model.N} x {model.N} patterns but scan {scan.path} holds "
+                         f"{scan.N} x {scan.N} patterns; reconstruct with a model trained on {scan.N} x {scan.N} patterns")
+
+
+def write_reconstruction(output: Path, result) -> Path:
+    """The NPZ of ``result`` written atomically at exactly ``output``, with the marker scan discovery skips."""
+    from ptycho_torch.store.atomic import atomic_path
+
+    expected = result.object.nbytes + result.coverage.size * 4
+    with atomic_path(output, expected) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, object=result.object, coverage=result.coverage.astype(np.float32),
+                 origin_px=np.asarray(result.canvas.origin_px, dtype=np.float64), count_gain=np.float64(result.gain),
+                 **{RECONSTRUCTION_MARKER: np.int8(1)})
+    return output
 
 
 def write_png(obj: np.ndarray, truth: np.ndarray | None, path: Path) -> Path:
-    """Amplitude and phase of the reconstruction, beside the ground truth's when the scan has one."""
+    """Amplitude and phase of the reconstruction, beside the ground truth's when the scan has one (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ptycho_torch.store.atomic import atomic_path
 
     columns = [("reconstruction", obj)] + ([] if truth is None else [("ground truth", truth)])
     fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 7), squeeze=False)
@@ -79,7 +187,8 @@ def write_png(obj: np.ndarray, truth: np.ndarray | None, path: Path) -> Path:
             axes[row, col].axis("off")
             fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
 

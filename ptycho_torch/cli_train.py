@@ -5,42 +5,56 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho_torch.config_file import ConfigFileError, read_config_sections
+from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+                              positive_int, run_reporting_errors)
+from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
 
+PROG = "ptycho-train"
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ptycho-train", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = UsageParser(prog=PROG, description=__doc__, epilog="exit status: 0 trained, 2 usage or input error (one line on "
+                         "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
     parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (field names of ptycho_torch.config_params)")
     parser.add_argument("--output-dir", type=Path, default=Path("training_outputs"), help="runs are written to OUTPUT_DIR/run_<UTC time> (default: training_outputs)")
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
-    parser.add_argument("--epochs", type=int, help="override training.epochs")
-    parser.add_argument("--n-groups", type=int, help="override training.n_groups (default when unset: one group per scan point)")
-    parser.add_argument("--nphotons", type=float, help="override data.nphotons (photons per pattern of the scan)")
+    parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
+    parser.add_argument("--n-groups", type=positive_int, help="override training.n_groups (default when unset: one group per scan point)")
+    parser.add_argument("--nphotons", type=_positive_float, help="override data.nphotons (photons per pattern of the scan)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
+    add_lock_timeout_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    return parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
-    try:
-        sections = read_config_sections(args.config, SECTIONS) if args.config else {name: cls() for name, cls in SECTIONS.items()}
-    except (ConfigFileError, FileNotFoundError) as exc:
-        raise SystemExit(str(exc)) from exc
-    data, model, training, inference = sections.values()
+    """The four configs from ``--config`` and the options, checked against the first scan before any work."""
+    read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
+                                                                                   {name: frozenset() for name in SECTIONS})
+    data, model, training, inference = read.configs.values()
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
+    where = f"{args.config}: data" if args.config else "data"
+    if "N" in read.given["data"] and data.N != layout.N:
+        raise UsageError(f"{where}.N={data.N} contradicts the {layout.N} x {layout.N} diffraction patterns of {first_scan}; "
+                         f"set data.N to {layout.N} or leave it out (it defaults to the pattern size)")
     data.N = layout.N
+    _settle_channels(data, read.given["data"], where)
     if args.nphotons is not None:
         data.nphotons = args.nphotons
     if args.epochs is not None:
@@ -54,28 +68,83 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
     return data, model, training, inference
 
 
+def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
+    """``C`` follows ``grid_size`` unless the file set it; groups must be square and ``K`` must fill them."""
+    gy, gx = data.grid_size
+    if gy != gx:
+        raise UsageError(f"{where}.grid_size={list(data.grid_size)} is not square; use e.g. [2, 2]")
+    if "C" in given and data.C != gy * gx:
+        raise UsageError(f"{where}.C={data.C} does not match data.grid_size={list(data.grid_size)}; "
+                         f"set C to {gy * gx} or leave it out")
+    data.C = gy * gx
+    if data.K < data.C:
+        raise UsageError(f"{where}.K={data.K} neighbours cannot fill groups of grid_size {gy} x {gx} = {data.C} patterns; "
+                         f"set K to at least {data.C}")
+
+
+def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
+    """Refuse scans whose group regions cannot fit in memory (positions in the wrong units), before any work."""
+    from ptycho.scan_file import read_scan
+    from ptycho_torch.model import footprint
+
+    for path in files:
+        scan = read_scan(path, load_diffraction=False, load_object=False)
+        reach = footprint.group_reach_bound(scan.xcoords, scan.ycoords, data.K) if data.C > 1 else 0.0
+        footprint.check_region(footprint.region_side(data.N, reach), int(training.batch_size) * data.C, str(path))
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        files = scan_files(args.data)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(str(exc)) from exc
+    args = parse_or_status(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    configure_logging(args.quiet, args.debug)
+    return run_reporting_errors(PROG, train, args, args.debug)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
+    files = scan_files(args.data)
     data, model_config, training, inference = build_configs(args, files[0])
+    check_memory(files, data, training)
+    data_dir = args.data_dir or args.output_dir / "memmap"
+    require_writable_directory(data_dir)
+
+    from lightning.pytorch.utilities import rank_zero_only
 
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
+    from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 
-    run_dir = args.output_dir / time.strftime("run_%Y%m%d_%H%M%S", time.gmtime())
-    module = PtychoDataModule(args.data, data, model_config, training, data_dir=args.data_dir or args.output_dir / "memmap", progress=not args.quiet)
-    model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
-    trainer = build_trainer(training, run_dir, progress=not args.quiet)
-    trainer.fit(model, datamodule=module)
-    best = run_dir / "checkpoints" / BEST_CHECKPOINT
-    if not best.exists():
-        raise SystemExit(f"training finished without a checkpoint in {best.parent}")
-    print(best)
-    return 0
+    # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
+    run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
+    try:
+        module = PtychoDataModule(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
+                                  lock_timeout=args.lock_timeout)
+        model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
+        trainer = build_trainer(training, run_dir, progress=not args.quiet)
+        trainer.fit(model, datamodule=module)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        best = Path(trainer.checkpoint_callback.dirpath) / BEST_CHECKPOINT
+        if not best.is_file():
+            raise RuntimeError(f"training finished without a checkpoint in {best.parent}")
+    except BaseException:
+        if rank_zero_only.rank == 0:
+            discard_failed_run(run_dir)
+        raise
+    if trainer.is_global_zero:
+        print(best)
+    return EXIT_OK
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

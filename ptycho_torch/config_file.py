@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.store.atomic import read_regular
 
-__all__ = ["ConfigFileError", "TorchConfigs", "load_torch_configs", "read_config_sections"]
+__all__ = ["ConfigFile", "ConfigFileError", "TorchConfigs", "load_torch_configs", "read_config_file", "read_config_sections"]
 
 SECTIONS = {
     "data_config": DataConfig,
@@ -20,6 +24,16 @@ SECTIONS = {
     "datagen_config": DatagenConfig,
 }
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB; this bounds what is read
+MAX_CONFIG_VALUES = 100_000  # values after YAML aliases are expanded (a 256 x 256 probe_mask fits)
+# Fields that must be > 0 (or >= 0), by config class; None is left to the field's type check.
+POSITIVE_FIELDS = {
+    DataConfig: ("N", "C", "K", "nphotons"),
+    ModelConfig: ("n_filters_scale", "object_estimate_steps"),
+    TrainingConfig: ("epochs", "batch_size", "n_groups", "learning_rate", "n_devices", "accum_steps"),
+    InferenceConfig: ("batch_size",),
+}
+NON_NEGATIVE_FIELDS = {DataConfig: ("subsample_seed",), TrainingConfig: ("num_workers", "warmup_epochs", "lr_warmup_epochs")}
 
 
 class ConfigFileError(ValueError):
@@ -37,6 +51,14 @@ class TorchConfigs:
     datagen: DatagenConfig
 
 
+@dataclass(frozen=True)
+class ConfigFile:
+    """The configs of a file, by section, and the field names each section of the file set explicitly."""
+
+    configs: dict[str, Any]
+    given: dict[str, frozenset[str]]
+
+
 def load_torch_configs(path) -> TorchConfigs:
     """Read ``{"data_config": {...}, "model_config": {...}, ...}``; unknown sections or fields are errors."""
     return TorchConfigs(*read_config_sections(path, SECTIONS).values())
@@ -47,27 +69,70 @@ def read_config_sections(path, sections: dict[str, type]) -> dict[str, Any]:
 
     Unknown sections or fields raise :class:`ConfigFileError` naming the file, the section and the valid names.
     """
+    return read_config_file(path, sections).configs
+
+
+def read_config_file(path, sections: dict[str, type]) -> ConfigFile:
+    """:func:`read_config_sections` and which fields the file set; every value is checked before any work.
+
+    The file may hold at most ``MAX_CONFIG_BYTES`` and expand (YAML aliases) to at most
+    ``MAX_CONFIG_VALUES`` values; each field must have its dataclass type (an integral float is taken
+    for an int, a list for a tuple) and the counts and sizes of ``POSITIVE_FIELDS`` must be positive.
+    Errors name the field as the file writes it, e.g. ``training.epochs``.
+    """
     path = Path(path)
     document = _read_document(path)
+    _require_bounded(path, document)
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path} must hold a mapping of sections ({', '.join(sections)}), got {type(document).__name__}")
-    unknown = sorted(set(document) - set(sections))
+    unknown = sorted(set(map(str, document)) - set(sections))
     if unknown:
         raise ConfigFileError(f"{path}: unknown section(s) {unknown}; the sections are {list(sections)}")
-    return {name: _config(path, name, config_type, document.get(name) or {}) for name, config_type in sections.items()}
+    configs, given = {}, {}
+    for name, config_type in sections.items():
+        values = document.get(name) or {}
+        configs[name] = _config(path, name, config_type, values)
+        given[name] = frozenset(values)
+    return ConfigFile(configs, given)
 
 
 def _read_document(path: Path) -> Any:
     try:
-        text = path.read_text()
+        size = path.stat().st_size
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} does not exist; check the path") from None
-    if path.suffix.lower() in YAML_SUFFIXES:
-        return _read_yaml(path, text)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path} holds {size:,} bytes; a config file may hold at most {MAX_CONFIG_BYTES:,}: pass the configs only")
     try:
+        text = read_regular(path)[: MAX_CONFIG_BYTES + 1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); write the config as JSON or YAML") from None
+    try:
+        if path.suffix.lower() in YAML_SUFFIXES:
+            return _read_yaml(path, text)
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigFileError(f"{path} is not valid JSON ({exc}); write JSON, or YAML with a .yaml suffix") from None
+    except RecursionError:
+        raise ConfigFileError(f"{path} nests its values too deeply to be a config; write flat sections of fields") from None
+
+
+def _require_bounded(path: Path, document: Any) -> None:
+    """Refuse a document of more than ``MAX_CONFIG_VALUES`` values, counting each use of a YAML alias (never recursing)."""
+    pending, seen = [document], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigFileError(
+                f"{path} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeat what they name); "
+                "write the fields out without nested aliases"
+            )
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
 
 
 def _read_yaml(path: Path, text: str) -> Any:
@@ -80,14 +145,95 @@ def _read_yaml(path: Path, text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path} is not valid YAML ({exc})") from None
+        raise ConfigFileError(f"{path} is not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def _config(path: Path, section: str, config_type: type, values: Any):
     if not isinstance(values, dict):
         raise ConfigFileError(f"{path}: section {section!r} must be a mapping of field names to values, got {type(values).__name__}")
     known = {f.name for f in fields(config_type)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(map(str, values)) - known)
     if unknown:
         raise ConfigFileError(f"{path}: {section} has no field(s) {unknown}; {config_type.__name__} fields are {sorted(known)}")
-    return as_config(values, config_type)  # JSON lists become tuples for tuple fields (grid_size, bounds)
+    hints = typing.get_type_hints(config_type)
+    checked = {name: _checked(hints[name], value, f"{path}: {section}.{name}") for name, value in values.items()}
+    for name in POSITIVE_FIELDS.get(config_type, ()):
+        _require_at_least(checked.get(name), f"{path}: {section}.{name}", "> 0", lambda v: v > 0)
+    for name in NON_NEGATIVE_FIELDS.get(config_type, ()):
+        _require_at_least(checked.get(name), f"{path}: {section}.{name}", ">= 0", lambda v: v >= 0)
+    return as_config(checked, config_type)
+
+
+def _require_at_least(value: Any, where: str, bound: str, holds) -> None:
+    if value is not None and not holds(value):
+        raise ConfigFileError(f"{where} must be {bound}, got {value!r}")
+
+
+def _checked(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as the field type ``hint`` (int from an integral float, tuple from a list), or ConfigFileError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _checked(inner, value, where)
+    if origin is typing.Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise ConfigFileError(f"{where} must be one of {list(args)}, got {_shown(value)}")
+    if origin in (tuple, list):
+        items = args if origin is tuple else None
+        if not isinstance(value, (list, tuple)) or (items is not None and len(value) != len(items)):
+            shape = f"a list of {len(items)}" if items is not None else "a list"
+            raise ConfigFileError(f"{where} must be {shape} ({_type_name(hint)}), e.g. {_example(hint)}, got {_shown(value)}")
+        checked = [_checked(items[i] if items else args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return tuple(checked) if origin is tuple else checked
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigFileError(f"{where} must be true or false, got {_shown(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigFileError(f"{where} must be text, got {_shown(value)}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        if number and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ConfigFileError(f"{where} must be an integer, got {_shown(value)}{_yaml_number_hint(value)}")
+    if hint is float:
+        if number and math.isfinite(value):
+            return float(value)
+        raise ConfigFileError(f"{where} must be a finite number, got {_shown(value)}{_yaml_number_hint(value)}")
+    return value
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """PyYAML reads ``1e6`` (no dot) as text: say how to write it as a number."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (text, not a number: in YAML write {value!r} with a dot, e.g. 1.0e6, or without quotes)"
+    return ""
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def _example(hint: Any) -> str:
+    args = typing.get_args(hint)
+    return "[2, 2]" if args and all(arg is int for arg in args) else "[0.1, 0.9]" if args else "[]"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

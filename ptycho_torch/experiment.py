@@ -12,7 +12,7 @@ import numpy as np
 
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
-from ptycho.validation import probe_size_problem, require_complex_image
+from ptycho.validation import probe_size_problem, probe_value_problem, require_complex_image
 from ptycho_torch.raw_data_bridge import RawDataTorch
 from ptycho_torch.store.atomic import ensure_directory, remove_stale_temporaries
 from ptycho_torch.store.fingerprint import Fingerprint, fingerprint_file
@@ -104,7 +104,7 @@ def prepare_experiment(
             f"{npz_path}: N={key.N} does not match the {scan.N} x {scan.N} diffraction patterns of key {scan.diffraction_key!r}; "
             f"set N={scan.N} (model.N) or resample the patterns"
         )
-    problem = probe_size_problem(scan.probeGuess, scan.N)
+    problem = probe_size_problem(scan.probeGuess, scan.N) or probe_value_problem(scan.probeGuess)
     if problem:
         raise ScanFileError(f"{npz_path} key 'probeGuess': {problem}")
     if key.settings.nsamples is None:

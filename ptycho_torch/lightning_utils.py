@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ptycho_torch.run_dirs import INCOMPLETE, is_incomplete
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "find_best_checkpoint"]
@@ -17,8 +19,12 @@ def find_best_checkpoint(run_dir) -> Path | None:
     """``run_dir/checkpoints/best-checkpoint.ckpt``, else ``last.ckpt``, else the newest ``*.ckpt`` there; None if none.
 
     A ``best-checkpoint-v<k>.ckpt`` (Lightning's name when the file already existed) counts as best;
-    the newest of those wins.
+    the newest of those wins. A run directory still marked ``INCOMPLETE`` (its run is going on, failed
+    or was killed; :mod:`ptycho_torch.run_dirs`) gives None: its checkpoints are not a finished run's.
     """
+    if is_incomplete(run_dir):
+        logger.warning("%s is marked %s (its training run has not finished): not using its checkpoints", run_dir, INCOMPLETE)
+        return None
     directory = Path(run_dir) / "checkpoints"
     if not directory.is_dir():
         logger.info("no checkpoint directory %s", directory)

@@ -11,6 +11,7 @@ from ptycho_torch.api.configs import ConfigManager, as_config
 from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.lightning_utils import find_best_checkpoint
+from ptycho_torch.run_dirs import discard_failed_run
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,9 @@ class PtychoModel:
 
         Read with ``weights_only=True`` on the CPU, so a GPU checkpoint opens anywhere and nothing is unpickled.
         """
-        import torch
+        from ptycho_torch.model.checkpoints import read_checkpoint
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; train a model or choose an existing .ckpt file")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable PtychoPINN checkpoint ({type(exc).__name__}: {exc})") from exc
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict):
-            raise ValueError(f"{path} holds no 'hyper_parameters'; it was not written by PtychoPINN_Lightning training")
+        hparams = read_checkpoint(Path(path))["hyper_parameters"]
         classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
         return tuple(as_config(cls, hparams[name]) if hparams.get(name) is not None else None for name, cls in classes)
 
@@ -94,10 +86,27 @@ class Trainer:
         _check_orchestration(orchestration)
         run_dir = Path(self.dataloader.output_dir)
         logger.info("training %s in %s", experiment_name or "PtychoPINN", run_dir)
-        self._trainer.fit(self.model.model, datamodule=self.dataloader.data_module)
+        try:
+            self._trainer.fit(self.model.model, datamodule=self.dataloader.data_module)
+            if self._trainer.interrupted:
+                raise KeyboardInterrupt(f"training in {run_dir} was interrupted")
+        except BaseException:
+            discard_failed_run(run_dir)
+            raise
         self.best_checkpoint = find_best_checkpoint(run_dir)
         logger.info("best checkpoint: %s", self.best_checkpoint)
         return self.best_checkpoint
+
+
+def _require_same_patterns(dataset, network) -> None:
+    """The loader's patterns and groups must be those the network was built for (else it fails deep in a convolution)."""
+    N, C = getattr(network, "N", dataset.N), getattr(network, "C", dataset.C)
+    if dataset.N != N or dataset.C != C:
+        raise ValueError(
+            f"the loaded model was trained on groups of {C} patterns of {N} x {N} (data_config N={N}, grid_size {int(C ** 0.5)} x {int(C ** 0.5)}) but the data "
+            f"holds groups of {dataset.C} patterns of {dataset.N} x {dataset.N}; build the PtychoDataLoader with the "
+            "model's configs (ConfigManager.from_loaded_model), or use a model trained at this size"
+        )
 
 
 def _check_orchestration(orchestration: str) -> None:
@@ -124,7 +133,9 @@ class InferenceEngine:
 
         from ptycho_torch.model.stitching import reconstruct_object
 
+        self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
+        _require_same_patterns(loader.dataset, network)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         network.to(device).eval()
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))

@@ -8,14 +8,16 @@ import tempfile
 import warnings
 import weakref
 from dataclasses import replace
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from ptycho.scan_file import ScanFile, scan_files
+from ptycho.validation import probe_value_problem
 from ptycho_torch.config_bridge import to_inference_config, to_model_config
+from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
+from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ class PtychoDataLoader:
     For training, every ``*.npz`` directly inside ``data_dir`` (e.g. files written by Ptychodus's
     Export Training Data) is one experiment of a memory-mapped ``PtychoDataset``; sub-directories
     (such as earlier ``run_*`` outputs) are never read. ``output_dir`` becomes
-    ``output_dir/run_<timestamp>``, where the trainer writes checkpoints and configs. Memory maps
+    ``output_dir/run_<UTC timestamp>`` (created exclusively, :func:`ptycho_torch.run_dirs.new_run_dir`), where the
+    trainer writes checkpoints and configs. Memory maps
     and group caches go to ``cache_dir`` (default :func:`default_cache_dir`; the run directory when
     that is not writable), never the working directory.
     """
@@ -58,12 +61,12 @@ class PtychoDataLoader:
         self.data_dir = Path(data_dir)
         self.config_manager = config_manager
         self.data_format = DataloaderFormats(data_format)
-        self.output_dir = _new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
+        self.output_dir = new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
         try:
             self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)
             self.dataset = _training_dataset(self.data_dir, config_manager, self.cache_dir, progress)
         except BaseException:
-            _remove_if_empty(self.output_dir)  # a refused run leaves no empty run directory behind
+            discard_failed_run(self.output_dir)  # a refused run leaves no empty run directory behind
             raise
         self.data_module = None
         self.dataloader = None
@@ -114,34 +117,10 @@ class PtychoDataLoader:
             workspace.cleanup()
 
 
-def _new_run_dir(output_dir: Path) -> Path:
-    """A fresh ``output_dir/run_<YYYYmmdd_HHMMSS>`` (``_<k>`` appended when two runs start in the same second)."""
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1000):
-        run_dir = output_dir / (f"run_{stamp}" if attempt == 0 else f"run_{stamp}_{attempt}")
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
-            continue
-        return run_dir
-    raise FileExistsError(f"cannot create a new run directory under {output_dir}: run_{stamp}* all exist")
-
-
-def _remove_if_empty(directory: Path) -> None:
-    try:
-        directory.rmdir()
-    except OSError:
-        pass
-
-
 def _writable_cache_dir(cache_dir, run_dir: Path) -> Path:
     wanted = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        wanted.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=wanted, prefix=".write-test-")
-        probe.close()
-        return wanted
+        return require_writable_directory(wanted)
     except OSError as exc:
         fallback = run_dir / "memmap"
         logger.warning("cache directory %s is not writable (%s); caching in %s instead", wanted, exc, fallback)
@@ -307,6 +286,9 @@ def _checked_arrays(diff_patterns, probe, positions, N: int):
     stack = stack[None] if stack.ndim == 2 else stack
     if stack.ndim != 3 or stack.shape[1:] != (N, N):
         raise ValueError(f"probe must be (modes, {N}, {N}) or ({N}, {N}), got shape {np.shape(probe)}")
+    problem = probe_value_problem(stack)
+    if problem:
+        raise ValueError(f"probe: {problem.replace('probeGuess', 'the probe')}")
     points = np.asarray(positions, dtype=np.float64)
     if points.shape != (patterns.shape[0], 2):
         raise ValueError(f"positions must be (n, 2) [y, x] pixels with n={patterns.shape[0]} (one per pattern), got shape {points.shape}")

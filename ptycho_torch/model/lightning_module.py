@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from ptycho_torch.model import physics
+from ptycho_torch.model import checkpoints, physics
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_bridge import lr_schedule
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
@@ -75,6 +77,32 @@ class PtychoPINN_Lightning(L.LightningModule):
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
             torch.manual_seed(seed)
             return build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, weights_only=True, **kwargs):
+        """Lightning's loader, always with ``weights_only=True`` (nothing is unpickled), after checking the file.
+
+        An empty, truncated or foreign file, or one without the configs of its network, raises
+        :class:`~ptycho_torch.model.checkpoints.CheckpointError` naming it; keyword configs override the stored ones.
+        """
+        if weights_only is not True:
+            raise ValueError("PtychoPINN checkpoints are loaded with weights_only=True only (nothing is unpickled)")
+        if isinstance(checkpoint_path, (str, Path)):
+            data = checkpoints.read_checkpoint_bytes(checkpoint_path)
+            checkpoints.read_checkpoint(checkpoint_path, data, overrides=kwargs)
+            source = io.BytesIO(data)
+        else:
+            source = checkpoint_path
+        try:
+            return super().load_from_checkpoint(source, map_location=map_location, hparams_file=hparams_file, strict=strict,
+                                                weights_only=True, **kwargs)
+        except RuntimeError as exc:
+            if "state_dict" not in str(exc):
+                raise
+            raise checkpoints.CheckpointError(
+                f"checkpoint {checkpoint_path}: its weights do not fit the network of its configs ({str(exc).splitlines()[0]}); "
+                "load it without overriding model_config/data_config, or train a model with these settings"
+            ) from None
 
     def on_load_checkpoint(self, checkpoint) -> None:
         """A checkpoint written before a setting existed was trained as that setting's old behaviour.

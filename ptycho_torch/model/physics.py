@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptycho_torch.model import footprint
+
 __all__ = [
     "as_probe_modes",
     "count_scale",
@@ -63,10 +65,15 @@ def _translation(shift_px: torch.Tensor, size: tuple[int, int], dtype: torch.dty
 
 
 def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> int:
-    """An even region side that holds every member patch of every group: ``N + 2 * ceil(max |offset|) + margin``."""
+    """An even region side that holds every member patch of every group: ``N + 2 * ceil(max |offset|) + margin``.
+
+    A side whose regions cannot fit in memory raises :class:`footprint.SizeError` with the size needed.
+    """
     reach = int(torch.ceil(coords_relative.detach().abs().max()).item()) if coords_relative.numel() else 0
     size = N + 2 * reach + margin_px
-    return size + size % 2
+    size += size % 2
+    footprint.check_region(size, coords_relative.shape[0] * coords_relative.shape[1] if coords_relative.ndim > 1 else 1)
+    return size
 
 
 def _pad_to(images: torch.Tensor, M: int) -> torch.Tensor:

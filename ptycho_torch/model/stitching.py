@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ptycho_torch.model import physics
+from ptycho_torch.model import footprint, physics
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     exp = dataset.experiments[experiment]
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
+    footprint.check_canvas(canvas.shape_px, str(exp.scan.path))
     groups = np.flatnonzero(dataset._index.experiment_of == experiment)
     if align_phase:
         groups = _outward_order(groups, dataset._index.gather(groups)["coords_center"].reshape(-1, 2).numpy())

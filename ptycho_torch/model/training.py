@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 from ptycho_torch.config_coerce import as_config
+from ptycho_torch.run_dirs import mark_finished, mark_incomplete
+from ptycho_torch.store.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "PtychoDataModule", "build_trainer", "split_by_region"]
+__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "NonFiniteLossError", "PtychoDataModule", "StopOnNonFiniteLoss", "build_trainer",
+           "needs_ground_truth", "split_by_region"]
 
 BEST_CHECKPOINT = "best-checkpoint.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
@@ -94,10 +98,12 @@ class PtychoDataModule(L.LightningDataModule):
     scan points (:func:`split_by_region`: ``val_fraction`` 5 %, ``val_seed`` 42; at least one
     validation group). ``num_workers``, ``pin_memory`` and ``batch_size`` come from the
     TrainingConfig; under DDP each process reads its own shard through a DistributedSampler.
+    ``lock_timeout`` (seconds, None: no limit) bounds the wait for another process building the same cache.
     """
 
     def __init__(self, data, data_config=None, model_config=None, training_config=None, *, data_dir="data/memmap",
-                 val_fraction: float = 0.05, val_seed: int = 42, pin_memory: bool | None = None, progress: bool = True):
+                 val_fraction: float = 0.05, val_seed: int = 42, pin_memory: bool | None = None, progress: bool = True,
+                 lock_timeout: float | None = None):
         super().__init__()
         self.data_config = as_config(data_config, DataConfig)
         self.model_config = as_config(model_config, ModelConfig)
@@ -105,13 +111,15 @@ class PtychoDataModule(L.LightningDataModule):
         self.dataset = data if isinstance(data, PtychoDataset) else None
         self.source = None if self.dataset is not None else Path(data)
         self.data_dir, self.val_fraction, self.val_seed, self.progress = Path(data_dir), val_fraction, val_seed, progress
+        self.lock_timeout = lock_timeout
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_indices = self.val_indices = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
-                                         data_dir=self.data_dir, ground_truth=needs_ground_truth(self.model_config), progress=self.progress)
+                                         data_dir=self.data_dir, ground_truth=needs_ground_truth(self.model_config), progress=self.progress,
+                                         lock_timeout=self.lock_timeout)
         if self.train_indices is None:
             self.train_indices, self.val_indices = split_by_region(self.dataset, self.val_fraction, self.val_seed)
             unused = len(self.dataset) - len(self.train_indices) - len(self.val_indices)
@@ -153,7 +161,59 @@ class ConfigWriter(Callback):
         self.config_dir.mkdir(parents=True, exist_ok=True)
         for name, value in pl_module.hparams.items():
             if isinstance(value, dict):
-                (self.config_dir / f"{name}.json").write_text(json.dumps(value, indent=2, default=_json_value))
+                with atomic_path(self.config_dir / f"{name}.json") as tmp:
+                    tmp.write_text(json.dumps(value, indent=2, default=_json_value))
+
+
+class RunInProgressMark(Callback):
+    """Rank 0 keeps ``run_dir/INCOMPLETE`` from the start of fitting until it ends normally (``ptycho_torch.run_dirs``).
+
+    Written after the logger opened the directory (so Lightning sees no earlier files there); a fit that
+    raises or is interrupted leaves it, and ``find_best_checkpoint`` then ignores the directory.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mark_incomplete(self.run_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.interrupted:
+            mark_finished(self.run_dir)
+
+
+class NonFiniteLossError(ValueError):
+    """The training or validation loss became NaN or infinite; the message names the epoch and batch."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training with :class:`NonFiniteLossError` as soon as a loss is not finite (on every DDP rank together).
+
+    A NaN loss makes every later weight NaN; training on would end "successfully" with a useless checkpoint.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._check(trainer, loss, f"training loss in epoch {trainer.current_epoch} (batch {batch_idx})")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get(VAL_MONITOR)
+        if isinstance(loss, torch.Tensor) and not trainer.sanity_checking:
+            self._check(trainer, loss, f"validation loss in epoch {trainer.current_epoch}")
+
+    @staticmethod
+    def _check(trainer, loss: torch.Tensor, what: str) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        value = f"is {float(loss.detach().float().reshape(-1)[0])}" if not finite else "is not finite on another rank"
+        raise NonFiniteLossError(
+            f"the {what} {value}: training stopped; check the scan (probe, diffraction, positions) or lower training.learning_rate"
+        )
 
 
 def _json_value(value):
@@ -165,36 +225,58 @@ def _json_value(value):
 
 
 def choose_accelerator(training_config) -> tuple[str, int]:
-    """``(accelerator, devices)``: GPUs only when torch sees CUDA; a CUDA request without it falls back to 1 CPU."""
+    """``(accelerator, devices)``: GPUs only when torch sees CUDA; a CUDA request without it falls back to the CPU.
+
+    Under a launcher that already started one process per device (``torchrun`` sets
+    ``LOCAL_WORLD_SIZE``), ``devices`` is that count, on the CPU too (DDP over gloo); otherwise the
+    CPU trains in one process.
+    """
     wanted = str(training_config.device or "cpu").lower()
+    launched = launched_processes_per_node()
     if wanted != "cpu" and torch.cuda.is_available():
-        return "gpu", max(1, min(int(training_config.n_devices), torch.cuda.device_count()))
+        return "gpu", launched or max(1, min(int(training_config.n_devices), torch.cuda.device_count()))
     if wanted.startswith("cuda") or wanted == "gpu":
         logger.warning("TrainingConfig.device=%r but no CUDA device is available: training on the CPU", training_config.device)
-    return "cpu", 1
+    return "cpu", launched or 1
+
+
+def launched_processes_per_node() -> int | None:
+    """The processes per node a launcher such as ``torchrun`` started (``LOCAL_WORLD_SIZE``), or None."""
+    value = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
 def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer writing ``run_dir/checkpoints/{best-checkpoint,last}.ckpt`` and ``run_dir/configs/*.json``.
 
     One process per device; with one device the strategy is in-process (``'auto'``) whatever
-    ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks). Gradient
-    clipping and accumulation follow the config. Metrics go to ``run_dir/metrics.csv``.
+    ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks); under ``torchrun``
+    it is ``'ddp'`` over the processes it started. Gradient clipping and accumulation follow the
+    config. Metrics go to ``run_dir/metrics.csv``; ``run_dir/INCOMPLETE`` marks it while fitting. A non-finite loss stops training with
+    :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
+    broadcasts it), so only rank 0 needs a real one.
     """
     tc = as_config(training_config, TrainingConfig)
     run_dir = Path(run_dir)
     accelerator, devices = choose_accelerator(tc)
-    strategy = "auto" if devices == 1 or not tc.strategy else tc.strategy
+    launched = launched_processes_per_node()
+    if devices == 1:
+        strategy = "auto"
+    else:
+        strategy = "ddp" if launched else tc.strategy or "ddp"
+    world = int(os.environ.get("WORLD_SIZE", devices)) if launched else devices
+    num_nodes = max(1, world // devices)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=Path(BEST_CHECKPOINT).stem, monitor=VAL_MONITOR,
                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
         strategy=strategy,
         max_epochs=int(tc.epochs),
         gradient_clip_val=tc.gradient_clip_val or None,
         accumulate_grad_batches=max(1, int(tc.accum_steps)),
-        callbacks=[checkpoint, ConfigWriter(run_dir), *callbacks],
+        callbacks=[checkpoint, ConfigWriter(run_dir), RunInProgressMark(run_dir), StopOnNonFiniteLoss(), *callbacks],
         logger=CSVLogger(run_dir, name="", version=""),
         default_root_dir=run_dir,
         enable_progress_bar=progress,

@@ -88,6 +88,14 @@ def require_free_space(directory: Path, needed_bytes: int) -> None:
 def ensure_directory(directory: Path) -> Path:
     """Create ``directory`` (and parents) or explain why it cannot be; a symbolic link there is refused."""
     refuse_symlinked_directory(directory)
+    return make_directory(directory)
+
+
+DATA_DIR_FIX = "pass data_dir= (or --data-dir) pointing to a directory"
+
+
+def make_directory(directory: Path, what: str = "data directory", fix: str = DATA_DIR_FIX) -> Path:
+    """``mkdir -p`` that names a dangling link or a file in the way (``what`` is named, ``fix`` said)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -96,18 +104,29 @@ def ensure_directory(directory: Path) -> Path:
             if dangling is not None:
                 raise DataDirectoryError(
                     exc.errno,
-                    f"cannot create the data directory {directory}: {dangling} is a symbolic link to "
-                    f"{os.readlink(dangling)}, which does not exist; fix the link (mount or create its target) "
-                    "or pass data_dir= (or --data-dir) pointing to a directory",
+                    f"cannot create the {what} {directory}: {dangling} is a symbolic link to "
+                    f"{os.readlink(dangling)}, which does not exist; fix the link (mount or create its target) or {fix}",
                 ) from exc
             blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
             raise DataDirectoryError(
                 exc.errno,
-                f"cannot create the data directory {directory}: {blocker} is a file, not a directory; "
-                "pass data_dir= (or --data-dir) pointing to a directory",
+                f"cannot create the {what} {directory}: {blocker} is a file, not a directory; {fix}",
             ) from exc
         raise explain_write_error(exc, directory, 0) from exc
     return directory
+
+
+def require_writable_directory(directory: Path) -> Path:
+    """Create ``directory`` if needed (it may be a link to a directory, as a data_dir may) and prove a file can be
+    created there, before any long work; the error says what to do."""
+    make_directory(Path(directory))
+    probe = temporary_path(Path(directory) / "write-test")
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise explain_write_error(exc, Path(directory), 0) from exc
+    _discard(probe)
+    return Path(directory)
 
 
 def refuse_symlinked_directory(directory: Path) -> None:

@@ -10,6 +10,7 @@ import re
 import socket
 import stat
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,10 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
 
+class LockWaitWarning(UserWarning):
+    """This process waits for another one building the same scan (shown with Python's default warning settings)."""
+
+
 class LockTimeoutError(TimeoutError):
     """Waited ``lock_timeout`` seconds for another process's build; the message names the lock file and its holder."""
 
@@ -39,8 +44,10 @@ def directory_lock(directory: Path, timeout_seconds: float | None = None) -> Ite
     """Hold an exclusive ``flock`` on ``directory/.lock`` (released by the kernel if the holder dies).
 
     The directory is (re)created if needed and never followed through a symlink. While waiting, a
-    WARNING naming the lock file and its holder's pid is logged after ``WARN_AFTER_SECONDS`` and then
-    every ``WARN_EVERY_SECONDS``; ``timeout_seconds`` (None: wait for ever) raises LockTimeoutError.
+    :class:`LockWaitWarning` naming the lock file and its holder's pid is issued after
+    ``WARN_AFTER_SECONDS`` (through :mod:`warnings`, so a plain script shows it on stderr although the
+    package's loggers are silent until configured), then a WARNING is logged every
+    ``WARN_EVERY_SECONDS``; ``timeout_seconds`` (None: wait for ever) raises LockTimeoutError.
     If the lock file is removed (``ptycho-memmap clean``) while this process waits, it locks a new one.
     Readers never take it: a reader only uses files that were renamed into place complete.
     """
@@ -114,6 +121,7 @@ def _acquire(fd: int, path: Path, started: float, timeout_seconds: float | None)
         return
     logger.info("waiting for another process building in %s (%s)", path.parent, lock_holder(path))
     next_warning = started + WARN_AFTER_SECONDS
+    warned = False
     while True:
         now = time.monotonic()
         if timeout_seconds is not None and now - started >= timeout_seconds:
@@ -123,16 +131,28 @@ def _acquire(fd: int, path: Path, started: float, timeout_seconds: float | None)
                 "building the same scan; wait for it, end it if it is stopped or hung, or raise lock_timeout (--lock-timeout)",
             )
         if now >= next_warning:
-            logger.warning(
-                "still waiting after %.0f s for the lock %s, held by %s building the same scan; if that process is "
-                "stopped or hung, end it; pass lock_timeout= (--lock-timeout) to give up after a limit",
-                now - started, path, lock_holder(path),
-            )
+            message = (f"still waiting after {now - started:.0f} s for the lock {path}, held by {lock_holder(path)} building "
+                       "the same scan; if that process is stopped or hung, end it; pass lock_timeout= (--lock-timeout) "
+                       "to give up after a limit")
+            if warned:
+                logger.warning(message)
+            else:
+                _warn_each_time(message)  # once per wait, visible with default settings
+                warned = True
             next_warning = now + WARN_EVERY_SECONDS
         deadline = min(next_warning, started + timeout_seconds if timeout_seconds is not None else next_warning)
         time.sleep(max(0.0, min(_POLL_SECONDS, deadline - now)))
         if _try_lock(fd, path):
             return
+
+
+def _warn_each_time(message: str) -> None:
+    """A :class:`LockWaitWarning` that the default filters show every time (``warnings.warn`` would show an identical
+    text only once per call site), and that ``warnings.filterwarnings`` can still silence."""
+    warnings.warn_explicit(message, LockWaitWarning, __file__, _WARNING_LINE, module=__name__, registry=None)
+
+
+_WARNING_LINE = _warn_each_time.__code__.co_firstlineno
 
 
 def _try_lock(fd: int, path: Path) -> bool:

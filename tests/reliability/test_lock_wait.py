@@ -48,17 +48,15 @@ def stopped_holder(tmp_path):
     holder.wait(timeout=30)
 
 
-def test_stopped_lock_holder_is_named_in_a_warning_and_lock_timeout_ends_the_wait(stopped_holder, caplog):
+def test_stopped_lock_holder_is_named_in_a_warning_and_lock_timeout_ends_the_wait(stopped_holder):
     npz, data_dir, directory, pid = stopped_holder
     lock = str(directory / ".lock")
-    caplog.set_level(logging.WARNING, logger=locks.__name__)
     started = time.time()
-    with pytest.raises(LockTimeoutError) as error:
+    with pytest.raises(LockTimeoutError) as error, pytest.warns(locks.LockWaitWarning) as warned:
         MemmapDatasetBridge(npz, memmap_config(npz), data_dir, progress=False, lock_timeout=7)
     waited = time.time() - started
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and lock in r.getMessage() and f"process {pid}" in r.getMessage()]
-    assert warnings, [r.getMessage() for r in caplog.records]
-    assert warnings[0].created - started < locks.WARN_AFTER_SECONDS + 3  # default: a warning within 8 s
+    messages = [str(w.message) for w in warned if lock in str(w.message) and f"process {pid}" in str(w.message)]
+    assert len(messages) == 1, [str(w.message) for w in warned]  # once per wait (timing: test_lock_wait_is_visible_...)
     assert 7 <= waited < 30
     assert lock in str(error.value) and f"process {pid}" in str(error.value) and "lock_timeout" in str(error.value)
     assert not any(directory.glob("*.groups_cache.npz"))
@@ -78,11 +76,11 @@ def test_warning_repeats_while_waiting(stopped_holder, caplog, monkeypatch):
     monkeypatch.setattr(locks, "WARN_AFTER_SECONDS", 0.2)
     monkeypatch.setattr(locks, "WARN_EVERY_SECONDS", 0.5)
     caplog.set_level(logging.WARNING, logger=locks.__name__)
-    with pytest.raises(LockTimeoutError):
+    with pytest.raises(LockTimeoutError), pytest.warns(locks.LockWaitWarning) as first:
         with directory_lock(directory, timeout_seconds=1.9):
             pass
-    warnings = [r for r in caplog.records if f"process {pid}" in r.getMessage()]
-    assert len(warnings) >= 3, [r.getMessage() for r in caplog.records]
+    notices = [str(w.message) for w in first] + [r.getMessage() for r in caplog.records]
+    assert len([text for text in notices if f"process {pid}" in text]) >= 3, notices  # the first warned, the others logged
 
 
 def test_clean_while_a_builder_waits_for_the_lock_does_not_break_the_builder(tmp_path, monkeypatch):
@@ -137,3 +135,58 @@ def test_impossible_lock_timeout_is_refused_before_locking(tmp_path, timeout):
         with directory_lock(tmp_path / "dataset", timeout_seconds=timeout):
             pass
     assert not (tmp_path / "dataset").exists()
+
+
+WAIT_IN_A_PLAIN_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from ptycho_torch.memmap_bridge import MemmapDatasetBridge
+from tests.torch.test_data_pipeline import memmap_config
+npz, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
+config = memmap_config(npz)
+print("waiting now", file=sys.stderr, flush=True)
+try:
+    MemmapDatasetBridge(npz, config, data_dir, progress=False, lock_timeout=float(sys.argv[3]))
+except TimeoutError:
+    pass
+"""
+
+
+def test_lock_wait_is_visible_on_stderr_of_a_plain_script_within_seconds(stopped_holder):
+    """No logging configured (the package's NullHandler only): the wait must still show on stderr (was: silent)."""
+    npz, data_dir, directory, pid = stopped_holder
+    script = subprocess.Popen([sys.executable, "-c", WAIT_IN_A_PLAIN_SCRIPT, str(npz), str(data_dir), "12"], cwd=ROOT,
+                              env=python_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        lines, started = [], None
+        for line in script.stderr:
+            lines.append(line)
+            if line.startswith("waiting now"):
+                started = time.monotonic()
+            elif started is not None and "still waiting" in line:
+                seen_after = time.monotonic() - started
+                break
+        else:
+            pytest.fail("no wait warning on stderr: " + "".join(lines))
+    finally:
+        script.kill()
+        script.wait(timeout=30)
+    assert str(directory / ".lock") in line and f"process {pid}" in line and "--lock-timeout" in line
+    assert seen_after < locks.WARN_AFTER_SECONDS + 3
+
+
+def test_train_lock_timeout_exits_2_naming_the_lock_and_leaves_no_run_directory(stopped_holder, tmp_path):
+    pytest.importorskip("lightning")
+    npz, data_dir, directory, pid = stopped_holder
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "ptycho_torch.cli_train", str(npz), "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "runs"),
+         "--n-groups", "200", "--nphotons", "1e6", "--lock-timeout", "1.5", "--quiet"],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert str(directory / ".lock") in line and f"process {pid}" in line and "--lock-timeout" in line, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 120
+    assert not list((tmp_path / "runs").glob("run_*"))

@@ -1,0 +1,305 @@
+"""ptycho-train and ptycho-reconstruct against careless and hostile input (issue 19): nothing overwritten, no silent
+garbage, one-line errors with exit status 2 before the work, the right device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensordict")
+pytest.importorskip("lightning")
+pytest.importorskip("matplotlib")
+
+from ptycho.scan_file import scan_files  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+NPZ = ROOT / "datasets" / "sim_small.npz"
+FAST = {
+    "data": {"grid_size": [2, 2], "K": 7, "nphotons": 1e6, "subsample_seed": 42},
+    "model": {"n_filters_scale": 1, "cbam_encoder": False, "use_shared_decoder": True, "object_estimate_steps": 2},
+    "training": {"epochs": 1, "batch_size": 8, "device": "cpu", "num_workers": 0},
+}
+
+
+def run(module: str, *args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train(*args, **kwargs) -> subprocess.CompletedProcess:
+    return run("ptycho_torch.cli_train", *args, **kwargs)
+
+
+def reconstruct(*args, **kwargs) -> subprocess.CompletedProcess:
+    return run("ptycho_torch.cli_reconstruct", *args, **kwargs)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *phrases: str) -> str:
+    """Exit status 2, no traceback, and the last stderr line naming every phrase."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    for phrase in phrases:
+        assert phrase in line, (phrase, line)
+    return line
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_config(path: Path, document: dict) -> Path:
+    path.write_text(json.dumps(document))
+    return path
+
+
+def scan_copy(path: Path, **changes) -> Path:
+    """The embedded scan with some arrays replaced."""
+    with np.load(NPZ, allow_pickle=False) as scan:
+        arrays = {name: scan[name] for name in scan.files}
+    arrays.update(changes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """One epoch on 16 groups of the embedded scan (a real ptycho-train checkpoint)."""
+    directory = tmp_path_factory.mktemp("trained")
+    result = train(NPZ, "--config", write_config(directory / "fast.json", FAST), "--output-dir", directory / "runs",
+                   "--n-groups", 16, "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+# ---- item 1: never overwrite an input, never write through a link, print the path written ------------------------------
+
+def test_reconstruct_refuses_to_overwrite_its_input_scan(checkpoint, tmp_path):
+    scan = scan_copy(tmp_path / "scan.npz")
+    before = sha256(scan)
+    result = reconstruct(checkpoint, scan, "--output", scan, "--quiet")
+    assert_one_line_error(result, str(scan), "never overwrites an input")
+    assert sha256(scan) == before
+
+
+def test_reconstruct_never_writes_through_a_symbolic_link(checkpoint, tmp_path):
+    precious = tmp_path / "thesis.npz"
+    precious.write_bytes(b"a user's own file")
+    link = tmp_path / "recon.npz"
+    link.symlink_to(precious)
+    result = reconstruct(checkpoint, NPZ, "--output", link, "--quiet")
+    assert_one_line_error(result, str(link), "symbolic link")
+    assert precious.read_bytes() == b"a user's own file"
+
+
+def test_reconstruct_refuses_an_output_named_like_its_png(checkpoint, tmp_path):
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "recon.png", "--quiet")
+    assert_one_line_error(result, str(tmp_path / "recon.png"), "--no-png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reconstruct_writes_exactly_the_path_it_prints_with_device_cpu(checkpoint, tmp_path):
+    output = tmp_path / "object.ckpt"
+    result = reconstruct(checkpoint, NPZ, "--output", output, "--n-groups", 16, "--no-png", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines() == [str(output)]
+    with np.load(output, allow_pickle=False) as written:
+        assert written["object"].dtype == np.complex64
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("_memmap")) == ["object.ckpt"]
+
+
+# ---- item 2: a default reconstruction never breaks a later use of the folder ---------------------------------------------
+
+def test_default_reconstruction_beside_the_scan_does_not_break_building_or_training_the_folder(checkpoint, tmp_path):
+    folder = tmp_path / "scans"
+    scan = scan_copy(folder / "a.npz")
+    result = reconstruct(checkpoint, scan, "--n-groups", 16, "--no-png", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = Path(result.stdout.strip().splitlines()[-1])
+    assert written == folder / "a_reconstruction.npz" and written.is_file()
+    assert scan_files(folder) == [scan]
+    built = run("ptycho_torch.cli", "build", folder, "--n-groups", 16, "--seed", 1, "--data-dir", tmp_path / "data", "--quiet")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert written.is_file()
+
+
+# ---- item 4: an all-zero probe is refused; a non-finite loss is an error naming the epoch -------------------------------
+
+def test_train_refuses_an_all_zero_probe_and_leaves_no_run_directory(tmp_path):
+    with np.load(NPZ, allow_pickle=False) as source:
+        zero_probe = np.zeros_like(source["probeGuess"])
+    scan = scan_copy(tmp_path / "dark.npz", probeGuess=zero_probe)
+    result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", tmp_path / "runs", "--n-groups", 16,
+                   "--quiet")
+    assert_one_line_error(result, str(scan), "'probeGuess'", "all zeros")
+    assert not list((tmp_path / "runs").glob("run_*"))
+
+
+def test_a_loss_that_becomes_non_finite_stops_training_with_an_error_naming_the_epoch(tmp_path):
+    config = json.loads(json.dumps(FAST))
+    config["training"]["learning_rate"] = 1e30  # the first step sends the weights to infinity
+    result = train(NPZ, "--config", write_config(tmp_path / "wild.json", config), "--output-dir", tmp_path / "runs",
+                   "--n-groups", 32, "--quiet")
+    assert_one_line_error(result, "loss in epoch 0", "training.learning_rate")
+    assert result.stdout.strip() == ""
+    assert not list((tmp_path / "runs").glob("run_*"))  # no checkpoint was written: nothing is left to pick up
+
+
+# ---- item 5 and 8: configs checked field by field, named as the user wrote them, before any work ------------------------
+
+@pytest.mark.parametrize("section, values, phrase", [
+    ("data", {"grid_size": 2}, "data.grid_size must be a list of 2"),
+    ("data", {"K": 3}, "data.K=3 neighbours cannot fill groups"),
+    ("training", {"learning_rate": "fast"}, "training.learning_rate must be a finite number"),
+    ("training", {"epochs": 1e400}, "training.epochs must be an integer"),
+    ("training", {"epochs": 0}, "training.epochs must be > 0"),
+    ("data", {"N": 32}, "data.N=32 contradicts the 64 x 64 diffraction patterns"),
+])
+def test_config_errors_name_the_field_as_written_before_any_work(tmp_path, section, values, phrase):
+    document = json.loads(json.dumps(FAST))
+    document[section].update(values)
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(document).replace('"epochs": Infinity', '"epochs": 1e400'))
+    result = train(NPZ, "--config", config, "--output-dir", tmp_path / "runs", "--n-groups", 16, "--quiet")
+    line = assert_one_line_error(result, str(config), phrase)
+    assert "Config." not in line and "nepochs" not in line and "neighbor_count" not in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    pytest.importorskip("yaml")
+    lines = ["model:", "  probe_mask_tensor:", "    - &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    result = train(NPZ, "--config", config, "--output-dir", tmp_path / "runs", "--quiet", timeout=60)
+    assert_one_line_error(result, str(config), "expands to more than")
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "runs").exists()
+
+
+def test_oversized_config_file_is_refused(tmp_path):
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({"training": {"notes": "x" * (2 << 20)}}))
+    result = train(NPZ, "--config", config, "--output-dir", tmp_path / "runs", "--quiet")
+    assert_one_line_error(result, str(config), "a config file may hold at most")
+
+
+# ---- item 6: positions spanning far more than the patterns: refused with the size, before any work ----------------------
+
+def test_positions_in_the_wrong_units_are_refused_before_the_memory_map(tmp_path, checkpoint):
+    with np.load(NPZ, allow_pickle=False) as source:
+        x, y = source["xcoords"] * 1e4, source["ycoords"] * 1e4
+    scan = scan_copy(tmp_path / "microns.npz", xcoords=x, ycoords=y, xcoords_start=x, ycoords_start=y)
+    result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", tmp_path / "runs",
+                   "--data-dir", tmp_path / "data", "--n-groups", 16, "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "group regions of", "TB", "object pixels")
+    assert not (tmp_path / "data").exists()
+    result = reconstruct(checkpoint, scan, "--output", tmp_path / "out.npz", "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "object canvas would be", "object pixels")
+    assert not (tmp_path / "out_memmap").exists()
+
+
+# ---- item 9 and 10: checkpoints read safely, clear errors naming the file -----------------------------------------------
+
+def test_empty_or_foreign_checkpoints_are_one_line_errors_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert_one_line_error(reconstruct(empty, NPZ, "--quiet"), str(empty), "is empty")
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, bare)
+    assert_one_line_error(reconstruct(bare, NPZ, "--quiet"), str(bare), "model_config")
+
+
+def test_a_crafted_checkpoint_never_runs_its_payload_even_when_torch_is_told_to_unpickle(tmp_path):
+    marker = tmp_path / "payload-ran"
+    crafted = tmp_path / "crafted.ckpt"
+    maker = ("import os, sys, torch\n"
+             "class Payload:\n"
+             "    def __reduce__(self):\n"
+             "        return (os.system, ('touch ' + sys.argv[2],))\n"
+             "torch.save({'state_dict': {}, 'hyper_parameters': {'model_config': {}, 'data_config': {}}, 'x': Payload()}, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", maker, str(crafted), str(marker)], check=True, timeout=120)
+    result = reconstruct(crafted, NPZ, "--quiet", env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert_one_line_error(result, str(crafted), "weights-only load refuses")
+
+
+def test_a_checkpoint_of_another_pattern_size_names_both_sizes_not_a_config_field(checkpoint, tmp_path):
+    with np.load(NPZ, allow_pickle=False) as source:
+        cropped = {"diffraction": source["diffraction"][:, 16:48, 16:48], "probeGuess": source["probeGuess"][16:48, 16:48]}
+    scan = scan_copy(tmp_path / "small.npz", **cropped)
+    line = assert_one_line_error(reconstruct(checkpoint, scan, "--quiet"), str(checkpoint), "64 x 64", "32 x 32")
+    assert "model.N" not in line
+
+
+def test_torch_floor_loads_weights_only_by_default():
+    tomllib = pytest.importorskip("tomllib")
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("torch", "train"):
+        (spec,) = [item for item in extras[extra] if item.startswith("torch")]
+        floor = tuple(int(part) for part in spec.split(">=")[1].split(".")[:2])
+        assert floor >= (2, 6), (extra, spec)  # torch.load's default became weights_only=True in 2.6
+
+
+# ---- item 11: user errors are one line and exit 2, checked before the work ---------------------------------------------
+
+def test_train_on_a_damaged_npz_is_one_line(tmp_path):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip archive")
+    assert_one_line_error(train(broken, "--output-dir", tmp_path / "runs"), str(broken))
+
+
+def test_train_with_an_output_dir_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = train(NPZ, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", blocker / "runs", "--n-groups", 16)
+    assert_one_line_error(result, str(blocker), "is a file")
+
+
+def test_reconstruct_with_an_unwritable_output_fails_before_inference(checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    started = time.monotonic()
+    result = reconstruct(checkpoint, NPZ, "--output", blocker / "recon.npz", "--quiet")
+    assert_one_line_error(result, str(blocker), "is a file")
+    assert time.monotonic() - started < 60
+    assert not list(tmp_path.glob("*_memmap"))
+
+
+def test_reconstruct_a_dangling_link_is_one_line(checkpoint, tmp_path):
+    link = tmp_path / "scan.npz"
+    link.symlink_to(tmp_path / "gone.npz")
+    assert_one_line_error(reconstruct(checkpoint, link, "--quiet"), str(link), "does not exist")
+
+
+# ---- item 13: reconstruct on the GPU when torch sees one, with --device --------------------------------------------------
+
+def test_device_choice_follows_what_torch_sees():
+    from ptycho_torch.cli import UsageError
+    from ptycho_torch.cli_reconstruct import choose_device
+
+    assert choose_device("auto", cuda_available=False).type == "cpu"
+    assert choose_device("auto", cuda_available=True).type == "cuda"
+    assert choose_device("cpu", cuda_available=True).type == "cpu"
+    with pytest.raises(UsageError, match="torch sees no CUDA device"):
+        choose_device("cuda", cuda_available=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_reconstruct_device_cuda_without_cuda_is_one_line(checkpoint, tmp_path):
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--device", "cuda", "--quiet")
+    assert_one_line_error(result, "--device cuda", "torch sees no CUDA device")
