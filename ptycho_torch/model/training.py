@@ -134,15 +134,28 @@ class PtychoDataModule(L.LightningDataModule):
     def _loader(self, indices: np.ndarray, shuffle: bool) -> TensorDictDataLoader:
         subset = _Subset(self.dataset, indices)
         tc = self.training_config
-        workers = int(tc.num_workers)
-        options = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
         trainer = getattr(self, "trainer", None)
+        workers = loader_workers(int(tc.num_workers), processes=trainer.world_size if trainer is not None else 1)
+        options = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=self.val_seed)
             batches = _EpochBatches(sampler, batch_size=tc.batch_size, drop_last=False)
             return torch.utils.data.DataLoader(subset, sampler=batches, batch_size=None, collate_fn=_whole_batch, **options)
         generator = torch.Generator().manual_seed(self.val_seed)
         return TensorDictDataLoader(subset, batch_size=tc.batch_size, shuffle=shuffle, generator=generator, **options)
+
+
+def loader_workers(requested: int, processes: int = 1) -> int:
+    """Loader worker processes: as many as requested, but never more than the cores a training process leaves free.
+
+    Each of the ``processes`` training processes on this machine keeps one core for its own
+    computation; a worker beyond the cores only competes with it (Ptychodus asks for 4 by default).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spare = max(0, cores // max(1, processes) - 1)
+    if requested > spare:
+        logger.info("TrainingConfig.num_workers=%d: using %d loader worker(s), the cores this machine has to spare", requested, spare)
+    return min(requested, spare)
 
 
 def _whole_batch(batch):

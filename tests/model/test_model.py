@@ -355,6 +355,18 @@ def test_the_trained_network_fits_held_out_patterns_better_than_its_input_and_it
 HELD_OUT_NLL_MARGIN = 0.08  # against a measured gap of 0.257
 
 
+def test_loaders_never_start_more_workers_than_the_machine_has_cores_to_spare(memmap_dir, monkeypatch):
+    """Ptychodus asks for 4 loader workers; on 2 cores the loaders started 4 processes beside the training."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    data, model_config, training, _ = configs(n_groups=32, num_workers=4)
+    dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    module = PtychoDataModule(dataset, data, model_config, training)
+    module.setup()
+    assert module.train_dataloader().num_workers == 1 and module.val_dataloader().num_workers == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert module.train_dataloader().num_workers == 4
+
+
 def test_trainer_falls_back_to_one_cpu_process_when_cuda_is_missing(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _, _, training, _ = configs()
