@@ -56,11 +56,11 @@ FAMILIES = {
 }
 PRESETS = {
     # this package: n_filters_scale 1, shared decoder, batch norm, 2-step physics input, corrected
-    "default": dict(n_filters_scale=1, epochs=10, batch_size=8, learning_rate=2e-3, truth_loss_weight=300.0, cbam_encoder=False,
-                    use_shared_decoder=True, batch_norm=True),
-    # Ptychodus's model size and optimiser settings
-    "upstream": dict(n_filters_scale=2, epochs=10, batch_size=16, learning_rate=1e-3, truth_loss_weight=300.0, cbam_encoder=True,
-                     use_shared_decoder=False, batch_norm=False),
+    "default": dict(n_filters_scale=1, base_filters=16, epochs=10, batch_size=8, learning_rate=2e-3, truth_loss_weight=300.0,
+                    cbam_encoder=False, use_shared_decoder=True, batch_norm=True),
+    # PtychoPINN's model size (Ptychodus's n_filters_scale 2 at PtychoPINN's base width 32) and optimiser settings
+    "upstream": dict(n_filters_scale=2, base_filters=32, epochs=10, batch_size=16, learning_rate=1e-3, truth_loss_weight=300.0,
+                     cbam_encoder=True, use_shared_decoder=False, batch_norm=False),
 }
 WAYS = ("physics input", "untrained network", "trained network")
 
@@ -70,10 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--corpus", type=Path, default=ROOT / "benchmarks" / "results" / "corpus",
                         help="where the simulated scans are written (reused when present)")
-    parser.add_argument("--n-train", type=int, default=8, help="training scans (512 points each)")
+    parser.add_argument("--n-train", type=int, default=16, help="training scans (512 points each)")
     parser.add_argument("--n-test", type=int, default=3, help="held-out scans per object family")
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
-    for name in ("n_filters_scale", "epochs", "batch_size", "object_estimate_steps"):
+    for name in ("n_filters_scale", "base_filters", "epochs", "batch_size", "object_estimate_steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     for name in ("learning_rate", "truth_loss_weight"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float)
@@ -88,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_of(args) -> dict:
     chosen = dict(PRESETS[args.preset])
-    for name in ("n_filters_scale", "epochs", "batch_size", "learning_rate", "truth_loss_weight", "object_estimate_steps", "generator_output"):
+    for name in ("n_filters_scale", "base_filters", "epochs", "batch_size", "learning_rate", "truth_loss_weight", "object_estimate_steps",
+                 "generator_output"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     chosen.setdefault("object_estimate_steps", ModelConfig.object_estimate_steps)
@@ -98,7 +99,7 @@ def settings_of(args) -> dict:
 
 def configs(s: dict, train_file: Path):
     data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
-    model = ModelConfig(n_filters_scale=s["n_filters_scale"], cbam_encoder=s["cbam_encoder"], use_shared_decoder=s["use_shared_decoder"],
+    model = ModelConfig(n_filters_scale=s["n_filters_scale"], base_filters=s["base_filters"], cbam_encoder=s["cbam_encoder"], use_shared_decoder=s["use_shared_decoder"],
                         batch_norm=s["batch_norm"], object_big=True, object_estimate_steps=s["object_estimate_steps"],
                         generator_output=s["generator_output"], truth_loss_weight=s["truth_loss_weight"])
     training = TrainingConfig(n_groups=512, epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],

@@ -49,7 +49,8 @@ class ModelConfig:
     ``generator_input``, ``object_estimate_steps``, ``generator_output`` and ``truth_loss_weight``
     are this package's (specs/model.md sections 5 and 6): by default the generator reads the object
     after two error-reduction steps and outputs its correction; ``generator_input='diffraction'``
-    with ``generator_output='object'`` is PtychoPINN's generator.
+    with ``generator_output='object'`` is PtychoPINN's generator. ``base_filters`` (16) is the
+    U-Net's first width at ``n_filters_scale=1``; PtychoPINN's is 32.
     """
 
     mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
@@ -81,6 +82,7 @@ class ModelConfig:
     object_estimate_steps: int = 2
     generator_output: Literal['correction', 'object'] = 'correction'
     truth_loss_weight: float = 0.0
+    base_filters: int = 16
     intensity_scale_trainable: bool = False
     intensity_scale: float = 10000.0
     max_position_jitter: int = 10

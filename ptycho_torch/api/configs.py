@@ -23,7 +23,7 @@ ARCHITECTURE_FIELDS: dict[str, tuple[str, ...]] = {
         "amp_activation", "batch_norm", "use_shared_decoder", "decoder_last_c_outer_fraction",
         "decoder_last_amp_channels", "eca_encoder", "cbam_encoder", "cbam_bottleneck", "cbam_decoder",
         "eca_decoder", "spatial_decoder", "decoder_spatial_kernel", "num_datasets", "generator_input",
-        "object_estimate_steps", "generator_output",
+        "object_estimate_steps", "generator_output", "base_filters",
     ),
 }
 

@@ -26,7 +26,7 @@ INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and i
 GENERATOR_OUTPUTS = ("correction", "object")
 SCHEDULERS = ("Default", "WarmupCosine", "Exponential")  # the names the data pipeline's config accepts too
 # What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
-SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"))
+SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"), ("base_filters", 32))
 
 
 def _plain(config) -> dict:
@@ -108,7 +108,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         """A checkpoint written before a setting existed was trained as that setting's old behaviour.
 
         Before ``generator_input`` the network read the diffraction; before ``generator_output`` it
-        output the object itself.
+        output the object itself; before ``base_filters`` its first width was 32 per ``n_filters_scale``.
         """
         stored = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
         if not isinstance(stored, dict):
@@ -117,10 +117,10 @@ class PtychoPINN_Lightning(L.LightningModule):
         if not changed:
             return
         logger.info("checkpoint written before %s existed: loading it as %s", ", ".join(changed), changed)
-        rebuild = "generator_input" in changed
+        rebuild = "generator_input" in changed or "base_filters" in changed
         self.model_config = replace(self.model_config, **changed)
         self.hparams["model_config"].update(changed)
-        if rebuild:  # the number of input channels changes
+        if rebuild:  # the number of input channels or the widths change
             self.generator = self._new_generator(int(self.hparams.get("seed", 0)))
 
     def _check_supported(self) -> None:

@@ -9,7 +9,6 @@ from torch import nn
 
 __all__ = ["CBAM", "UNetGenerator", "build_generator"]
 
-BASE_FILTERS = 32  # first encoder width at n_filters_scale=1, as upstream
 UNSUPPORTED_FLAGS = ("eca_encoder", "eca_decoder", "spatial_decoder")
 AMPLITUDE_ACTIVATIONS = {
     "exp": torch.exp,
@@ -69,18 +68,19 @@ class _Decoder(nn.Module):
 class UNetGenerator(nn.Module):
     """``(B, in_channels, N, N)`` inputs -> amplitude and phase ``(B, C, N, N)`` through a 3-level U-Net.
 
-    Encoder widths ``[w, 2w, 4w]`` with ``w = 32 * n_filters_scale`` and a ``8w`` bottleneck
+    Encoder widths ``[w, 2w, 4w]`` with ``w = base_filters * n_filters_scale`` and a ``8w`` bottleneck
     at ``N / 8``; amplitude and phase get their own decoder (or one shared decoder with
     ``use_shared_decoder``) and a 1x1 head each. The heads start at zero, so the initial object is
     ``activation(bias) = 1`` in amplitude and 0 in phase.
     """
 
-    def __init__(self, C: int, n_filters_scale: int = 1, *, in_channels: int | None = None, batch_norm=False, cbam_encoder=False, cbam_bottleneck=False,
+    def __init__(self, C: int, n_filters_scale: int = 1, *, base_filters: int = 16, in_channels: int | None = None, batch_norm=False,
+                 cbam_encoder=False, cbam_bottleneck=False,
                  cbam_decoder=False, use_shared_decoder=False, amp_activation="exp"):
         super().__init__()
         if amp_activation not in AMPLITUDE_ACTIVATIONS:
             raise ValueError(f"ModelConfig.amp_activation={amp_activation!r} is not supported; use one of {sorted(AMPLITUDE_ACTIVATIONS)}")
-        w = BASE_FILTERS * int(n_filters_scale)
+        w = int(base_filters) * int(n_filters_scale)
         widths = [w, 2 * w, 4 * w]
         ins = [in_channels or C] + widths[:-1]
         self.encoder = nn.ModuleList(_double_conv(cin, cout, batch_norm, cbam_encoder) for cin, cout in zip(ins, widths))
@@ -117,6 +117,7 @@ def build_generator(model_config, C: int, in_channels: int) -> nn.Module:
     return UNetGenerator(
         C,
         model_config.n_filters_scale,
+        base_filters=model_config.base_filters,
         in_channels=in_channels,
         batch_norm=model_config.batch_norm,
         cbam_encoder=model_config.cbam_encoder,

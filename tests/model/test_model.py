@@ -198,10 +198,10 @@ def test_inputs_and_loss_ignore_the_probe_scale_and_the_rest_of_the_batch(memmap
 
 def test_a_checkpoint_from_before_generator_input_loads_as_a_diffraction_model(tmp_path):
     data, model_config, training, inference = configs()
-    old = PtychoPINN_Lightning(replace(model_config, generator_input="diffraction", generator_output="object"), data, training, inference, seed=3)
+    old = PtychoPINN_Lightning(replace(model_config, generator_input="diffraction", generator_output="object", base_filters=32), data, training, inference, seed=3)
     hparams = dict(old.hparams)
     hparams["model_config"] = {k: v for k, v in hparams["model_config"].items()
-                               if k not in ("generator_input", "object_estimate_steps", "generator_output", "truth_loss_weight")}
+                               if k not in ("generator_input", "object_estimate_steps", "generator_output", "truth_loss_weight", "base_filters")}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.6"}, path)
     loaded = PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu")
@@ -214,13 +214,13 @@ def test_a_checkpoint_from_before_generator_input_loads_as_a_diffraction_model(t
 def test_a_checkpoint_from_before_generator_output_loads_as_an_object_model(tmp_path, memmap_dir):
     """Written when the generator read a 40-step estimate and output the object itself."""
     data, model_config, training, inference = configs(n_groups=16)
-    old = PtychoPINN_Lightning(replace(model_config, object_estimate_steps=40, generator_output="object"), data, training, inference, seed=3)
+    old = PtychoPINN_Lightning(replace(model_config, object_estimate_steps=40, generator_output="object", base_filters=32), data, training, inference, seed=3)
     hparams = dict(old.hparams)
-    hparams["model_config"] = {k: v for k, v in hparams["model_config"].items() if k not in ("generator_output", "truth_loss_weight")}
+    hparams["model_config"] = {k: v for k, v in hparams["model_config"].items() if k not in ("generator_output", "truth_loss_weight", "base_filters")}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.6"}, path)
     loaded = PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu")
-    assert (loaded.model_config.generator_output, loaded.model_config.object_estimate_steps) == ("object", 40)
+    assert (loaded.model_config.generator_output, loaded.model_config.object_estimate_steps, loaded.model_config.base_filters) == ("object", 40, 32)
     batch, probe, scale = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)[np.arange(2)]
     torch.testing.assert_close(loaded.eval().predict_patches(batch, probe, scale), old.eval().predict_patches(batch, probe, scale))
 
