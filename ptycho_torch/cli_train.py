@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
     parser.add_argument("--n-groups", type=positive_int, help="override training.n_groups (default when unset: one group per scan point)")
-    parser.add_argument("--nphotons", type=_positive_float, help="override data.nphotons (photons per pattern of the scan)")
+    parser.add_argument("--nphotons", type=positive_float, help="override data.nphotons (photons per pattern of the scan)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -135,16 +135,6 @@ def train(args: argparse.Namespace) -> int:
     if trainer.is_global_zero:
         print(best)
     return EXIT_OK
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 if __name__ == "__main__":
