@@ -231,6 +231,7 @@ def main(argv=None) -> None:
         }
         args.out.mkdir(parents=True, exist_ok=True)
         tag = args.tag or f"{args.preset}_seed{s['seed']}"
+        trainer.save_checkpoint(args.out / f"bench_model_{tag}.ckpt", weights_only=True)  # for re-timing and figures
         (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=1))
         figure(objects[str(EMBEDDED)] if str(EMBEDDED) in objects else next(iter(objects.values())),
                EMBEDDED if str(EMBEDDED) in objects else Path(next(iter(objects))), by_scan, ptychi, args.out / f"bench_model_{tag}.png")

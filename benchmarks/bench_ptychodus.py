@@ -94,6 +94,8 @@ def main() -> None:
         "input_object_shape": list(truth.shape),
         "amplitude_r": quality.amplitude_r,
         "phase_r": quality.phase_r,
+        "nrmse": quality.nrmse,
+        "phase_contrast": quality.phase_contrast,
         "registration_shift_px": list(quality.shift_px),
         "compared_pixels": quality.n_pixels,
         "cpu_count": os.cpu_count(),
