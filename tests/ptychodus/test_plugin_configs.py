@@ -56,7 +56,7 @@ def test_validate_arch_compatibility_lists_every_mismatch_and_accepts_a_match():
         manager.validate_arch_compatibility(model)
     message = str(error.value)
     for expected in ("data_config.N: configs 128 vs model 64", "model_config.n_filters_scale: configs 2 vs model 1", "model_config.cbam_encoder: configs False vs model True",
-                     "model_config.object_estimate_steps: configs 5 vs model 40"):  # the network was trained on 40-step estimates
+                     "model_config.object_estimate_steps: configs 5 vs model 2"):  # the network was trained on 2-step estimates
         assert expected in message
     assert "epochs" not in message  # training settings do not fix the architecture
 
