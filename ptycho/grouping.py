@@ -133,7 +133,7 @@ def groups_around_seeds(xcoords: np.ndarray, ycoords: np.ndarray, seeds: np.ndar
 def _oversampled_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettings) -> np.ndarray:
     n, C = len(xcoords), s.C
     # "OVERSAMPLING-001" and "K choose C oversampling" below are PtychoPINN's own wording, which scripts
-    # match on (README, "Migrating from PtychoPINN"): kept on purpose, unlike this project's finding ids.
+    # match on (docs/migrating.md): kept on purpose, unlike this project's finding ids.
     if not s.enable_oversampling:
         raise ValueError(
             f"nsamples={s.nsamples} groups asked for but the scan has only {n} points (gridsize={s.gridsize}, C={C}); "

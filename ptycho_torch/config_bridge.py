@@ -139,9 +139,18 @@ def lr_schedule(training: TrainingConfig) -> dict[str, Any]:
 def to_model_config(
     data: DataConfig, model: ModelConfig, overrides: Mapping[str, Any] | None = None
 ) -> TFModelConfig:
-    """Build a ``ptycho`` ModelConfig from torch data/model configs.
+    """A ``ptycho.config.ModelConfig`` from the torch ``DataConfig`` and ``ModelConfig``.
 
-    ``overrides`` win: an overridden field is not translated, so it cannot fail translation.
+    Translated: ``N`` (pixels), ``gridsize`` from the square ``grid_size``, ``model_type`` from
+    ``mode`` (``'Unsupervised'`` -> ``'pinn'``, ``'Supervised'`` -> ``'supervised'``),
+    ``amp_activation`` (``'silu'`` -> ``'swish'``), ``probe_mask`` (a mask array or tensor -> True),
+    ``probe_scale``; ``CARRIED_MODEL_FIELDS`` are copied as they are. ``overrides`` (``ptycho``
+    ModelConfig field names) win: an overridden field is not translated, so it cannot fail translation.
+
+    Refused (ValueError naming the field): a non-square or malformed ``grid_size`` ("Non-square
+    grids"), an unknown ``mode`` ("Invalid mode") or ``amp_activation`` ("Unknown activation"), a
+    ``probe_mask`` that is not None, a bool or an array, override keys that are not fields, and what
+    ``validate_model_config`` refuses (e.g. ``N`` not a positive integer).
     """
     translations: dict[str, Callable[[], Any]] = {
         'N': lambda: data.N,
@@ -196,13 +205,21 @@ def to_training_config(
     *,
     require_run_fields: bool = True,
 ) -> TFTrainingConfig:
-    """Build a ``ptycho`` TrainingConfig from torch configs; ``overrides`` win.
+    """A ``ptycho.config.TrainingConfig`` from ``tf_model`` (see :func:`to_model_config`) and the torch configs.
 
-    Needs ``train_data_file`` and ``n_groups`` (from ``training`` or ``overrides``), and an
-    explicit photon count; warns when there is no ``test_data_file``. With
+    Translated: ``nepochs`` from ``epochs``, ``nll_weight`` from ``nll``, ``neighbor_count`` from
+    ``K``, ``subsample_seed``, ``n_groups`` (groups per scan file), ``nphotons`` (photons per
+    pattern), the learning-rate schedule (:func:`lr_schedule`) and ``CARRIED_TRAINING_FIELDS``;
+    ``backend`` is ``'pytorch'``. ``overrides`` (``ptycho`` TrainingConfig field names) win.
+
+    Needs ``train_data_file`` and ``n_groups`` (from ``training`` or ``overrides``), and an explicit
+    photon count: the torch default ``nphotons=1e5`` is refused ("nphotons default divergence") since
+    TensorFlow's is 1e9. Warns (UserWarning) when there is no ``test_data_file``. With
     ``require_run_fields=False`` (the data pipeline, whose batches none of these change) only
     ``train_data_file`` is needed: ``DataConfig.nphotons`` is taken as given and ``n_groups=None``
-    means the ``ptycho`` default.
+    means the ``ptycho`` default (512). Also refused (ValueError): override keys that are not fields,
+    a ``tf_model`` that is not a ``ptycho`` ModelConfig (TypeError), and what
+    ``validate_training_config`` refuses.
     """
     checked = _checked_overrides(overrides, TFTrainingConfig)
     values: dict[str, Any] = {
@@ -252,10 +269,13 @@ def to_inference_config(
     inference: InferenceConfig,
     overrides: Mapping[str, Any] | None = None,
 ) -> TFInferenceConfig:
-    """Build a ``ptycho`` InferenceConfig from torch configs; ``overrides`` win.
+    """A ``ptycho.config.InferenceConfig`` from ``tf_model`` and the torch configs; ``overrides`` win.
 
-    Needs ``model_path`` and ``test_data_file`` in ``overrides`` (torch inference configs
-    carry no paths).
+    ``neighbor_count`` is ``DataConfig.K``, ``subsample_seed`` is ``DataConfig.subsample_seed``;
+    ``n_groups`` unset means one group per scan point. Needs ``model_path`` and ``test_data_file`` in
+    ``overrides`` (torch inference configs carry no paths): their absence is a ValueError ("model_path
+    is required"), as are override keys that are not fields and what ``validate_inference_config``
+    refuses.
     """
     checked = _checked_overrides(overrides, TFInferenceConfig)
     values: dict[str, Any] = {

@@ -16,13 +16,31 @@ ATTRIBUTES = CONTAINER_FIELDS + ("Y", "coords")
 
 
 class PtychoDataContainerTorch:
-    """Same attributes, shapes and dtypes as ``ptycho.loader.load``'s container.
+    """The model-facing container of one scan's groups: ``ptycho.loader.load``'s attributes, shapes and dtypes.
 
-    X float32, Y complex64 (DATA-001, never cast silently), Y_I/Y_phi float32, coords float32,
-    global/local offsets float64 (``coords_relative`` is ``local_offsets``, as PtychoPINN names it),
-    nn_indices int32, probe complex64 (mode 0 of a stack). Without ``coords_start_relative`` the
-    start coordinates are the nominal ones (``coords_relative``).
+    With ``B`` groups of ``C = gridsize**2`` patterns of ``N x N`` (specs/data_contracts.md section 3):
+
+    - ``X``: ``(B, N, N, C)`` float32, normalised amplitudes (``X_full``).
+    - ``Y``: ``(B, N, N, C)`` complex64 ground-truth patches (ones without ground truth);
+      ``Y_I``, ``Y_phi``: ``(B, N, N, C)`` float32, its amplitude and phase in radians.
+    - ``coords_nominal`` (= ``coords``), ``coords_true``: ``(B, 1, 2, C)`` float32 start offsets,
+      object pixels.
+    - ``global_offsets``: ``(B, 1, 2, 1)`` float64 group centres, object pixels;
+      ``local_offsets`` (= ``coords_relative``, PtychoPINN's name): ``(B, 1, 2, C)`` float64, pixels.
+    - ``nn_indices``: ``(B, C)`` int32 pattern indices; ``probe``: ``(N, N)`` complex64 (mode 0 of a stack);
+      ``norm_Y_I``: float32 scalar.
+
     Attributes are torch tensors when torch is installed (``TORCH_AVAILABLE``), NumPy arrays otherwise.
+
+    Args:
+        grouped_data: the dict of ``RawDataTorch.generate_grouped_data`` or
+            ``MemmapDatasetBridge.get_grouped_data``. Without ``coords_start_relative`` the start
+            coordinates are the nominal ones (``coords_relative``).
+        probe: ``(N, N)`` complex probe or ``(modes, N, N)`` stack.
+
+    Refused, never cast: grouped data missing ``X_full``, ``coords_offsets``, ``coords_relative`` or
+    ``nn_indices`` (ValueError); an ``X_full`` that is not float32 (TypeError); a ``Y`` that is not
+    complex64 (ValueError, DATA-001); a probe that is not ``(N, N)`` or ``(modes, N, N)``.
     """
 
     def __init__(self, grouped_data: dict, probe):
@@ -46,7 +64,9 @@ class PtychoDataContainerTorch:
         """The container of ``npz_path`` built from its memory map and ``.groups_cache.npz`` (made if missing).
 
         Equal, attribute by attribute, to ``cls(RawDataTorch(...).generate_grouped_data(...), probe)``
-        with the grouping ``config`` asks for; see :class:`MemmapDatasetBridge` for the options.
+        with the grouping ``config`` (a ``ptycho`` TrainingConfig/InferenceConfig, or a
+        ``(DataConfig, ModelConfig, TrainingConfig)`` tuple) asks for; ``memmap_dir`` holds the
+        caches; see :class:`MemmapDatasetBridge` for the options and what is refused.
         """
         from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 

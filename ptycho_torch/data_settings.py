@@ -24,7 +24,7 @@ _ONLY_VALUE: dict[str, tuple[Any, str]] = {
     ),
     "n_subsample": (
         7,
-        "the number of groups is TrainingConfig.n_groups, per scan file (None: one group per scan point)",
+        "the number of groups is TrainingConfig.n_groups, per scan file (None: 512, ptycho's default)",
     ),
     "x_bounds": ((0.1, 0.9), "every scan point may seed a group, as in PtychoPINN's grouping"),
     "y_bounds": ((0.1, 0.9), "every scan point may seed a group, as in PtychoPINN's grouping"),

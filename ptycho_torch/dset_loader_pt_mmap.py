@@ -44,36 +44,61 @@ Y_CONVENTIONS = ("physical", "baseline")
 
 
 class PtychoDataset(Dataset):
-    """Groups of ``C`` diffraction patterns, channels first, batched by index lists.
+    """Groups of ``C`` diffraction patterns over memory-mapped diffraction, batched by index lists.
 
-    ``dataset[indices]`` (an int, a list, an array or a tensor of indices) returns
+    ``dataset[indices]`` (an int, or a 1-D list, array or tensor of group indices) returns
     ``(batch, probe, scale)`` laid out as PtychoPINN's ``ptycho_torch.dataloader.PtychoDataset``
-    (specs/data_contracts.md section 6): ``batch`` is a TensorDict with ``images (B, C, N, N)``
-    float32 (X_full: the normalised amplitudes), ``coords_global``, ``coords_relative``,
-    ``coords_start_relative`` ``(B, C, 1, 2)`` and ``coords_center``, ``coords_start_center``
-    ``(B, 1, 1, 2)`` float32, ``nn_indices (B, C)`` int64, ``experiment_id (B,)`` int32,
-    ``rms_scaling_constant`` and ``physics_scaling_constant`` ``(B, 1, 1, 1)`` float32 and, with
-    ``ground_truth=True`` (every scan file must hold an object or ``Y``), ``Y (B, C, N, N)`` complex64;
-    ``probe`` is ``(B, C, P, N, N)`` complex64 (each item's experiment probe modes, a read-only
-    broadcast view of a per-batch copy) and ``scale`` ``(B, 1, 1, 1)`` float32 is the factor
-    the images were multiplied by: the experiment's X_full factor (``DataConfig.normalize='Batch'``)
-    or the group's own (``'Group'``; see specs/data_contracts.md section 7). An int index gives the same without the batch dimension.
+    (specs/data_contracts.md section 6); an int gives the same without the batch dimension ``B``:
 
-    Call forms: PtychoPINN's ``PtychoDataset(ptycho_dir, model_config, data_config,
-    training_config, data_dir, remake_map)`` and this project's ``PtychoDataset(path,
-    data_config, model_config, training_config, inference_config, datagen_config)``, positional
-    or by keyword; configs are told apart by type and a config in the wrong slot is a TypeError.
-    Or ``config=`` a ``ptycho`` TrainingConfig/InferenceConfig; ``overrides`` set ``ptycho``
-    config fields such as ``n_groups`` or ``nphotons``. ``params.cfg`` is updated once, here.
-    ``remake_map=True`` rebuilds the memory map and regroups. ``lock_timeout`` (seconds, default
-    no limit) bounds the wait for another process building the same scan (a WARNING names it meanwhile).
-    ``layout`` ("auto", "nNN" or legacy "NNn") settles an ambiguous ``(N, N, N)`` diffraction cube.
+    - ``batch["images"]``: ``(B, C, N, N)`` float32, normalised amplitudes (``X_full``: the
+      amplitudes times ``scale``; ``DataConfig.normalize='Batch'``: the experiment's factor,
+      ``'Group'``: the group's own, specs/data_contracts.md section 7).
+    - ``batch["coords_global"]``, ``["coords_relative"]``, ``["coords_start_relative"]``:
+      ``(B, C, 1, 2)`` float32, ``[x, y]`` in object pixels (``coords_relative`` is
+      ``-(member - centre)``, the TensorFlow sign); ``["coords_center"]``, ``["coords_start_center"]``:
+      ``(B, 1, 1, 2)`` float32 pixels.
+    - ``batch["nn_indices"]``: ``(B, C)`` int64 pattern indices in the scan file;
+      ``batch["experiment_id"]``: ``(B,)`` int32 index into ``files``.
+    - ``batch["rms_scaling_constant"]``: ``(B, 1, 1, 1)`` float32, equal to ``scale``;
+      ``batch["physics_scaling_constant"]``: ``(B, 1, 1, 1)`` float32, ``1 / mean sum(d**2)`` of the scan.
+    - ``batch["Y"]`` with ``ground_truth=True``: ``(B, C, N, N)`` complex64 object patches.
+    - ``probe``: ``(B, C, P, N, N)`` complex64, the experiment's ``P`` probe modes as stored (a read-only
+      broadcast view of a per-batch copy; ``tensordict_loader.compact_to`` moves it without copies).
+    - ``scale``: ``(B, 1, 1, 1)`` float32, the dimensionless factor the amplitudes were multiplied by.
 
-    ``y_convention`` says where ``Y[:, c]`` is cut from ``objectGuess``: ``"physical"`` (default) under
-    ``images[:, c]``, at that pattern's scan position; ``"baseline"`` at ``coords_center +
-    coords_relative``, PtychoPINN's position, which for gridsize > 1 is the member's position
-    reflected through the group centre (see specs/data_contracts.md, "Coordinate conventions").
-    A stored ``Y`` is per pattern and the same in both.
+    Args:
+        ptycho_dir: one scan NPZ or a directory of them (every ``*.npz``, in name order, one
+            experiment each; reconstructions written by ``ptycho-reconstruct`` are skipped).
+        *configs: PtychoPINN's order ``(model_config, data_config, training_config, data_dir,
+            remake_map)`` or this project's ``(data_config, model_config, training_config,
+            inference_config, datagen_config)``; configs are told apart by type.
+        data_config, model_config, training_config: the torch configs.
+            ``TrainingConfig.n_groups`` is the number of groups per scan file (None: 512).
+        config: a ``ptycho`` TrainingConfig/InferenceConfig instead of the torch configs.
+        overrides: ``ptycho`` config fields to set, e.g. ``{"n_groups": 1000, "enable_oversampling": True}``.
+        data_dir: directory of the memory maps and groups caches (default ``data/memmap``).
+        remake_map: rebuild the memory map and regroup even if valid.
+        diffraction_units: ``"auto"`` (integer dtypes are photon counts, square-rooted; floats
+            amplitudes), ``"amplitude"`` or ``"counts"``.
+        layout: ``"auto"``, ``"nNN"`` or legacy ``"NNn"``, for an ambiguous ``(N, N, N)`` stack.
+        ground_truth: add ``Y``; every scan file must hold a complex ``objectGuess`` or ``Y``.
+        y_convention: where ``Y[:, c]`` is cut from ``objectGuess``: ``"physical"`` (default) under
+            ``images[:, c]``, at that pattern's scan position; ``"baseline"`` at ``coords_center +
+            coords_relative``, PtychoPINN's position, which for gridsize > 1 is the member's position
+            reflected through the group centre (specs/data_contracts.md, "Coordinate conventions").
+            A stored ``Y`` is per pattern and the same in both.
+        progress: progress bars while building.
+        lock_timeout: seconds to wait for another process building the same scan, then
+            ``LockTimeoutError`` (None: no limit; a warning names that process meanwhile).
+
+    ``params.cfg`` is updated once, here (CONFIG-001). Refused, with an error naming the file, key,
+    field or index and the fix: a config in the wrong slot or given twice (TypeError); ``DataConfig``
+    fields the pipeline cannot honour (``C`` not ``grid_size[0] * grid_size[1]``, a non-square grid,
+    ``neighbor_function`` other than ``'Nearest'``, ``data_scaling='Max'``, ...); ``N`` other than the
+    pattern size; more groups than scan points without oversampling; a malformed or pickled scan file;
+    a probe not of the pattern size, all zero or not finite; ``ground_truth=True`` with a file that has
+    neither object nor ``Y``; an unknown ``y_convention``; indices that are not integers, out of range
+    or not 1-D. Needs torch and tensordict (ImportError naming the install otherwise).
     """
 
     def __init__(
@@ -165,13 +190,15 @@ class PtychoDataset(Dataset):
 
     @property
     def cache_paths(self) -> list[Path]:
+        """The ``.groups_cache.npz`` of each experiment, in ``files`` order."""
         return [e.cache_path for e in self.experiments]
 
     def split(self, val_fraction: float = 0.05, seed: int = 42):
         """``(train, validation)`` subsets with disjoint groups, drawn as PtychoPINN does (5 %, seed 42).
 
         ``torch.utils.data.random_split`` with a generator seeded by ``seed``: the same split for the
-        same dataset length and seed, whatever the global RNG state.
+        same dataset length and seed, whatever the global RNG state. Refuses (ValueError) a
+        ``val_fraction`` outside ``(0, 1)`` or one that leaves either subset empty.
         """
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")

@@ -27,11 +27,32 @@ def _on_raw_data(method):
 
 
 class RawDataTorch:
-    """A thin adapter over :class:`RawData`; it never groups on its own.
+    """One scan in memory: a thin adapter over :class:`ptycho.raw_data.RawData`; it never groups on its own.
 
     With ``config`` (a ``ptycho`` TrainingConfig or InferenceConfig, e.g. from
     ``ptycho_torch.config_bridge``) the constructor runs ``update_legacy_dict`` exactly once,
-    so ``params.cfg`` is set before any grouping (CONFIG-001).
+    so ``params.cfg`` is set before any grouping (CONFIG-001). Works without torch.
+
+    Args:
+        xcoords, ycoords: ``(n,)`` real scan positions in object pixels (x = column, y = row), finite
+            and within +-1e9.
+        diff3d: ``(n, N, N)`` real diffraction: float amplitudes, or integer photon counts
+            (square-rooted to float32 amplitude, with a warning, under ``diffraction_units='auto'``).
+        probeGuess: ``(N, N)`` complex probe or ``(modes, N, N)`` mode stack; mode 0 is ``probeGuess``.
+        scan_index: ``(n,)`` whole numbers, one scan id per pattern.
+        objectGuess: optional ``(H, W)`` complex object on the grid the positions are pixels of.
+        config: a ``ptycho`` config applied to ``params.cfg`` before anything else.
+        xcoords_start, ycoords_start: ``(n,)`` start positions in pixels (default: the positions).
+        Y: optional ``(n, N, N)`` complex64 ground-truth patches, one per pattern.
+        pattern_energy: optional ``(n,)`` precomputed ``sum(diff3d**2)`` per pattern.
+        diffraction_units: ``"auto"``, ``"amplitude"`` or ``"counts"``.
+
+    Refused (ValueError or TypeError naming the array and what it needs): positions that are not
+    1-D, real, finite or one per pattern; a diffraction stack that is not 3-D, square, real or
+    non-negative and finite; a probe not of the pattern size; a real ``objectGuess`` or ``Y``; a
+    ``scan_index`` of the wrong shape or not whole numbers.
+    ``generate_grouped_data(N, K=..., nsamples=..., gridsize=..., ...)`` returns the grouped-data dict
+    of specs/data_contracts.md section 2 (coordinates in object pixels).
     """
 
     def __init__(

@@ -29,7 +29,13 @@ CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundre
 
 
 class PtychoModel:
-    """A network (``.model``, a ``PtychoPINN_Lightning``) and the four configs it was built from."""
+    """A network (``.model``, a ``PtychoPINN_Lightning``, or None before one is made or loaded) and its four configs.
+
+    Each config may be given as its dataclass, a dict (e.g. checkpoint hyper-parameters) or None
+    (defaults); a value of another type is a TypeError. ``_new_model`` builds a fresh network;
+    ``_extract_configs_from_checkpoint`` reads a checkpoint's configs with ``weights_only=True`` on
+    the CPU (a missing, empty, foreign or code-carrying file is a ``CheckpointError`` naming it).
+    """
 
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None):
         self.model_config: ModelConfig = as_config(ModelConfig, model_config)
@@ -60,7 +66,14 @@ class PtychoModel:
 
 
 class Trainer:
-    """Trains a :class:`PtychoModel` on a :class:`PtychoDataLoader`; ``._trainer`` is the ``lightning.Trainer``."""
+    """Trains a :class:`PtychoModel` on a :class:`PtychoDataLoader`; ``._trainer`` is the ``lightning.Trainer``.
+
+    Checkpoints (``checkpoints/best-checkpoint.ckpt``, ``last.ckpt``), ``configs/*.json`` and
+    ``metrics.csv`` go to the loader's run directory ``output_dir``. Refused (ValueError): an
+    orchestration other than ``'lightning'``, a loader not built as ``'lightning_only_module'``.
+    A run that fails or is interrupted re-raises; its directory is removed, or kept marked
+    ``INCOMPLETE`` when it holds checkpoints.
+    """
 
     def __init__(self, model: PtychoModel, dataloader: PtychoDataLoader, config_manager: ConfigManager, trainer):
         self.model = model
@@ -115,7 +128,12 @@ def _check_orchestration(orchestration: str) -> None:
 
 
 class InferenceEngine:
-    """Predicts every group of a loader's dataset and stitches the patches into one complex object."""
+    """Predicts every group of a loader's dataset and stitches the patches into one complex object.
+
+    Refused (ValueError): a :class:`PtychoModel` without a network; configs whose architecture fields
+    differ from the network's; loader data whose pattern size ``N`` or group size ``C`` differ from
+    those the network was trained on.
+    """
 
     def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
         if ptycho_model.model is None:
@@ -124,10 +142,11 @@ class InferenceEngine:
         self.ptycho_model = ptycho_model
 
     def predict_and_stitch(self, loader: PtychoDataLoader, *, progress: bool = True) -> np.ndarray:
-        """Complex ``(H, W)`` object: ``ceil(scan span + N)`` pixels per axis, centred on the scan's bounding box.
+        """Complex64 ``(H, W)`` object: ``ceil(scan span + N)`` pixels per axis, centred on the scan's bounding box.
 
         That is the grid of Ptychodus's default object for the same positions, so the result lands
-        where the input object was.
+        where the input object was. Runs on the GPU when torch sees one, else on the CPU with at
+        most ``CPU_INFERENCE_BATCH`` groups per batch; each group of the loader is predicted once.
         """
         import torch
 

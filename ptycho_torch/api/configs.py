@@ -79,7 +79,11 @@ def configs_of_module(module) -> dict[str, Any]:
 class ConfigManager:
     """Holds ``data_config``, ``model_config``, ``training_config``, ``inference_config``, ``datagen_config``.
 
-    Each may be given as its dataclass, a dict or None (defaults).
+    Each may be given as its dataclass (copied, never aliased), a dict (lists become tuples where
+    the field is a tuple; unknown keys are logged and dropped, so a checkpoint of a newer version
+    loads) or None (defaults); any other type is a TypeError. :meth:`from_loaded_model` takes a
+    loaded model's own configs and freezes the architecture; :meth:`validate_arch_compatibility`
+    raises ValueError listing every ``ARCHITECTURE_FIELDS`` field where configs and network differ.
     """
 
     def __init__(self, data_config=None, model_config=None, training_config=None, inference_config=None, datagen_config=None):

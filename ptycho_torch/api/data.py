@@ -49,12 +49,25 @@ class PtychoDataLoader:
     """Training data (``PtychoDataLoader(data_dir, config_manager, data_format, output_dir)``) or inference data (:meth:`from_np`).
 
     For training, every ``*.npz`` directly inside ``data_dir`` (e.g. files written by Ptychodus's
-    Export Training Data) is one experiment of a memory-mapped ``PtychoDataset``; sub-directories
-    (such as earlier ``run_*`` outputs) are never read. ``output_dir`` becomes
-    ``output_dir/run_<UTC timestamp>`` (created exclusively, :func:`ptycho_torch.run_dirs.new_run_dir`), where the
-    trainer writes checkpoints and configs. Memory maps
-    and group caches go to ``cache_dir`` (default :func:`default_cache_dir`; the run directory when
-    that is not writable), never the working directory.
+    Export Training Data) is one experiment of a memory-mapped ``PtychoDataset`` (``.dataset``);
+    sub-directories (such as earlier ``run_*`` outputs) are never read. ``output_dir`` (default
+    ``data_dir``) becomes ``output_dir/run_<UTC timestamp>`` (created exclusively,
+    :func:`ptycho_torch.run_dirs.new_run_dir`), where the trainer writes checkpoints and configs.
+    Memory maps and group caches go to ``cache_dir`` (default :func:`default_cache_dir`; the run
+    directory when that is not writable), never the working directory.
+
+    Groups per file: ``DataConfig.n_subsample`` x the scan points inside ``x_bounds``/``y_bounds``
+    (fractions of the scan range), as PtychoPINN counts them, oversampled when that exceeds the
+    points; seed ``DataConfig.subsample_seed`` or 42. Ptychodus exports (``diff3d`` with
+    ``bad_pixels``) are read as photon counts whatever their dtype. ``data_format``
+    ``'lightning_only_module'`` (default) or ``'lightning_module'`` builds ``.data_module``,
+    ``'tensordict'`` or ``'pytorch'`` ``.dataloader``.
+
+    Refused before any work (ValueError or FileNotFoundError naming the file and the Ptychodus
+    setting to change): a missing directory or one without ``.npz`` files; ``DataConfig.N`` other than
+    the pattern size; a non-square grid or ``C`` other than its size; a directory mixing Ptychodus
+    exports with other files; Supervised training without ``objectGuess`` in every file;
+    ``data_format='numpy'``. A refused run leaves no run directory.
     """
 
     def __init__(self, data_dir, config_manager, data_format=DataloaderFormats.LIGHTNING_ONLY_MODULE, output_dir=None, *, cache_dir=None, progress: bool = True):
@@ -90,9 +103,14 @@ class PtychoDataLoader:
     def from_np(cls, diff_patterns, probe, positions, config_manager, *, progress: bool = True) -> PtychoDataLoader:
         """Inference data from arrays: one group per scan point.
 
-        ``diff_patterns (n, N, N)``: measured counts in the detector's dtype (integers or floats);
-        ``probe (modes, N, N)`` or ``(N, N)`` complex; ``positions (n, 2)``: ``[y, x]`` in object pixels.
-        The arrays are written once to a private temporary directory that is removed with the loader.
+        ``diff_patterns (n, N, N)``: measured photon counts in the detector's dtype (integers or
+        floats); ``probe (modes, N, N)`` or ``(N, N)`` complex; ``positions (n, 2)``: ``[y, x]`` in
+        object pixels. The arrays are written once to a private temporary directory that is removed
+        with the loader (or by :meth:`close`).
+
+        Refused (ValueError): patterns that are not an ``(n, N, N)`` stack of real numbers, or whose
+        ``N`` is not ``DataConfig.N``; a probe of another shape, all zero or not finite; positions
+        not ``(n, 2)`` or not finite.
         """
         patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, config_manager.data_config.N)
         loader = cls.__new__(cls)

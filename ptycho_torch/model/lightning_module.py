@@ -47,8 +47,28 @@ class PtychoPINN_Lightning(L.LightningModule):
     region and extraction back) -> ``kappa * sum_modes |FFT(P * O)|^2`` compared with the measured
     counts by the Poisson NLL (``loss_function='Poisson'``) or the amplitude MAE, plus
     ``truth_loss_weight`` times :func:`physics.phase_invariant_error` against ground truth ``Y`` when
-    that weight is positive. ``Supervised``: L1 of the complex patches against ``Y``. Configs may be
-    dataclasses or dicts; they are saved as plain dicts.
+    that weight is positive. ``Supervised``: L1 of the complex patches against ``Y``.
+
+    Input: ``PtychoDataset`` batches ``(batch, probe, scale)`` (specs/data_contracts.md section 6):
+    ``images (B, C, N, N)`` float32 normalised amplitudes, ``coords_relative (B, C, 1, 2)`` object
+    pixels, ``probe (B, C, P, N, N)`` complex64, ``scale (B, 1, 1, 1)``; ``C = grid_size[0] *
+    grid_size[1]``. Output of :meth:`predict_patches`: ``(B, C, N, N)`` complex object patches
+    (dimensionless transmission; the absolute phase is arbitrary). Logged losses, per pixel:
+    ``<kind>_train_loss``, ``<kind>_val_loss`` and ``val_loss``, ``<kind>`` being ``poisson``,
+    ``mae`` or ``supervised``.
+
+    Args:
+        model_config, data_config, training_config, inference_config: the torch configs, as
+            dataclasses or dicts (checkpoint hyper-parameters); saved in checkpoints as plain dicts.
+        seed: seed of the network initialisation (the global RNG is left alone).
+
+    Refused (ValueError naming the field): ``mode`` other than ``'Unsupervised'``/``'Supervised'``,
+    ``loss_function`` other than ``'Poisson'``/``'MAE'``, an unknown ``scheduler``,
+    ``generator_input`` or ``generator_output``, ``generator_output='correction'`` with
+    ``generator_input='diffraction'``, ``object_estimate_steps`` < 1, a negative or non-finite
+    ``truth_loss_weight``, a non-square ``grid_size``, ``N`` not divisible by 8, and generator options
+    the U-Net does not implement. Training without ``Y`` in the batch is a KeyError when the loss
+    needs it. :meth:`load_from_checkpoint` reads with ``weights_only=True`` only.
     """
 
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):

@@ -35,7 +35,7 @@ class Canvas:
 
 @dataclass(frozen=True, eq=False)
 class Reconstruction:
-    """A stitched object ``(H, W)`` complex64, its summed probe weight, the canvas and the fitted count gain."""
+    """A stitched object ``(H, W)`` complex64, its summed probe weight ``coverage`` ``(H, W)``, the canvas and the fitted count gain."""
 
     object: np.ndarray
     coverage: np.ndarray
@@ -53,7 +53,10 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
 
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                        experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> np.ndarray:
-    """The stitched complex64 ``(H, W)`` object of one experiment of ``dataset`` (see :func:`reconstruct`)."""
+    """The stitched object of one experiment of ``dataset``: complex64 ``(H, W)``, ``reconstruct(...).object``.
+
+    Same arguments and refusals as :func:`reconstruct`.
+    """
     return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress,
                        align_phase=align_phase, use_network=use_network).object
 
@@ -62,6 +65,25 @@ def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas:
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                 experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
+
+    Args:
+        model: a ``PtychoPINN_Lightning`` (its device is used; it is put in eval mode meanwhile).
+        dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted, each once, so build
+            it with ``n_groups`` equal to the number of scan points to cover every point.
+        batch_size: groups per batch (memory, not the result).
+        canvas: the output grid (pixels); default :func:`default_canvas` of the scan positions.
+        experiment: index into ``dataset.experiments``.
+        progress, align_phase, use_network: see below.
+
+    Returns:
+        :class:`Reconstruction`: ``object`` complex64 ``(H, W)`` (0 where the summed probe weight is
+        below ``COVERAGE_FLOOR`` of its maximum), ``coverage`` float64 ``(H, W)`` summed probe weight,
+        ``canvas`` (scan position ``(x, y)`` falls on pixel ``(y + origin_px[0], x + origin_px[1])``)
+        and ``gain``, the dimensionless count gain applied.
+
+    Refused before any prediction: a canvas too large for this machine's memory
+    (:class:`footprint.SizeError`, positions probably not in object pixels); ``use_network=False``
+    with ``generator_input='diffraction'`` (ValueError).
 
     Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
     intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. A group's constant
