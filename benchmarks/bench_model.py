@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_model.py                          # this package's defaults
     .venv/bin/python benchmarks/bench_model.py --truth-loss-weight 0    # physics loss only
     .venv/bin/python benchmarks/bench_model.py --ptychi-json benchmarks/results/ptychi_heldout.json
+    .venv/bin/python benchmarks/bench_model.py --checkpoint run.ckpt --test-seed 3 --n-test 4   # fresh scans, no training
 
 A corpus of ``--n-train`` simulated scans (``ptycho.simulate.corpus_settings``: other objects, doses
 and positions than the held-out scans) trains the network through ``PtychoDataModule`` and
@@ -10,7 +11,9 @@ and positions than the held-out scans) trains the network through ``PtychoDataMo
 embedded ``datasets/sim_small.npz``, plus families of other objects) is then reconstructed four ways:
 (a) the physics input alone, stitched; (b) the untrained network; (c) the trained network; (d) Pty-chi,
 read from ``benchmarks/bench_ptychi.py --json ... --save-objects ...`` if given. Prints a Markdown table
-and writes one JSON record and a figure under ``--out``.
+and writes one JSON record and a figure under ``--out``. ``--checkpoint`` skips training and scores a
+saved model; with ``--test-seed`` other than 2 the held-out scans are drawn afresh (a confirmation set
+for settings chosen on the default held-out scans) and the embedded scan is left out.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--generator-output", choices=["correction", "object"])
     parser.add_argument("--seed", type=int, default=0, help="network initialisation")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: cheapest in CPU time on a shared machine)")
+    parser.add_argument("--test-seed", type=int, default=TEST_SEED,
+                        help="held-out corpus seed; another than the default draws fresh scans and leaves the embedded one out")
+    parser.add_argument("--checkpoint", type=Path, help="score this saved model instead of training one")
     parser.add_argument("--ptychi-json", type=Path, help="bench_ptychi.py records of the same held-out scans (with --save-objects)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None)
@@ -108,18 +114,19 @@ def configs(s: dict, train_file: Path):
     return data, model, training, InferenceConfig(batch_size=64)
 
 
-def make_corpus(root: Path, n_train: int, n_test: int, families: list[str]) -> tuple[Path, dict[str, list[Path]]]:
-    """Training scans under ``root/train``; held-out scans per family under ``root/test-<family>``; reused if present."""
+def make_corpus(root: Path, n_train: int, n_test: int, families: list[str], test_seed: int = TEST_SEED) -> tuple[Path, dict[str, list[Path]]]:
+    """Training scans under ``root/train-<n>``; held-out scans per family under ``root/test-<family>-<n>``; reused if present."""
     base = SIMULATION_PRESETS["embedded"]
     train = root / f"train-{n_train}"
     if len(list(train.glob("*.npz"))) != n_train:
         write_corpus(train, corpus_settings(n_train, TRAIN_SEED, base))
     tests = {}
     for family in families:
-        directory = root / f"test-{family.replace(' ', '-')}-{n_test}"
+        directory = root / (f"test-{family.replace(' ', '-')}-{n_test}" + ("" if test_seed == TEST_SEED else f"-seed{test_seed}"))
         if len(list(directory.glob("*.npz"))) != n_test:
-            write_corpus(directory, corpus_settings(n_test, TEST_SEED, dataclasses.replace(base, **FAMILIES[family])), prefix="test")
-        tests[family] = sorted(directory.glob("*.npz")) + ([EMBEDDED] if family == "islands" else [])
+            write_corpus(directory, corpus_settings(n_test, test_seed, dataclasses.replace(base, **FAMILIES[family])), prefix="test")
+        embedded = [EMBEDDED] if family == "islands" and test_seed == TEST_SEED else []
+        tests[family] = sorted(directory.glob("*.npz")) + embedded
     return train, tests
 
 
@@ -190,27 +197,50 @@ def git_commit() -> str:
         return "unknown"
 
 
+def train(s: dict, train_dir: Path, work: Path, data, model_config, training, inference) -> tuple:
+    """The untrained and the trained network, the trainer and what training cost."""
+    dataset = PtychoDataset(train_dir, data, model_config, training, data_dir=work / "memmap", ground_truth=needs_ground_truth(model_config), progress=False)
+    untrained = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
+    model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
+    module = PtychoDataModule(dataset, data, model_config, training)
+    trainer = build_trainer(training, work / "run", progress=False)
+    load_before, started_wall, started_cpu = os.getloadavg(), time.perf_counter(), cpu_seconds()
+    trainer.fit(model, datamodule=module)
+    train_cpu, train_wall, load_after = cpu_seconds() - started_cpu, time.perf_counter() - started_wall, os.getloadavg()
+    group_steps = len(module.train_indices) * s["epochs"]
+    logger.info("trained %d group steps in %.1f CPU s", group_steps, train_cpu)
+    cost = {
+        "train_scans": sorted(p.name for p in train_dir.glob("*.npz")), "train_groups": len(module.train_indices),
+        "validation_groups": len(module.val_indices), "group_steps": group_steps,
+        "train_cpu_s": train_cpu, "train_wall_s": train_wall, "train_groups_per_cpu_s": group_steps / train_cpu,
+        "loadavg_before_training": load_before, "loadavg_after_training": load_after,
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    return untrained, model, trainer, cost
+
+
+def load_trained(path: Path, seed: int) -> tuple:
+    """A saved model and an untrained one of the same configuration, initialised from ``seed``."""
+    model = PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu")
+    untrained = PtychoPINN_Lightning(model.model_config, model.data_config, model.training_config, model.inference_config, seed=seed)
+    return untrained, model.eval(), {"checkpoint": str(path), "model_config": dataclasses.asdict(model.model_config)}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO)
     s = settings_of(args)
     torch.set_num_threads(s["threads"])
-    train_dir, tests = make_corpus(args.corpus, args.n_train, args.n_test, args.families)
+    train_dir, tests = make_corpus(args.corpus, args.n_train, args.n_test, args.families, args.test_seed)
     data, model_config, training, inference = configs(s, sorted(train_dir.glob("*.npz"))[0])
     work = Path(tempfile.mkdtemp(prefix="bench_model_"))
     try:  # memory maps, caches and checkpoints are scratch: removed afterwards
-        dataset = PtychoDataset(train_dir, data, model_config, training, data_dir=work / "memmap", ground_truth=needs_ground_truth(model_config), progress=False)
-        untrained = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
-        model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
-        module = PtychoDataModule(dataset, data, model_config, training)
-        trainer = build_trainer(training, work / "run", progress=False)
-        load_before, started_wall, started_cpu = os.getloadavg(), time.perf_counter(), cpu_seconds()
-        trainer.fit(model, datamodule=module)
-        train_cpu, train_wall, load_after = cpu_seconds() - started_cpu, time.perf_counter() - started_wall, os.getloadavg()
-        group_steps = len(module.train_indices) * s["epochs"]
-        logger.info("trained %d group steps in %.1f CPU s", group_steps, train_cpu)
-
+        if args.checkpoint is None:
+            untrained, model, trainer, cost = train(s, train_dir, work, data, model_config, training, inference)
+        else:
+            untrained, model, cost = load_trained(args.checkpoint, s["seed"])
+            data, model_config = model.data_config, model.model_config
         by_scan, objects, family_of = {}, {}, {}
         for family, scans in tests.items():
             for scan in scans:
@@ -220,24 +250,23 @@ def main(argv=None) -> None:
         ptychi = ptychi_records(args.ptychi_json)
         rows = summary_rows(by_scan, ptychi, family_of)
         record = {
-            "settings": s, "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            "train_scans": sorted(p.name for p in train_dir.glob("*.npz")), "train_groups": len(module.train_indices),
-            "validation_groups": len(module.val_indices), "group_steps": group_steps,
-            "train_cpu_s": train_cpu, "train_wall_s": train_wall, "train_groups_per_cpu_s": group_steps / train_cpu,
-            "loadavg_before_training": load_before, "loadavg_after_training": load_after, "loadavg_end": os.getloadavg(),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "settings": s if args.checkpoint is None else {"seed": s["seed"], "threads": s["threads"]},
+            "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "test_seed": args.test_seed,
+            **cost, "loadavg_end": os.getloadavg(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "per_scan": by_scan, "summary": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         tag = args.tag or f"{args.preset}_seed{s['seed']}"
-        trainer.save_checkpoint(args.out / f"bench_model_{tag}.ckpt", weights_only=True)  # for re-timing and figures
+        if args.checkpoint is None:
+            trainer.save_checkpoint(args.out / f"bench_model_{tag}.ckpt", weights_only=True)  # for re-timing and figures
         (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=1))
-        figure(objects[str(EMBEDDED)] if str(EMBEDDED) in objects else next(iter(objects.values())),
-               EMBEDDED if str(EMBEDDED) in objects else Path(next(iter(objects))), by_scan, ptychi, args.out / f"bench_model_{tag}.png")
+        shown = EMBEDDED if str(EMBEDDED) in objects else Path(next(iter(objects)))
+        figure(objects[str(shown)], shown, by_scan, ptychi, args.out / f"bench_model_{tag}.png")
         print(markdown(rows))
-        print(f"training: {group_steps} group steps in {train_cpu:.1f} CPU s ({group_steps / train_cpu:.2f} groups per CPU s), "
-              f"{train_wall:.1f} s wall, load {load_before[0]:.2f} -> {load_after[0]:.2f}, {s['threads']} torch thread(s)")
+        if args.checkpoint is None:
+            print(f"training: {cost['group_steps']} group steps in {cost['train_cpu_s']:.1f} CPU s ({cost['train_groups_per_cpu_s']:.2f} groups per CPU s), "
+                  f"{cost['train_wall_s']:.1f} s wall, load {cost['loadavg_before_training'][0]:.2f} -> {cost['loadavg_after_training'][0]:.2f}, "
+                  f"{s['threads']} torch thread(s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
