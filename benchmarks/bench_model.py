@@ -127,13 +127,13 @@ def held_out_scans(root: Path, n_test: int, families: list[str], test_seed: int 
 
     With the default seed the islands family also holds the embedded scan.
     """
-    base = SIMULATION_PRESETS["embedded"]
+    base, fresh = SIMULATION_PRESETS["embedded"], test_seed != TEST_SEED
     tests = {}
     for family in families:
-        directory = root / (f"test-{family.replace(' ', '-')}-{n_test}" + ("" if test_seed == TEST_SEED else f"-seed{test_seed}"))
+        directory = root / (f"test-{family.replace(' ', '-')}-{n_test}" + (f"-seed{test_seed}" if fresh else ""))
         if len(list(directory.glob("*.npz"))) != n_test:
             write_corpus(directory, corpus_settings(n_test, test_seed, dataclasses.replace(base, **FAMILIES[family])), prefix="test")
-        embedded = [EMBEDDED] if family == "islands" and test_seed == TEST_SEED else []
+        embedded = [] if fresh or family != "islands" else [EMBEDDED]
         tests[family] = sorted(directory.glob("*.npz")) + embedded
     return tests
 
@@ -205,8 +205,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def train(s: dict, train_dir: Path, work: Path, data, model_config, training, inference) -> tuple:
-    """The untrained and the trained network, the trainer and what training cost."""
+def train(s: dict, train_dir: Path, work: Path, checkpoint: Path, data, model_config, training, inference) -> tuple:
+    """The untrained and the trained network (saved to ``checkpoint``) and the run's record: settings and cost."""
     dataset = PtychoDataset(train_dir, data, model_config, training, data_dir=work / "memmap", ground_truth=needs_ground_truth(model_config), progress=False)
     untrained = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
     model = PtychoPINN_Lightning(model_config, data, training, inference, seed=s["seed"])
@@ -217,21 +217,23 @@ def train(s: dict, train_dir: Path, work: Path, data, model_config, training, in
     train_cpu, train_wall, load_after = cpu_seconds() - started_cpu, time.perf_counter() - started_wall, os.getloadavg()
     group_steps = len(module.train_indices) * s["epochs"]
     logger.info("trained %d group steps in %.1f CPU s", group_steps, train_cpu)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(checkpoint, weights_only=True)  # for re-timing and figures
     cost = {
-        "train_scans": sorted(p.name for p in train_dir.glob("*.npz")), "train_groups": len(module.train_indices),
+        "settings": s, "train_scans": sorted(p.name for p in train_dir.glob("*.npz")), "train_groups": len(module.train_indices),
         "validation_groups": len(module.val_indices), "group_steps": group_steps,
         "train_cpu_s": train_cpu, "train_wall_s": train_wall, "train_groups_per_cpu_s": group_steps / train_cpu,
         "loadavg_before_training": load_before, "loadavg_after_training": load_after,
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
-    return untrained, model, trainer, cost
+    return untrained, model, cost
 
 
 def load_trained(path: Path, seed: int) -> tuple:
     """A saved model and an untrained one of the same configuration, initialised from ``seed``."""
     model = PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu")
     untrained = PtychoPINN_Lightning(model.model_config, model.data_config, model.training_config, model.inference_config, seed=seed)
-    return untrained, model.eval(), {"checkpoint": str(path), "model_config": dataclasses.asdict(model.model_config)}
+    return untrained, model.eval(), {"settings": {"seed": seed}, "checkpoint": str(path), "model_config": dataclasses.asdict(model.model_config)}
 
 
 def main(argv=None) -> None:
@@ -243,10 +245,11 @@ def main(argv=None) -> None:
     tests = held_out_scans(args.corpus, args.n_test, args.families, args.test_seed)
     train_dir = training_corpus(args.corpus, args.n_train) if args.checkpoint is None else None
     data, model_config, training, inference = configs(s, sorted(train_dir.glob("*.npz"))[0] if train_dir else EMBEDDED)
+    tag = args.tag or f"{args.preset}_seed{s['seed']}"
     work = Path(tempfile.mkdtemp(prefix="bench_model_"))
-    try:  # memory maps, caches and checkpoints are scratch: removed afterwards
+    try:  # memory maps and caches are scratch: removed afterwards
         if args.checkpoint is None:
-            untrained, model, trainer, cost = train(s, train_dir, work, data, model_config, training, inference)
+            untrained, model, cost = train(s, train_dir, work, args.out / f"bench_model_{tag}.ckpt", data, model_config, training, inference)
         else:
             untrained, model, cost = load_trained(args.checkpoint, s["seed"])
             data, model_config = model.data_config, model.model_config
@@ -259,20 +262,17 @@ def main(argv=None) -> None:
         ptychi = ptychi_records(args.ptychi_json)
         rows = summary_rows(by_scan, ptychi, family_of)
         record = {
-            "settings": s if args.checkpoint is None else {"seed": s["seed"], "threads": s["threads"]},
-            "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "test_seed": args.test_seed,
-            **cost, "loadavg_end": os.getloadavg(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **cost, "threads": s["threads"], "test_seed": args.test_seed,
+            "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "loadavg_end": os.getloadavg(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "per_scan": by_scan, "summary": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        tag = args.tag or f"{args.preset}_seed{s['seed']}"
-        if args.checkpoint is None:
-            trainer.save_checkpoint(args.out / f"bench_model_{tag}.ckpt", weights_only=True)  # for re-timing and figures
         (args.out / f"bench_model_{tag}.json").write_text(json.dumps(record, indent=1))
         shown = EMBEDDED if str(EMBEDDED) in objects else Path(next(iter(objects)))
         figure(objects[str(shown)], shown, by_scan, ptychi, args.out / f"bench_model_{tag}.png")
         print(markdown(rows))
-        if args.checkpoint is None:
+        if "train_cpu_s" in cost:
             print(f"training: {cost['group_steps']} group steps in {cost['train_cpu_s']:.1f} CPU s ({cost['train_groups_per_cpu_s']:.2f} groups per CPU s), "
                   f"{cost['train_wall_s']:.1f} s wall, load {cost['loadavg_before_training'][0]:.2f} -> {cost['loadavg_after_training'][0]:.2f}, "
                   f"{s['threads']} torch thread(s)")
