@@ -74,10 +74,10 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
 
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
-    from ptycho_torch.model import PtychoPINN_Lightning
+    from ptycho_torch.model.checkpoints import load_network
     from ptycho_torch.model.stitching import reconstruct
 
-    model = PtychoPINN_Lightning.load_from_checkpoint(args.checkpoint, map_location=device)
+    model = load_network(args.checkpoint, map_location=device)
     _require_pattern_size(model, args.checkpoint, scan)
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS"]
+__all__ = ["CheckpointError", "load_network", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS", "SETTINGS_BEFORE_THEY_EXISTED",
+           "upgrade_legacy_settings"]
 
 REQUIRED_CONFIGS = ("model_config", "data_config")  # what rebuilds the network; training/inference default if absent
+# What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
+SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"), ("base_filters", 32))
+NETWORK_PREFIX = "network."  # state-dict keys of PtychoPINN_Lightning's PtychoPINN; checkpoints of 0b10270 and before have none
 _FIX = "use a .ckpt written by ptycho-train (or PtychoPINN_Lightning training), e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"
 
 
@@ -73,3 +77,49 @@ def _refused_global(exc: BaseException) -> str:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
+
+
+def upgrade_legacy_settings(stored_model_config) -> dict:
+    """``{field: value}`` of the settings a checkpoint's stored ``model_config`` dict predates, at their old behaviour.
+
+    Before ``generator_input`` the network read the diffraction; before ``generator_output`` it output the
+    object itself; before ``base_filters`` its first width was 32 per ``n_filters_scale``.
+    """
+    if not isinstance(stored_model_config, dict):
+        return {}
+    return {name: old for name, old in SETTINGS_BEFORE_THEY_EXISTED if name not in stored_model_config}
+
+
+def network_state(state_dict: dict) -> dict:
+    """The state dict of the plain network: Lightning's ``network.`` prefix removed (older checkpoints have none)."""
+    return {key[len(NETWORK_PREFIX):] if key.startswith(NETWORK_PREFIX) else key: value for key, value in state_dict.items()}
+
+
+def load_network(path, map_location="cpu", **overrides):
+    """The plain :class:`~ptycho_torch.model.pinn.PtychoPINN` of a checkpoint, in eval mode, without Lightning.
+
+    Reads with ``weights_only=True`` (:func:`read_checkpoint`); keyword configs (``model_config``,
+    ``data_config``, ``training_config``, ``inference_config``) override the stored ones. Weights that do
+    not fit the network of the configs raise :class:`CheckpointError`.
+    """
+    from dataclasses import replace
+
+    from ptycho_torch.config_coerce import as_config
+    from ptycho_torch.config_params import ModelConfig
+    from ptycho_torch.model.pinn import CONFIG_NAMES, PtychoPINN
+
+    checkpoint = read_checkpoint(path, map_location=map_location, overrides=overrides)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    configs = {name: overrides[name] if overrides.get(name) is not None else hparams.get(name) for name in CONFIG_NAMES}
+    legacy = upgrade_legacy_settings(hparams.get("model_config"))
+    if legacy:
+        configs["model_config"] = replace(as_config(configs["model_config"], ModelConfig), **legacy)
+    network = PtychoPINN(**configs, seed=int(hparams.get("seed", 0) or 0))
+    try:
+        network.load_state_dict(network_state(checkpoint["state_dict"]))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the network of its configs ({_first_line(exc)}); "
+            "load it without overriding model_config/data_config, or train a model with these settings"
+        ) from None
+    return network.to(map_location).eval()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ptycho_torch.model import footprint
 
 __all__ = [
+    "GroupWindows",
     "as_probe_modes",
     "count_scale",
     "counts_from_amplitudes",
@@ -64,6 +65,54 @@ def _translation(shift_px: torch.Tensor, size: tuple[int, int], dtype: torch.dty
     return move
 
 
+class GroupWindows:
+    """The ``N x N`` member windows of each group's ``M x M`` region, at sub-pixel positions, bilinear.
+
+    ``coords_relative (B, C, 1, 2)`` ``[x, y]`` follows :func:`merge_group`: member ``c``'s patch is the
+    region at rows ``(M - N) // 2 - y + i`` and columns ``(M - N) // 2 - x + j`` (the
+    ``translate``-then-crop of specs/model.md section 2). :meth:`extract` reads the windows
+    (an ``(N + 1) x (N + 1)`` gather and a two-tap kernel per axis); :meth:`place` is its adjoint, the
+    sum of the members' patches spread back onto the region. Both are linear, work on real or complex
+    tensors, carry gradients, and cost ``O(B C N^2)``: nothing of the size of the region is resampled.
+    Samples outside the region are zero, as with bilinear ``grid_sample``.
+    """
+
+    def __init__(self, coords_relative: torch.Tensor, N: int, M: int):
+        shift = coords_relative[:, :, 0, :].detach().to(torch.float64)
+        self.B, self.C, self.N, self.M = shift.shape[0], shift.shape[1], int(N), int(M)
+        start = (self.M - self.N) // 2 - shift  # [col, row] of each window's first sample
+        whole = torch.floor(start)
+        fraction = (start - whole).to(coords_relative.dtype if coords_relative.is_floating_point() else torch.float32)
+        self.fx, self.fy = fraction[..., 0, None, None], fraction[..., 1, None, None]  # (B, C, 1, 1)
+        taps = torch.arange(self.N + 1, device=shift.device)
+        rows = whole[..., 1, None].long() + taps  # (B, C, N + 1)
+        cols = whole[..., 0, None].long() + taps
+        inside = ((rows >= 0) & (rows < self.M))[..., :, None] & ((cols >= 0) & (cols < self.M))[..., None, :]
+        batch = torch.arange(self.B, device=shift.device)[:, None, None, None] * self.M * self.M
+        flat = batch + rows.clamp(0, self.M - 1)[..., :, None] * self.M + cols.clamp(0, self.M - 1)[..., None, :]
+        self.index = flat.reshape(-1)  # (B C (N + 1)^2) into the flattened regions
+        self.inside = None if bool(inside.all()) else inside
+
+    def extract(self, region: torch.Tensor) -> torch.Tensor:
+        """The members' patches ``(B, C, N, N)`` of ``region (B, M, M)``."""
+        window = region.reshape(-1)[self.index].reshape(self.B, self.C, self.N + 1, self.N + 1)
+        if self.inside is not None:
+            window = window * self.inside
+        along_x = window[..., :, : self.N] + self.fx.to(window.real.dtype) * (window[..., :, 1:] - window[..., :, : self.N])
+        return along_x[..., : self.N, :] + self.fy.to(window.real.dtype) * (along_x[..., 1:, :] - along_x[..., : self.N, :])
+
+    def place(self, patches: torch.Tensor) -> torch.Tensor:
+        """The region ``(B, M, M)`` holding the sum of the ``patches (B, C, N, N)`` at their windows (adjoint of :meth:`extract`)."""
+        fx, fy = self.fx.to(patches.real.dtype), self.fy.to(patches.real.dtype)
+        N = self.N
+        spread_y = F.pad(patches * (1 - fy), (0, 0, 0, 1)) + F.pad(patches * fy, (0, 0, 1, 0))
+        spread = F.pad(spread_y * (1 - fx), (0, 1)) + F.pad(spread_y * fx, (1, 0))  # (B, C, N + 1, N + 1)
+        if self.inside is not None:
+            spread = spread * self.inside
+        flat = torch.zeros(self.B * self.M * self.M, dtype=patches.dtype, device=patches.device)
+        return flat.index_add(0, self.index, spread.reshape(-1)).reshape(self.B, self.M, self.M)
+
+
 def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> int:
     """An even region side that holds every member patch of every group: ``N + 2 * ceil(max |offset|) + margin``.
 
@@ -101,9 +150,9 @@ def merge_group(patches: torch.Tensor, weights: torch.Tensor, coords_relative: t
     member ``c`` is moved by ``-coords_relative``. Returns ``(region (B, M, M), coverage (B, M, M))``;
     the region is 0 where the summed weight is below ``floor`` times its maximum.
     """
-    shift = -coords_relative[:, :, 0, :]
-    placed = translate(_pad_to(patches * weights, M), shift).sum(dim=1)
-    coverage = translate(_pad_to(weights, M), shift).sum(dim=1)
+    windows = GroupWindows(coords_relative, patches.shape[-1], M)
+    placed = windows.place(patches * weights)
+    coverage = windows.place(weights)
     limit = floor * coverage.flatten(1).amax(dim=1).clamp_min(torch.finfo(coverage.dtype).tiny)
     covered = coverage > limit[:, None, None]
     region = torch.where(covered, placed / torch.where(covered, coverage, torch.ones_like(coverage)), torch.zeros_like(placed))
@@ -112,9 +161,7 @@ def merge_group(patches: torch.Tensor, weights: torch.Tensor, coords_relative: t
 
 def extract_from_region(region: torch.Tensor, coords_relative: torch.Tensor, N: int) -> torch.Tensor:
     """The ``(B, C, N, N)`` member patches of ``region (B, M, M)``: the inverse placement of :func:`merge_group`."""
-    C = coords_relative.shape[1]
-    stacked = region.unsqueeze(1).expand(-1, C, -1, -1)
-    return _crop_centre(translate(stacked, coords_relative[:, :, 0, :]), N)
+    return GroupWindows(coords_relative, N, region.shape[-1]).extract(region)
 
 
 def as_probe_modes(probe: torch.Tensor) -> torch.Tensor:
@@ -204,24 +251,20 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
         raise ValueError(f"object_estimate needs steps >= 1, got {steps}")
     B, C, N = modulus.shape[0], modulus.shape[1], modulus.shape[-1]
     dtype = modulus.dtype
-    M = region_size(N, coords_relative)
-    coords = coords_relative[:, :, 0, :].to(dtype)
-    to_region = _translation(-coords, (M, M), dtype)
-    from_region = _translation(coords, (M, M), dtype)
+    windows = GroupWindows(coords_relative, N, region_size(N, coords_relative))
     probe = probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
     peak = _peak_amplitude(probe).reshape(-1, 1, 1, 1)
     probe, modulus = probe / peak.unsqueeze(-1), modulus / peak
-    coverage = to_region(_pad_to(probe_weight(probe), M)).sum(dim=1)
+    coverage = windows.place(probe_weight(probe).expand(B, C, N, N))
     denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1)[:, None, None]
     inverse = 1 / denominator.clamp_min(torch.finfo(dtype).tiny)  # an all-zero probe: no correction, not 0/0
-    region = torch.ones(B, M, M, dtype=probe.dtype, device=modulus.device)
+    region = torch.ones(B, windows.M, windows.M, dtype=probe.dtype, device=modulus.device)
     for _ in range(steps):
-        patches = _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
-        exit_waves = probe * patches.unsqueeze(2)
+        exit_waves = probe * windows.extract(region).unsqueeze(2)
         corrected = near_field(project_modulus(far_field(exit_waves), modulus, RELIABLE_FIELD_FRACTION))
         correction = (probe.conj() * (corrected - exit_waves)).sum(dim=2)
-        region = region + to_region(_pad_to(correction, M)).sum(dim=1) * inverse
-    return _crop_centre(from_region(region.unsqueeze(1).expand(-1, C, -1, -1)), N)
+        region = region + windows.place(correction) * inverse
+    return windows.extract(region)
 
 
 def count_scale(scale: torch.Tensor, probe: torch.Tensor, N: int) -> torch.Tensor:

@@ -61,13 +61,14 @@ def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas:
                        align_phase=align_phase, use_network=use_network).object
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                 experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
 
     Args:
-        model: a ``PtychoPINN_Lightning`` (its device is used; it is put in eval mode meanwhile).
+        model: a :class:`~ptycho_torch.model.pinn.PtychoPINN` or a ``PtychoPINN_Lightning`` (its ``.network``
+            is used): its device is used; it is put in eval mode meanwhile.
         dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted, each once, so build
             it with ``n_groups`` equal to the number of scan points to cover every point.
         batch_size: groups per batch (memory, not the result).
@@ -96,6 +97,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     to ``InferenceConfig.batch_size`` capped at 64 groups. ``use_network=False`` stitches the model's
     physics input instead of its predictions (the pipeline without the network).
     """
+    model = getattr(model, "network", model)  # a PtychoPINN_Lightning predicts through its plain network
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

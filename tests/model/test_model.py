@@ -249,7 +249,7 @@ def test_stitching_true_patches_rebuilds_the_object_on_its_grid(memmap_dir, monk
     dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
     model = PtychoPINN_Lightning(model_config, data, training, inference)
     truth = read_scan(NPZ, load_diffraction=False).objectGuess
-    monkeypatch.setattr(model, "predict_patches", lambda batch, probe, scale: true_member_patches(batch, truth))
+    monkeypatch.setattr(model.network, "predict_patches", lambda batch, probe, scale: true_member_patches(batch, truth))
     result = reconstruct(model, dataset, canvas=Canvas(truth.shape, (0, 0)), progress=False)
     covered = result.coverage > 0.05 * result.coverage.max()
     quality = reconstruction_quality(result.object, truth, covered)
@@ -275,7 +275,7 @@ def test_stitching_aligns_the_unobservable_constant_phase_of_each_group(memmap_d
         turn = torch.from_numpy(np.exp(1j * rng.uniform(-np.pi, np.pi, (len(batch), 1, 1, 1))).astype(np.complex64))
         return true_member_patches(batch, truth) * turn
 
-    monkeypatch.setattr(model, "predict_patches", turned_true_patches)
+    monkeypatch.setattr(model.network, "predict_patches", turned_true_patches)
     scores = {}
     for align in (True, False):
         result = reconstruct(model, dataset, canvas=Canvas(truth.shape, (0, 0)), progress=False, align_phase=align)

@@ -1,0 +1,159 @@
+"""PtychoPINN as a plain torch module: physics input, U-Net correction and group merge; inference needs no Lightning."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import torch
+
+from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.model import physics
+from ptycho_torch.model.networks import build_generator
+
+__all__ = ["CONFIG_NAMES", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PtychoPINN", "plain_config"]
+
+INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
+GENERATOR_OUTPUTS = ("correction", "object")
+CONFIG_NAMES = ("model_config", "data_config", "training_config", "inference_config")
+
+
+def plain_config(config) -> dict:
+    """A dataclass as a dict of plain values that ``torch.load(weights_only=True)`` accepts."""
+    out = asdict(config)
+    mask = out.get("probe_mask")
+    if mask is not None and not isinstance(mask, (bool, torch.Tensor)):
+        out["probe_mask"] = torch.as_tensor(mask)  # e.g. a NumPy array
+    return out
+
+
+class PtychoPINN(torch.nn.Module):
+    """A group's object patches from its diffraction in one pass (specs/model.md sections 3 to 6).
+
+    ``forward(batch, probe, scale)`` returns the prediction, :meth:`predict_patches`. The configs are
+    kept as given (dataclasses or checkpoint dicts); ``seed`` seeds the initialisation without
+    touching the global RNG. Refused (ValueError naming the field): an unknown ``generator_input`` or
+    ``generator_output``, ``generator_output='correction'`` with ``generator_input='diffraction'``,
+    ``object_estimate_steps`` < 1, a non-square ``grid_size``, ``N`` not divisible by 8 and generator
+    options the U-Net does not implement.
+    """
+
+    def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
+        super().__init__()
+        self.model_config = as_config(model_config, ModelConfig)
+        self.data_config = as_config(data_config, DataConfig)
+        self.training_config = as_config(training_config, TrainingConfig)
+        self.inference_config = as_config(inference_config, InferenceConfig)
+        self.seed = int(seed)
+        self._check_supported()
+        self.N = int(self.data_config.N)
+        self.C = int(self.data_config.grid_size[0]) * int(self.data_config.grid_size[1])
+        self.generator = self.new_generator()
+        self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
+
+    def new_generator(self) -> torch.nn.Module:
+        """The generator of the current ``model_config``, initialised from ``seed`` (the global RNG is left alone)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+
+    def configs(self) -> dict:
+        """The four configs as plain dicts (what a checkpoint stores)."""
+        return {name: plain_config(getattr(self, name)) for name in CONFIG_NAMES}
+
+    def _check_supported(self) -> None:
+        mc = self.model_config
+        gy, gx = self.data_config.grid_size
+        if gy != gx:
+            raise ValueError(f"DataConfig.grid_size={tuple(self.data_config.grid_size)} must be square, e.g. (2, 2)")
+        if mc.generator_input not in INPUT_IMAGES_PER_MEMBER:
+            raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
+        if mc.generator_input == "object_estimate" and (int(mc.object_estimate_steps) != mc.object_estimate_steps or mc.object_estimate_steps < 1):
+            raise ValueError(f"ModelConfig.object_estimate_steps={mc.object_estimate_steps!r} must be an integer >= 1 (or set generator_input='diffraction')")
+        if mc.generator_output not in GENERATOR_OUTPUTS:
+            raise ValueError(f"ModelConfig.generator_output={mc.generator_output!r}; use one of {GENERATOR_OUTPUTS}")
+        if mc.generator_output == "correction" and mc.generator_input != "object_estimate":
+            raise ValueError("ModelConfig.generator_output='correction' corrects the object estimate; with generator_input='diffraction' use generator_output='object'")
+        if not (isinstance(mc.truth_loss_weight, (int, float)) and math.isfinite(mc.truth_loss_weight) and mc.truth_loss_weight >= 0):
+            raise ValueError(f"ModelConfig.truth_loss_weight={mc.truth_loss_weight!r} must be a finite number >= 0 (0: physics loss only)")
+        if self.data_config.N % 8:
+            raise ValueError(f"DataConfig.N={self.data_config.N}: the U-Net needs N divisible by 8")
+
+    # ---- prediction -------------------------------------------------------------------------
+
+    def forward(self, batch, probe, scale) -> torch.Tensor:
+        """The predicted object patches ``(B, C, N, N)`` complex of a dataset batch (:meth:`predict_patches`)."""
+        return self.predict_patches(batch, probe, scale)
+
+    def generator_output(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw generator output ``(B, C, N, N)`` complex from :meth:`generator_input` images: the object
+        patches (``generator_output='object'``) or the factor that corrects the estimate (``'correction'``)."""
+        amplitude, phase = self.generator(inputs)
+        return torch.polar(amplitude, phase)
+
+    def generator_input(self, batch, probe, scale) -> torch.Tensor:
+        """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
+        (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``)."""
+        images = batch["images"]
+        if self.model_config.generator_input == "diffraction":
+            return images
+        probe = physics.unit_peak(physics.as_probe_modes(probe))
+        with torch.no_grad():  # a function of the data alone
+            counts = physics.counts_from_amplitudes(images, scale)
+            modulus = physics.measured_modulus(counts, self.count_scale(batch, probe, scale))
+            coords = batch["coords_relative"].to(images.dtype)
+            estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps)) - 1
+        return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
+
+    def predict_patches(self, batch, probe, scale, *, use_network: bool = True) -> torch.Tensor:
+        """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``.
+
+        ``use_network=False`` returns the physics input alone (the object estimate, merged the same
+        way): what the pipeline gives without the network.
+        """
+        probe = physics.unit_peak(physics.as_probe_modes(probe))  # |P|^2 stays in range whatever the file's scale
+        scale = scale.reshape(-1)
+        inputs = self.generator_input(batch, probe, scale)
+        if not use_network:
+            if self.model_config.generator_input != "object_estimate":
+                raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
+            patches = self._estimate_from(inputs)
+        elif self.model_config.generator_output == "correction":
+            patches = self._estimate_from(inputs) * self.generator_output(inputs)
+        else:
+            patches = self.generator_output(inputs)
+        if self.model_config.object_big and self.C > 1:
+            coords = batch["coords_relative"].to(patches.real.dtype)
+            M = physics.region_size(self.N, coords)
+            region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, M)
+            patches = physics.extract_from_region(region, coords, self.N)
+        return patches
+
+    def _estimate_from(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The complex object estimate ``(B, C, N, N)`` that :meth:`generator_input` encoded as ``[Re(O - 1), Im(O - 1)]``."""
+        return torch.complex(inputs[:, : self.C], inputs[:, self.C : 2 * self.C]) + 1
+
+    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor, batch=None) -> torch.Tensor:
+        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale.
+
+        ``batch`` (the TensorDict) supplies the experiment's count scale (:meth:`count_scale`); without
+        it, ``scale`` is taken as the experiment's.
+        """
+        probe = physics.unit_peak(physics.as_probe_modes(probe))  # kappa * |F(P O)|^2 does not depend on P's scale
+        kappa = self.count_scale(batch, probe, scale) * torch.exp(2 * self.log_gain)
+        return kappa[:, None, None, None] * physics.far_field_intensity(patches, probe)
+
+    def count_scale(self, batch, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``kappa (B,)`` of each item's experiment (specs/model.md section 3).
+
+        It comes from the experiment's mean counts per pattern, ``1 / physics_scaling_constant``,
+        not from ``scale``, which under ``DataConfig.normalize='Group'`` is each group's own: a group
+        in a dark part of the object must predict a dark object, not one of unit mean transmission.
+        A batch without ``physics_scaling_constant`` (or ``batch=None``) uses ``scale``.
+        """
+        scale = scale.reshape(-1)
+        if batch is not None and "physics_scaling_constant" in batch.keys():
+            mean_counts = 1 / batch["physics_scaling_constant"].reshape(-1).to(torch.float64)
+            scale = ((self.N / 2) / torch.sqrt(mean_counts)).to(scale.dtype)  # the scale of normalize='Batch'
+        return physics.count_scale(scale, probe, self.N)
