@@ -303,3 +303,15 @@ def test_device_choice_follows_what_torch_sees():
 def test_reconstruct_device_cuda_without_cuda_is_one_line(checkpoint, tmp_path):
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--device", "cuda", "--quiet")
     assert_one_line_error(result, "--device cuda", "torch sees no CUDA device")
+
+
+def test_reconstruct_imports_no_lightning(checkpoint, tmp_path):
+    """Inference needs no training machinery: the command loads the checkpoint into the plain network."""
+    script = ("import sys; from ptycho_torch.cli_reconstruct import main; "
+              f"status = main([{str(checkpoint)!r}, {str(NPZ)!r}, '--output', {str(tmp_path / 'r.npz')!r}, '--no-png', '--quiet']); "
+              "print(status, sorted(name for name in sys.modules if name.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout
+    assert (tmp_path / "r.npz").is_file()

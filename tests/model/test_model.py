@@ -14,7 +14,7 @@ from scipy import ndimage
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensordict")
-pytest.importorskip("lightning")
+L = pytest.importorskip("lightning")
 
 from benchmarks.quality import reconstruction_quality  # noqa: E402
 from ptycho import params  # noqa: E402
@@ -438,3 +438,26 @@ def test_stitched_amplitude_keeps_the_contrast_between_groups_whatever_the_norma
     left = np.abs(result.object[inner & (columns < truth.shape[1] // 2 - 24)]).mean()
     right = np.abs(result.object[inner & (columns >= truth.shape[1] // 2 + 24)]).mean()
     assert right / left == pytest.approx(0.4, abs=0.06), (left, right)
+
+
+def test_checkpoints_with_and_without_the_network_prefix_load_into_the_plain_network_and_lightning(tmp_path, memmap_dir):
+    """0b10270's checkpoints keyed the weights ``generator.*``; now Lightning keys them ``network.generator.*``."""
+    from ptycho_torch.model.checkpoints import load_network
+
+    data, model_config, training, inference = configs(n_groups=16)
+    model = PtychoPINN_Lightning(model_config, data, training, inference, seed=5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # not the initialisation a fresh network would have
+    batch, probe, scale = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)[np.arange(3)]
+    expected = model.eval().predict_patches(batch, probe, scale)
+    new_keys = model.state_dict()
+    assert all(key.startswith("network.") for key in new_keys)
+    old_keys = {key.removeprefix("network."): value for key, value in new_keys.items()}
+    for name, state in (("new", new_keys), ("old", old_keys)):
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": state, "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": "2.6.6"}, path)
+        plain = load_network(path)
+        assert not isinstance(plain, L.LightningModule)
+        torch.testing.assert_close(plain.predict_patches(batch, probe, scale), expected)
+        torch.testing.assert_close(PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu").eval().predict_patches(batch, probe, scale), expected)
