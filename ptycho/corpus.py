@@ -617,14 +617,34 @@ def training_recipes(
     N: int = 64,
     object_size: int | None = None,
 ) -> list[ScanRecipe]:
-    """``n_scans`` training recipes from the given families (default: the training split), seeded by ``seed``."""
+    """``n_scans`` training recipes from the given families (default: the training split), seeded by ``seed``.
+
+    Families are balanced: each probe family, object family and trajectory is used ``n_scans / count``
+    times (rounded), in an order shuffled by ``seed``.
+    """
     if isinstance(n_scans, bool) or not isinstance(n_scans, int) or not 1 <= n_scans <= _MAX_SCANS:
         raise ValueError(f"n_scans must be an integer from 1 to {_MAX_SCANS}, got {n_scans!r}")
+    plan = _balanced_plan(n_scans, (probe_families, object_families, trajectories), ("training", seed))
     return [
-        recipe(training_seed(seed, i), probe_families=probe_families, object_families=object_families,
-               trajectories=trajectories, n_points=n_points, N=N, object_size=object_size)
-        for i in range(n_scans)
+        recipe(training_seed(seed, i), probe_families=(probe,), object_families=(obj,),
+               trajectories=(trajectory,), n_points=n_points, N=N, object_size=object_size)
+        for i, (probe, obj, trajectory) in enumerate(plan)
     ]
+
+
+def _balanced_plan(n: int, families: Sequence[Sequence[str]], key: tuple[str, int]) -> list[tuple[str, ...]]:
+    """``n`` tuples, one family of each list per tuple, every family of a list used equally often (+-1)."""
+    for chosen in families:
+        if not chosen:
+            raise ValueError("every family list must name at least one family")
+    rng = np.random.default_rng([sum(map(ord, key[0])), int(key[1])])
+    columns = []
+    for chosen in families:
+        column: list[str] = []
+        while len(column) < n:
+            column.extend(str(chosen[j]) for j in rng.permutation(len(chosen)))
+        columns.append(column[:n])
+    return list(zip(*columns))
 
 
 def held_out_recipes(
@@ -643,11 +663,11 @@ def held_out_recipes(
     for kind in kinds:
         if kind not in HELD_OUT_KINDS:
             raise ValueError(f"unknown held-out kind {kind!r}; choose from {names}")
-        probes, objects, trajectories = HELD_OUT_KINDS[kind]
+        plan = _balanced_plan(n_per_kind, HELD_OUT_KINDS[kind], (f"held-out {kind}", seed))
         recipes[kind] = [
-            recipe(held_out_seed(seed, names.index(kind), i), probe_families=probes, object_families=objects,
-                   trajectories=trajectories, n_points=n_points, N=N)
-            for i in range(n_per_kind)
+            recipe(held_out_seed(seed, names.index(kind), i), probe_families=(probe,), object_families=(obj,),
+                   trajectories=(trajectory,), n_points=n_points, N=N)
+            for i, (probe, obj, trajectory) in enumerate(plan)
         ]
     return recipes
 
