@@ -243,10 +243,11 @@ def load_probe(path: str | os.PathLike[str], N: int) -> np.ndarray:
     A ``(modes, N, N)`` stack gives its first mode.
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as loaded:
-        if isinstance(loaded, np.ndarray):
-            probe = loaded
-        else:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        probe = loaded
+    else:
+        with loaded:
             names = list(loaded.files)
             key = "probeGuess" if "probeGuess" in names else names[0] if len(names) == 1 else None
             if key is None:
