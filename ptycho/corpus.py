@@ -57,6 +57,9 @@ MAX_PROBE_WIDTH = 0.5  # of N: drawn probes are at most N / 2 wide (probe_width)
 PROBE_FAMILIES = ("pinhole", "zone_plate", "aberrated", "kb_mirror")
 OBJECT_FAMILIES = ("islands", "fine_texture", "dead_leaves", "lines_edges", "smooth_phase", "particles")
 TRAJECTORIES = ("raster", "random", "fermat")
+# Built from images that ship with a package (scikit-image): for evaluation only, never in a training corpus.
+EVALUATION_OBJECT_FAMILIES = ("photograph",)
+PHOTOGRAPHS = ("camera", "astronaut", "moon", "brick", "grass", "gravel", "coffee", "immunohistochemistry")
 
 TRAIN_PROBES = ("pinhole", "zone_plate", "aberrated")
 TRAIN_OBJECTS = ("islands", "fine_texture", "dead_leaves", "lines_edges", "smooth_phase")
@@ -70,6 +73,8 @@ HELD_OUT_KINDS = {
     "trajectory": (TRAIN_PROBES, TRAIN_OBJECTS, (HELD_OUT_TRAJECTORY,)),
     "all": ((HELD_OUT_PROBE,), (HELD_OUT_OBJECT,), (HELD_OUT_TRAJECTORY,)),
 }
+# Kinds written only when asked for (they need an optional package): not in the default held-out set.
+OPTIONAL_HELD_OUT_KINDS = {"photograph": (TRAIN_PROBES, EVALUATION_OBJECT_FAMILIES, TRAIN_TRAJECTORIES)}
 FILE_PROBE_PREFIX = "file:"
 _MAX_SCANS = 2**12  # per corpus (training) or per held-out kind: keeps the seed spaces apart
 
@@ -300,10 +305,15 @@ def _draw_object_params(family: str, N: int, rng: np.random.Generator) -> Params
     if family == "smooth_phase":
         return _params(correlation_px=rng.uniform(N / 16, N / 4), phase_range_rad=_log_uniform(rng, 0.2, 2 * math.pi),
                        amplitude_contrast=rng.uniform(0, 0.1))
+    if family == "photograph":
+        first, second = rng.choice(len(PHOTOGRAPHS), size=2, replace=False)
+        return _params(amplitude_image=PHOTOGRAPHS[first], phase_image=PHOTOGRAPHS[second],
+                       amplitude_contrast=rng.uniform(0.1, 0.5), phase_scale_rad=rng.uniform(0.3, 2.0),
+                       crop_x=rng.uniform(), crop_y=rng.uniform())
     if family == "particles":
         return _params(mean_radius=rng.uniform(N / 16, N / 5), fill_fraction=rng.uniform(0.15, 0.5),
                        phase_rad=rng.uniform(0.5, 3.0), absorption=rng.uniform(0.02, 0.5))
-    raise ValueError(f"unknown object family {family!r}; choose from {OBJECT_FAMILIES}")
+    raise ValueError(f"unknown object family {family!r}; choose from {OBJECT_FAMILIES} (or {EVALUATION_OBJECT_FAMILIES} for evaluation)")
 
 
 def _unit(field: np.ndarray) -> np.ndarray:
@@ -336,6 +346,10 @@ def make_family_object(family: str, params: dict, size: int, rng: np.random.Gene
         return _finish(amplitude, params["phase_range_rad"] * thickness)
     if family == "particles":
         return _particles(size, params, rng)
+    if family == "photograph":
+        amplitude = _photograph(params["amplitude_image"], size, params["crop_x"], params["crop_y"])
+        phase = _photograph(params["phase_image"], size, 1 - params["crop_x"], 1 - params["crop_y"])
+        return _finish(1 - params["amplitude_contrast"] * amplitude, params["phase_scale_rad"] * phase)
     raise ValueError(f"unknown object family {family!r}; choose from {OBJECT_FAMILIES}")
 
 
@@ -408,6 +422,28 @@ def _lines_edges(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
         thickness_phase += rng.uniform(0.3, 1.0) * p["phase_per_shape_rad"] * shape
         thickness_absorption += rng.uniform(0.3, 1.0) * p["absorption_per_shape"] * shape
     return _finish(np.exp(-thickness_absorption), thickness_phase)
+
+
+def _photograph(name: str, size: int, crop_x: float, crop_y: float) -> np.ndarray:
+    """A ``size x size`` window (at fractions ``crop_x``, ``crop_y`` of the free range) of a scikit-image picture, in [0, 1].
+
+    Pictures smaller than ``size`` are enlarged first (cubic spline). Evaluation only.
+    """
+    try:
+        import skimage.data
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ValueError("the 'photograph' object family needs scikit-image (evaluation only); install it or leave the kind out") from error
+    image = np.asarray(getattr(skimage.data, name)(), dtype=np.float64)
+    if image.ndim == 3:
+        image = image[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
+    scale = size / min(image.shape)
+    if scale > 1:
+        image = scipy.ndimage.zoom(image, scale * 1.001, order=3)
+    y0 = int(round(crop_y * (image.shape[0] - size)))
+    x0 = int(round(crop_x * (image.shape[1] - size)))
+    window = image[y0:y0 + size, x0:x0 + size]
+    low, high = window.min(), window.max()
+    return (window - low) / (high - low) if high > low else np.zeros_like(window)
 
 
 def _particles(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
@@ -625,6 +661,10 @@ def training_recipes(
     """
     if isinstance(n_scans, bool) or not isinstance(n_scans, int) or not 1 <= n_scans <= _MAX_SCANS:
         raise ValueError(f"n_scans must be an integer from 1 to {_MAX_SCANS}, got {n_scans!r}")
+    evaluation_only = sorted(set(object_families) & set(EVALUATION_OBJECT_FAMILIES))
+    if evaluation_only:
+        raise ValueError(f"object families {evaluation_only} come from images shipped with packages and are for evaluation "
+                         "only (held-out kind 'photograph'); leave them out of the training corpus")
     plan = _balanced_plan(n_scans, (probe_families, object_families, trajectories), ("training", seed))
     return [
         recipe(training_seed(seed, i), probe_families=(probe,), object_families=(obj,),
@@ -659,12 +699,13 @@ def held_out_recipes(
     """``n_per_kind`` held-out recipes per kind of :data:`HELD_OUT_KINDS` (odd seeds: never a training seed)."""
     if isinstance(n_per_kind, bool) or not isinstance(n_per_kind, int) or not 1 <= n_per_kind <= _MAX_SCANS:
         raise ValueError(f"n_per_kind must be an integer from 1 to {_MAX_SCANS}, got {n_per_kind!r}")
-    names = list(HELD_OUT_KINDS)
+    every = {**HELD_OUT_KINDS, **OPTIONAL_HELD_OUT_KINDS}
+    names = list(every)
     recipes = {}
     for kind in kinds:
-        if kind not in HELD_OUT_KINDS:
+        if kind not in every:
             raise ValueError(f"unknown held-out kind {kind!r}; choose from {names}")
-        plan = _balanced_plan(n_per_kind, HELD_OUT_KINDS[kind], (f"held-out {kind}", seed))
+        plan = _balanced_plan(n_per_kind, every[kind], (f"held-out {kind}", seed))
         recipes[kind] = [
             recipe(held_out_seed(seed, names.index(kind), i), probe_families=(probe,), object_families=(obj,),
                    trajectories=(trajectory,), n_points=n_points, N=N)
@@ -739,7 +780,8 @@ def _build_parser() -> argparse.ArgumentParser:
     held.add_argument("--out", type=Path, required=True)
     held.add_argument("--n-per-kind", type=int, default=2)
     held.add_argument("--seed", type=int, default=1000)
-    held.add_argument("--kinds", nargs="+", default=list(HELD_OUT_KINDS), choices=list(HELD_OUT_KINDS))
+    held.add_argument("--kinds", nargs="+", default=list(HELD_OUT_KINDS), choices=[*HELD_OUT_KINDS, *OPTIONAL_HELD_OUT_KINDS],
+                      help="default: every kind but the optional 'photograph' (scikit-image pictures, evaluation only)")
     for sub in (train, held):
         sub.add_argument("--n-points", type=int, default=512, help="scan points per scan")
         sub.add_argument("--N", type=int, default=64, help="pattern side in pixels")

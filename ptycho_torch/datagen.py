@@ -34,6 +34,9 @@ def _object_families(object_class: str) -> tuple[str, ...]:
     if object_class.strip() == "mixed":
         return corpus.TRAIN_OBJECTS
     families = tuple(name.strip() for name in object_class.split(","))
+    if set(families) & set(corpus.EVALUATION_OBJECT_FAMILIES):
+        raise ValueError(f"DatagenConfig.object_class {object_class!r}: {corpus.EVALUATION_OBJECT_FAMILIES} are for evaluation "
+                         "only (pictures shipped with packages); choose training families")
     unknown = [name for name in families if name not in corpus.OBJECT_FAMILIES]
     if unknown:
         raise ValueError(f"DatagenConfig.object_class names unknown object families {unknown}; "

@@ -359,6 +359,7 @@ def test_datagen_probe_paths_become_probe_families(tmp_path):
 
 @pytest.mark.parametrize("field, value, words", [
     ("object_class", "clouds", "object_class"),
+    ("object_class", "islands,photograph", "object_class.*evaluation only"),
     ("image_size", (250, 300), "image_size"),
     ("image_size", (100, 100), "image_size"),  # too small for the scan
     ("diff_per_object", 2, "diff_per_object"),
@@ -387,3 +388,14 @@ def test_default_datagen_config_is_refused_with_the_image_size_it_needs():
     DatagenConfig, datagen_recipes = _datagen()
     with pytest.raises(ValueError, match=r"image_size=\(250, 250\) is too small.*diff_per_object"):
         datagen_recipes(DatagenConfig(), 1)
+
+
+def test_photographs_are_held_out_only():
+    pytest.importorskip("skimage")
+    (one,) = held_out_recipes(1, 1000, kinds=("photograph",), n_points=16, N=32)["photograph"]
+    assert one.object == "photograph" and one.seed % 2 == 1
+    obj = simulate_recipe(one)["objectGuess"]
+    assert obj.dtype == np.complex64 and 0 < np.abs(obj).min() and np.abs(obj).max() <= 1 + 1e-6
+    assert "photograph" not in held_out_recipes(1, 1000, n_points=16, N=32)  # optional kind: only when asked for
+    with pytest.raises(ValueError, match="evaluation only"):
+        training_recipes(2, 1, object_families=("islands", "photograph"))
