@@ -224,12 +224,47 @@ def simulate_scan(settings: SimulationSettings) -> dict[str, np.ndarray]:
         )
     obj = make_object(object_size, settings.object_feature_px, object_rng, settings.phase_scale_rad)
     unit_probe = make_probe(N, settings.beam_diameter).astype(np.complex64)
-    xcoords = np.ascontiguousarray(positions[:, 0])
-    ycoords = np.ascontiguousarray(positions[:, 1])
+    arrays = simulate_patterns(
+        obj, unit_probe, positions[:, 0], positions[:, 1],
+        nphotons=settings.nphotons, noise_rng=noise_rng, poisson_noise=settings.poisson_noise,
+        include_Y=settings.include_Y, chunk_size=settings.chunk_size,
+    )
+    logger.info(
+        "simulated %d patterns of %dx%d on a %dx%d object in %.2f s",
+        settings.n_points, N, N, object_size, object_size, time.perf_counter() - started,
+    )
+    return arrays
 
-    diffraction, energies, patches = _unit_intensities(obj, unit_probe, xcoords, ycoords, settings)
-    scale = settings.nphotons / float(np.mean(energies))
-    _intensities_to_amplitudes(diffraction, scale, noise_rng, settings)
+
+def simulate_patterns(
+    obj: np.ndarray,
+    unit_probe: np.ndarray,
+    xcoords: np.ndarray,
+    ycoords: np.ndarray,
+    *,
+    nphotons: float,
+    noise_rng: np.random.Generator,
+    poisson_noise: bool = True,
+    include_Y: bool = False,
+    chunk_size: int = 2048,
+) -> dict[str, np.ndarray]:
+    """The forward model of :func:`simulate_scan` for a given object, probe and positions.
+
+    ``obj`` is a complex64 ``(M, M)`` object, ``unit_probe`` a complex64 ``(N, N)`` probe (its norm
+    does not matter: the counts are scaled so the noise-free mean of ``sum(amplitude**2)`` over
+    patterns is ``nphotons``), ``xcoords``/``ycoords`` the patch centres in object pixels (inside
+    :func:`patch_centre_bounds`). Returns the NPZ contract arrays.
+    """
+    _require_positive("nphotons", nphotons)
+    _require_int("chunk_size", chunk_size, minimum=1)
+    xcoords = np.ascontiguousarray(xcoords, dtype=np.float64)
+    ycoords = np.ascontiguousarray(ycoords, dtype=np.float64)
+    N = unit_probe.shape[-1]
+    if unit_probe.shape != (N, N) or xcoords.shape != ycoords.shape or xcoords.ndim != 1:
+        raise ValueError(f"need an (N, N) probe and equal 1-D coordinates, got {unit_probe.shape}, {xcoords.shape}, {ycoords.shape}")
+    diffraction, energies, patches = _unit_intensities(obj, unit_probe, xcoords, ycoords, N, include_Y, chunk_size)
+    scale = nphotons / float(np.mean(energies))
+    _intensities_to_amplitudes(diffraction, scale, noise_rng, poisson_noise, chunk_size)
 
     arrays = {
         "xcoords": xcoords,
@@ -239,14 +274,10 @@ def simulate_scan(settings: SimulationSettings) -> dict[str, np.ndarray]:
         "diffraction": diffraction,
         "probeGuess": (unit_probe.astype(np.complex128) * math.sqrt(scale)).astype(np.complex64),
         "objectGuess": obj,
-        "scan_index": np.zeros(settings.n_points, dtype=np.int64),
+        "scan_index": np.zeros(xcoords.shape[0], dtype=np.int64),
     }
     if patches is not None:
         arrays["Y"] = patches
-    logger.info(
-        "simulated %d patterns of %dx%d on a %dx%d object in %.2f s",
-        settings.n_points, N, N, object_size, object_size, time.perf_counter() - started,
-    )
     return arrays
 
 
@@ -259,15 +290,17 @@ def _unit_intensities(
     probe: np.ndarray,
     xcoords: np.ndarray,
     ycoords: np.ndarray,
-    settings: SimulationSettings,
+    N: int,
+    include_Y: bool,
+    chunk_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Centred far-field intensities for the unit probe, their sums, and the patches if asked."""
-    n, N = settings.n_points, settings.N
+    n = xcoords.shape[0]
     intensities = np.empty((n, N, N), dtype=np.float32)
     energies = np.empty(n, dtype=np.float64)
-    patches = np.empty((n, N, N), dtype=np.complex64) if settings.include_Y else None
+    patches = np.empty((n, N, N), dtype=np.complex64) if include_Y else None
     shifted_probe = probe * _centring_modulation(N) if N % 2 == 0 else probe
-    for chunk in _chunks(n, settings.chunk_size):
+    for chunk in _chunks(n, chunk_size):
         patch = extract_patches(obj, xcoords[chunk], ycoords[chunk], N)
         if patches is not None:
             patches[chunk] = patch
@@ -294,13 +327,14 @@ def _intensities_to_amplitudes(
     intensities: np.ndarray,
     scale: float,
     rng: np.random.Generator,
-    settings: SimulationSettings,
+    poisson_noise: bool,
+    chunk_size: int,
 ) -> None:
     """Scale to photon counts, draw Poisson counts if asked, store amplitudes in place."""
-    for chunk in _chunks(intensities.shape[0], settings.chunk_size):
+    for chunk in _chunks(intensities.shape[0], chunk_size):
         expected = intensities[chunk].astype(np.float64)
         expected *= scale
-        counts = rng.poisson(expected) if settings.poisson_noise else expected
+        counts = rng.poisson(expected) if poisson_noise else expected
         intensities[chunk] = np.sqrt(counts)
 
 
@@ -320,9 +354,14 @@ def write_scan_npz(
         raise ValueError(
             f"diffraction_key must be one of {DIFFRACTION_KEYS}, got {diffraction_key!r}"
         )
-    path = Path(path)
     arrays = simulate_scan(settings)
     arrays[diffraction_key] = arrays.pop("diffraction")
+    return save_scan_npz(path, arrays, compressed=compressed)
+
+
+def save_scan_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], *, compressed: bool = True) -> Path:
+    """Write ``arrays`` as an NPZ at exactly ``path`` atomically (beside it, then renamed); returns the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save = np.savez_compressed if compressed else np.savez
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -210,7 +210,15 @@ class InferenceConfig:
 
 @dataclass
 class DatagenConfig:
-    """Synthetic data generation settings."""
+    """Synthetic data generation settings.
+
+    ``ptycho_torch.datagen.datagen_recipes(config, seed)`` turns them into the training corpus of
+    ``ptycho.corpus``: ``objects_per_probe`` scans per probe (the training probe families, or each
+    ``.npy``/``.npz`` file of ``probe_paths``), ``diff_per_object`` points per scan, ``object_class``
+    an object family (several separated by commas, or ``'mixed'``), ``image_size`` the side of the
+    square object (the scan must fit in it), ``beamstop_diameter`` the zone-plate probes' central stop
+    in pupil pixels (0 with ``probe_paths``). Values it cannot honour raise ``ValueError`` naming the field.
+    """
 
     objects_per_probe: int = 4
     diff_per_object: int = 7000

@@ -172,7 +172,7 @@ def test_links_to_pages_resolve(page: Path):
 
 def parsers() -> dict[str, list[argparse.ArgumentParser]]:
     """docs/cli.md section heading -> the parsers it documents."""
-    from ptycho import simulate
+    from ptycho import corpus, simulate
     from ptycho_torch import cli, cli_reconstruct, cli_train
 
     memmap = cli.build_parser()
@@ -182,7 +182,13 @@ def parsers() -> dict[str, list[argparse.ArgumentParser]]:
         "ptycho-train": [cli_train.build_parser()],
         "ptycho-reconstruct": [cli_reconstruct.build_parser()],
         "python -m ptycho.simulate": [simulate._build_parser()],
+        "python -m ptycho.corpus": _subparsers(corpus._build_parser()),
     }
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    (subcommands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return list(subcommands.choices.values())
 
 
 def cli_sections() -> dict[str, str]:
