@@ -96,6 +96,15 @@ class UNetGenerator(nn.Module):
         self.shared = use_shared_decoder
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amp_features, phase_features = self.features(x)
+        return self.heads(amp_features, phase_features)
+
+    def heads(self, amp_features: torch.Tensor, phase_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitude and phase ``(B, C, N, N)`` from the decoders' features (1x1 convolutions and the activation)."""
+        return self.amp_activation(self.amp_head(amp_features)), self.phase_head(phase_features)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The amplitude and phase decoders' last features ``(B, w, N, N)`` (the same tensor with a shared decoder)."""
         skips = []
         for block in self.encoder:
             x = block(x)
@@ -104,7 +113,7 @@ class UNetGenerator(nn.Module):
         x = self.bottleneck(x)
         amp_features = self.amp_decoder(x, skips)
         phase_features = amp_features if self.shared else self.phase_decoder(x, skips)
-        return self.amp_activation(self.amp_head(amp_features)), self.phase_head(phase_features)
+        return amp_features, phase_features
 
 
 def build_generator(model_config, C: int, in_channels: int) -> nn.Module:

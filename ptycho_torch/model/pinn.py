@@ -12,7 +12,9 @@ from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig,
 from ptycho_torch.model import physics
 from ptycho_torch.model.networks import build_generator
 
-__all__ = ["CONFIG_NAMES", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PtychoPINN", "plain_config"]
+__all__ = ["CONFIG_NAMES", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PRECISIONS", "PtychoPINN", "plain_config"]
+
+PRECISIONS = ("fp32", "bf16")
 
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
 GENERATOR_OUTPUTS = ("correction", "object")
@@ -49,6 +51,7 @@ class PtychoPINN(torch.nn.Module):
         self._check_supported()
         self.N = int(self.data_config.N)
         self.C = int(self.data_config.grid_size[0]) * int(self.data_config.grid_size[1])
+        self.precision = "fp32"  # or "bf16": the U-Net's arithmetic (choose_precision), a run-time choice, not a setting of the model
         self.generator = self.new_generator()
         self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
 
@@ -56,7 +59,8 @@ class PtychoPINN(torch.nn.Module):
         """The generator of the current ``model_config``, initialised from ``seed`` (the global RNG is left alone)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+            generator = build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
+        return generator.to(memory_format=torch.channels_last)  # measured faster on CPU (docs/performance.md)
 
     def configs(self) -> dict:
         """The four configs as plain dicts (what a checkpoint stores)."""
@@ -88,9 +92,19 @@ class PtychoPINN(torch.nn.Module):
 
     def generator_output(self, inputs: torch.Tensor) -> torch.Tensor:
         """Raw generator output ``(B, C, N, N)`` complex from :meth:`generator_input` images: the object
-        patches (``generator_output='object'``) or the factor that corrects the estimate (``'correction'``)."""
-        amplitude, phase = self.generator(inputs)
-        return torch.polar(amplitude, phase)
+        patches (``generator_output='object'``) or the factor that corrects the estimate (``'correction'``).
+
+        The convolutions run channels-last, and in bfloat16 when :attr:`precision` is ``'bf16'``; the
+        1x1 heads and everything after them stay float32.
+        """
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16" and hasattr(self.generator, "features"):
+            with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+                features = self.generator.features(inputs)
+            amplitude, phase = self.generator.heads(*(f.float() for f in features))
+        else:
+            amplitude, phase = self.generator(inputs)
+        return torch.polar(amplitude.float(), phase.float())
 
     def generator_input(self, batch, probe, scale) -> torch.Tensor:
         """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``

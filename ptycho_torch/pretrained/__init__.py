@@ -1,0 +1,61 @@
+"""The models that ship with the package: their names, files and pattern sizes, and how to load one without Lightning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "MODELS_DIR", "UnknownModelError", "available_models", "load_pretrained", "resolve_checkpoint"]
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL = "pretrained"
+# name -> (weights file, pattern size N); each has a training record <stem>.json beside it (python -m ptycho_torch.pretrained.build)
+SHIPPED = {"pretrained": ("pinn64.ckpt", 64)}
+
+
+class UnknownModelError(ValueError):
+    """A model name that no shipped model has, or a pattern size no shipped model was trained on."""
+
+
+def available_models() -> dict[str, int]:
+    """``{name: pattern size N}`` of the shipped models whose weights are present in this installation."""
+    return {name: N for name, (file, N) in SHIPPED.items() if (MODELS_DIR / file).is_file()}
+
+
+def resolve_checkpoint(argument: str | Path) -> Path:
+    """The checkpoint file ``argument`` names: an existing path, or the name of a shipped model (``pretrained``)."""
+    text = str(argument)
+    if text in SHIPPED:
+        path = MODELS_DIR / SHIPPED[text][0]
+        if not path.is_file():
+            raise UnknownModelError(f"the shipped model {text!r} is missing from this installation ({path}); rebuild it with `make pretrained`")
+        return path
+    path = Path(argument)
+    if path.exists() or path.is_symlink() or path.suffix in (".ckpt", ".pt", ".pth") or "/" in text:
+        return path
+    raise UnknownModelError(f"{text!r} is neither a checkpoint file nor a shipped model; shipped models: {_listing()}")
+
+
+def model_for_pattern_size(name: str, N: int) -> None:
+    """Refuse a shipped model for patterns of another size, naming the sizes there are."""
+    if name in SHIPPED and SHIPPED[name][1] != int(N):
+        raise UnknownModelError(f"the shipped model {name!r} reconstructs {SHIPPED[name][1]} x {SHIPPED[name][1]} patterns, not "
+                                f"{N} x {N}; shipped models: {_listing()}; train one for {N} x {N} patterns with ptycho-train")
+
+
+def load_pretrained(name: str = DEFAULT_MODEL, map_location="cpu"):
+    """The shipped model ``name`` as a plain :class:`~ptycho_torch.model.pinn.PtychoPINN` in eval mode (no Lightning)."""
+    from ptycho_torch.model.checkpoints import load_network
+
+    if name not in SHIPPED:
+        raise UnknownModelError(f"no shipped model is called {name!r}; shipped models: {_listing()}")
+    return load_network(resolve_checkpoint(name), map_location=map_location)
+
+
+def training_record(name: str = DEFAULT_MODEL) -> dict:
+    """The training record of a shipped model: corpus recipe and seeds, settings, commit and CPU time."""
+    return json.loads((MODELS_DIR / Path(SHIPPED[name][0]).with_suffix(".json")).read_text())
+
+
+def _listing() -> str:
+    return ", ".join(f"{name} ({N} x {N} patterns)" for name, (_, N) in SHIPPED.items())
