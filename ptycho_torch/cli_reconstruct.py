@@ -19,12 +19,14 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
+GROUP_SELECTIONS = ("cover", "all")  # ptycho_torch.model.stitching.GROUP_SELECTIONS, without importing torch to parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog=PROG, description=__doc__, epilog="exit status: 0 written, 2 usage or input error (one line on "
                          "stderr), 3 internal error, 130 interrupted")
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by ptycho-train")
+    parser.add_argument("checkpoint", help="a .ckpt written by ptycho-train, or the name of a shipped model ('pretrained': "
+                        "64 x 64 patterns)")
     parser.add_argument("scan", type=Path, help="scan NPZ to reconstruct")
     parser.add_argument("--output", type=Path, help="output NPZ, written exactly there (default: <scan stem>_reconstruction.npz "
                         "beside the scan; scan discovery skips reconstructions by their contents)")
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'scan': ceil(scan span + N) centred on the scan's bounding box (Ptychodus's rule, default); "
                              "'object': the grid of the scan's objectGuess (positions are its pixels)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="groups per inference batch (default: 64)")
-    parser.add_argument("--n-groups", type=positive_int, help="groups to predict (default: one per scan point)")
+    parser.add_argument("--n-groups", type=positive_int, help="groups to build (default: one per scan point)")
+    parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
+                        help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
+                             "'all': every group built (slower; benchmarks/RESULTS.md has both)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, help="memory map directory (default: <output stem>_memmap beside the output)")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
     add_lock_timeout_argument(parser)
@@ -56,7 +63,13 @@ def main(argv=None) -> int:
 
 def reconstruct_command(args: argparse.Namespace) -> int:
     """Check the inputs, the outputs and the sizes, then predict, stitch and write atomically."""
-    for path, what in ((args.checkpoint, "checkpoint"), (args.scan, "scan")):
+    from ptycho_torch.pretrained import UnknownModelError, model_for_pattern_size, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+    except UnknownModelError as exc:
+        raise UsageError(str(exc)) from None
+    for path, what in ((checkpoint, "checkpoint"), (args.scan, "scan")):
         _require_input_file(path, what)
     from ptycho.scan_file import read_scan, scan_files
 
@@ -68,8 +81,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                          "name (e.g. .npz) or pass --no-png")
     for path, option in ((output, "--output"), (png, "the PNG (--no-png to skip it)")):
         if path is not None:
-            check_output_path(path, option, inputs=(args.checkpoint, args.scan))
+            check_output_path(path, option, inputs=(checkpoint, args.scan))
     scan = read_scan(args.scan, load_diffraction=False)
+    try:
+        model_for_pattern_size(args.checkpoint, scan.N)
+    except UnknownModelError as exc:
+        raise UsageError(f"{args.scan}: {exc}") from None
     canvas = _canvas(args, scan)
     device = choose_device(args.device)
 
@@ -77,13 +94,17 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     from ptycho_torch.model.checkpoints import load_network
     from ptycho_torch.model.stitching import reconstruct
 
-    model = load_network(args.checkpoint, map_location=device)
-    _require_pattern_size(model, args.checkpoint, scan)
+    from ptycho_torch.model.pinn import choose_precision
+
+    model = load_network(checkpoint, map_location=device)
+    _require_pattern_size(model, checkpoint, scan)
+    model.precision = choose_precision(args.precision, device)
+    logger.info("network arithmetic: %s on %s", model.precision, device)
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), lock_timeout=args.lock_timeout)
-    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
+    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups)
     write_reconstruction(output, result)
     print(output)
     if png is not None:

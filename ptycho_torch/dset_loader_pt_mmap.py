@@ -31,10 +31,12 @@ try:
 except ImportError:  # the module imports without torch; the dataset itself needs it
     torch = None
     Dataset = object
-try:
-    from tensordict import TensorDict
-except ImportError:
-    TensorDict = None
+try:  # located, not imported: importing tensordict pulls in torch's compiler stack (seconds), which inference never needs
+    from importlib.util import find_spec
+
+    _HAVE_TENSORDICT = find_spec("tensordict") is not None
+except (ImportError, ValueError):
+    _HAVE_TENSORDICT = False
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +212,20 @@ class PtychoDataset(Dataset):
         return train, validation
 
     def __getitem__(self, indices):
+        from tensordict import TensorDict
+
+        items, probe, scale, single = self._gather(indices)
+        batch = TensorDict(items, batch_size=[len(probe)])
+        if single:
+            return batch[0], probe[0], scale[0]
+        return batch, probe, scale
+
+    def gather(self, indices) -> tuple[dict, "torch.Tensor", "torch.Tensor"]:
+        """``(items, probe, scale)`` of a batch of groups: ``__getitem__``'s batch as a plain dict of tensors (no TensorDict)."""
+        items, probe, scale, _ = self._gather(np.atleast_1d(np.asarray(indices)))
+        return items, probe, scale
+
+    def _gather(self, indices):
         idx, single = _index_array(indices, len(self))
         parts = self._by_experiment(self._index.experiment_of[idx])
         scale, physics = self._scale(idx, parts), self._per_item(self.physics_scales, idx, parts)
@@ -221,12 +237,7 @@ class PtychoDataset(Dataset):
         }
         if self.ground_truth:
             items["Y"] = self._ground_truth(idx, parts)
-        batch = TensorDict(items, batch_size=[len(idx)])
-        probe = self._probe(idx, parts)
-        scale = scale.clone()
-        if single:
-            return batch[0], probe[0], scale[0]
-        return batch, probe, scale
+        return items, self._probe(idx, parts), scale.clone(), single
 
     def _by_experiment(self, experiment_id: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
         """``(experiment, rows of the batch)`` pairs; a single pair without a mask for a one-experiment batch."""
@@ -436,5 +447,5 @@ def _group_scales(experiments: list[Experiment], N: int) -> np.ndarray:
 
 
 def _require_tensordict() -> None:
-    if TensorDict is None:
+    if not _HAVE_TENSORDICT:
         raise ImportError(f"PtychoDataset needs tensordict, which is not installed; {INSTALL_HINT}")

@@ -10,6 +10,7 @@ from ptycho_torch.model import footprint
 __all__ = [
     "GroupWindows",
     "as_probe_modes",
+    "bilinear_spread",
     "count_scale",
     "counts_from_amplitudes",
     "extract_from_region",
@@ -103,14 +104,22 @@ class GroupWindows:
 
     def place(self, patches: torch.Tensor) -> torch.Tensor:
         """The region ``(B, M, M)`` holding the sum of the ``patches (B, C, N, N)`` at their windows (adjoint of :meth:`extract`)."""
-        fx, fy = self.fx.to(patches.real.dtype), self.fy.to(patches.real.dtype)
-        N = self.N
-        spread_y = F.pad(patches * (1 - fy), (0, 0, 0, 1)) + F.pad(patches * fy, (0, 0, 1, 0))
-        spread = F.pad(spread_y * (1 - fx), (0, 1)) + F.pad(spread_y * fx, (1, 0))  # (B, C, N + 1, N + 1)
+        spread = bilinear_spread(patches, self.fx, self.fy)
         if self.inside is not None:
             spread = spread * self.inside
         flat = torch.zeros(self.B * self.M * self.M, dtype=patches.dtype, device=patches.device)
         return flat.index_add(0, self.index, spread.reshape(-1)).reshape(self.B, self.M, self.M)
+
+
+def bilinear_spread(patches: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """``patches (..., N, N)`` moved by sub-pixel ``fx``, ``fy`` in ``[0, 1)`` (broadcast to ``(..., 1, 1)``) onto ``(..., N + 1, N + 1)``.
+
+    ``out[i, j] = sum`` of the bilinear shares of ``patches[i - a, j - b]``, ``a, b`` in ``{0, 1}``: what
+    ``translate`` does to a patch padded by one row and column, with a two-tap kernel per axis.
+    """
+    fx, fy = fx.to(patches.real.dtype), fy.to(patches.real.dtype)
+    spread_y = F.pad(patches * (1 - fy), (0, 0, 0, 1)) + F.pad(patches * fy, (0, 0, 1, 0))
+    return F.pad(spread_y * (1 - fx), (0, 1)) + F.pad(spread_y * fx, (1, 0))
 
 
 def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> int:

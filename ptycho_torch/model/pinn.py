@@ -12,13 +12,27 @@ from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig,
 from ptycho_torch.model import physics
 from ptycho_torch.model.networks import build_generator
 
-__all__ = ["CONFIG_NAMES", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PRECISIONS", "PtychoPINN", "plain_config"]
+__all__ = ["CONFIG_NAMES", "choose_precision", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PRECISIONS", "PtychoPINN", "plain_config"]
 
 PRECISIONS = ("fp32", "bf16")
 
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
 GENERATOR_OUTPUTS = ("correction", "object")
 CONFIG_NAMES = ("model_config", "data_config", "training_config", "inference_config")
+
+
+def choose_precision(requested: str, device) -> str:
+    """The U-Net's arithmetic: ``'auto'`` is bfloat16 where the device computes it natively (a CPU with
+    AVX512-BF16 or AMX, a CUDA device that supports it), else float32; ``'fp32'``/``'bf16'`` as asked."""
+    if requested in PRECISIONS:
+        return requested
+    if requested != "auto":
+        raise ValueError(f"precision {requested!r}; use auto, {' or '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return "bf16" if device.type == "cpu" and native is not None and native() else "fp32"
 
 
 def plain_config(config) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ptycho_torch.model import footprint, physics
 
@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Canvas", "Reconstruction", "default_canvas", "reconstruct", "reconstruct_object"]
 
 DEFAULT_BATCH = 64  # groups per inference batch unless the caller asks for more
+GROUP_SELECTIONS = ("all", "cover")  # every group of the dataset, or the fewest (greedily) that hold every pattern
 COVERAGE_FLOOR = 1e-3  # pixels whose summed probe weight is below this fraction of the maximum are left 0
 
 
@@ -52,18 +53,20 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
 
 
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                       experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> np.ndarray:
+                       experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True,
+                       groups: str = "all") -> np.ndarray:
     """The stitched object of one experiment of ``dataset``: complex64 ``(H, W)``, ``reconstruct(...).object``.
 
     Same arguments and refusals as :func:`reconstruct`.
     """
     return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress,
-                       align_phase=align_phase, use_network=use_network).object
+                       align_phase=align_phase, use_network=use_network, groups=groups).object
 
 
 @torch.inference_mode()
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
-                experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True) -> Reconstruction:
+                experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True,
+                groups: str = "all") -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
 
     Args:
@@ -75,6 +78,9 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
         canvas: the output grid (pixels); default :func:`default_canvas` of the scan positions.
         experiment: index into ``dataset.experiments``.
         progress, align_phase, use_network: see below.
+        groups: ``'all'`` predicts every group of the experiment; ``'cover'`` only the fewest that,
+            chosen greedily from the scan's centre outward, hold every pattern at least once (about a
+            quarter of them for groups of four; benchmarks/RESULTS.md has the time and quality of each).
 
     Returns:
         :class:`Reconstruction`: ``object`` complex64 ``(H, W)`` (0 where the summed probe weight is
@@ -84,7 +90,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
 
     Refused before any prediction: a canvas too large for this machine's memory
     (:class:`footprint.SizeError`, positions probably not in object pixels); ``use_network=False``
-    with ``generator_input='diffraction'`` (ValueError).
+    with ``generator_input='diffraction'`` and an unknown ``groups`` (ValueError).
 
     Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
     intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. A group's constant
@@ -105,17 +111,22 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
     footprint.check_canvas(canvas.shape_px, str(exp.scan.path))
+    if groups not in GROUP_SELECTIONS:
+        raise ValueError(f"groups={groups!r}; use one of {GROUP_SELECTIONS}")
+    selection = groups
     groups = np.flatnonzero(dataset._index.experiment_of == experiment)
-    if align_phase:
+    if align_phase or selection == "cover":
         groups = _outward_order(groups, dataset._index.gather(groups)["coords_center"].reshape(-1, 2).numpy())
+    if selection == "cover":
+        groups = groups[_covering(exp.grouping.nn_indices[dataset._index.local[groups]])]
     if batch_size is None:  # the config's (Ptychodus: 1000) capped, so activations stay bounded
         batch_size = min(int(getattr(getattr(model, "inference_config", None), "batch_size", 0) or DEFAULT_BATCH), DEFAULT_BATCH)
     accumulator = _Accumulator(canvas, N, device)
     counts_total = predicted_total = 0.0
     try:
         for start in tqdm(range(0, len(groups), batch_size), desc="reconstructing", unit="batch", disable=not progress):
-            td, probe, scale = dataset[groups[start : start + batch_size]]
-            td, probe, scale = td.to(device), probe.to(device), scale.to(device).reshape(-1)
+            td, probe, scale = _batch(dataset, groups[start : start + batch_size])
+            td, probe, scale = {key: value.to(device) for key, value in td.items()}, probe.to(device), scale.to(device).reshape(-1)
             patches = model.predict_patches(td, probe, scale) if use_network else model.predict_patches(td, probe, scale, use_network=False)
             counts_total += float(physics.counts_from_amplitudes(td["images"], scale).sum(dtype=torch.float64))
             predicted_total += float(model.predicted_counts(patches, probe, scale, td).sum(dtype=torch.float64))
@@ -128,6 +139,31 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     obj, coverage = accumulator.result()
     logger.info("stitched %d groups on a %d x %d canvas; count gain %.4g", len(groups), *canvas.shape_px, gain)
     return Reconstruction((obj * gain).astype(np.complex64), coverage, canvas, gain)
+
+
+def _batch(dataset, indices: np.ndarray):
+    """A batch as a plain dict of tensors when the dataset offers it (no TensorDict to import), else as it comes."""
+    if hasattr(dataset, "gather"):
+        return dataset.gather(indices)
+    td, probe, scale = dataset[indices]
+    return dict(td.items()), probe, scale
+
+
+def _covering(members: np.ndarray) -> np.ndarray:
+    """Positions in ``members (G, C)`` (pattern indices per group, in order of preference) of few groups that
+    together hold every pattern of ``members``, in that order.
+
+    Greedy set cover by thresholds: first the groups all of whose ``C`` patterns are still unchosen,
+    then those with ``C - 1`` unchosen, ..., then those with one.
+    """
+    seen = np.zeros(int(members.max()) + 1 if members.size else 0, dtype=bool)
+    chosen = np.zeros(len(members), dtype=bool)
+    for needed in range(members.shape[1] if members.ndim == 2 else 0, 0, -1):
+        for position, group in enumerate(members):
+            if not chosen[position] and np.count_nonzero(~seen[group]) >= needed:
+                seen[group] = True
+                chosen[position] = True
+    return np.flatnonzero(chosen)
 
 
 def _outward_order(groups: np.ndarray, centres_px: np.ndarray) -> np.ndarray:
@@ -156,10 +192,9 @@ class _Accumulator:
         origin = torch.tensor(self.canvas.origin_px[::-1], dtype=torch.float64, device=positions.device)  # [col, row]
         corner = positions.to(torch.float64) + origin - self.N // 2  # canvas [col, row] of patch pixel (0, 0)
         whole = torch.floor(corner)
-        fraction = (corner - whole).to(weights.dtype)
-        pad = (0, 1, 0, 1)
-        values = physics.translate(torch.nn.functional.pad(patches * weights, pad), fraction)
-        spread = physics.translate(torch.nn.functional.pad(weights, pad), fraction)
+        fraction = (corner - whole).to(weights.dtype)[:, :, None, None]  # (K, 2, 1, 1) [col, row]
+        values = physics.bilinear_spread(patches * weights, fraction[:, 0], fraction[:, 1])
+        spread = physics.bilinear_spread(weights, fraction[:, 0], fraction[:, 1])
         cols = whole[:, 0:1].long() + self.offsets  # (K, N+1)
         rows = whole[:, 1:2].long() + self.offsets
         H, W = self.canvas.shape_px

@@ -272,7 +272,7 @@ def test_stitching_aligns_the_unobservable_constant_phase_of_each_group(memmap_d
     rng = np.random.default_rng(0)
 
     def turned_true_patches(batch, probe, scale):
-        turn = torch.from_numpy(np.exp(1j * rng.uniform(-np.pi, np.pi, (len(batch), 1, 1, 1))).astype(np.complex64))
+        turn = torch.from_numpy(np.exp(1j * rng.uniform(-np.pi, np.pi, (batch["images"].shape[0], 1, 1, 1))).astype(np.complex64))
         return true_member_patches(batch, truth) * turn
 
     monkeypatch.setattr(model.network, "predict_patches", turned_true_patches)
