@@ -59,6 +59,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     for path, what in ((args.checkpoint, "checkpoint"), (args.scan, "scan")):
         _require_input_file(path, what)
     from ptycho.scan_file import read_scan, scan_files
+    from ptycho.scan_geometry import check_scan_geometry
 
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
@@ -70,6 +71,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_path(path, option, inputs=(args.checkpoint, args.scan))
     scan = read_scan(args.scan, load_diffraction=False)
+    check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     canvas = _canvas(args, scan)
     device = choose_device(args.device)
 

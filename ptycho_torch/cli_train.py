@@ -83,12 +83,14 @@ def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
 
 
 def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
-    """Refuse scans whose group regions cannot fit in memory (positions in the wrong units), before any work."""
+    """Refuse scans in the wrong units (positions within a pixel, group regions beyond memory), before any work."""
     from ptycho.scan_file import read_scan
+    from ptycho.scan_geometry import check_scan_geometry
     from ptycho_torch.model import footprint
 
     for path in files:
         scan = read_scan(path, load_diffraction=False, load_object=False)
+        check_scan_geometry(str(path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
         reach = footprint.group_reach_bound(scan.xcoords, scan.ycoords, data.K) if data.C > 1 else 0.0
         footprint.check_region(footprint.region_side(data.N, reach), int(training.batch_size) * data.C, str(path))
 

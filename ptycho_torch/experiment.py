@@ -12,6 +12,7 @@ import numpy as np
 
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
+from ptycho.scan_geometry import check_scan_geometry
 from ptycho.validation import probe_size_problem, probe_value_problem, require_complex_image
 from ptycho_torch.raw_data_bridge import RawDataTorch
 from ptycho_torch.store.atomic import ensure_directory, remove_stale_temporaries
@@ -107,6 +108,7 @@ def prepare_experiment(
     problem = probe_size_problem(scan.probeGuess, scan.N) or probe_value_problem(scan.probeGuess)
     if problem:
         raise ScanFileError(f"{npz_path} key 'probeGuess': {problem}")
+    check_scan_geometry(str(npz_path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))

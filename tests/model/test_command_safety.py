@@ -303,3 +303,32 @@ def test_device_choice_follows_what_torch_sees():
 def test_reconstruct_device_cuda_without_cuda_is_one_line(checkpoint, tmp_path):
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--device", "cuda", "--quiet")
     assert_one_line_error(result, "--device cuda", "torch sees no CUDA device")
+
+
+# ---- issue 29 item 1: positions in metres refused, non-overlapping neighbours warned, with the numbers ------------------
+
+def scaled_scan(path: Path, factor: float) -> Path:
+    with np.load(NPZ, allow_pickle=False) as source:
+        x, y = source["xcoords"] * factor, source["ycoords"] * factor
+    return scan_copy(path, xcoords=x, ycoords=y, xcoords_start=x, ycoords_start=y)
+
+
+def test_positions_in_metres_are_refused_by_both_commands_before_any_work(tmp_path, checkpoint):
+    scan = scaled_scan(tmp_path / "metres.npz", 1e-8)
+    result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", tmp_path / "runs",
+                   "--n-groups", 16, "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "span only", "metres")
+    assert not (tmp_path / "runs").exists()
+    result = reconstruct(checkpoint, scan, "--output", tmp_path / "out.npz", "--data-dir", tmp_path / "data", "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "span only", "metres")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_scan_whose_neighbours_do_not_overlap_is_warned_about_with_the_numbers(tmp_path, checkpoint):
+    scan = scaled_scan(tmp_path / "far.npz", 10)
+    result = reconstruct(checkpoint, scan, "--output", tmp_path / "out.npz", "--data-dir", tmp_path / "data",
+                         "--n-groups", 8, "--no-png", "--quiet", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "do not overlap" in line]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    assert str(scan) in warnings[0] and "pixels apart (median)" in warnings[0] and "probe's width 24.2 pixels" in warnings[0]
