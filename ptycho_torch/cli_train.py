@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-groups", type=positive_int, help="override training.n_groups (default when unset: one group per scan point)")
     parser.add_argument("--nphotons", type=positive_float, help="override data.nphotons (photons per pattern of the scan)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads per training process (default: OMP_NUM_THREADS when set, "
+                        "else the cores this process may use less its loader workers)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
@@ -95,6 +97,20 @@ def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) 
         footprint.check_region(footprint.region_side(data.N, reach), int(training.batch_size) * data.C, str(path))
 
 
+def set_torch_threads(requested: int | None, training: TrainingConfig) -> None:
+    """Compute with the threads :func:`choose_threads` picks for this process; logged once (INFO)."""
+    import os
+
+    import torch
+
+    from ptycho_torch.threads import choose_threads, spare_loader_workers
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    choice = choose_threads(requested, spare_loader_workers(training.num_workers, processes), processes)
+    torch.set_num_threads(choice.threads)
+    logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
+
+
 def main(argv=None) -> int:
     args = parse_or_status(build_parser(), argv)
     if isinstance(args, int):
@@ -110,6 +126,8 @@ def train(args: argparse.Namespace) -> int:
     check_memory(files, data, training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     require_writable_directory(data_dir)
+
+    set_torch_threads(args.threads, training)
 
     from lightning.pytorch.utilities import rank_zero_only
 
