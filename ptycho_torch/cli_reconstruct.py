@@ -19,6 +19,9 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
+DEFAULT_DATA_DIR = Path("data/memmap")  # ptycho-memmap's default: caches shared with it and with PtychoDataset's examples
+DIRECTORY_FIX = {"scan": "pass one of its .npz files (reconstruct each scan separately)",
+                 "checkpoint": "pass the .ckpt file, e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "'object': the grid of the scan's objectGuess (positions are its pixels)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="groups per inference batch (default: 64)")
     parser.add_argument("--n-groups", type=positive_int, help="groups to predict (default: one per scan point)")
-    parser.add_argument("--data-dir", type=Path, help="memory map directory (default: <output stem>_memmap beside the output)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: OMP_NUM_THREADS when set, else the cores "
+                        "this process may use)")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
@@ -75,6 +81,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     canvas = _canvas(args, scan)
     device = choose_device(args.device)
 
+    set_torch_threads(args.threads)
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptycho_torch.model.stitching import reconstruct
@@ -84,7 +91,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
-                            data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), lock_timeout=args.lock_timeout)
+                            data_dir=args.data_dir, lock_timeout=args.lock_timeout)
     result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
     write_reconstruction(output, result)
     print(output)
@@ -93,9 +100,22 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def set_torch_threads(requested: int | None) -> None:
+    """Compute with the threads :func:`choose_threads` picks (no loader workers here); logged once (INFO)."""
+    import torch
+
+    from ptycho_torch.threads import choose_threads
+
+    choice = choose_threads(requested)
+    torch.set_num_threads(choice.threads)
+    logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
+
+
 def _require_input_file(path: Path, what: str) -> None:
     if path.is_symlink() and not path.exists():
         raise UsageError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; fix the link or pass the file")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory; {PROG} takes one {what} file: {DIRECTORY_FIX[what]}")
     if not path.is_file():
         raise UsageError(f"{what} {path}: no such file" if not path.exists() else f"{what} {path} is not a regular file")
 

@@ -30,9 +30,9 @@ FAST = {
 }
 
 
-def run(module: str, *args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(module: str, *args, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=environment, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -332,3 +332,64 @@ def test_a_scan_whose_neighbours_do_not_overlap_is_warned_about_with_the_numbers
     warnings = [line for line in result.stderr.splitlines() if "do not overlap" in line]
     assert len(warnings) == 1, result.stderr[-3000:]
     assert str(scan) in warnings[0] and "pixels apart (median)" in warnings[0] and "probe's width 24.2 pixels" in warnings[0]
+
+
+# ---- issue 29 item 3: the number of torch threads is chosen, honoured and logged once (not under --quiet) -----------------
+
+def thread_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if "torch computes with" in line]
+
+
+def test_reconstruct_logs_and_honours_the_thread_choice(checkpoint, tmp_path):
+    common = ("--n-groups", 8, "--no-png", "--data-dir", tmp_path / "data")
+    chosen = reconstruct(checkpoint, NPZ, "--output", tmp_path / "a.npz", "--threads", 1, *common)
+    assert thread_lines(chosen) == ["INFO ptycho_torch.reconstruct: torch computes with 1 thread(s) (--threads); --threads N to change"]
+    from_env = reconstruct(checkpoint, NPZ, "--output", tmp_path / "b.npz", *common, env={"OMP_NUM_THREADS": "2"})
+    assert [line.split(": ", 1)[1] for line in thread_lines(from_env)] == [
+        "torch computes with 2 thread(s) (OMP_NUM_THREADS=2); --threads N to change"]
+    assert thread_lines(reconstruct(checkpoint, NPZ, "--output", tmp_path / "c.npz", "--threads", 1, "--quiet", *common)) == []
+
+
+def test_train_logs_and_honours_the_thread_choice(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-m", "ptycho_torch.cli_train", str(NPZ), "--config", str(write_config(tmp_path / "fast.json", FAST)),
+                             "--output-dir", str(tmp_path / "runs"), "--n-groups", "16", "--threads", "1"],
+                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    (line,) = thread_lines(result)
+    assert line.endswith("torch computes with 1 thread(s) (--threads); --threads N to change")
+
+
+# ---- issue 29 item 7: a directory is not a scan; the memory map goes to the cache directory, not beside the output ------
+
+def test_reconstruct_a_directory_says_it_takes_one_scan_file(checkpoint, tmp_path):
+    folder = scan_copy(tmp_path / "scans" / "a.npz").parent
+    assert_one_line_error(reconstruct(checkpoint, folder, "--quiet"), str(folder), "is a directory", "takes one scan file", ".npz")
+    assert_one_line_error(reconstruct(checkpoint.parent, NPZ, "--quiet"), "is a directory", "best-checkpoint.ckpt")
+
+
+def test_reconstruct_keeps_its_memory_map_in_data_memmap_of_the_working_directory(checkpoint, tmp_path):
+    scan = scan_copy(tmp_path / "scans" / "a.npz")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run("ptycho_torch.cli_reconstruct", checkpoint, scan, "--n-groups", 8, "--no-png", "--quiet", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["a.npz", "a_reconstruction.npz"]
+    assert list((work / "data" / "memmap").glob("a-*/diffraction.npy"))
+
+
+def test_build_trainer_refuses_a_run_directory_holding_a_previous_run_and_keeps_its_metrics(tmp_path):
+    from ptycho_torch.config_params import TrainingConfig
+    from ptycho_torch.model.training import build_trainer
+
+    run_dir = tmp_path / "runs" / "python"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,train_loss\n0,1.5\n")
+    with pytest.raises(FileExistsError, match="already holds a previous run .metrics.csv.*new_run_dir"):
+        build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
+    assert (run_dir / "metrics.csv").read_text() == "epoch,train_loss\n0,1.5\n"
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="checkpoints/last.ckpt"):
+        build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
