@@ -12,6 +12,7 @@ from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, 
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
     parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (field names of ptycho_torch.config_params)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help=f"starting settings, under the config file and the options (default: {DEFAULT_PRESET}; "
+                             "ptychopinn: PtychoPINN's own, every field at its config_params default)")
     parser.add_argument("--output-dir", type=Path, default=Path("training_outputs"), help="runs are written to OUTPUT_DIR/run_<UTC time> (default: training_outputs)")
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
@@ -44,9 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
-    """The four configs from ``--config`` and the options, checked against the first scan before any work."""
+    """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work."""
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
                                                                                    {name: frozenset() for name in SECTIONS})
+    apply_preset(args.preset, read.configs, read.given)
     data, model, training, inference = read.configs.values()
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
