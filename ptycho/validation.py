@@ -155,6 +155,21 @@ def require_ground_truth(Y, n: int, N: int) -> np.ndarray:
 
 
 DIFFRACTION_UNITS = ("auto", "amplitude", "counts")
+MIN_COUNT_LIKE_MAX = 2.0  # whole numbers all 0 or 1 (a mask, a flat test stack) are not taken for counts
+
+
+def units_setting(units: str) -> str:
+    """How a user sets the diffraction units, in each place this package reads them."""
+    return (f"--diffraction-units {units} (ptycho-train, ptycho-reconstruct; data.diffraction_units in ptycho-train's config "
+            f"file), --units {units} (ptycho-memmap) or diffraction_units='{units}' (PtychoDataset, RawData)")
+
+
+def looks_like_counts(sample: np.ndarray) -> bool:
+    """Whether float diffraction looks like photon counts: finite, non-negative whole numbers, some of them above 1."""
+    values = np.asarray(sample, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
+        return False
+    return bool(values.max() >= MIN_COUNT_LIKE_MAX and np.all(np.abs(values - np.rint(values)) <= 1e-6 * np.maximum(values, 1.0)))
 
 
 def is_counts(dtype, units: str = "auto") -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ptycho.scan_file import RECONSTRUCTION_MARKER
+from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-groups", type=positive_int, help="groups to predict (default: one per scan point)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
+    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, default="auto",
+                        help="units of the scan's diffraction (default: auto: integer dtypes are photon counts, floats amplitudes)")
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: OMP_NUM_THREADS when set, else the cores "
                         "this process may use)")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
@@ -91,7 +94,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
-                            data_dir=args.data_dir, lock_timeout=args.lock_timeout)
+                            data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
     write_reconstruction(output, result)
     print(output)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from ptycho.scan_file import ScanFile, scan_files
+from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
@@ -18,7 +21,24 @@ from ptycho_torch.store.atomic import require_writable_directory
 logger = logging.getLogger("ptycho_torch.train")
 
 PROG = "ptycho-train"
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
+
+
+@dataclass
+class DataSection(DataConfig):
+    """The config file's ``data`` section: DataConfig's fields and the diffraction units of the scans."""
+
+    diffraction_units: Literal["auto", "amplitude", "counts"] = "auto"
+
+
+class TrainConfigs(NamedTuple):
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    inference: InferenceConfig
+    diffraction_units: str
+
+
+SECTIONS = {"data": DataSection, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
     parser.add_argument("--n-groups", type=positive_int, help="override training.n_groups (default when unset: one group per scan point)")
     parser.add_argument("--nphotons", type=positive_float, help="override data.nphotons (photons per pattern of the scan)")
+    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, help="units of the scans' diffraction (default: "
+                        "data.diffraction_units, else auto: integer dtypes are photon counts, floats amplitudes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="torch threads per training process (default: OMP_NUM_THREADS when set, "
                         "else the cores this process may use less its loader workers)")
@@ -52,7 +74,8 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
                                                                                    {name: frozenset() for name in SECTIONS})
     apply_preset(args.preset, read.configs, read.given)
-    data, model, training, inference = read.configs.values()
+    section, model, training, inference = read.configs.values()
+    data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
@@ -72,7 +95,7 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
         training.n_groups = n_points
     training.train_data_file = training.train_data_file or str(first_scan)
     training.test_data_file = training.test_data_file or str(first_scan)
-    return data, model, training, inference
+    return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
 
 
 def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
@@ -116,6 +139,22 @@ def set_torch_threads(requested: int | None, training: TrainingConfig) -> None:
     logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
 
 
+def data_module(diffraction_units: str):
+    """PtychoDataModule building its dataset (on each process's ``setup``) with these diffraction units."""
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+    from ptycho_torch.model.training import PtychoDataModule, needs_ground_truth
+
+    class DataModule(PtychoDataModule):
+        def setup(self, stage=None):
+            if self.dataset is None:
+                self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
+                                             data_dir=self.data_dir, ground_truth=needs_ground_truth(self.model_config),
+                                             progress=self.progress, lock_timeout=self.lock_timeout, diffraction_units=diffraction_units)
+            super().setup(stage)
+
+    return DataModule
+
+
 def main(argv=None) -> int:
     args = parse_or_status(build_parser(), argv)
     if isinstance(args, int):
@@ -127,7 +166,7 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
     files = scan_files(args.data)
-    data, model_config, training, inference = build_configs(args, files[0])
+    data, model_config, training, inference, units = build_configs(args, files[0])
     check_memory(files, data, training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     require_writable_directory(data_dir)
@@ -137,14 +176,14 @@ def train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
+    from ptycho_torch.model.training import BEST_CHECKPOINT, build_trainer
     from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 
     # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
     try:
-        module = PtychoDataModule(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
-                                  lock_timeout=args.lock_timeout)
+        module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
+                                    lock_timeout=args.lock_timeout)
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
         trainer = build_trainer(training, run_dir, progress=not args.quiet)
         trainer.fit(model, datamodule=module)

@@ -130,7 +130,8 @@ def prepare_experiment(
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess,
+                      units_given=diffraction_units != "auto")
 
 
 def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report: bool = True) -> Experiment | None:
@@ -143,7 +144,8 @@ def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False, object_guess=object_guess)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess) -> Experiment:
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess,
+           units_given: bool = False) -> Experiment:
     # checked (and reported) just before by _reuse under the same lock
     store = None if remake else DiffractionMemmap.open_valid(
         directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
@@ -151,7 +153,7 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
     if store is None:
         settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
         with ScanFile(npz_path, settled) as scan_file:
-            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
+            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress, units_given=units_given)
     try:
         grouping = group_with_raw_data(scan, store, key)
     except ValueError as exc:

@@ -48,3 +48,13 @@ def test_probe_width_is_the_diameter_of_a_flat_disk():
     rows, cols = np.indices((64, 64))
     disk = ((rows - 32) ** 2 + (cols - 32) ** 2 <= 10**2).astype(np.complex64)
     assert probe_width_px(disk) == pytest.approx(20, rel=0.05)
+
+
+def test_float_counts_look_like_counts_and_amplitudes_do_not():
+    from ptycho.validation import looks_like_counts
+
+    with np.load(EMBEDDED) as scan:
+        amplitude = scan["diffraction"][:32]
+    assert not looks_like_counts(amplitude)
+    assert looks_like_counts(np.rint(amplitude.astype(np.float64) ** 2).astype(np.float32))
+    assert not looks_like_counts(np.ones((2, 4, 4), np.float32)) and not looks_like_counts(np.zeros((2, 4, 4), np.float32))

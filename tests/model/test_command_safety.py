@@ -393,3 +393,28 @@ def test_build_trainer_refuses_a_run_directory_holding_a_previous_run_and_keeps_
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="checkpoints/last.ckpt"):
         build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
+
+
+# ---- issue 29 item 2: float photon counts are flagged and the units can be set from both commands ------------------------
+
+def test_float_counts_are_flagged_and_the_units_settable_from_both_commands(checkpoint, tmp_path):
+    with np.load(NPZ, allow_pickle=False) as source:
+        counts = np.rint(source["diffraction"].astype(np.float64) ** 2).astype(np.float32)
+    scan = scan_copy(tmp_path / "counts.npz", diffraction=counts)
+    common = ("--n-groups", 8, "--no-png", "--quiet")
+    flagged = reconstruct(checkpoint, scan, "--output", tmp_path / "a.npz", "--data-dir", tmp_path / "auto", *common)
+    assert flagged.returncode == 0, flagged.stderr[-3000:]
+    (warning,) = [line for line in flagged.stderr.splitlines() if "look like photon counts" in line]
+    assert str(scan) in warning and "float32" in warning and "--diffraction-units counts" in warning
+    assert "data.diffraction_units" in warning
+    as_counts = reconstruct(checkpoint, scan, "--output", tmp_path / "b.npz", "--data-dir", tmp_path / "counts",
+                            "--diffraction-units", "counts", *common)
+    assert as_counts.returncode == 0 and "photon counts" not in as_counts.stderr, as_counts.stderr[-3000:]
+    (manifest,) = (tmp_path / "counts").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["counts_to_amplitude"] is True
+    config = write_config(tmp_path / "counts.json", {**FAST, "data": {**FAST["data"], "diffraction_units": "counts"}})
+    trained = train(scan, "--config", config, "--output-dir", tmp_path / "runs", "--data-dir", tmp_path / "train", "--n-groups", 16,
+                    "--quiet")
+    assert trained.returncode == 0 and "photon counts" not in trained.stderr, trained.stderr[-3000:]
+    (manifest,) = (tmp_path / "train").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["counts_to_amplitude"] is True
