@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycho.quality import reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
 from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
@@ -98,8 +99,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet)
     write_reconstruction(output, result)
     print(output)
+    reference = None
+    if scan.objectGuess is not None:
+        reference = resample_onto_canvas(scan.objectGuess, result.object.shape, result.canvas.origin_px)
+        log_scores(result.object, reference, result.coverage, args.scan)
     if png is not None:
-        print(write_png(result.object, scan.objectGuess, png))
+        print(write_png(result.object, reference, png))
     return EXIT_OK
 
 
@@ -194,24 +199,48 @@ def write_reconstruction(output: Path, result) -> Path:
     return output
 
 
-def write_png(obj: np.ndarray, truth: np.ndarray | None, path: Path) -> Path:
-    """Amplitude and phase of the reconstruction, beside the ground truth's when the scan has one (written atomically)."""
+REFERENCE_LABEL = "objectGuess in the scan (not ground truth unless simulated)"
+COVERED_FRACTION = 1e-3  # as stitching: pixels whose summed probe weight is below this share of its maximum are not reconstructed
+
+
+def log_scores(obj: np.ndarray, reference: np.ndarray, coverage: np.ndarray, scan: Path) -> None:
+    """Log (INFO) the amplitude and phase r of the reconstruction against the scan's objectGuess, where both are known."""
+    covered = (coverage >= COVERED_FRACTION * float(coverage.max())) & np.isfinite(reference)
+    try:
+        quality = reconstruction_quality(obj, np.nan_to_num(reference), covered)
+    except ValueError as exc:
+        logger.info("%s: not scored against its objectGuess: %s", scan, exc)
+        return
+    logger.info("%s: against the %s: amplitude r %.4f, phase r %.4f (%d interior pixels, shift %s px)", scan, REFERENCE_LABEL,
+                quality.amplitude_r, quality.phase_r, quality.n_pixels, quality.shift_px)
+
+
+def reconstruction_figure(obj: np.ndarray, reference: np.ndarray | None):
+    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ptycho_torch.store.atomic import atomic_path
-
-    columns = [("reconstruction", obj)] + ([] if truth is None else [("ground truth", truth)])
-    fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 7), squeeze=False)
+    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 7), squeeze=False)
     for col, (title, image) in enumerate(columns):
         for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
             shown = axes[row, col].imshow(part(image), cmap="gray")
-            axes[row, col].set_title(f"{title}: {name}", fontsize=9)
+            axes[row, col].set_title(f"{title}:\n{name}", fontsize=9)
             axes[row, col].axis("off")
             fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
     fig.tight_layout()
+    return fig
+
+
+def write_png(obj: np.ndarray, reference: np.ndarray | None, path: Path) -> Path:
+    """:func:`reconstruction_figure` written atomically at ``path``; ``reference`` on the reconstruction's canvas."""
+    import matplotlib.pyplot as plt
+
+    from ptycho_torch.store.atomic import atomic_path
+
+    fig = reconstruction_figure(obj, reference)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
