@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ptycho.scan_file import PatternLayout, ScanFile, ScanFileError
-from ptycho.validation import (amplitude_from_counts, check_amplitude_block, is_counts, looks_like_counts, pattern_energy,
+from ptycho.validation import (BadDiffractionError, amplitude_from_counts, bad_pattern_flags, check_amplitude_block, is_counts, looks_like_counts, pattern_energy,
                                units_setting)
 from ptycho_torch.store.atomic import NotRegularFileError, atomic_path, read_regular, require_free_space, require_regular
 from ptycho_torch.store.fingerprint import Fingerprint, sample_digest
@@ -185,7 +185,10 @@ class DiffractionMemmap:
             _warn_about_units(scan_file, key, layout, counts_to_amplitude)
         name = f"{scan_file.path} key {key!r}"
         with atomic_path(directory / DIFFRACTION, needed) as tmp:
-            energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            try:
+                energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            except BadDiffractionError as exc:
+                raise exc.with_count(_bad_patterns(scan_file, key, layout)) from None
         with atomic_path(directory / ENERGY, energy.nbytes) as tmp:
             _save_npy(tmp, energy)
         if has_y:
@@ -234,6 +237,18 @@ def _warn_about_units(scan_file: ScanFile, key: str, layout: PatternLayout, coun
                        "amplitudes; they are taken as amplitudes: if they are counts pass %s (or %s to confirm and silence this)",
                        scan_file.path, key, dtype, float(sample.mean()), float(sample.max()), units_setting("counts"),
                        "--diffraction-units amplitude")
+
+
+def _bad_patterns(scan_file: ScanFile, key: str, layout: PatternLayout) -> np.ndarray:
+    """Indices of the patterns holding NaN, inf or negative values (read again: only when some are bad)."""
+    bad = np.zeros(layout.n, dtype=bool)
+    for start, block in scan_file.iter_disk_blocks(key):
+        patterns = block.transpose(layout.perm)
+        if layout.streams_by_pattern:
+            bad[start : start + len(patterns)] |= bad_pattern_flags(patterns)
+        else:
+            bad |= bad_pattern_flags(patterns)  # each disk block holds a slice of every pattern
+    return np.flatnonzero(bad)
 
 
 def resolve_counts(scan_file: ScanFile, units: str) -> bool:
