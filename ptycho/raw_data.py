@@ -24,6 +24,7 @@ from ptycho.validation import (
     require_diffraction_shape,
     require_ground_truth,
     split_probe,
+    units_setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -411,7 +412,9 @@ def _prepare_diffraction(diff3d, n: int, units: str):
     if count != n:
         raise ValueError(f"diff3d has {count} patterns but there are {n} scan positions; give one pattern per position")
     if is_counts(diff3d.dtype, units):
-        logger.warning("diff3d has integer dtype %s: treating it as photon counts and taking sqrt", diff3d.dtype)
+        if units == "auto":
+            logger.warning("diff3d has integer dtype %s: treating it as photon counts and taking sqrt; if it already is "
+                           "amplitude pass %s", diff3d.dtype, units_setting("amplitude"))
         return amplitude_from_counts(np.asarray(diff3d))
     if isinstance(diff3d, np.ndarray) and diff3d.dtype != np.float32 and not isinstance(diff3d, np.memmap):
         return diff3d.astype(np.float32)

@@ -63,7 +63,11 @@ def pattern_energy(name: str, diffraction, progress: bool = False) -> np.ndarray
     starts = range(0, n, chunk)
     for start in tqdm(starts, desc=f"checking {name}", unit="chunk", disable=not progress, leave=False):
         block = np.asarray(diffraction[start : start + chunk], dtype=np.float64)
-        check_amplitude_block(name, block, start)
+        try:
+            check_amplitude_block(name, block, start)
+        except BadDiffractionError as exc:
+            flags = np.concatenate([bad_pattern_flags(np.asarray(diffraction[i : i + chunk])) for i in starts])
+            raise exc.with_count(np.flatnonzero(flags)) from None
         energy[start : start + len(block)] = np.einsum("ijk,ijk->i", block, block)
     return energy
 
@@ -79,10 +83,30 @@ def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_
     local, row, col = np.unravel_index(np.argmax(bad), block.shape)
     value = block[local, row, col]
     what = "negative" if np.isfinite(value) else "not finite"
-    raise ValueError(
+    raise BadDiffractionError(
         f"{name}[{first_index + local}] has a {what} value {value} at pixel ({row + pixel_origin[0]}, {col + pixel_origin[1]}); "
         "diffraction must be non-negative finite amplitudes (mask or zero bad pixels first)"
     )
+
+
+class BadDiffractionError(ValueError):
+    """Diffraction holding NaN, inf or negative values; :meth:`with_count` adds how many patterns and which."""
+
+    def with_count(self, bad_indices: np.ndarray) -> BadDiffractionError:
+        shown = ", ".join(str(int(i)) for i in bad_indices[:MAX_INDICES_SHOWN]) + (", ..." if len(bad_indices) > MAX_INDICES_SHOWN else "")
+        return BadDiffractionError(
+            f"{self}; {len(bad_indices)} pattern(s) hold such values: [{shown}]; or drop those patterns and their "
+            "positions from the scan (keep = np.isfinite(d).all(axis=(1, 2)) & (d >= 0).all(axis=(1, 2)), then save "
+            "d[keep], xcoords[keep], ycoords[keep] and any other per-pattern key)")
+
+
+MAX_INDICES_SHOWN = 5
+
+
+def bad_pattern_flags(patterns: np.ndarray) -> np.ndarray:
+    """Per pattern of a ``(n, ...)`` block: whether it holds a NaN, inf or negative value."""
+    flat = np.asarray(patterns).reshape(len(patterns), -1)
+    return ~np.isfinite(flat).all(axis=1) | (flat < 0).any(axis=1)
 
 
 REAL_GROUND_TRUTH_FIX = (
@@ -155,6 +179,21 @@ def require_ground_truth(Y, n: int, N: int) -> np.ndarray:
 
 
 DIFFRACTION_UNITS = ("auto", "amplitude", "counts")
+MIN_COUNT_LIKE_MAX = 2.0  # whole numbers all 0 or 1 (a mask, a flat test stack) are not taken for counts
+
+
+def units_setting(units: str) -> str:
+    """How a user sets the diffraction units, in each place this package reads them."""
+    return (f"--diffraction-units {units} (ptycho-train, ptycho-reconstruct; data.diffraction_units in ptycho-train's config "
+            f"file), --units {units} (ptycho-memmap) or diffraction_units='{units}' (PtychoDataset, RawData)")
+
+
+def looks_like_counts(sample: np.ndarray) -> bool:
+    """Whether float diffraction looks like photon counts: finite, non-negative whole numbers, some of them above 1."""
+    values = np.asarray(sample, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
+        return False
+    return bool(values.max() >= MIN_COUNT_LIKE_MAX and np.all(np.abs(values - np.rint(values)) <= 1e-6 * np.maximum(values, 1.0)))
 
 
 def is_counts(dtype, units: str = "auto") -> bool:
@@ -172,7 +211,7 @@ def amplitude_from_counts(counts: np.ndarray, first_index: int = 0, name: str = 
         negative = counts < 0
         if negative.any():
             local, row, col = np.unravel_index(np.argmax(negative), counts.shape)
-            raise ValueError(
+            raise BadDiffractionError(
                 f"{name}[{first_index + local}] has a negative count {counts[local, row, col]} "
                 f"at pixel ({row + pixel_origin[0]}, {col + pixel_origin[1]}); "
                 "photon counts must be >= 0 (mask bad pixels before export)"

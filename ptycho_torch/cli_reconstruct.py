@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycho.quality import reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
+from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 
@@ -20,6 +22,9 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 GROUP_SELECTIONS = ("cover", "all")  # ptycho_torch.model.stitching.GROUP_SELECTIONS, without importing torch to parse
+DEFAULT_DATA_DIR = Path("data/memmap")  # ptycho-memmap's default: caches shared with it and with PtychoDataset's examples
+DIRECTORY_FIX = {"scan": "pass one of its .npz files (reconstruct each scan separately)",
+                 "checkpoint": "pass the .ckpt file, e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
-    parser.add_argument("--data-dir", type=Path, help="memory map directory (default: <output stem>_memmap beside the output)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
+    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, default="auto",
+                        help="units of the scan's diffraction (default: auto: integer dtypes are photon counts, floats amplitudes)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: OMP_NUM_THREADS when set, else the cores "
+                        "this process may use)")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
@@ -72,6 +82,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     for path, what in ((checkpoint, "checkpoint"), (args.scan, "scan")):
         _require_input_file(path, what)
     from ptycho.scan_file import read_scan, scan_files
+    from ptycho.scan_geometry import check_scan_geometry
 
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
@@ -83,6 +94,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_path(path, option, inputs=(checkpoint, args.scan))
     scan = read_scan(args.scan, load_diffraction=False)
+    check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     try:
         model_for_pattern_size(args.checkpoint, scan.N)
     except UnknownModelError as exc:
@@ -90,6 +102,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     canvas = _canvas(args, scan)
     device = choose_device(args.device)
 
+    set_torch_threads(args.threads)
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
     from ptycho_torch.model.checkpoints import load_network
     from ptycho_torch.model.stitching import reconstruct
@@ -103,18 +116,35 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
-                            data_dir=args.data_dir or output.with_name(f"{output.stem}_memmap"), lock_timeout=args.lock_timeout)
+                            data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups)
     write_reconstruction(output, result)
     print(output)
+    reference = None
+    if scan.objectGuess is not None:
+        reference = resample_onto_canvas(scan.objectGuess, result.object.shape, result.canvas.origin_px)
+        log_scores(result.object, reference, result.coverage, args.scan)
     if png is not None:
-        print(write_png(result.object, scan.objectGuess, png))
+        print(write_png(result.object, reference, png))
     return EXIT_OK
+
+
+def set_torch_threads(requested: int | None) -> None:
+    """Compute with the threads :func:`choose_threads` picks (no loader workers here); logged once (INFO)."""
+    import torch
+
+    from ptycho_torch.threads import choose_threads
+
+    choice = choose_threads(requested)
+    torch.set_num_threads(choice.threads)
+    logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
 
 
 def _require_input_file(path: Path, what: str) -> None:
     if path.is_symlink() and not path.exists():
         raise UsageError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; fix the link or pass the file")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory; {PROG} takes one {what} file: {DIRECTORY_FIX[what]}")
     if not path.is_file():
         raise UsageError(f"{what} {path}: no such file" if not path.exists() else f"{what} {path} is not a regular file")
 
@@ -190,24 +220,48 @@ def write_reconstruction(output: Path, result) -> Path:
     return output
 
 
-def write_png(obj: np.ndarray, truth: np.ndarray | None, path: Path) -> Path:
-    """Amplitude and phase of the reconstruction, beside the ground truth's when the scan has one (written atomically)."""
+REFERENCE_LABEL = "objectGuess in the scan (not ground truth unless simulated)"
+COVERED_FRACTION = 1e-3  # as stitching: pixels whose summed probe weight is below this share of its maximum are not reconstructed
+
+
+def log_scores(obj: np.ndarray, reference: np.ndarray, coverage: np.ndarray, scan: Path) -> None:
+    """Log (INFO) the amplitude and phase r of the reconstruction against the scan's objectGuess, where both are known."""
+    covered = (coverage >= COVERED_FRACTION * float(coverage.max())) & np.isfinite(reference)
+    try:
+        quality = reconstruction_quality(obj, np.nan_to_num(reference), covered)
+    except ValueError as exc:
+        logger.info("%s: not scored against its objectGuess: %s", scan, exc)
+        return
+    logger.info("%s: against the %s: amplitude r %.4f, phase r %.4f (%d interior pixels, shift %s px)", scan, REFERENCE_LABEL,
+                quality.amplitude_r, quality.phase_r, quality.n_pixels, quality.shift_px)
+
+
+def reconstruction_figure(obj: np.ndarray, reference: np.ndarray | None):
+    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ptycho_torch.store.atomic import atomic_path
-
-    columns = [("reconstruction", obj)] + ([] if truth is None else [("ground truth", truth)])
-    fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 7), squeeze=False)
+    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 7), squeeze=False)
     for col, (title, image) in enumerate(columns):
         for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
             shown = axes[row, col].imshow(part(image), cmap="gray")
-            axes[row, col].set_title(f"{title}: {name}", fontsize=9)
+            axes[row, col].set_title(f"{title}:\n{name}", fontsize=9)
             axes[row, col].axis("off")
             fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
     fig.tight_layout()
+    return fig
+
+
+def write_png(obj: np.ndarray, reference: np.ndarray | None, path: Path) -> Path:
+    """:func:`reconstruction_figure` written atomically at ``path``; ``reference`` on the reconstruction's canvas."""
+    import matplotlib.pyplot as plt
+
+    from ptycho_torch.store.atomic import atomic_path
+
+    fig = reconstruction_figure(obj, reference)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)

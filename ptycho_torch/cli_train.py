@@ -5,19 +5,40 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from ptycho.scan_file import ScanFile, scan_files
+from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
 
 PROG = "ptycho-train"
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
+
+
+@dataclass
+class DataSection(DataConfig):
+    """The config file's ``data`` section: DataConfig's fields and the diffraction units of the scans."""
+
+    diffraction_units: Literal["auto", "amplitude", "counts"] = "auto"
+
+
+class TrainConfigs(NamedTuple):
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    inference: InferenceConfig
+    diffraction_units: str
+
+
+SECTIONS = {"data": DataSection, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
     parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (field names of ptycho_torch.config_params)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help=f"starting settings, under the config file and the options (default: {DEFAULT_PRESET}; "
+                             "ptychopinn: PtychoPINN's own, every field at its config_params default)")
     parser.add_argument("--output-dir", type=Path, default=Path("training_outputs"), help="runs are written to OUTPUT_DIR/run_<UTC time> (default: training_outputs)")
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
     parser.add_argument("--n-groups", type=positive_int, help="override training.n_groups (default when unset: one group per scan point)")
     parser.add_argument("--nphotons", type=positive_float, help="override data.nphotons (photons per pattern of the scan)")
+    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, help="units of the scans' diffraction (default: "
+                        "data.diffraction_units, else auto: integer dtypes are photon counts, floats amplitudes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads per training process (default: OMP_NUM_THREADS when set, "
+                        "else the cores this process may use less its loader workers)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
@@ -42,10 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
-    """The four configs from ``--config`` and the options, checked against the first scan before any work."""
+    """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work."""
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
                                                                                    {name: frozenset() for name in SECTIONS})
-    data, model, training, inference = read.configs.values()
+    apply_preset(args.preset, read.configs, read.given)
+    section, model, training, inference = read.configs.values()
+    data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
@@ -65,7 +95,7 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
         training.n_groups = n_points
     training.train_data_file = training.train_data_file or str(first_scan)
     training.test_data_file = training.test_data_file or str(first_scan)
-    return data, model, training, inference
+    return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
 
 
 def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
@@ -83,14 +113,46 @@ def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
 
 
 def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
-    """Refuse scans whose group regions cannot fit in memory (positions in the wrong units), before any work."""
+    """Refuse scans in the wrong units (positions within a pixel, group regions beyond memory), before any work."""
     from ptycho.scan_file import read_scan
+    from ptycho.scan_geometry import check_scan_geometry
     from ptycho_torch.model import footprint
 
     for path in files:
         scan = read_scan(path, load_diffraction=False, load_object=False)
+        check_scan_geometry(str(path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
         reach = footprint.group_reach_bound(scan.xcoords, scan.ycoords, data.K) if data.C > 1 else 0.0
         footprint.check_region(footprint.region_side(data.N, reach), int(training.batch_size) * data.C, str(path))
+
+
+def set_torch_threads(requested: int | None, training: TrainingConfig) -> None:
+    """Compute with the threads :func:`choose_threads` picks for this process; logged once (INFO)."""
+    import os
+
+    import torch
+
+    from ptycho_torch.threads import choose_threads, spare_loader_workers
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    choice = choose_threads(requested, spare_loader_workers(training.num_workers, processes), processes)
+    torch.set_num_threads(choice.threads)
+    logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
+
+
+def data_module(diffraction_units: str):
+    """PtychoDataModule building its dataset (on each process's ``setup``) with these diffraction units."""
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+    from ptycho_torch.model.training import PtychoDataModule, needs_ground_truth
+
+    class DataModule(PtychoDataModule):
+        def setup(self, stage=None):
+            if self.dataset is None:
+                self.dataset = PtychoDataset(self.source, self.data_config, self.model_config, self.training_config,
+                                             data_dir=self.data_dir, ground_truth=needs_ground_truth(self.model_config),
+                                             progress=self.progress, lock_timeout=self.lock_timeout, diffraction_units=diffraction_units)
+            super().setup(stage)
+
+    return DataModule
 
 
 def main(argv=None) -> int:
@@ -104,22 +166,24 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
     files = scan_files(args.data)
-    data, model_config, training, inference = build_configs(args, files[0])
+    data, model_config, training, inference, units = build_configs(args, files[0])
     check_memory(files, data, training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     require_writable_directory(data_dir)
 
+    set_torch_threads(args.threads, training)
+
     from lightning.pytorch.utilities import rank_zero_only
 
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
+    from ptycho_torch.model.training import BEST_CHECKPOINT, build_trainer
     from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 
     # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
     try:
-        module = PtychoDataModule(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
-                                  lock_timeout=args.lock_timeout)
+        module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
+                                    lock_timeout=args.lock_timeout)
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
         trainer = build_trainer(training, run_dir, progress=not args.quiet)
         trainer.fit(model, datamodule=module)

@@ -157,11 +157,16 @@ def _config(path: Path, section: str, config_type: type, values: Any):
         raise ConfigFileError(f"{path}: {section} has no field(s) {unknown}; {config_type.__name__} fields are {sorted(known)}")
     hints = typing.get_type_hints(config_type)
     checked = {name: _checked(hints[name], value, f"{path}: {section}.{name}") for name, value in values.items()}
-    for name in POSITIVE_FIELDS.get(config_type, ()):
+    for name in _listed(POSITIVE_FIELDS, config_type):
         _require_at_least(checked.get(name), f"{path}: {section}.{name}", "> 0", lambda v: v > 0)
-    for name in NON_NEGATIVE_FIELDS.get(config_type, ()):
+    for name in _listed(NON_NEGATIVE_FIELDS, config_type):
         _require_at_least(checked.get(name), f"{path}: {section}.{name}", ">= 0", lambda v: v >= 0)
     return as_config(checked, config_type)
+
+
+def _listed(table: dict[type, tuple[str, ...]], config_type: type) -> tuple[str, ...]:
+    """The fields ``table`` lists for ``config_type`` or the config class it extends (a command's own section)."""
+    return next((table[cls] for cls in config_type.__mro__ if cls in table), ())
 
 
 def _require_at_least(value: Any, where: str, bound: str, holds) -> None:

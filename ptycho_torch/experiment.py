@@ -12,6 +12,7 @@ import numpy as np
 
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
+from ptycho.scan_geometry import check_scan_geometry
 from ptycho.validation import probe_size_problem, probe_value_problem, require_complex_image
 from ptycho_torch.raw_data_bridge import RawDataTorch
 from ptycho_torch.store.atomic import ensure_directory, remove_stale_temporaries
@@ -107,6 +108,7 @@ def prepare_experiment(
     problem = probe_size_problem(scan.probeGuess, scan.N) or probe_value_problem(scan.probeGuess)
     if problem:
         raise ScanFileError(f"{npz_path} key 'probeGuess': {problem}")
+    check_scan_geometry(str(npz_path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
@@ -128,7 +130,8 @@ def prepare_experiment(
             if ready is not None:
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
-        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess)
+        return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess,
+                      units_given=diffraction_units != "auto")
 
 
 def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report: bool = True) -> Experiment | None:
@@ -141,7 +144,8 @@ def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=False, object_guess=object_guess)
 
 
-def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess) -> Experiment:
+def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess,
+           units_given: bool = False) -> Experiment:
     # checked (and reported) just before by _reuse under the same lock
     store = None if remake else DiffractionMemmap.open_valid(
         directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
@@ -149,7 +153,7 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
     if store is None:
         settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
         with ScanFile(npz_path, settled) as scan_file:
-            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress)
+            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress, units_given=units_given)
     try:
         grouping = group_with_raw_data(scan, store, key)
     except ValueError as exc:

@@ -373,3 +373,15 @@ def test_bad_config_file_use_is_a_usage_error_naming_the_problem(scan, tmp_path,
     config_file = _write_config(tmp_path / "run.json", json.dumps(content))
     result = run("build", scan, "--config", config_file, *extra, "--data-dir", tmp_path / "data")
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_non_finite_diffraction_names_how_many_patterns_and_which_and_how_to_drop_them(scan, data_dir):
+    with np.load(scan, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["diffraction"][[5, 17, 400], 3, 4] = [np.nan, np.inf, -1.0]
+    np.savez(scan, **arrays)
+    result = run("build", scan, *GROUPING, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "'diffraction'[5] has a not finite value nan at pixel (3, 4)" in line
+    assert "3 pattern(s) hold such values: [5, 17, 400]" in line and "drop those patterns" in line and "xcoords[keep]" in line

@@ -265,12 +265,18 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
     One process per device; with one device the strategy is in-process (``'auto'``) whatever
     ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks); under ``torchrun``
     it is ``'ddp'`` over the processes it started. Gradient clipping and accumulation follow the
-    config. Metrics go to ``run_dir/metrics.csv``; ``run_dir/INCOMPLETE`` marks it while fitting. A non-finite loss stops training with
-    :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
+    config. Metrics go to ``run_dir/metrics.csv``; ``run_dir/INCOMPLETE`` marks it while fitting. A ``run_dir``
+    already holding metrics or checkpoints is refused (FileExistsError): a previous run is never overwritten.
+    A non-finite loss stops training with :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
     broadcasts it), so only rank 0 needs a real one.
     """
     tc = as_config(training_config, TrainingConfig)
     run_dir = Path(run_dir)
+    previous = sorted(run_dir.glob("checkpoints/*.ckpt")) + [path for path in [run_dir / "metrics.csv"] if path.exists()]
+    if previous:
+        raise FileExistsError(f"{run_dir} already holds a previous run ({', '.join(str(p.relative_to(run_dir)) for p in previous)}), "
+                              "which this trainer would overwrite; pass a new directory, e.g. "
+                              "ptycho_torch.run_dirs.new_run_dir('runs') (a fresh runs/run_<UTC time>)")
     accelerator, devices = choose_accelerator(tc)
     launched = launched_processes_per_node()
     if devices == 1:

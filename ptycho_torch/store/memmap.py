@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ptycho.scan_file import PatternLayout, ScanFile, ScanFileError
-from ptycho.validation import amplitude_from_counts, check_amplitude_block, is_counts, pattern_energy
+from ptycho.validation import (BadDiffractionError, amplitude_from_counts, bad_pattern_flags, check_amplitude_block, is_counts, looks_like_counts, pattern_energy,
+                               units_setting)
 from ptycho_torch.store.atomic import NotRegularFileError, atomic_path, read_regular, require_free_space, require_regular
 from ptycho_torch.store.fingerprint import Fingerprint, sample_digest
 from ptycho_torch.store.json_checks import has_type, parse_json_object
@@ -30,6 +31,7 @@ MANIFEST = "manifest.json"
 DIFFRACTION = "diffraction.npy"
 ENERGY = "pattern_energy.npy"
 GROUND_TRUTH = "Y.npy"
+UNITS_SAMPLE_BYTES = 4 * 2**20  # the first patterns, read to tell float counts from amplitudes
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,13 @@ class DiffractionMemmap:
         fingerprint: Fingerprint,
         counts_to_amplitude: bool,
         progress: bool = True,
+        units_given: bool = False,
     ) -> DiffractionMemmap:
-        """Copy the diffraction (and ``Y`` if present) into ``directory`` in bounded chunks; caller holds the lock."""
+        """Copy the diffraction (and ``Y`` if present) into ``directory`` in bounded chunks; caller holds the lock.
+
+        Unless ``units_given`` (the user chose the units), counts taken from an integer dtype, and float
+        data that looks like counts, are warned about with the setting that decides.
+        """
         directory = Path(directory)
         key = scan_file.diffraction_key()
         layout = scan_file.pattern_layout(key)
@@ -174,13 +181,14 @@ class DiffractionMemmap:
         needed = layout.n * layout.N**2 * (4 + (8 if has_y else 0)) + layout.n * 8
         (directory / MANIFEST).unlink(missing_ok=True)
         require_free_space(directory, needed)
-        if counts_to_amplitude:
-            logger.warning("%s: %r is %s, taken as photon counts and converted to amplitude (sqrt); "
-                           "pass diffraction_units='amplitude' if it already is amplitude",
-                           scan_file.path, key, scan_file.headers[key].dtype)
+        if not units_given:
+            _warn_about_units(scan_file, key, layout, counts_to_amplitude)
         name = f"{scan_file.path} key {key!r}"
         with atomic_path(directory / DIFFRACTION, needed) as tmp:
-            energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            try:
+                energy, diffraction_sha256 = _copy_patterns(scan_file, key, layout, tmp, counts_to_amplitude, name, progress)
+            except BadDiffractionError as exc:
+                raise exc.with_count(_bad_patterns(scan_file, key, layout)) from None
         with atomic_path(directory / ENERGY, energy.nbytes) as tmp:
             _save_npy(tmp, energy)
         if has_y:
@@ -211,6 +219,36 @@ class DiffractionMemmap:
             tmp.write_text(text)
         logger.info("memory-mapped %d patterns of %dx%d from %s into %s", layout.n, layout.N, layout.N, scan_file.path, directory)
         return DiffractionMemmap(directory, manifest, energy)
+
+
+def _warn_about_units(scan_file: ScanFile, key: str, layout: PatternLayout, counts_to_amplitude: bool) -> None:
+    dtype = scan_file.headers[key].dtype
+    if counts_to_amplitude:
+        logger.warning("%s: %r is %s, taken as photon counts and converted to amplitude (sqrt); if it already is amplitude "
+                       "pass %s", scan_file.path, key, dtype, units_setting("amplitude"))
+        return
+    if dtype.kind != "f":
+        return
+    blocks = scan_file.iter_disk_blocks(key, UNITS_SAMPLE_BYTES)
+    _, sample = next(blocks)
+    blocks.close()
+    if looks_like_counts(sample):
+        logger.warning("%s: %r is %s but its values look like photon counts (whole numbers, mean %.3g, largest %.6g), not "
+                       "amplitudes; they are taken as amplitudes: if they are counts pass %s (or %s to confirm and silence this)",
+                       scan_file.path, key, dtype, float(sample.mean()), float(sample.max()), units_setting("counts"),
+                       "--diffraction-units amplitude")
+
+
+def _bad_patterns(scan_file: ScanFile, key: str, layout: PatternLayout) -> np.ndarray:
+    """Indices of the patterns holding NaN, inf or negative values (read again: only when some are bad)."""
+    bad = np.zeros(layout.n, dtype=bool)
+    for start, block in scan_file.iter_disk_blocks(key):
+        patterns = block.transpose(layout.perm)
+        if layout.streams_by_pattern:
+            bad[start : start + len(patterns)] |= bad_pattern_flags(patterns)
+        else:
+            bad |= bad_pattern_flags(patterns)  # each disk block holds a slice of every pattern
+    return np.flatnonzero(bad)
 
 
 def resolve_counts(scan_file: ScanFile, units: str) -> bool:

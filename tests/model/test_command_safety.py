@@ -30,9 +30,9 @@ FAST = {
 }
 
 
-def run(module: str, *args, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(module: str, *args, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=environment, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -306,12 +306,128 @@ def test_reconstruct_device_cuda_without_cuda_is_one_line(checkpoint, tmp_path):
 
 
 def test_reconstruct_imports_no_lightning(checkpoint, tmp_path):
-    """Inference needs no training machinery: the command loads the checkpoint into the plain network."""
+    """Inference needs no training machinery: the command loads the checkpoint into the plain network, and
+    nothing it imports pulls in Lightning or torch's compiler stack (tensordict would: seconds of start-up)."""
     script = ("import sys; from ptycho_torch.cli_reconstruct import main; "
-              f"status = main([{str(checkpoint)!r}, {str(NPZ)!r}, '--output', {str(tmp_path / 'r.npz')!r}, '--no-png', '--quiet']); "
-              "print(status, sorted(name for name in sys.modules if name.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+              f"status = main([{str(checkpoint)!r}, {str(NPZ)!r}, '--output', {str(tmp_path / 'r.npz')!r}, '--no-png', '--quiet', "
+              f"'--data-dir', {str(tmp_path / 'memmap')!r}]); "
+              "print(status, sorted(name for name in sys.modules if name.split('.')[0] in ('lightning', 'pytorch_lightning', 'tensordict') "
+              "or name.startswith(('torch._dynamo', 'torch._inductor'))))")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout
     assert (tmp_path / "r.npz").is_file()
+# ---- issue 29 item 1: positions in metres refused, non-overlapping neighbours warned, with the numbers ------------------
+
+def scaled_scan(path: Path, factor: float) -> Path:
+    with np.load(NPZ, allow_pickle=False) as source:
+        x, y = source["xcoords"] * factor, source["ycoords"] * factor
+    return scan_copy(path, xcoords=x, ycoords=y, xcoords_start=x, ycoords_start=y)
+
+
+def test_positions_in_metres_are_refused_by_both_commands_before_any_work(tmp_path, checkpoint):
+    scan = scaled_scan(tmp_path / "metres.npz", 1e-8)
+    result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", tmp_path / "runs",
+                   "--n-groups", 16, "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "span only", "metres")
+    assert not (tmp_path / "runs").exists()
+    result = reconstruct(checkpoint, scan, "--output", tmp_path / "out.npz", "--data-dir", tmp_path / "data", "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "span only", "metres")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_scan_whose_neighbours_do_not_overlap_is_warned_about_with_the_numbers(tmp_path, checkpoint):
+    scan = scaled_scan(tmp_path / "far.npz", 10)
+    result = reconstruct(checkpoint, scan, "--output", tmp_path / "out.npz", "--data-dir", tmp_path / "data",
+                         "--n-groups", 8, "--no-png", "--quiet", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "do not overlap" in line]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    assert str(scan) in warnings[0] and "pixels apart (median)" in warnings[0] and "probe's width 24.2 pixels" in warnings[0]
+
+
+# ---- issue 29 item 3: the number of torch threads is chosen, honoured and logged once (not under --quiet) -----------------
+
+def thread_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if "torch computes with" in line]
+
+
+def test_reconstruct_logs_and_honours_the_thread_choice(checkpoint, tmp_path):
+    common = ("--n-groups", 8, "--no-png", "--data-dir", tmp_path / "data")
+    chosen = reconstruct(checkpoint, NPZ, "--output", tmp_path / "a.npz", "--threads", 1, *common)
+    assert thread_lines(chosen) == ["INFO ptycho_torch.reconstruct: torch computes with 1 thread(s) (--threads); --threads N to change"]
+    from_env = reconstruct(checkpoint, NPZ, "--output", tmp_path / "b.npz", *common, env={"OMP_NUM_THREADS": "2"})
+    assert [line.split(": ", 1)[1] for line in thread_lines(from_env)] == [
+        "torch computes with 2 thread(s) (OMP_NUM_THREADS=2); --threads N to change"]
+    assert thread_lines(reconstruct(checkpoint, NPZ, "--output", tmp_path / "c.npz", "--threads", 1, "--quiet", *common)) == []
+
+
+def test_train_logs_and_honours_the_thread_choice(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-m", "ptycho_torch.cli_train", str(NPZ), "--config", str(write_config(tmp_path / "fast.json", FAST)),
+                             "--output-dir", str(tmp_path / "runs"), "--n-groups", "16", "--threads", "1"],
+                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    (line,) = thread_lines(result)
+    assert line.endswith("torch computes with 1 thread(s) (--threads); --threads N to change")
+
+
+# ---- issue 29 item 7: a directory is not a scan; the memory map goes to the cache directory, not beside the output ------
+
+def test_reconstruct_a_directory_says_it_takes_one_scan_file(checkpoint, tmp_path):
+    folder = scan_copy(tmp_path / "scans" / "a.npz").parent
+    assert_one_line_error(reconstruct(checkpoint, folder, "--quiet"), str(folder), "is a directory", "takes one scan file", ".npz")
+    assert_one_line_error(reconstruct(checkpoint.parent, NPZ, "--quiet"), "is a directory", "best-checkpoint.ckpt")
+
+
+def test_reconstruct_keeps_its_memory_map_in_data_memmap_of_the_working_directory(checkpoint, tmp_path):
+    scan = scan_copy(tmp_path / "scans" / "a.npz")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run("ptycho_torch.cli_reconstruct", checkpoint, scan, "--n-groups", 8, "--no-png", "--quiet", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["a.npz", "a_reconstruction.npz"]
+    assert list((work / "data" / "memmap").glob("a-*/diffraction.npy"))
+
+
+def test_build_trainer_refuses_a_run_directory_holding_a_previous_run_and_keeps_its_metrics(tmp_path):
+    from ptycho_torch.config_params import TrainingConfig
+    from ptycho_torch.model.training import build_trainer
+
+    run_dir = tmp_path / "runs" / "python"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch,train_loss\n0,1.5\n")
+    with pytest.raises(FileExistsError, match="already holds a previous run .metrics.csv.*new_run_dir"):
+        build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
+    assert (run_dir / "metrics.csv").read_text() == "epoch,train_loss\n0,1.5\n"
+    (run_dir / "metrics.csv").unlink()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="checkpoints/last.ckpt"):
+        build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
+
+
+# ---- issue 29 item 2: float photon counts are flagged and the units can be set from both commands ------------------------
+
+def test_float_counts_are_flagged_and_the_units_settable_from_both_commands(checkpoint, tmp_path):
+    with np.load(NPZ, allow_pickle=False) as source:
+        counts = np.rint(source["diffraction"].astype(np.float64) ** 2).astype(np.float32)
+    scan = scan_copy(tmp_path / "counts.npz", diffraction=counts)
+    common = ("--n-groups", 8, "--no-png", "--quiet")
+    flagged = reconstruct(checkpoint, scan, "--output", tmp_path / "a.npz", "--data-dir", tmp_path / "auto", *common)
+    assert flagged.returncode == 0, flagged.stderr[-3000:]
+    (warning,) = [line for line in flagged.stderr.splitlines() if "look like photon counts" in line]
+    assert str(scan) in warning and "float32" in warning and "--diffraction-units counts" in warning
+    assert "data.diffraction_units" in warning
+    as_counts = reconstruct(checkpoint, scan, "--output", tmp_path / "b.npz", "--data-dir", tmp_path / "counts",
+                            "--diffraction-units", "counts", *common)
+    assert as_counts.returncode == 0 and "photon counts" not in as_counts.stderr, as_counts.stderr[-3000:]
+    (manifest,) = (tmp_path / "counts").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["counts_to_amplitude"] is True
+    config = write_config(tmp_path / "counts.json", {**FAST, "data": {**FAST["data"], "diffraction_units": "counts"}})
+    trained = train(scan, "--config", config, "--output-dir", tmp_path / "runs", "--data-dir", tmp_path / "train", "--n-groups", 16,
+                    "--quiet")
+    assert trained.returncode == 0 and "photon counts" not in trained.stderr, trained.stderr[-3000:]
+    (manifest,) = (tmp_path / "train").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["counts_to_amplitude"] is True

@@ -64,7 +64,7 @@ def _train_two_epochs(tmp_path_factory, memmap_dir):
     model = PtychoPINN_Lightning(model_config, data, training, inference)
     module = PtychoDataModule(dataset, data, model_config, training, val_fraction=HELD_OUT_FRACTION)
     run_dir = tmp_path_factory.mktemp("run")
-    trainer = build_trainer(training, run_dir, progress=False)
+    trainer = build_trainer(training, tmp_path_factory.mktemp("validation"), progress=False)
     before = trainer.validate(model, datamodule=module, verbose=False)[0][model.val_loss_name]
     trainer = build_trainer(training, run_dir, progress=False)
     trainer.fit(model, datamodule=module)
