@@ -276,15 +276,12 @@ class PtychoPINN_Lightning(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        tc = self.training_config
-        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=tc.learning_rate)
-        if tc.scheduler == "Default":
+        from ptycho_torch.model import optimizers  # the optimizer and scheduler the TrainingConfig names
+
+        optimizer = optimizers.build_optimizer(self.parameters(), self.training_config)
+        scheduler = optimizers.build_scheduler(optimizer, self.training_config)
+        if scheduler is None:
             return optimizer
-        if tc.scheduler == "Exponential":
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
-        else:
-            schedule = lr_schedule(tc)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(tc.epochs, schedule["lr_warmup_epochs"], schedule["lr_min_ratio"]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
