@@ -12,6 +12,7 @@ from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, 
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_support import require_supported
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -46,6 +47,8 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
                                                                                    {name: frozenset() for name in SECTIONS})
     data, model, training, inference = read.configs.values()
+    prefix = f"{args.config}: " if args.config else ""
+    require_supported(data, model, training, inference, where={type(config).__name__: prefix + section for section, config in read.configs.items()})
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))

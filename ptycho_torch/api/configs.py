@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_support import require_supported
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class ConfigManager:
         self.training_config: TrainingConfig = as_config(TrainingConfig, training_config)
         self.inference_config: InferenceConfig = as_config(InferenceConfig, inference_config)
         self.datagen_config: DatagenConfig = as_config(DatagenConfig, datagen_config)
+        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config)
         self.arch_frozen = False
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from ptycho_torch.model import checkpoints, physics
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_bridge import lr_schedule
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_support import require_supported
 from ptycho_torch.model.networks import build_generator
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         self.training_config = as_config(training_config, TrainingConfig)
         self.inference_config = as_config(inference_config, InferenceConfig)
         self._check_supported()
+        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config)
         self.save_hyperparameters({
             "model_config": _plain(self.model_config),
             "data_config": _plain(self.data_config),
