@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
@@ -117,6 +117,8 @@ def train(args: argparse.Namespace) -> int:
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptycho_torch.model.training import BEST_CHECKPOINT, PtychoDataModule, build_trainer
     from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
+
+    adopt_library_loggers()  # lightning added its own console handler when imported just now
 
     # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
