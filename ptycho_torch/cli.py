@@ -147,8 +147,8 @@ GROUPING_DEFAULTS = {"gridsize": 2, "n_groups": None, "K": 6, "seed": None, "N":
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", type=Path, help="a scan NPZ or a directory of them")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="torch configs as JSON (or YAML, with PyYAML): {\"data_config\": {...}, \"model_config\": {...}, "
-                             "\"training_config\": {...}}; builds exactly the cache a PtychoDataset with these configs reuses "
+                        help="torch configs as JSON (or YAML, with PyYAML): {\"data\": {...}, \"model\": {...}, \"training\": {...}} "
+                             "(or data_config, model_config, training_config), the file ptycho-train reads; builds exactly the cache a PtychoDataset with these configs reuses "
                              "(instead of the grouping options below)")
     grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache; defaults are DataConfig's)")
     grouping.add_argument("--gridsize", type=positive_int, default=None, help="groups of gridsize**2 patterns (default: 2)")

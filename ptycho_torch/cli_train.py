@@ -10,22 +10,23 @@ from pathlib import Path
 from ptycho.scan_file import ScanFile, scan_files
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
+from ptycho_torch import config_file
 from ptycho_torch.config_file import ConfigFile, read_config_file
-from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_params import DataConfig, TrainingConfig
 from ptycho_torch.config_support import require_supported
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
 
 PROG = "ptycho-train"
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
+SECTIONS = {name: config_file.SECTIONS[name] for name in ("data", "model", "training", "inference")}  # DatagenConfig drives no training
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog=PROG, description=__doc__, epilog="exit status: 0 trained, 2 usage or input error (one line on "
                          "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
-    parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (field names of ptycho_torch.config_params)")
+    parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (or data_config, model_config, ...; field names of ptycho_torch.config_params)")
     parser.add_argument("--output-dir", type=Path, default=Path("training_outputs"), help="runs are written to OUTPUT_DIR/run_<UTC time> (default: training_outputs)")
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
@@ -44,15 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
     """The four configs from ``--config`` and the options, checked against the first scan before any work."""
-    read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
-                                                                                   {name: frozenset() for name in SECTIONS})
+    read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile.defaults(SECTIONS)
     data, model, training, inference = read.configs.values()
     prefix = f"{args.config}: " if args.config else ""
-    require_supported(data, model, training, inference, where={type(config).__name__: prefix + section for section, config in read.configs.items()})
+    require_supported(data, model, training, inference,
+                      where={type(config).__name__: prefix + read.spelled[section] for section, config in read.configs.items()})
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
-    where = f"{args.config}: data" if args.config else "data"
+    where = f"{args.config}: {read.spelled['data']}" if args.config else "data"
     if "N" in read.given["data"] and data.N != layout.N:
         raise UsageError(f"{where}.N={data.N} contradicts the {layout.N} x {layout.N} diffraction patterns of {first_scan}; "
                          f"set data.N to {layout.N} or leave it out (it defaults to the pattern size)")

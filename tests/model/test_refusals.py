@@ -65,3 +65,11 @@ def test_the_ptychodus_config_manager_refuses_the_field(section, values, shown):
     built = configs_with(section, values)
     with pytest.raises(ValueError, match=rf"{CLASSES[section]}\.{shown.split('=')[0]}=.* has no effect here"):
         ConfigManager(data_config=built["data"], model_config=built["model"], training_config=built["training"], inference_config=built["inference"])
+
+
+def test_ptycho_train_reads_upstream_section_names_and_quotes_them(tmp_path, capsys):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"data_config": {"K": 7}, "training_config": {"momentum": 0.5}}))
+    status = train_main([str(NPZ), "--config", str(config), "--output-dir", str(tmp_path / "runs"), "--quiet"])
+    assert status == 2
+    assert f"{config}: training_config.momentum=0.5 has no effect here: only optimizer='sgd' reads it" in capsys.readouterr().err
