@@ -75,3 +75,11 @@ def test_prefix_rules_cover_whole_families():
 def test_importing_the_table_imports_no_torch():
     code = "import sys, ptycho_torch.config_support; print('torch' in sys.modules or 'lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_migrating_lists_every_field_accepted_at_its_default_only():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "migrating.md").read_text()
+    missing = [rule.pattern for rules in DEFAULT_ONLY.values() for rule in rules if f"`{rule.pattern}`" not in page]
+    assert missing == []
