@@ -13,7 +13,7 @@ fields) and what runs instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 from typing import Any
@@ -139,15 +139,18 @@ def default_only_fields(config_type: type) -> dict[str, Rule]:
     return found
 
 
-def unsupported_settings(config: Any, data: DataConfig | None = None) -> list[Unsupported]:
+def unsupported_settings(config: Any, data: DataConfig | None = None, honoured: Collection[str] = ()) -> list[Unsupported]:
     """Every field of ``config`` (a torch config dataclass) set to a value this package does not honour.
 
     ``data``: the DataConfig beside a ModelConfig, whose ``C`` the fields ``FOLLOW_C`` may equal.
+    ``honoured``: fields the caller's path does honour (the Ptychodus API counts groups with ``n_subsample``).
     """
     config_type = type(config)
     defaults = config_type()
     found = []
     for name, rule in default_only_fields(config_type).items():
+        if name in honoured:
+            continue
         value, default = getattr(config, name), getattr(defaults, name)
         if _same(value, default) or (rule.honoured_when is not None and rule.honoured_when(config)):
             continue
@@ -161,13 +164,16 @@ def unsupported_settings(config: Any, data: DataConfig | None = None) -> list[Un
     return found
 
 
-def require_supported(*configs: Any, where: dict[str, str] | None = None) -> None:
+def require_supported(*configs: Any, data: DataConfig | None = None, honoured: Collection[str] = (),
+                      where: dict[str, str] | None = None) -> None:
     """Raise ValueError naming every unsupported setting of ``configs`` (None entries are skipped).
 
+    ``data``: the DataConfig whose ``C`` ModelConfig's ``FOLLOW_C`` fields may equal, when it is not
+    among ``configs`` (itself checked by the dataset). ``honoured``: see :func:`unsupported_settings`.
     ``where`` maps a class name to the name the user wrote it under (e.g. ``{"TrainingConfig": "train.json: training"}``).
     """
-    data = next((config for config in configs if isinstance(config, DataConfig)), None)
-    found = [item for config in configs if config is not None for item in unsupported_settings(config, data)]
+    data = data or next((config for config in configs if isinstance(config, DataConfig)), None)
+    found = [item for config in configs if config is not None for item in unsupported_settings(config, data, honoured)]
     if found:
         where = where or {}
         raise ValueError("; ".join(item.message(where.get(item.config)) for item in found))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ptycho_torch.api.data import GROUP_COUNTING_FIELDS
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.config_support import require_supported
@@ -59,7 +60,7 @@ class ConfigManager:
         self.training_config: TrainingConfig = as_config(training_config, TrainingConfig, unknown="drop")
         self.inference_config: InferenceConfig = as_config(inference_config, InferenceConfig, unknown="drop")
         self.datagen_config: DatagenConfig = as_config(datagen_config, DatagenConfig, unknown="drop")
-        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config)
+        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config, honoured=GROUP_COUNTING_FIELDS)
         self.arch_frozen = False
 
     def __repr__(self) -> str:

@@ -79,7 +79,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         self.training_config = as_config(training_config, TrainingConfig)
         self.inference_config = as_config(inference_config, InferenceConfig)
         self._check_supported()
-        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config)
+        require_supported(self.model_config, self.training_config, self.inference_config, data=self.data_config)  # DataConfig: the dataset's check
         self.save_hyperparameters({
             "model_config": _plain(self.model_config),
             "data_config": _plain(self.data_config),
