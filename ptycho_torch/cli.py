@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,8 @@ GROUPING_DEFAULTS = {"gridsize": 2, "n_groups": None, "K": 6, "seed": None, "N":
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", type=Path, help="a scan NPZ or a directory of them")
     parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="torch configs as JSON (or YAML, with PyYAML): {\"data_config\": {...}, \"model_config\": {...}, "
-                             "\"training_config\": {...}}; builds exactly the cache a PtychoDataset with these configs reuses "
+                        help="torch configs as JSON (or YAML, with PyYAML): {\"data\": {...}, \"model\": {...}, \"training\": {...}} "
+                             "(or data_config, model_config, training_config), the file ptycho-train reads; builds exactly the cache a PtychoDataset with these configs reuses "
                              "(instead of the grouping options below)")
     grouping = parser.add_argument_group("grouping (must match the training config to reuse the cache; defaults are DataConfig's)")
     grouping.add_argument("--gridsize", type=positive_int, default=None, help="groups of gridsize**2 patterns (default: 2)")
@@ -442,11 +443,39 @@ def _progress(items: list, args, description: str):
     return tqdm(items, desc=description, unit="file")
 
 
+LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+"""Third-party loggers that install their own console handler and level; the commands route them through the root handler."""
+
+
 def configure_logging(quiet: bool, debug: bool = False) -> None:
-    """INFO (WARNING with ``quiet``, DEBUG with ``debug``) records of every logger on stderr."""
+    """INFO (WARNING with ``quiet``, DEBUG with ``debug``) records of every logger on stderr, each once.
+
+    Third-party loggers print through the same handler at the same level (:func:`adopt_library_loggers`,
+    called again once lightning is imported); their tips and warnings about their own internals are
+    dropped.
+    """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_third_party_tips)
     logging.captureWarnings(True)  # warnings (e.g. a lock wait) as log lines like the rest
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")  # its own use of torch internals
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval", module=r"lightning\.")
+    adopt_library_loggers()
+
+
+def adopt_library_loggers() -> None:
+    """Make ``LIBRARY_LOGGERS`` print only through the root handler, at its level (lightning adds its own at import)."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.setLevel(logging.NOTSET)
+        library.propagate = True
+
+
+def _drop_third_party_tips(record: logging.LogRecord) -> bool:
+    return not (record.name.startswith(LIBRARY_LOGGERS) and "Tip:" in record.getMessage())
 
 
 def one_line(exc: BaseException) -> str:

@@ -11,10 +11,12 @@ from typing import Literal, NamedTuple
 
 from ptycho.scan_file import ScanFile, scan_files
 from ptycho.validation import DIFFRACTION_UNITS
-from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
+from ptycho_torch import config_file
 from ptycho_torch.config_file import ConfigFile, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_support import require_supported
 from ptycho_torch.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from ptycho_torch.store.atomic import require_writable_directory
 
@@ -38,14 +40,14 @@ class TrainConfigs(NamedTuple):
     diffraction_units: str
 
 
-SECTIONS = {"data": DataSection, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}
+SECTIONS = {"data": DataSection, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}  # DatagenConfig drives no training
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = UsageParser(prog=PROG, description=__doc__, epilog="exit status: 0 trained, 2 usage or input error (one line on "
                          "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
-    parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (field names of ptycho_torch.config_params)")
+    parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (or data_config, model_config, ...; field names of ptycho_torch.config_params)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                         help=f"starting settings, under the config file and the options (default: {DEFAULT_PRESET}; "
                              "ptychopinn: PtychoPINN's own, every field at its config_params default)")
@@ -71,15 +73,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_configs(args: argparse.Namespace, first_scan: Path):
     """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work."""
-    read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile({name: cls() for name, cls in SECTIONS.items()},
-                                                                                   {name: frozenset() for name in SECTIONS})
+    read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile.defaults(SECTIONS)
     apply_preset(args.preset, read.configs, read.given)
     section, model, training, inference = read.configs.values()
     data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
+    prefix = f"{args.config}: " if args.config else ""
+    spelled = {"DataConfig": read.spelled["data"], **{type(config).__name__: read.spelled[name] for name, config in read.configs.items() if name != "data"}}
+    require_supported(data, model, training, inference, where={name: prefix + section_name for name, section_name in spelled.items()})
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
-    where = f"{args.config}: data" if args.config else "data"
+    where = f"{args.config}: {read.spelled['data']}" if args.config else "data"
     if "N" in read.given["data"] and data.N != layout.N:
         raise UsageError(f"{where}.N={data.N} contradicts the {layout.N} x {layout.N} diffraction patterns of {first_scan}; "
                          f"set data.N to {layout.N} or leave it out (it defaults to the pattern size)")
@@ -178,6 +182,8 @@ def train(args: argparse.Namespace) -> int:
     from ptycho_torch.model import PtychoPINN_Lightning
     from ptycho_torch.model.training import BEST_CHECKPOINT, build_trainer
     from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
+
+    adopt_library_loggers()  # lightning added its own console handler when imported just now
 
     # Rank 0 creates the run directory; Lightning gives its checkpoint directory to every other DDP rank.
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"

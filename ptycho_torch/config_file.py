@@ -1,4 +1,4 @@
-"""Torch configs from a JSON (or, with PyYAML, YAML) file laid out as upstream's: one section per config."""
+"""Torch configs from a JSON (or, with PyYAML, YAML) file: one section per config, ``data`` or PtychoPINN's ``data_config``, etc."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from ptycho_torch.store.atomic import read_regular
 __all__ = ["ConfigFile", "ConfigFileError", "TorchConfigs", "load_torch_configs", "read_config_file", "read_config_sections"]
 
 SECTIONS = {
-    "data_config": DataConfig,
-    "model_config": ModelConfig,
-    "training_config": TrainingConfig,
-    "inference_config": InferenceConfig,
-    "datagen_config": DatagenConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "inference": InferenceConfig,
+    "datagen": DatagenConfig,
 }
+"""The sections of a config file; each may also be spelled as PtychoPINN's config files do, with ``SPELLING_SUFFIX``."""
+SPELLING_SUFFIX = "_config"  # "data_config" is the section "data"
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kB; this bounds what is read
 MAX_CONFIG_VALUES = 100_000  # values after YAML aliases are expanded (a 256 x 256 probe_mask fits)
@@ -53,47 +55,69 @@ class TorchConfigs:
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """The configs of a file, by section, and the field names each section of the file set explicitly."""
+    """The configs of a file by section (``data``, ``model``, ...), the field names each section set, and how the file spelled it."""
 
     configs: dict[str, Any]
     given: dict[str, frozenset[str]]
+    spelled: dict[str, str]
+
+    @classmethod
+    def defaults(cls, sections: dict[str, type]) -> ConfigFile:
+        """What a file without any section gives: every config at its defaults."""
+        return cls({name: config_type() for name, config_type in sections.items()}, {name: frozenset() for name in sections},
+                   {name: name for name in sections})
 
 
 def load_torch_configs(path) -> TorchConfigs:
-    """Read ``{"data_config": {...}, "model_config": {...}, ...}``; unknown sections or fields are errors."""
+    """Read ``{"data": {...}, "model": {...}, ...}`` (or ``data_config``, ``model_config``, ...); unknown sections or fields are errors."""
     return TorchConfigs(*read_config_sections(path, SECTIONS).values())
 
 
-def read_config_sections(path, sections: dict[str, type]) -> dict[str, Any]:
+def read_config_sections(path, sections: dict[str, type] = SECTIONS) -> dict[str, Any]:
     """Each of ``sections`` (name -> config dataclass) read from a JSON/YAML file; a missing section is its defaults.
 
-    Unknown sections or fields raise :class:`ConfigFileError` naming the file, the section and the valid names.
+    A section ``data`` may also be written ``data_config`` (PtychoPINN's spelling), not both. Unknown
+    sections or fields raise :class:`ConfigFileError` naming the file, the section and the valid names.
     """
     return read_config_file(path, sections).configs
 
 
-def read_config_file(path, sections: dict[str, type]) -> ConfigFile:
+def read_config_file(path, sections: dict[str, type] = SECTIONS) -> ConfigFile:
     """:func:`read_config_sections` and which fields the file set; every value is checked before any work.
 
     The file may hold at most ``MAX_CONFIG_BYTES`` and expand (YAML aliases) to at most
     ``MAX_CONFIG_VALUES`` values; each field must have its dataclass type (an integral float is taken
     for an int, a list for a tuple) and the counts and sizes of ``POSITIVE_FIELDS`` must be positive.
-    Errors name the field as the file writes it, e.g. ``training.epochs``.
+    Errors name the field as the file writes it, e.g. ``training.epochs`` or ``training_config.epochs``.
     """
     path = Path(path)
     document = _read_document(path)
     _require_bounded(path, document)
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path} must hold a mapping of sections ({', '.join(sections)}), got {type(document).__name__}")
-    unknown = sorted(set(map(str, document)) - set(sections))
-    if unknown:
-        raise ConfigFileError(f"{path}: unknown section(s) {unknown}; the sections are {list(sections)}")
+    spelled = _section_spellings(path, document, sections)
     configs, given = {}, {}
     for name, config_type in sections.items():
-        values = document.get(name) or {}
-        configs[name] = _config(path, name, config_type, values)
+        values = document.get(spelled[name]) or {}
+        configs[name] = _config(path, spelled[name], config_type, values)
         given[name] = frozenset(values)
-    return ConfigFile(configs, given)
+    return ConfigFile(configs, given, spelled)
+
+
+def _section_spellings(path: Path, document: dict, sections: dict[str, type]) -> dict[str, str]:
+    """How the file names each section (``data`` or ``data_config``); unknown sections, or one written both ways, are errors."""
+    spellings = {name: (name, name + SPELLING_SUFFIX) for name in sections}
+    unknown = sorted(set(map(str, document)) - {spelling for pair in spellings.values() for spelling in pair})
+    if unknown:
+        raise ConfigFileError(f"{path}: unknown section(s) {unknown}; the sections are {list(sections)} "
+                              f"(or {[name + SPELLING_SUFFIX for name in sections]})")
+    spelled = {}
+    for name, pair in spellings.items():
+        written = [spelling for spelling in pair if spelling in document]
+        if len(written) > 1:
+            raise ConfigFileError(f"{path}: sections {written[0]!r} and {written[1]!r} are the same config; merge them into one")
+        spelled[name] = written[0] if written else name
+    return spelled
 
 
 def _read_document(path: Path) -> Any:

@@ -133,7 +133,7 @@ class TrainingConfig:
 
     training_directories: list[str] = field(default_factory=list)
     nll: bool = True
-    device: str = 'cuda'
+    device: str = 'auto'
     strategy: str | None = 'ddp'
     n_devices: int = 1
     framework: Literal['Default', 'Lightning'] = 'Lightning'

@@ -385,3 +385,33 @@ def test_non_finite_diffraction_names_how_many_patterns_and_which_and_how_to_dro
     line = result.stderr.strip().splitlines()[-1]
     assert "'diffraction'[5] has a not finite value nan at pixel (3, 4)" in line
     assert "3 pattern(s) hold such values: [5, 17, 400]" in line and "drop those patterns" in line and "xcoords[keep]" in line
+
+
+@pytest.mark.parametrize("spelling", ["", "_config"])
+def test_one_config_file_format_reads_either_section_spelling(tmp_path, spelling):
+    from ptycho_torch.config_file import load_torch_configs
+
+    content = {f"data{spelling}": {"K": 7, "grid_size": [2, 2]}, f"training{spelling}": {"n_groups": 150, "epochs": 3}}
+    configs = load_torch_configs(_write_config(tmp_path / "run.json", json.dumps(content)))
+    assert (configs.data.K, configs.data.grid_size, configs.training.n_groups, configs.training.epochs) == (7, (2, 2), 150, 3)
+
+
+def test_ptycho_train_sections_build_the_memmap_cache_too(scan, tmp_path):
+    config_file = _write_config(tmp_path / "train.json", json.dumps({"data": {"K": 7, "subsample_seed": 3}, "training": {"n_groups": 150}}))
+    result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "data", "--quiet")
+    assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 150 groups of 4"), result.stderr
+
+
+def test_a_section_written_both_ways_is_refused_naming_both(tmp_path):
+    from ptycho_torch.config_file import ConfigFileError, load_torch_configs
+
+    path = _write_config(tmp_path / "run.json", json.dumps({"data": {"K": 7}, "data_config": {"K": 8}}))
+    with pytest.raises(ConfigFileError, match=r"sections 'data' and 'data_config' are the same config; merge them into one"):
+        load_torch_configs(path)
+
+
+def test_errors_name_the_field_as_the_file_spells_its_section(tmp_path):
+    from ptycho_torch.config_file import ConfigFileError, load_torch_configs
+
+    with pytest.raises(ConfigFileError, match=r"training_config\.epochs must be > 0"):
+        load_torch_configs(_write_config(tmp_path / "run.json", json.dumps({"training_config": {"epochs": 0}})))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycho_torch.api.configs import ConfigManager, as_config
+from ptycho_torch.api.configs import ConfigManager
 from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
+from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.lightning_utils import find_best_checkpoint
 from ptycho_torch.run_dirs import discard_failed_run
@@ -38,10 +39,10 @@ class PtychoModel:
     """
 
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None):
-        self.model_config: ModelConfig = as_config(ModelConfig, model_config)
-        self.data_config: DataConfig = as_config(DataConfig, data_config)
-        self.training_config: TrainingConfig = as_config(TrainingConfig, training_config)
-        self.inference_config: InferenceConfig = as_config(InferenceConfig, inference_config)
+        self.model_config: ModelConfig = as_config(model_config, ModelConfig, unknown="drop")
+        self.data_config: DataConfig = as_config(data_config, DataConfig, unknown="drop")
+        self.training_config: TrainingConfig = as_config(training_config, TrainingConfig, unknown="drop")
+        self.inference_config: InferenceConfig = as_config(inference_config, InferenceConfig, unknown="drop")
         self.model = None
 
     @classmethod
@@ -62,7 +63,7 @@ class PtychoModel:
 
         hparams = read_checkpoint(Path(path))["hyper_parameters"]
         classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
-        return tuple(as_config(cls, hparams[name]) if hparams.get(name) is not None else None for name, cls in classes)
+        return tuple(as_config(hparams[name], cls, unknown="drop") if hparams.get(name) is not None else None for name, cls in classes)
 
 
 class Trainer:

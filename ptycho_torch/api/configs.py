@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import logging
-import typing
-from typing import Any
-
+from ptycho_torch.api.data import GROUP_COUNTING_FIELDS
+from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
-
-logger = logging.getLogger(__name__)
+from ptycho_torch.config_support import require_supported
 
 __all__ = ["ARCHITECTURE_FIELDS", "ConfigManager", "as_config", "configs_of_module"]
 
@@ -35,35 +30,6 @@ _CONFIG_CLASSES = {
 }
 
 
-def as_config(cls: type, value: Any):
-    """``value`` as a new ``cls`` dataclass: None gives the defaults; an instance is copied; a dict (e.g. checkpoint hparams) is rebuilt.
-
-    Lists become tuples where the field is a tuple; keys ``cls`` does not know are logged and dropped,
-    so a checkpoint written by a newer version still loads.
-    """
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return copy.deepcopy(value)  # a manager's configs never alias a network's or a caller's
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if not isinstance(value, dict):
-        raise TypeError(f"{cls.__name__} must be given as a {cls.__name__}, a dict or None, got {type(value).__name__}")
-    known = {field.name: field for field in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        logger.warning("%s: ignoring unknown keys %s", cls.__name__, ", ".join(unknown))
-    hints = typing.get_type_hints(cls)
-    values = {name: _as_tuple_if_typed(hints[name], item) for name, item in value.items() if name in known}
-    return cls(**values)
-
-
-def _as_tuple_if_typed(hint: Any, item: Any) -> Any:
-    if isinstance(item, list) and typing.get_origin(hint) is tuple:
-        return tuple(item)
-    return item
-
-
 def configs_of_module(module) -> dict[str, Any]:
     """The four configs a Lightning module was built with, as dataclasses (attributes, else its hparams)."""
     found = {}
@@ -72,7 +38,7 @@ def configs_of_module(module) -> dict[str, Any]:
         value = getattr(module, name, None)
         if value is None:
             value = hparams.get(name)
-        found[name] = as_config(cls, value) if value is not None else None
+        found[name] = as_config(value, cls, unknown="drop") if value is not None else None
     return found
 
 
@@ -81,17 +47,20 @@ class ConfigManager:
 
     Each may be given as its dataclass (copied, never aliased), a dict (lists become tuples where
     the field is a tuple; unknown keys are logged and dropped, so a checkpoint of a newer version
-    loads) or None (defaults); any other type is a TypeError. :meth:`from_loaded_model` takes a
+    loads) or None (defaults); any other type is a TypeError (:func:`ptycho_torch.config_coerce.as_config`
+    with ``unknown='drop'``). Fields this package cannot honour are refused at non-default values
+    (ValueError naming them, :mod:`ptycho_torch.config_support`). :meth:`from_loaded_model` takes a
     loaded model's own configs and freezes the architecture; :meth:`validate_arch_compatibility`
     raises ValueError listing every ``ARCHITECTURE_FIELDS`` field where configs and network differ.
     """
 
     def __init__(self, data_config=None, model_config=None, training_config=None, inference_config=None, datagen_config=None):
-        self.data_config: DataConfig = as_config(DataConfig, data_config)
-        self.model_config: ModelConfig = as_config(ModelConfig, model_config)
-        self.training_config: TrainingConfig = as_config(TrainingConfig, training_config)
-        self.inference_config: InferenceConfig = as_config(InferenceConfig, inference_config)
-        self.datagen_config: DatagenConfig = as_config(DatagenConfig, datagen_config)
+        self.data_config: DataConfig = as_config(data_config, DataConfig, unknown="drop")
+        self.model_config: ModelConfig = as_config(model_config, ModelConfig, unknown="drop")
+        self.training_config: TrainingConfig = as_config(training_config, TrainingConfig, unknown="drop")
+        self.inference_config: InferenceConfig = as_config(inference_config, InferenceConfig, unknown="drop")
+        self.datagen_config: DatagenConfig = as_config(datagen_config, DatagenConfig, unknown="drop")
+        require_supported(self.data_config, self.model_config, self.training_config, self.inference_config, honoured=GROUP_COUNTING_FIELDS)
         self.arch_frozen = False
 
     def __repr__(self) -> str:

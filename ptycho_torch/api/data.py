@@ -261,6 +261,10 @@ def _diffraction_units(files: list[Path], headers: list[dict]) -> str:
     return "auto"
 
 
+GROUP_COUNTING_FIELDS = ("n_subsample", "x_bounds", "y_bounds")
+"""DataConfig fields this API honours by turning them into ``n_groups`` (:func:`_n_groups`), as PtychoPINN counts groups."""
+
+
 def _counted_groups_applied(data):
     """``data`` with the group-counting fields reset: ``_n_groups`` has turned them into ``n_groups``.
 
@@ -270,7 +274,7 @@ def _counted_groups_applied(data):
     from ptycho_torch.config_params import DataConfig
 
     defaults = DataConfig()
-    return replace(data, n_subsample=defaults.n_subsample, x_bounds=defaults.x_bounds, y_bounds=defaults.y_bounds)
+    return replace(data, **{name: getattr(defaults, name) for name in GROUP_COUNTING_FIELDS})
 
 
 def _n_groups(data, headers: list[dict]) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from ptycho_torch.model import checkpoints, physics
 from ptycho_torch.config_coerce import as_config
-from ptycho_torch.config_bridge import lr_schedule
+from ptycho_torch.config_support import require_supported
 from ptycho_torch.model.pinn import PtychoPINN
 
 logger = logging.getLogger(__name__)
@@ -59,6 +58,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         super().__init__()
         self.network = PtychoPINN(model_config, data_config, training_config, inference_config, seed=seed)
         self._check_supported()
+        require_supported(self.model_config, self.training_config, self.inference_config, data=self.data_config)  # DataConfig: the dataset's check
         self.save_hyperparameters({**self.network.configs(), "seed": int(seed)})
         kind = "supervised" if self.model_config.mode == "Supervised" else LOSS_KINDS[self.model_config.loss_function]
         self.loss_name = f"{kind}_train_loss"
@@ -177,25 +177,11 @@ class PtychoPINN_Lightning(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        tc = self.training_config
-        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=tc.learning_rate)
-        if tc.scheduler == "Default":
+        from ptycho_torch.model import optimizers  # the optimizer and scheduler the TrainingConfig names
+
+        optimizer = optimizers.build_optimizer(self.parameters(), self.training_config)
+        scheduler = optimizers.build_scheduler(optimizer, self.training_config)
+        if scheduler is None:
             return optimizer
-        if tc.scheduler == "Exponential":
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)
-        else:
-            schedule = lr_schedule(tc)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(tc.epochs, schedule["lr_warmup_epochs"], schedule["lr_min_ratio"]))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-
-def _warmup_cosine(epochs: int, warmup: int, min_ratio: float):
-    """Learning-rate factor per epoch: linear warm-up, then cosine decay to ``min_ratio``."""
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        progress = (epoch - warmup) / max(1, epochs - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

@@ -237,20 +237,45 @@ def _json_value(value):
     return str(value)
 
 
-def choose_accelerator(training_config) -> tuple[str, int]:
-    """``(accelerator, devices)``: GPUs only when torch sees CUDA; a CUDA request without it falls back to the CPU.
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "gpu")
+CLIP_ALGORITHMS = ("norm", "value")  # what Lightning's Trainer clips by
 
-    Under a launcher that already started one process per device (``torchrun`` sets
-    ``LOCAL_WORLD_SIZE``), ``devices`` is that count, on the CPU too (DDP over gloo); otherwise the
-    CPU trains in one process.
+
+def choose_accelerator(training_config) -> tuple[str, int]:
+    """``(accelerator, devices)`` of ``TrainingConfig.device``: ``'auto'`` (the default) takes the GPUs when torch sees CUDA, else the CPU, silently.
+
+    ``'cpu'`` trains on the CPU; ``'cuda'`` (``'cuda:<index>'``, ``'gpu'``) on the GPUs, falling back to the CPU
+    with one warning when torch sees none. Any other value is a ValueError naming the field. Under a
+    launcher that already started one process per device (``torchrun`` sets ``LOCAL_WORLD_SIZE``),
+    ``devices`` is that count, on the CPU too (DDP over gloo); otherwise the CPU trains in one process.
     """
-    wanted = str(training_config.device or "cpu").lower()
+    wanted = _device_request(training_config.device)
     launched = launched_processes_per_node()
     if wanted != "cpu" and torch.cuda.is_available():
         return "gpu", launched or max(1, min(int(training_config.n_devices), torch.cuda.device_count()))
-    if wanted.startswith("cuda") or wanted == "gpu":
+    if wanted == "cuda":
         logger.warning("TrainingConfig.device=%r but no CUDA device is available: training on the CPU", training_config.device)
     return "cpu", launched or 1
+
+
+def _device_request(device) -> str:
+    """``'auto'``, ``'cpu'`` or ``'cuda'`` for a ``TrainingConfig.device`` value (None: ``'auto'``)."""
+    text = "auto" if device is None else str(device).strip().lower()
+    if text in ("auto", "cpu"):
+        return text
+    if text in ("cuda", "gpu") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return "cuda"
+    raise ValueError(f"TrainingConfig.device={device!r} is not a device; use one of {list(DEVICES)}")
+
+
+def gradient_clipping(training_config) -> dict:
+    """The Trainer's ``gradient_clip_val`` and ``gradient_clip_algorithm`` (None, None when ``gradient_clip_val`` is unset or 0)."""
+    algorithm = str(training_config.gradient_clip_algorithm)
+    if algorithm not in CLIP_ALGORITHMS:
+        raise ValueError(f"TrainingConfig.gradient_clip_algorithm={algorithm!r} is not available (Lightning clips by "
+                         f"{' or '.join(map(repr, CLIP_ALGORITHMS))}); use 'norm' or 'value'")
+    value = training_config.gradient_clip_val or None
+    return {"gradient_clip_val": value, "gradient_clip_algorithm": algorithm if value is not None else None}
 
 
 def launched_processes_per_node() -> int | None:
@@ -265,9 +290,10 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
     One process per device; with one device the strategy is in-process (``'auto'``) whatever
     ``TrainingConfig.strategy`` says (``ddp_spawn`` cannot pickle local callbacks); under ``torchrun``
     it is ``'ddp'`` over the processes it started. Gradient clipping and accumulation follow the
-    config. Metrics go to ``run_dir/metrics.csv``; ``run_dir/INCOMPLETE`` marks it while fitting. A ``run_dir``
-    already holding metrics or checkpoints is refused (FileExistsError): a previous run is never overwritten.
-    A non-finite loss stops training with :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
+    config (``gradient_clip_val`` by ``gradient_clip_algorithm``, ``'norm'`` or ``'value'``). Metrics go to ``run_dir/metrics.csv``;
+    ``run_dir/INCOMPLETE`` marks it while fitting. A ``run_dir`` already holding metrics or checkpoints is refused
+    (FileExistsError): a previous run is never overwritten. A non-finite loss stops training with
+    :class:`NonFiniteLossError`. Under DDP the checkpoints go to rank 0's ``run_dir`` (Lightning
     broadcasts it), so only rank 0 needs a real one.
     """
     tc = as_config(training_config, TrainingConfig)
@@ -277,6 +303,7 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
         raise FileExistsError(f"{run_dir} already holds a previous run ({', '.join(str(p.relative_to(run_dir)) for p in previous)}), "
                               "which this trainer would overwrite; pass a new directory, e.g. "
                               "ptycho_torch.run_dirs.new_run_dir('runs') (a fresh runs/run_<UTC time>)")
+    clipping = gradient_clipping(tc)
     accelerator, devices = choose_accelerator(tc)
     launched = launched_processes_per_node()
     if devices == 1:
@@ -293,7 +320,7 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
         num_nodes=num_nodes,
         strategy=strategy,
         max_epochs=int(tc.epochs),
-        gradient_clip_val=tc.gradient_clip_val or None,
+        **clipping,
         accumulate_grad_batches=max(1, int(tc.accum_steps)),
         callbacks=[checkpoint, ConfigWriter(run_dir), RunInProgressMark(run_dir), StopOnNonFiniteLoss(), *callbacks],
         logger=CSVLogger(run_dir, name="", version=""),

@@ -62,3 +62,24 @@ def test_train_refuses_a_config_with_unknown_sections_naming_the_file(tmp_path):
     assert result.returncode != 0
     assert str(config) in result.stderr and "optimiser" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_quiet_training_prints_the_checkpoint_and_nothing_else_nor_anything_twice(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": CONFIG["model"], "training": {"batch_size": 8, "num_workers": 0}}))  # device: the default 'auto'
+    trained = run("ptycho_torch.cli_train", NPZ, "--config", config, "--epochs", 1, "--n-groups", 16, "--output-dir", tmp_path / "runs", "--quiet")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert trained.stdout.strip().endswith("best-checkpoint.ckpt") and len(trained.stdout.strip().splitlines()) == 1
+    lines = [line for line in trained.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if line.startswith("INFO") or "Tip:" in line], trained.stderr
+    assert len(lines) == len(set(lines)), trained.stderr
+    assert "no CUDA device" not in trained.stderr  # the default device is 'auto'
+
+
+def test_training_prints_lightning_info_once_and_no_tips(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": CONFIG["model"], "training": {"batch_size": 8, "num_workers": 0}}))
+    trained = run("ptycho_torch.cli_train", NPZ, "--config", config, "--epochs", 1, "--n-groups", 16, "--output-dir", tmp_path / "runs")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    available = [line for line in trained.stderr.splitlines() if "GPU available" in line]
+    assert len(available) == 1 and "Tip:" not in trained.stderr, trained.stderr

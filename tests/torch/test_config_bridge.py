@@ -46,7 +46,7 @@ TORCH_DEFAULTS = {
         'loss_function': 'Poisson',
     },
     TrainingConfig: {
-        'nll': True, 'device': 'cuda', 'strategy': 'ddp', 'n_devices': 1, 'learning_rate': 1e-3,
+        'nll': True, 'device': 'auto', 'strategy': 'ddp', 'n_devices': 1, 'learning_rate': 1e-3,
         'epochs': 50, 'batch_size': 16, 'num_workers': 4, 'train_data_file': None,
         'test_data_file': None, 'output_dir': 'training_outputs', 'n_groups': None,
     },

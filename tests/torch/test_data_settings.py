@@ -25,6 +25,13 @@ REFUSED = [
     ("x_bounds", (0.05, 0.95)),
     ("y_bounds", (0.0, 1.0)),
     ("probe_ramp_removal", True),
+    ("K_quadrant", 60),
+    ("min_neighbor_distance", 1.0),
+    ("max_neighbor_distance", 5.0),
+    ("scan_pattern", "Rectangular"),
+    ("probe_normalize", False),
+    ("probe_scale", 2.0),
+    ("phase_subtraction", False),
     ("normalize", "Each"),
     ("normalize", "None"),
 ]
@@ -63,7 +70,7 @@ def test_ptychodus_defaults_and_json_lists_pass_the_checks():
 
 
 def test_settings_left_to_the_model_reach_the_ptycho_config():
-    data = DataConfig(N=N64, probe_scale=4.0, nphotons=1e7, max_neighbor_distance=5.0, K_quadrant=60, probe_normalize=False)
+    data = DataConfig(N=N64, probe_scale=4.0, nphotons=1e7)
     config = to_ptycho_config(EMBEDDED, data, ModelConfig(), TrainingConfig(n_groups=10))
     assert (config.model.probe_scale, config.nphotons) == (4.0, 1e7)
 
