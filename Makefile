@@ -6,7 +6,7 @@ EXTRAS ?= torch,train,test,plot,ptychodus
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test bench bench-ptychi dataset clean-venv
+.PHONY: demo test bench bench-ptychi dataset pretrained clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ dataset: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The shipped model, rebuilt from nothing (ptycho_torch/pretrained/build.py: corpus, training, export); rerun to resume.
+# About an hour of one CPU core (the record beside the weights says how long it took).
+pretrained: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m ptycho_torch.pretrained.build --threads 1

@@ -9,6 +9,9 @@ from scipy import ndimage
 
 __all__ = ["Quality", "reconstruction_quality", "resample_onto_canvas"]
 
+# What a scan's objectGuess is, in labels and messages: in a real scan a previous reconstruction.
+REFERENCE_LABEL = "objectGuess in the scan (not ground truth unless simulated)"
+
 
 @dataclass(frozen=True)
 class Quality:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptycho.quality import reconstruction_quality, resample_onto_canvas
+from ptycho.quality import REFERENCE_LABEL, reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
 from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
@@ -220,7 +220,6 @@ def write_reconstruction(output: Path, result) -> Path:
     return output
 
 
-REFERENCE_LABEL = "objectGuess in the scan (not ground truth unless simulated)"
 COVERED_FRACTION = 1e-3  # as stitching: pixels whose summed probe weight is below this share of its maximum are not reconstructed
 
 
@@ -236,36 +235,11 @@ def log_scores(obj: np.ndarray, reference: np.ndarray, coverage: np.ndarray, sca
                 quality.amplitude_r, quality.phase_r, quality.n_pixels, quality.shift_px)
 
 
-def reconstruction_figure(obj: np.ndarray, reference: np.ndarray | None):
-    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
-    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 7), squeeze=False)
-    for col, (title, image) in enumerate(columns):
-        for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
-            shown = axes[row, col].imshow(part(image), cmap="gray")
-            axes[row, col].set_title(f"{title}:\n{name}", fontsize=9)
-            axes[row, col].axis("off")
-            fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
-    fig.tight_layout()
-    return fig
-
-
 def write_png(obj: np.ndarray, reference: np.ndarray | None, path: Path) -> Path:
-    """:func:`reconstruction_figure` written atomically at ``path``; ``reference`` on the reconstruction's canvas."""
-    import matplotlib.pyplot as plt
+    """The amplitude/phase PNG (:func:`ptycho_torch.plot.write_reconstruction_png`); matplotlib is imported only here."""
+    from ptycho_torch.plot import write_reconstruction_png
 
-    from ptycho_torch.store.atomic import atomic_path
-
-    fig = reconstruction_figure(obj, reference)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return write_reconstruction_png(obj, reference, path)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import ConvexHull
 
+from ptycho.quality import REFERENCE_LABEL
 from ptycho_torch.experiment import Experiment
 
 logger = logging.getLogger(__name__)
@@ -148,3 +149,39 @@ def require_matplotlib():
     except ImportError as exc:
         raise ImportError(f"the groups plot needs matplotlib, which is not installed; {INSTALL_HINT}") from exc
     return Figure, PolyCollection, Rectangle
+
+
+
+
+def reconstruction_figure(obj: np.ndarray, reference: np.ndarray | None):
+    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 7), squeeze=False)
+    for col, (title, image) in enumerate(columns):
+        for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
+            shown = axes[row, col].imshow(part(image), cmap="gray")
+            axes[row, col].set_title(f"{title}:\n{name}", fontsize=9)
+            axes[row, col].axis("off")
+            fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def write_reconstruction_png(obj: np.ndarray, reference: np.ndarray | None, path) -> Path:
+    """:func:`reconstruction_figure` written atomically at ``path``; ``reference`` on the reconstruction's canvas
+    (``ptycho.quality.resample_onto_canvas(scan.objectGuess, obj.shape, result.canvas.origin_px)``), or None."""
+    import matplotlib.pyplot as plt
+
+    from ptycho_torch.store.atomic import atomic_path
+
+    fig = reconstruction_figure(obj, reference)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path

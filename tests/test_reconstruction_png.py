@@ -24,7 +24,7 @@ def test_the_picture_labels_object_guess_as_the_scans_not_as_ground_truth():
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from ptycho_torch.cli_reconstruct import reconstruction_figure
+    from ptycho_torch.plot import reconstruction_figure
 
     obj = complex_object(32)
     fig = reconstruction_figure(obj, resample_onto_canvas(complex_object(64, seed=5), obj.shape, (4.0, 4.0)))

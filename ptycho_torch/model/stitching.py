@@ -72,8 +72,10 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     Args:
         model: a :class:`~ptycho_torch.model.pinn.PtychoPINN` or a ``PtychoPINN_Lightning`` (its ``.network``
             is used): its device is used; it is put in eval mode meanwhile.
-        dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted, each once, so build
-            it with ``n_groups`` equal to the number of scan points to cover every point.
+        dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted. When they leave scan points
+            out (a training dataset of fewer groups than points), a dataset of the same scan, settings and
+            ``data_dir`` with one group per scan point is built first, so the whole scan is reconstructed,
+            as ``ptycho-reconstruct`` does.
         batch_size: groups per batch (memory, not the result).
         canvas: the output grid (pixels); default :func:`default_canvas` of the scan positions.
         experiment: index into ``dataset.experiments``.
@@ -107,6 +109,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    dataset, experiment = _covering_every_point(dataset, experiment, progress)
     exp = dataset.experiments[experiment]
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
@@ -139,6 +142,23 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     obj, coverage = accumulator.result()
     logger.info("stitched %d groups on a %d x %d canvas; count gain %.4g", len(groups), *canvas.shape_px, gain)
     return Reconstruction((obj * gain).astype(np.complex64), coverage, canvas, gain)
+
+
+def _covering_every_point(dataset, experiment: int, progress: bool):
+    """``(dataset, experiment)``, or one group per scan point of that scan (experiment 0) when its groups leave points out."""
+    exp = dataset.experiments[experiment]
+    n_points = len(exp.scan.xcoords)
+    if len(np.unique(exp.grouping.nn_indices)) >= n_points or getattr(dataset, "training_config", None) is None:
+        return dataset, experiment
+    from dataclasses import replace
+
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+
+    logger.info("%s: the dataset's %d groups hold %d of %d scan points; reconstructing from one group per scan point", exp.scan.path,
+                exp.n_groups, len(np.unique(exp.grouping.nn_indices)), n_points)
+    whole = PtychoDataset(exp.scan.path, dataset.data_config, dataset.model_config, replace(dataset.training_config, n_groups=n_points),
+                          data_dir=dataset.data_dir, progress=progress)
+    return whole, 0
 
 
 def _batch(dataset, indices: np.ndarray):

@@ -83,9 +83,10 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     model = PtychoPINN_Lightning(model_config, data, training, InferenceConfig(batch_size=64), seed=recipe["network_seed"])
     model.network.precision = recipe["precision"]
     module = PtychoDataModule(corpus, data, model_config, training, data_dir=work / "memmap", progress=False)
-    run_dir = work / "run"
-    last = run_dir / "checkpoints" / LAST_CHECKPOINT
-    resume = str(last) if last.is_file() else None
+    sessions_dirs = sorted(work.glob("run-*"))  # one run directory per session: build_trainer never reuses one
+    previous = [path / "checkpoints" / LAST_CHECKPOINT for path in sessions_dirs if (path / "checkpoints" / LAST_CHECKPOINT).is_file()]
+    resume = str(previous[-1]) if previous else None
+    run_dir = work / f"run-{len(sessions_dirs):02d}"
     record_path = work / "sessions.json"
     sessions = json.loads(record_path.read_text()) if record_path.is_file() and resume else []
     trainer = build_trainer(training, run_dir, progress=False)
@@ -98,7 +99,7 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     record_path.write_text(json.dumps(sessions, indent=1))
     if trainer.interrupted:
         raise KeyboardInterrupt
-    best = run_dir / "checkpoints" / "best-checkpoint.ckpt"
+    best, last = run_dir / "checkpoints" / "best-checkpoint.ckpt", run_dir / "checkpoints" / LAST_CHECKPOINT
     checkpoint = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")

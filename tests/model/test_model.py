@@ -461,3 +461,16 @@ def test_checkpoints_with_and_without_the_network_prefix_load_into_the_plain_net
         assert not isinstance(plain, L.LightningModule)
         torch.testing.assert_close(plain.predict_patches(batch, probe, scale), expected)
         torch.testing.assert_close(PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu").eval().predict_patches(batch, probe, scale), expected)
+
+
+def test_reconstruct_of_a_training_dataset_covers_the_whole_scan(memmap_dir):
+    """The README's Python route: a dataset of 64 training groups still reconstructs every scan point, as the command does."""
+    data, model_config, training, inference = configs(n_groups=64)
+    few = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    assert len(np.unique(few.experiments[0].grouping.nn_indices)) < 512
+    model = PtychoPINN_Lightning(model_config, data, training, inference)
+    everything = PtychoDataset(NPZ, data, model_config, replace(training, n_groups=512), data_dir=memmap_dir, progress=False)
+    from_few = reconstruct(model, few, progress=False, use_network=False)
+    from_all = reconstruct(model, everything, progress=False, use_network=False)
+    assert (from_few.coverage > 0).mean() == pytest.approx((from_all.coverage > 0).mean())
+    np.testing.assert_allclose(from_few.object, from_all.object, rtol=0, atol=1e-5)
