@@ -117,7 +117,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
-    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups)
+    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups,
+                         whole_scan=args.n_groups is None)
     write_reconstruction(output, result)
     print(output)
     reference = None

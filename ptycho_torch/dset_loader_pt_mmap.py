@@ -170,6 +170,7 @@ class PtychoDataset(Dataset):
             ]
         )
         self.N, self.C = key.N, key.settings.C
+        self.diffraction_units, self.layout, self.lock_timeout = diffraction_units, layout, lock_timeout
         self.ground_truth = ground_truth
         self.y_convention = y_convention
         self._index = _GroupIndex(self.experiments)

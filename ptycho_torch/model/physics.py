@@ -147,8 +147,17 @@ def _crop_centre(images: torch.Tensor, N: int) -> torch.Tensor:
 
 
 def probe_weight(probe: torch.Tensor) -> torch.Tensor:
-    """``sum over modes |P|^2``: ``(B, C, P, N, N)`` complex to ``(B, C, N, N)`` real."""
-    return (probe.real**2 + probe.imag**2).sum(dim=-3)
+    """``sum over modes |P|^2``: ``(B, C, P, N, N)`` complex to ``(B, C, N, N)`` real (broadcast like ``probe``)."""
+    distinct = _distinct(probe)
+    return (distinct.real**2 + distinct.imag**2).sum(dim=-3).expand(*probe.shape[:-3], *probe.shape[-2:])
+
+
+def _distinct(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` without the copies of a broadcast view: a leading axis of stride 0 (the dataset's probe is one
+    copy broadcast over the batch and the group's members) is cut to length 1. Elementwise results of the
+    cut tensor broadcast back to the full shape."""
+    index = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(tensor.stride()[:2], tensor.shape[:2]))
+    return tensor[index]
 
 
 def merge_group(patches: torch.Tensor, weights: torch.Tensor, coords_relative: torch.Tensor, M: int, floor: float = 1e-3):
@@ -230,12 +239,14 @@ def unit_peak(probe: torch.Tensor) -> torch.Tensor:
     taken from the counts (:func:`count_scale`); this keeps ``|P|^2`` within float32's range
     whatever the file's normalisation.
     """
-    return probe / _peak_amplitude(probe).reshape(-1, *([1] * (probe.ndim - 1)))
+    distinct = _distinct(probe)
+    return (distinct / _peak_amplitude(distinct).reshape(-1, *([1] * (probe.ndim - 1)))).expand(probe.shape)
 
 
 def _peak_amplitude(probe: torch.Tensor) -> torch.Tensor:
-    """Each item's largest ``|P|``, ``(B,)``, at least the dtype's smallest normal number."""
-    return probe.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(probe.real.dtype).tiny)
+    """Each item's largest ``|P|``, ``(B,)``, at least the dtype's smallest normal number (broadcast like ``probe``)."""
+    distinct = _distinct(probe)
+    return distinct.abs().flatten(1).amax(dim=1).clamp_min(torch.finfo(probe.real.dtype).tiny).expand(probe.shape[0])
 
 
 RELIABLE_FIELD_FRACTION = 1e-5  # detector fields below this fraction of a pattern's largest are rounding noise (float32)
@@ -261,9 +272,9 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     B, C, N = modulus.shape[0], modulus.shape[1], modulus.shape[-1]
     dtype = modulus.dtype
     windows = GroupWindows(coords_relative, N, region_size(N, coords_relative))
-    probe = probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    probe = _distinct(probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64))
     peak = _peak_amplitude(probe).reshape(-1, 1, 1, 1)
-    probe, modulus = probe / peak.unsqueeze(-1), modulus / peak
+    probe, modulus = probe / peak.unsqueeze(-1), modulus / peak  # probe (1 or B, 1 or C, P, N, N): broadcast below
     coverage = windows.place(probe_weight(probe).expand(B, C, N, N))
     denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1)[:, None, None]
     inverse = 1 / denominator.clamp_min(torch.finfo(dtype).tiny)  # an all-zero probe: no correction, not 0/0
@@ -285,7 +296,8 @@ def count_scale(scale: torch.Tensor, probe: torch.Tensor, N: int) -> torch.Tenso
     ``kappa = (N / 2)^2 / (scale^2 * sum over modes and pixels |P|^2)``, independent of how the
     probe in the file happens to be normalised.
     """
-    probe_energy = (probe.real**2 + probe.imag**2).flatten(1).sum(dim=1) / probe.shape[1]
+    distinct = _distinct(probe)  # the mean over members of each member's energy
+    probe_energy = (distinct.real**2 + distinct.imag**2).flatten(2).sum(dim=2).mean(dim=1).expand(probe.shape[0])
     return (N / 2) ** 2 / (scale.reshape(-1).to(probe_energy.dtype) ** 2 * probe_energy)
 
 

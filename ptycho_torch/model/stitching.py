@@ -54,28 +54,28 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
 
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                        experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True,
-                       groups: str = "all") -> np.ndarray:
+                       groups: str = "all", whole_scan: bool = True) -> np.ndarray:
     """The stitched object of one experiment of ``dataset``: complex64 ``(H, W)``, ``reconstruct(...).object``.
 
     Same arguments and refusals as :func:`reconstruct`.
     """
     return reconstruct(model, dataset, batch_size=batch_size, canvas=canvas, experiment=experiment, progress=progress,
-                       align_phase=align_phase, use_network=use_network, groups=groups).object
+                       align_phase=align_phase, use_network=use_network, groups=groups, whole_scan=whole_scan).object
 
 
 @torch.inference_mode()
 def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                 experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True,
-                groups: str = "all") -> Reconstruction:
+                groups: str = "all", whole_scan: bool = True) -> Reconstruction:
     """Predict every group of ``experiment`` in batches and stitch the member patches.
 
     Args:
         model: a :class:`~ptycho_torch.model.pinn.PtychoPINN` or a ``PtychoPINN_Lightning`` (its ``.network``
             is used): its device is used; it is put in eval mode meanwhile.
-        dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted. When they leave scan points
-            out (a training dataset of fewer groups than points), a dataset of the same scan, settings and
-            ``data_dir`` with one group per scan point is built first, so the whole scan is reconstructed,
-            as ``ptycho-reconstruct`` does.
+        dataset: a ``PtychoDataset``; its groups of ``experiment`` are predicted. With ``whole_scan`` (default),
+            when they leave scan points out (a training dataset of fewer groups than points), a dataset of the
+            same scan, settings, units and ``data_dir`` with one group per scan point is built first, so the
+            whole scan is reconstructed, as ``ptycho-reconstruct`` does; ``whole_scan=False`` keeps the given groups.
         batch_size: groups per batch (memory, not the result).
         canvas: the output grid (pixels); default :func:`default_canvas` of the scan positions.
         experiment: index into ``dataset.experiments``.
@@ -109,7 +109,8 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    dataset, experiment = _covering_every_point(dataset, experiment, progress)
+    if whole_scan:
+        dataset, experiment = _covering_every_point(dataset, experiment, progress)
     exp = dataset.experiments[experiment]
     N = dataset.N
     canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
@@ -157,7 +158,8 @@ def _covering_every_point(dataset, experiment: int, progress: bool):
     logger.info("%s: the dataset's %d groups hold %d of %d scan points; reconstructing from one group per scan point", exp.scan.path,
                 exp.n_groups, len(np.unique(exp.grouping.nn_indices)), n_points)
     whole = PtychoDataset(exp.scan.path, dataset.data_config, dataset.model_config, replace(dataset.training_config, n_groups=n_points),
-                          data_dir=dataset.data_dir, progress=progress)
+                          data_dir=dataset.data_dir, progress=progress, diffraction_units=getattr(dataset, "diffraction_units", "auto"),
+                          layout=getattr(dataset, "layout", "auto"), lock_timeout=getattr(dataset, "lock_timeout", None))
     return whole, 0
 
 
