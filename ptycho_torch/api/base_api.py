@@ -131,7 +131,7 @@ def _shipped_listing() -> str:
     present = pretrained.available_models()
     if present:
         return "shipped models: " + ", ".join(f"{name} ({size} x {size} patterns)" for name, size in present.items())
-    return f"no shipped model's weights are in this installation ({pretrained.MODELS_DIR}; `make pretrained` builds them)"
+    return f"no shipped model's weights are in this installation ({pretrained.MODELS_DIR}; python -m ptycho_torch.pretrained.build builds them)"
 
 
 def load_model(model_path=None, *, pattern_size: int | None = None) -> tuple[PtychoModel, ConfigManager]:

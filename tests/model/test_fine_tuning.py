@@ -134,3 +134,14 @@ def test_an_architecture_field_set_against_the_initial_model_exits_2_naming_fiel
     assert status == 2 and not out
     assert all(text in err for text in expected), err
     assert "without --init" in err
+
+
+def test_python_m_ptycho_torch_pretrained_lists_each_shipped_model_with_its_size_and_file(tmp_path, capsys, monkeypatch):
+    from ptycho_torch.pretrained.__main__ import main as list_main
+
+    monkeypatch.setattr("ptycho_torch.pretrained.MODELS_DIR", tmp_path)
+    assert list_main() == 0
+    assert capsys.readouterr().out == f"pretrained\t64 x 64 patterns\t{tmp_path / 'pinn64.ckpt'}  (missing from this installation; python -m ptycho_torch.pretrained.build builds it)\n"
+    write_standin(tmp_path / "pinn64.ckpt")
+    assert list_main() == 0
+    assert capsys.readouterr().out == f"pretrained\t64 x 64 patterns\t{tmp_path / 'pinn64.ckpt'}\n"
