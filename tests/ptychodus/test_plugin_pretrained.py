@@ -191,3 +191,25 @@ def test_another_group_size_trains_from_random_weights_unless_a_model_was_named(
     assert module.C == 1 and "groups of another size" in caplog.text and "training from random weights" in caplog.text
     with pytest.raises(ValueError, match=r"groups of another size.*grid_size \(1, 1\) \(the model's: \(2, 2\)\)"):
         new_model(manager_for(grid_size_x=1, grid_size_y=1, num_channels=1), init="pretrained")
+
+
+def test_the_guis_spawned_training_child_fine_tunes_the_model_ptychopinn_init_names(tmp_path, monkeypatch, parameters):
+    """Ptychodus's SubprocessReconstructor (fresh spawned children, as the GUI runs them) with PTYCHOPINN_INIT set where Ptychodus starts."""
+    from ptychodus.api.reconstruct import ReconstructOutput
+    from ptychodus.model.ptychopinn_torch.reconstructor import build_reconstructor
+
+    from tests.ptychodus.plugin_support import plugin_settings
+
+    monkeypatch.setenv(INIT_ENV, str(write_standin(tmp_path / "mine.ckpt", seed=7)))  # inherited by the spawned children
+    data, model, training, inference = plugin_settings(**SMALL, learning_rate=1e-12)
+    reconstructor = build_reconstructor("Unsupervised", data, model, inference, training)
+    directory = tmp_path / "train"
+    directory.mkdir()
+    reconstructor.export_training_data(directory / "train_data.npz", parameters)
+    assert len(list(reconstructor.train(directory, directory))) == 1
+    saved = tmp_path / "model.ckpt"
+    reconstructor.save_model(saved)
+    assert same_weights(load_network(saved), standin_network(seed=7), atol=1e-9)
+    results = list(reconstructor.reconstruct(parameters))
+    assert len(results) == 1 and isinstance(results[0], ReconstructOutput)
+    assert np.isfinite(results[0].product.object_.get_layer(0)).all()
