@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "stderr), 3 internal error, 130 interrupted")
     parser.add_argument("data", type=Path, help="scan NPZ or a directory of scan NPZ files")
     parser.add_argument("--config", type=Path, help="JSON or YAML file with sections data, model, training, inference (or data_config, model_config, ...; field names of ptycho_torch.config_params)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+    parser.add_argument("--preset", choices=sorted(PRESETS),
                         help=f"starting settings, under the config file and the options (default: {DEFAULT_PRESET}; "
                              "ptychopinn: PtychoPINN's own, every field at its config_params default)")
+    parser.add_argument("--init", metavar="MODEL", help="fine-tune: start from the weights of a shipped model (pretrained) or of "
+                        "a checkpoint file; the network architecture is the checkpoint's, the training settings come from "
+                        "the preset, the config file and the options")
     parser.add_argument("--output-dir", type=Path, default=Path("training_outputs"), help="runs are written to OUTPUT_DIR/run_<UTC time> (default: training_outputs)")
     parser.add_argument("--data-dir", type=Path, help="memory map and groups cache directory (default: OUTPUT_DIR/memmap)")
     parser.add_argument("--epochs", type=positive_int, help="override training.epochs")
@@ -74,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_configs(args: argparse.Namespace, first_scan: Path):
     """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work."""
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile.defaults(SECTIONS)
-    apply_preset(args.preset, read.configs, read.given)
+    preset = args.preset or DEFAULT_PRESET
+    apply_preset(preset, read.configs, read.given)
     section, model, training, inference = read.configs.values()
     data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
     prefix = f"{args.config}: " if args.config else ""
@@ -88,6 +92,9 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
         raise UsageError(f"{where}.N={data.N} contradicts the {layout.N} x {layout.N} diffraction patterns of {first_scan}; "
                          f"set data.N to {layout.N} or leave it out (it defaults to the pattern size)")
     data.N = layout.N
+    init = getattr(args, "init", None)
+    if init:
+        model, data = _adopt_initial_architecture(init, model, data, read, args)
     _settle_channels(data, read.given["data"], where)
     if args.nphotons is not None:
         data.nphotons = args.nphotons
@@ -100,6 +107,32 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
     training.train_data_file = training.train_data_file or str(first_scan)
     training.test_data_file = training.test_data_file or str(first_scan)
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
+
+
+def _adopt_initial_architecture(init: str, model: ModelConfig, data: DataConfig, read: ConfigFile, args):
+    """``(model, data)`` with the architecture of the ``--init`` network; a config file or an explicit ``--preset``
+    that sets an architecture field to another value is refused, naming the field, both values and the fix."""
+    from ptycho_torch.model.fine_tuning import adopt_architecture, architecture_differences, load_initial_network
+
+    path, network = load_initial_network(init, data.N)
+    sections = ("data", "model")
+    setters = []  # (what sets the fields, {section: field names}, how to stop it)
+    if args.config:
+        setters.append((lambda section: f"{args.config}: {read.spelled[section]}", {s: read.given[s] for s in sections},
+                        "remove it from the config file"))
+    if args.preset:
+        chosen = PRESETS[args.preset].sections
+        setters.append((lambda section: f"--preset {args.preset}: {section}", {s: frozenset(chosen.get(s, {})) for s in sections},
+                        "drop --preset"))
+    for origin, fields, fix in setters:
+        for name, ours, theirs in architecture_differences(network, model, data, fields):
+            section, field = name.split(".")
+            raise UsageError(
+                f"{origin(section)}.{field}={ours!r} differs from the network of --init {init} ({path}), which has {field}={theirs!r}; "
+                f"the architecture comes from the initial model: {fix}, or train from random weights without --init"
+            )
+    logger.info("fine-tuning from %s (%s): its network architecture, the training settings of the preset, config file and options", init, path)
+    return adopt_architecture(network, model, data)
 
 
 def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
@@ -191,6 +224,10 @@ def train(args: argparse.Namespace) -> int:
         module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
                                     lock_timeout=args.lock_timeout)
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
+        if args.init:
+            from ptycho_torch.model.fine_tuning import load_initial_network, start_from
+
+            start_from(model, load_initial_network(args.init, data.N)[1])
         trainer = build_trainer(training, run_dir, progress=not args.quiet)
         trainer.fit(model, datamodule=module)
         if trainer.interrupted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,18 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ConfigManager",
     "DataloaderFormats",
+    "INIT_ENV",
     "InferenceEngine",
     "PtychoDataLoader",
     "PtychoModel",
     "Trainer",
+    "load_model",
 ]
 
 ORCHESTRATION = "lightning"
 CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundred MB at N=64, C=4
+INIT_ENV = "PTYCHOPINN_INIT"  # what training starts from: unset (the shipped model of the pattern size, if any), 'random', a name or a .ckpt
+INIT_RANDOM = "random"
 
 
 class PtychoModel:
@@ -46,11 +51,29 @@ class PtychoModel:
         self.model = None
 
     @classmethod
-    def _new_model(cls, model, config_manager: ConfigManager) -> PtychoModel:
-        """A freshly initialised network of class ``model`` built from ``config_manager``'s configs."""
+    def _new_model(cls, model, config_manager: ConfigManager, init: str | None = None) -> PtychoModel:
+        """The network of class ``model`` that training starts from: fine-tuned from an initial model, else random.
+
+        ``init`` (default: ``$PTYCHOPINN_INIT``): unset, the shipped model for ``data_config.N``
+        (:mod:`ptycho_torch.pretrained`) when this installation has one for that pattern size and group
+        size, else random weights (INFO); ``'random'``: random weights; a shipped model's name or a
+        checkpoint path: that model (an unknown name, a missing file or another pattern or group size
+        is an error naming it). When starting from a model its architecture replaces the configs' (a
+        WARNING lists every architecture setting so replaced, and ``config_manager.model_config`` is
+        updated); everything else (mode, loss, epochs, learning rate, ...) comes from ``config_manager``.
+        """
         cm = config_manager
+        initial = _initial_network(init if init is not None else os.environ.get(INIT_ENV, "").strip() or None, cm)
+        if initial is not None:
+            from ptycho_torch.model.fine_tuning import adopt_architecture
+
+            cm.model_config, cm.data_config = adopt_architecture(initial, cm.model_config, cm.data_config)
         wrapped = cls(model_config=cm.model_config, data_config=cm.data_config, training_config=cm.training_config, inference_config=cm.inference_config)
         wrapped.model = model(cm.model_config, cm.data_config, cm.training_config, cm.inference_config)
+        if initial is not None:
+            from ptycho_torch.model.fine_tuning import start_from
+
+            start_from(wrapped.model, initial)
         return wrapped
 
     @staticmethod
@@ -64,6 +87,87 @@ class PtychoModel:
         hparams = read_checkpoint(Path(path))["hyper_parameters"]
         classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
         return tuple(as_config(hparams[name], cls, unknown="drop") if hparams.get(name) is not None else None for name, cls in classes)
+
+
+def _initial_network(requested: str | None, config_manager: ConfigManager):
+    """The plain network training starts from (see :meth:`PtychoModel._new_model`), or None for random weights."""
+    from ptycho_torch import pretrained
+    from ptycho_torch.model.fine_tuning import architecture_differences, load_initial_network
+
+    N = int(config_manager.data_config.N)
+    if requested == INIT_RANDOM:
+        logger.info("%s=%s: training from random weights", INIT_ENV, INIT_RANDOM)
+        return None
+    if requested is None:
+        requested = next((name for name, size in pretrained.available_models().items() if size == N), None)
+        if requested is None:
+            logger.info("no shipped model for %d x %d patterns (%s): training from random weights", N, N, _shipped_listing())
+            return None
+        explicit = False
+    else:
+        explicit = True
+    path, network = load_initial_network(requested, N)
+    data = config_manager.data_config
+    groups = [f"{name} {ours!r} (the model's: {theirs!r})" for name, ours, theirs in architecture_differences(network, config_manager.model_config, data,
+                                                                                                               {"data": ("C", "grid_size")})]
+    if groups:
+        message = (f"the initial model {requested} ({path}) was trained on groups of another size than these settings: {', '.join(groups)}")
+        if explicit:
+            raise ValueError(f"{message}; set Grid Size and Num Channels to the model's, or choose another initial model ({INIT_ENV})")
+        logger.warning("%s: training from random weights (set Grid Size to the model's to fine-tune it)", message)
+        return None
+    replaced = [f"{name} {ours!r} -> {theirs!r}" for name, ours, theirs in architecture_differences(network, config_manager.model_config, data)]
+    if replaced:
+        logger.warning("fine-tuning %s (%s): its architecture replaces these settings: %s; to train a network of these settings "
+                       "from random weights set %s=%s", requested, path, "; ".join(replaced), INIT_ENV, INIT_RANDOM)
+    else:
+        logger.info("fine-tuning %s (%s)", requested, path)
+    return network
+
+
+def _shipped_listing() -> str:
+    from ptycho_torch import pretrained
+
+    present = pretrained.available_models()
+    if present:
+        return "shipped models: " + ", ".join(f"{name} ({size} x {size} patterns)" for name, size in present.items())
+    return f"no shipped model's weights are in this installation ({pretrained.MODELS_DIR}; python -m ptycho_torch.pretrained.build builds them)"
+
+
+def load_model(model_path=None, *, pattern_size: int | None = None) -> tuple[PtychoModel, ConfigManager]:
+    """``(PtychoModel, ConfigManager)`` to reconstruct with: the plain network of ``model_path``, or of the shipped model.
+
+    The no-Lightning counterpart of loading a checkpoint with ``PtychoPINN_Lightning.load_from_checkpoint``:
+    ``.model`` is a :class:`~ptycho_torch.model.pinn.PtychoPINN` in eval mode and the ConfigManager holds its
+    configs (:meth:`ConfigManager.from_loaded_model`). ``model_path=None`` (no model was trained or
+    loaded) takes the shipped model for ``pattern_size``; a size without one is refused
+    (:class:`~ptycho_torch.pretrained.UnknownModelError` naming the sizes there are) before any data is
+    read. A checkpoint trained on patterns other than ``pattern_size`` is a ValueError naming both.
+    """
+    from ptycho_torch import pretrained
+    from ptycho_torch.model.checkpoints import load_network
+
+    if model_path is None:
+        if pattern_size is None:
+            raise ValueError("no model was trained or loaded: give the scan's pattern_size to reconstruct with the shipped model for it")
+        N = int(pattern_size)
+        name = next((name for name, size in pretrained.available_models().items() if size == N), None)
+        if name is None:
+            raise pretrained.UnknownModelError(
+                f"no model was trained or loaded, and no shipped model reconstructs {N} x {N} diffraction patterns "
+                f"({_shipped_listing()}); load a model trained on {N} x {N} patterns (Load Model) or train one (Train)"
+            )
+        model_path = pretrained.resolve_checkpoint(name)
+        logger.info("no model was trained or loaded: reconstructing with the shipped model %r (%s)", name, model_path)
+    network = load_network(Path(model_path))
+    if pattern_size is not None and network.N != int(pattern_size):
+        raise ValueError(
+            f"the model {model_path} was trained on {network.N} x {network.N} diffraction patterns but the scan holds "
+            f"{int(pattern_size)} x {int(pattern_size)}; load a model trained at this size"
+        )
+    ptycho_model = PtychoModel(**network.configs())
+    ptycho_model.model = network
+    return ptycho_model, ConfigManager.from_loaded_model(ptycho_model)
 
 
 class Trainer:
@@ -131,14 +235,25 @@ def _check_orchestration(orchestration: str) -> None:
 class InferenceEngine:
     """Predicts every group of a loader's dataset and stitches the patches into one complex object.
 
-    Refused (ValueError): a :class:`PtychoModel` without a network; configs whose architecture fields
-    differ from the network's; loader data whose pattern size ``N`` or group size ``C`` differ from
-    those the network was trained on.
+    A :class:`PtychoModel` without a network (no model was trained or loaded) gets the shipped model
+    for ``config_manager.data_config.N`` (:func:`load_model`), and ``config_manager`` then holds that
+    model's configs (as :meth:`ConfigManager.from_loaded_model` would), so a loader built from it
+    afterwards fits the model; a pattern size without a shipped model is refused here, before any
+    data is read (:class:`~ptycho_torch.pretrained.UnknownModelError` naming the sizes there are).
+    Inference runs through the plain network: Lightning is not imported.
+
+    Refused (ValueError): configs whose architecture fields differ from the network's; loader data
+    whose pattern size ``N`` or group size ``C`` differ from those the network was trained on.
     """
 
     def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
         if ptycho_model.model is None:
-            raise ValueError("the PtychoModel holds no network; load a checkpoint first")
+            shipped, configs = load_model(None, pattern_size=config_manager.data_config.N)
+            for name in ("model_config", "data_config", "training_config", "inference_config"):
+                setattr(ptycho_model, name, getattr(shipped, name))
+                setattr(config_manager, name, getattr(configs, name))
+            config_manager.arch_frozen = True
+            ptycho_model.model = shipped.model
         self.config_manager = config_manager
         self.ptycho_model = ptycho_model
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PtychoPINN_Lightning", "as_config"]
 
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"  # Lightning's loader needs it; weights-only exports (ptycho_torch.pretrained) lack it
 SCHEDULERS = ("Default", "WarmupCosine", "Exponential")  # the names the data pipeline's config accepts too
 
 
@@ -79,12 +80,18 @@ class PtychoPINN_Lightning(L.LightningModule):
 
         An empty, truncated or foreign file, or one without the configs of its network, raises
         :class:`~ptycho_torch.model.checkpoints.CheckpointError` naming it; keyword configs override the stored ones.
+        A weights-only export (``state_dict`` and configs, as the shipped models of :mod:`ptycho_torch.pretrained`) loads too.
         """
         if weights_only is not True:
             raise ValueError("PtychoPINN checkpoints are loaded with weights_only=True only (nothing is unpickled)")
         if isinstance(checkpoint_path, (str, Path)):
             data = checkpoints.read_checkpoint_bytes(checkpoint_path)
-            checkpoints.read_checkpoint(checkpoint_path, data, overrides=kwargs)
+            checkpoint = checkpoints.read_checkpoint(checkpoint_path, data, overrides=kwargs)
+            if LIGHTNING_VERSION_KEY not in checkpoint:  # weights and configs only (a shipped model): not Lightning's own file
+                checkpoint[LIGHTNING_VERSION_KEY] = L.__version__
+                data = io.BytesIO()
+                torch.save(checkpoint, data)
+                data = data.getvalue()
             source = io.BytesIO(data)
         else:
             source = checkpoint_path

@@ -52,6 +52,16 @@ def cache_dir(tmp_path_factory):
         os.environ["PTYCHOPINN_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_shipped_model(tmp_path_factory):
+    """Training here starts from random weights whatever ships in the package (test_plugin_pretrained.py covers fine-tuning)."""
+    import ptycho_torch.pretrained as pretrained
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrained, "MODELS_DIR", tmp_path_factory.mktemp("no_models"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def parameters():
     return reconstruct_input(N_POINTS)

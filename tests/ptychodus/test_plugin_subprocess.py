@@ -21,6 +21,7 @@ N_POINTS = 64  # a tiny scan: this test proves the names resolve in a fresh proc
 
 def test_subprocess_reconstructor_trains_saves_loads_and_reconstructs(tmp_path, monkeypatch):
     monkeypatch.setenv("PTYCHOPINN_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the spawned children
+    monkeypatch.setenv("PTYCHOPINN_INIT", "random")  # train from random weights whatever ships in the package
     data, model, training, inference = plugin_settings(
         model_size=64, num_filters_scale=1, epochs=1, coordinate_subsampling_factor=1, num_dataloader_workers=0
     )

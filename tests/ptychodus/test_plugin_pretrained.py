@@ -1,0 +1,215 @@
+"""The shipped model in the Ptychodus API: Reconstruct before any Train, Train fine-tunes (a tiny stand-in, never the real weights)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ptychodus")
+pytest.importorskip("torch")
+pytest.importorskip("tensordict")
+pytest.importorskip("lightning")
+pytest.importorskip("scipy")
+
+import torch  # noqa: E402
+from ptychodus.model.ptychopinn_torch._subprocess import run_reconstruct, run_train  # noqa: E402
+
+import ptycho_torch.pretrained as pretrained  # noqa: E402
+from ptycho_torch.api.base_api import INIT_ENV, ConfigManager, InferenceEngine, PtychoModel, load_model  # noqa: E402
+from ptycho_torch.model.checkpoints import load_network  # noqa: E402
+from tests.ptychodus.plugin_support import (  # noqa: E402
+    build_configs,
+    export_training_data,
+    reconstruct_input,
+    reconstruct_payload,
+    run_in_process,
+    train_payload,
+)
+from tests.standin_model import ship_standin, standin_network, write_standin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+N_POINTS = 64
+SMALL = dict(model_size=64, num_filters_scale=1, epochs=1, coordinate_subsampling_factor=1, num_dataloader_workers=0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTYCHOPINN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(INIT_ENV, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def parameters():
+    return reconstruct_input(N_POINTS)
+
+
+def parameters_of(network) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in getattr(network, "network", network).named_parameters()}
+
+
+def same_weights(a, b, atol: float = 0.0) -> bool:
+    first, second = parameters_of(a), parameters_of(b)
+    return first.keys() == second.keys() and all(torch.allclose(first[k], second[k], rtol=0, atol=atol) for k in first)
+
+
+RECONSTRUCT_BEFORE_TRAIN = r"""
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+import numpy as np
+import ptycho_torch.pretrained as pretrained
+pretrained.MODELS_DIR = Path(sys.argv[1])
+from ptychodus.api.preprocess.diffraction import inpaint_bad_pixels
+from tests.ptychodus.plugin_support import reconstruct_input
+from ptycho_torch.api.base_api import ConfigManager, InferenceEngine, PtychoDataLoader, PtychoModel, load_model
+
+parameters = reconstruct_input(int(sys.argv[2]))
+geometry = parameters.product.object_.get_geometry()
+positions = np.column_stack((geometry.map_probe_positions_to_object_y_px(parameters.product.probe_positions),
+                             geometry.map_probe_positions_to_object_x_px(parameters.product.probe_positions)))
+patterns = inpaint_bad_pixels(parameters.diffraction_patterns, parameters.bad_pixels)
+probe = parameters.product.probes.get_probe_no_opr().get_array()
+
+def stitched(manager, model):
+    engine = InferenceEngine(config_manager=manager, ptycho_model=model)  # as Ptychodus's run_reconstruct: engine, then loader
+    loader = PtychoDataLoader.from_np(diff_patterns=patterns, probe=probe, positions=positions, config_manager=manager, progress=False)
+    return engine.predict_and_stitch(loader, progress=False)
+
+before_train = stitched(ConfigManager(data_config={"N": patterns.shape[-1]}), PtychoModel())  # no model trained or loaded
+lightning_imported = "lightning" in sys.modules
+explicit = stitched(*reversed(load_model(pretrained.MODELS_DIR / "pinn64.ckpt")))
+print(json.dumps({"lightning": lightning_imported, "shape": list(before_train.shape), "input_shape": list(parameters.product.object_.get_layer(0).shape),
+                  "complex": bool(np.iscomplexobj(before_train)), "finite": bool(np.isfinite(before_train).all()),
+                  "nonzero": bool(np.abs(before_train).max() > 0), "same": bool(np.array_equal(before_train, explicit))}))
+"""
+
+
+def test_reconstruct_before_any_train_uses_the_shipped_model_without_importing_lightning(tmp_path):
+    write_standin(tmp_path / "models" / "pinn64.ckpt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PTYCHOPINN_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", RECONSTRUCT_BEFORE_TRAIN, str(tmp_path / "models"), str(N_POINTS)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["lightning"] is False, "inference went through Lightning"
+    assert report["shape"] == report["input_shape"] and report["complex"] and report["finite"] and report["nonzero"]
+    assert report["same"], "the model used when none was loaded is the shipped one"
+    assert "no model was trained or loaded: reconstructing with the shipped model 'pretrained'" in result.stderr
+
+
+def test_reconstruct_before_train_refuses_a_pattern_size_without_a_shipped_model_naming_the_sizes(tmp_path, monkeypatch):
+    ship_standin(monkeypatch, tmp_path / "models")
+    manager = ConfigManager(data_config={"N": 128})
+    with pytest.raises(pretrained.UnknownModelError, match=r"no shipped model reconstructs 128 x 128 .*pretrained \(64 x 64 patterns\).*Load Model"):
+        InferenceEngine(config_manager=manager, ptycho_model=PtychoModel())  # before any loader, so before any data is read
+    monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "empty")
+    with pytest.raises(pretrained.UnknownModelError, match=r"no shipped model's weights are in this installation"):
+        load_model(None, pattern_size=64)
+
+
+def test_loading_the_shipped_file_in_ptychodus_reconstructs(tmp_path, monkeypatch, parameters):
+    """The GUI's Load Model with the shipped weights-only file: Ptychodus's own run_reconstruct (Lightning's loader) reads it."""
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    messages = run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, parameters))
+    assert [tag for tag, _ in messages] == ["output"]
+    array = pickle.loads(messages[0][1]).product.object_.get_layer(0)
+    assert array.shape == parameters.product.object_.get_layer(0).shape and np.isfinite(array).all() and np.abs(array).max() > 0
+
+
+def test_ptychodus_train_fine_tunes_the_shipped_model_by_default(tmp_path, monkeypatch, parameters, caplog):
+    ship_standin(monkeypatch, tmp_path / "models")
+    directory = tmp_path / "train"
+    export_training_data(directory, parameters)
+    configs = build_configs(**SMALL, learning_rate=1e-12)  # Ptychodus's defaults: cbam_encoder on, no batch norm, ...
+    with caplog.at_level(logging.INFO):
+        messages = run_in_process(run_train, train_payload(configs, directory, directory))
+    assert [tag for tag, _ in messages] == ["train_output", "model_saved"]
+    trained = load_network(Path(messages[1][1]))
+    standin = standin_network()
+    assert same_weights(trained, standin, atol=1e-9), "training started from the shipped weights"
+    for field in ("n_filters_scale", "base_filters", "cbam_encoder", "use_shared_decoder", "batch_norm"):
+        assert getattr(trained.model_config, field) == getattr(standin.model_config, field), field
+    assert trained.model_config.truth_loss_weight == 0.0 and trained.training_config.learning_rate == 1e-12
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("ptycho_torch")]
+    assert any("fine-tuning pretrained" in m and "model.cbam_encoder True -> False" in m and f"{INIT_ENV}=random" in m for m in warnings), warnings
+
+
+def manager_for(**settings) -> ConfigManager:
+    data, model, training, inference, datagen = build_configs(**{**SMALL, **settings})
+    return ConfigManager(data_config=data, model_config=model, training_config=training, inference_config=inference, datagen_config=datagen)
+
+
+def new_model(manager, init=None):
+    from ptycho_torch.model import PtychoPINN_Lightning
+
+    return PtychoModel._new_model(model=PtychoPINN_Lightning, config_manager=manager, init=init).model
+
+
+def test_new_model_starts_from_random_weights_without_a_shipped_model_or_when_asked(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "empty")
+    manager = manager_for()
+    sent = manager.model_config
+    with caplog.at_level(logging.INFO):
+        module = new_model(manager)
+    assert module.model_config == sent and "no shipped model for 64 x 64 patterns" in caplog.text
+
+    ship_standin(monkeypatch, tmp_path / "models")
+    monkeypatch.setenv(INIT_ENV, "random")
+    module = new_model(manager_for())
+    assert module.model_config.cbam_encoder is True and not same_weights(module, standin_network())
+
+
+def test_new_model_starts_from_the_checkpoint_the_environment_names(tmp_path, monkeypatch):
+    path = write_standin(tmp_path / "mine.ckpt", seed=7)
+    monkeypatch.setenv(INIT_ENV, str(path))
+    assert same_weights(new_model(manager_for()), standin_network(seed=7))
+
+    monkeypatch.setenv(INIT_ENV, str(write_standin(tmp_path / "n32.ckpt", N=32)))
+    with pytest.raises(ValueError, match=r"trained on 32 x 32 diffraction patterns but the scan holds 64 x 64"):
+        new_model(manager_for())
+    monkeypatch.setenv(INIT_ENV, "nonexistent")
+    with pytest.raises(pretrained.UnknownModelError, match=r"shipped models: pretrained \(64 x 64 patterns\)"):
+        new_model(manager_for())
+
+
+def test_another_group_size_trains_from_random_weights_unless_a_model_was_named(tmp_path, monkeypatch, caplog):
+    ship_standin(monkeypatch, tmp_path / "models")
+    with caplog.at_level(logging.WARNING):
+        module = new_model(manager_for(grid_size_x=1, grid_size_y=1, num_channels=1))
+    assert module.C == 1 and "groups of another size" in caplog.text and "training from random weights" in caplog.text
+    with pytest.raises(ValueError, match=r"groups of another size.*grid_size \(1, 1\) \(the model's: \(2, 2\)\)"):
+        new_model(manager_for(grid_size_x=1, grid_size_y=1, num_channels=1), init="pretrained")
+
+
+def test_the_guis_spawned_training_child_fine_tunes_the_model_ptychopinn_init_names(tmp_path, monkeypatch, parameters):
+    """Ptychodus's SubprocessReconstructor (fresh spawned children, as the GUI runs them) with PTYCHOPINN_INIT set where Ptychodus starts."""
+    from ptychodus.api.reconstruct import ReconstructOutput
+    from ptychodus.model.ptychopinn_torch.reconstructor import build_reconstructor
+
+    from tests.ptychodus.plugin_support import plugin_settings
+
+    monkeypatch.setenv(INIT_ENV, str(write_standin(tmp_path / "mine.ckpt", seed=7)))  # inherited by the spawned children
+    data, model, training, inference = plugin_settings(**SMALL, learning_rate=1e-12)
+    reconstructor = build_reconstructor("Unsupervised", data, model, inference, training)
+    directory = tmp_path / "train"
+    directory.mkdir()
+    reconstructor.export_training_data(directory / "train_data.npz", parameters)
+    assert len(list(reconstructor.train(directory, directory))) == 1
+    saved = tmp_path / "model.ckpt"
+    reconstructor.save_model(saved)
+    assert same_weights(load_network(saved), standin_network(seed=7), atol=1e-9)
+    results = list(reconstructor.reconstruct(parameters))
+    assert len(results) == 1 and isinstance(results[0], ReconstructOutput)
+    assert np.isfinite(results[0].product.object_.get_layer(0)).all()
