@@ -14,7 +14,7 @@ import numpy as np
 from ptycho.quality import REFERENCE_LABEL, reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
 from ptycho.validation import DIFFRACTION_UNITS
-from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, parse_or_status,
+from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, non_negative_int, parse_or_status,
                               positive_int, run_reporting_errors)
 
 logger = logging.getLogger("ptycho_torch.reconstruct")
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
+    parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
+                        help="error-reduction iterations over the whole object after the network's pass, with the known probe "
+                             "(default 0; benchmarks/RESULTS.md has quality against CPU s)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -119,6 +122,10 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups,
                          whole_scan=args.n_groups is None)
+    if args.refine:
+        from ptycho_torch.model.refine import refine
+
+        result = refine(result, dataset, args.refine, progress=not args.quiet)
     write_reconstruction(output, result)
     print(output)
     reference = None

@@ -80,22 +80,34 @@ class GroupWindows:
 
     def __init__(self, coords_relative: torch.Tensor, N: int, M: int):
         shift = coords_relative[:, :, 0, :].detach().to(torch.float64)
-        self.B, self.C, self.N, self.M = shift.shape[0], shift.shape[1], int(N), int(M)
-        start = (self.M - self.N) // 2 - shift  # [col, row] of each window's first sample
+        dtype = coords_relative.dtype if coords_relative.is_floating_point() else torch.float32
+        self._locate((int(M) - int(N)) // 2 - shift, int(N), (int(M), int(M)), dtype)
+
+    @classmethod
+    def at(cls, corner_px: torch.Tensor, N: int, shape_px: tuple[int, int], dtype=torch.float32) -> "GroupWindows":
+        """Windows whose first sample sits at ``corner_px (B, C, 2)`` ``[col, row]`` (sub-pixel) of ``(B, H, W)`` regions."""
+        windows = cls.__new__(cls)
+        windows._locate(corner_px.detach().to(torch.float64), int(N), (int(shape_px[0]), int(shape_px[1])), dtype)
+        return windows
+
+    def _locate(self, start: torch.Tensor, N: int, shape: tuple[int, int], dtype) -> None:
+        self.B, self.C, self.N = start.shape[0], start.shape[1], N
+        self.H, self.W = shape
+        self.M = self.H  # square regions: the side
         whole = torch.floor(start)
-        fraction = (start - whole).to(coords_relative.dtype if coords_relative.is_floating_point() else torch.float32)
+        fraction = (start - whole).to(dtype)
         self.fx, self.fy = fraction[..., 0, None, None], fraction[..., 1, None, None]  # (B, C, 1, 1)
-        taps = torch.arange(self.N + 1, device=shift.device)
+        taps = torch.arange(self.N + 1, device=start.device)
         rows = whole[..., 1, None].long() + taps  # (B, C, N + 1)
         cols = whole[..., 0, None].long() + taps
-        inside = ((rows >= 0) & (rows < self.M))[..., :, None] & ((cols >= 0) & (cols < self.M))[..., None, :]
-        batch = torch.arange(self.B, device=shift.device)[:, None, None, None] * self.M * self.M
-        flat = batch + rows.clamp(0, self.M - 1)[..., :, None] * self.M + cols.clamp(0, self.M - 1)[..., None, :]
+        inside = ((rows >= 0) & (rows < self.H))[..., :, None] & ((cols >= 0) & (cols < self.W))[..., None, :]
+        batch = torch.arange(self.B, device=start.device)[:, None, None, None] * self.H * self.W
+        flat = batch + rows.clamp(0, self.H - 1)[..., :, None] * self.W + cols.clamp(0, self.W - 1)[..., None, :]
         self.index = flat.reshape(-1)  # (B C (N + 1)^2) into the flattened regions
         self.inside = None if bool(inside.all()) else inside
 
     def extract(self, region: torch.Tensor) -> torch.Tensor:
-        """The members' patches ``(B, C, N, N)`` of ``region (B, M, M)``."""
+        """The members' patches ``(B, C, N, N)`` of ``region (B, H, W)``."""
         window = region.reshape(-1)[self.index].reshape(self.B, self.C, self.N + 1, self.N + 1)
         if self.inside is not None:
             window = window * self.inside
@@ -103,12 +115,12 @@ class GroupWindows:
         return along_x[..., : self.N, :] + self.fy.to(window.real.dtype) * (along_x[..., 1:, :] - along_x[..., : self.N, :])
 
     def place(self, patches: torch.Tensor) -> torch.Tensor:
-        """The region ``(B, M, M)`` holding the sum of the ``patches (B, C, N, N)`` at their windows (adjoint of :meth:`extract`)."""
+        """The region ``(B, H, W)`` holding the sum of the ``patches (B, C, N, N)`` at their windows (adjoint of :meth:`extract`)."""
         spread = bilinear_spread(patches, self.fx, self.fy)
         if self.inside is not None:
             spread = spread * self.inside
-        flat = torch.zeros(self.B * self.M * self.M, dtype=patches.dtype, device=patches.device)
-        return flat.index_add(0, self.index, spread.reshape(-1)).reshape(self.B, self.M, self.M)
+        flat = torch.zeros(self.B * self.H * self.W, dtype=patches.dtype, device=patches.device)
+        return flat.index_add(0, self.index, spread.reshape(-1)).reshape(self.B, self.H, self.W)
 
 
 def bilinear_spread(patches: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:

@@ -103,3 +103,14 @@ def test_ptycho_reconstruct_pretrained_writes_the_object_of_the_embedded_scan(tm
     with np.load(tmp_path / "r.npz", allow_pickle=False) as out:
         assert out["object"].dtype == np.complex64 and np.isfinite(out["object"]).all() and (np.abs(out["object"]) > 0).mean() > 0.5
     assert (tmp_path / "r.png").stat().st_size > 10_000
+    refined, _ = _reconstruct("pretrained", NPZ, "--output", tmp_path / "refined.npz", "--data-dir", tmp_path / "memmap", "--refine", 5,
+                              "--canvas", "object", "--no-png", "--quiet", cwd=tmp_path)
+    plain, _ = _reconstruct("pretrained", NPZ, "--output", tmp_path / "plain.npz", "--data-dir", tmp_path / "memmap",
+                            "--canvas", "object", "--no-png", "--quiet", cwd=tmp_path)
+    assert refined.returncode == 0 and plain.returncode == 0, (refined.stderr[-2000:], plain.stderr[-2000:])
+    truth = np.load(NPZ, allow_pickle=False)["objectGuess"]
+    scores = {}
+    for name in ("refined", "plain"):
+        with np.load(tmp_path / f"{name}.npz", allow_pickle=False) as out:
+            scores[name] = reconstruction_quality(out["object"], truth, out["coverage"] > 0.05 * out["coverage"].max())
+    assert scores["refined"].phase_r > scores["plain"].phase_r + 0.02, scores
