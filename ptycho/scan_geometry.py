@@ -58,16 +58,21 @@ def measure_geometry(xcoords, ycoords, probe, pattern_size_px: int) -> ScanGeome
     return ScanGeometry(int(x.size), span, median_neighbour_distance_px(x, y), probe_width_px(probe), int(pattern_size_px))
 
 
-def check_scan_geometry(where: str, xcoords, ycoords, probe, pattern_size_px: int) -> ScanGeometry:
+def check_scan_geometry(where: str, xcoords, ycoords, probe, pattern_size_px: int, *, refuse: bool = True) -> ScanGeometry:
     """Refuse positions spanning less than a pixel; warn when neighbours lie farther apart than the probe is wide.
 
-    ``where`` names the scan in the messages. Raises ValueError; warns through logging.
+    ``where`` names the scan in the messages. Raises ValueError (with ``refuse=False``, as the Python
+    dataset path does to keep PtychoPINN's behaviour on any positions, it warns instead); warns through logging.
     """
     geometry = measure_geometry(xcoords, ycoords, probe, pattern_size_px)
     if geometry.n_points > 1 and geometry.span_px < MIN_SPAN_PX:
-        raise ValueError(
-            f"{where}: the {geometry.n_points} scan positions (xcoords, ycoords) span only {geometry.span_px:.3g} pixels, "
-            f"less than one pixel of the {pattern_size_px} x {pattern_size_px} patterns; {UNITS_HINT}")
+        message = (f"{where}: the {geometry.n_points} scan positions (xcoords, ycoords) span only {geometry.span_px:.3g} pixels, "
+                   f"less than one pixel of the {pattern_size_px} x {pattern_size_px} patterns; {UNITS_HINT}")
+        if refuse:
+            raise ValueError(message)
+        if geometry not in _warned:
+            _warned.add(geometry)
+            logger.warning("%s", message)
     if geometry.neighbour_distance_px > geometry.probe_width_px and geometry not in _warned:
         _warned.add(geometry)
         logger.warning(

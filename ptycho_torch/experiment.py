@@ -108,7 +108,7 @@ def prepare_experiment(
     problem = probe_size_problem(scan.probeGuess, scan.N) or probe_value_problem(scan.probeGuess)
     if problem:
         raise ScanFileError(f"{npz_path} key 'probeGuess': {problem}")
-    check_scan_geometry(str(npz_path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
+    check_scan_geometry(str(npz_path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N, refuse=False)  # the commands refuse
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))

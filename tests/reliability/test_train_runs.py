@@ -85,7 +85,7 @@ def test_two_ddp_ranks_share_one_run_directory(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(free_port()), "-m", "ptycho_torch.cli_train", str(EMBEDDED), "--config", str(config),
-         "--output-dir", str(tmp_path / "runs"), "--n-groups", "16", "--quiet"],
+         "--output-dir", str(tmp_path / "runs"), "--n-groups", "16"],  # not --quiet: Lightning's INFO line shows the two ranks
         cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
