@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, help="units of the scans' diffraction (default: "
                         "data.diffraction_units, else auto: integer dtypes are photon counts, floats amplitudes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="the U-Net's arithmetic in training (default fp32; bf16 is faster on CPUs with native bfloat16 and was "
+                             "used for the shipped model; auto: bf16 where the device computes it natively)")
     parser.add_argument("--threads", type=positive_int, help="torch threads per training process (default: OMP_NUM_THREADS when set, "
                         "else the cores this process may use less its loader workers)")
     add_lock_timeout_argument(parser)
@@ -224,6 +227,10 @@ def train(args: argparse.Namespace) -> int:
         module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
                                     lock_timeout=args.lock_timeout)
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
+        from ptycho_torch.model.pinn import choose_precision
+        from ptycho_torch.model.training import choose_accelerator
+
+        model.network.precision = choose_precision(args.precision, "cuda" if choose_accelerator(training)[0] == "gpu" else "cpu")
         if args.init:
             from ptycho_torch.model.fine_tuning import load_initial_network, start_from
 
