@@ -474,3 +474,25 @@ def test_reconstruct_of_a_training_dataset_covers_the_whole_scan(memmap_dir):
     from_all = reconstruct(model, everything, progress=False, use_network=False)
     assert (from_few.coverage > 0).mean() == pytest.approx((from_all.coverage > 0).mean())
     np.testing.assert_allclose(from_few.object, from_all.object, rtol=0, atol=1e-5)
+
+
+def test_bf16_precision_runs_the_unet_body_in_bfloat16_and_stays_close_to_fp32():
+    from ptycho_torch.model.pinn import choose_precision
+
+    data, model_config, training, inference = configs()
+    network = PtychoPINN_Lightning(model_config, data, training, inference, seed=2).network.eval()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    images = torch.rand(2, 8, 64, 64)
+    with torch.inference_mode():
+        network.precision = "fp32"
+        exact = network.generator_output(images)
+        network.precision = "bf16"
+        rounded = network.generator_output(images)
+    assert rounded.dtype == torch.complex64 and not torch.equal(rounded, exact)  # the bf16 path ran
+    assert float((rounded - exact).abs().max() / exact.abs().max()) < 0.02
+    assert choose_precision("fp32", "cpu") == "fp32" and choose_precision("bf16", "cpu") == "bf16"
+    assert choose_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision 'half'"):
+        choose_precision("half", "cpu")
