@@ -290,15 +290,16 @@ def _reach_text(reach: dict) -> str:
 
 def per_scan_table(per_scan: dict, headline: str) -> str:
     """The headline single pass per scan against LSQML's time to the same quality, with the target verdict."""
-    lines = [f"| scan | kind | families (probe, object, trajectory) | amp r | phase r | CPU s (dataset + pass) | "
+    lines = [f"| scan | kind | families (probe, object, trajectory) | photons per pattern | amp r | phase r | CPU s (dataset + pass) | "
              f"LSQML CPU s to same quality | ratio | LSQML CPU s to same phase r alone | "
              f"amp r >= {AMPLITUDE_TARGET}, phase r >= {PHASE_TARGET} | ratio <= {RATIO_TARGET} |",
-             "|---|---|---|---:|---:|---:|---|---:|---|---|---|"]
+             "|---|---|---|---:|---:|---:|---:|---|---:|---|---|---|"]
     for scan, entry in per_scan.items():
         r = entry["ways"][headline]
         verdict = target_verdict(r)
         fast = {True: "yes", False: "no", None: "undecided"}[verdict["fast"]]
-        lines.append(f"| {Path(scan).stem} | {entry['kind']} | {entry['families']} | {r['amplitude_r']:.3f} | {r['phase_r']:.3f} | "
+        dose = entry["recipe"].get("dose")
+        lines.append(f"| {Path(scan).stem} | {entry['kind']} | {entry['families']} | {f'{dose:.2g}' if dose else '-'} | {r['amplitude_r']:.3f} | {r['phase_r']:.3f} | "
                      f"{r['dataset_cpu_s']:.2f} + {r['reconstruct_cpu_s']:.2f} | {_reach_text(r['lsqml_to_reach'])} | "
                      f"{_ratio_text(r['lsqml_to_reach'])} | {_reach_text(r['lsqml_to_reach']['phase_only'])} | "
                      f"{'yes' if verdict['quality'] else 'no'} | {fast} |")
@@ -466,7 +467,8 @@ def main(argv=None) -> int:
     if not args.no_embedded:
         scans[EMBEDDED_KIND] = [EMBEDDED]
         recipes[str(EMBEDDED)] = {"kind": EMBEDDED_KIND, "probe": "pinhole", "object": "islands", "trajectory": "raster",
-                                  "simulator": "ptycho.simulate preset 'embedded' (the older simulator, seed 0)", "n_points": 512}
+                                  "simulator": "ptycho.simulate preset 'embedded' (the older simulator, seed 0)", "n_points": 512,
+                                  "dose": 1e6}
     settings = bench_ptychi.PtychiSettings(threads=args.threads)
     epochs = sorted(set(args.lsqml_epochs))
     work = Path(tempfile.mkdtemp(prefix="bench_pretrained_"))
