@@ -226,11 +226,14 @@ def target_verdict(record: dict) -> dict:
     quality = record["amplitude_r"] >= AMPLITUDE_TARGET and record["phase_r"] >= PHASE_TARGET
     reach = record["lsqml_to_reach"]
     ratio = reach.get("ratio")
-    # 'at most first': the true ratio is at least the one shown, so a ratio <= 0.5 is not proof; 'not reached': at most.
+    # 'at most first': the true ratio is at least the one shown, so only a ratio above 0.5 decides (not fast);
+    # 'not reached': the true ratio is at most the one shown, so only a ratio <= 0.5 decides (fast). None: undecided.
     if ratio is None:
         fast = None
     elif reach["ratio_bound"] == "at least":
         fast = False if ratio > RATIO_TARGET else None
+    elif reach["ratio_bound"] == "at most":
+        fast = True if ratio <= RATIO_TARGET else None
     else:
         fast = ratio <= RATIO_TARGET
     return {"quality": quality, "fast": fast, "met": bool(quality and fast)}

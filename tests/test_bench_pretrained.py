@@ -45,3 +45,9 @@ def test_target_verdict_needs_quality_and_half_the_cpu_time():
     early = {"amplitude_r": 0.5, "phase_r": 0.5, "cpu_s": 0.1}
     early["lsqml_to_reach"] = time_to_quality(early, CURVE)
     assert early["lsqml_to_reach"]["ratio_bound"] == "at least" and target_verdict(early)["fast"] is None
+    # LSQML never reaches it in its epochs: the ratio is an upper bound, so only a ratio <= 0.5 decides
+    beyond = {"amplitude_r": 0.99, "phase_r": 0.95, "cpu_s": 4.0}
+    beyond["lsqml_to_reach"] = time_to_quality(beyond, CURVE)
+    assert beyond["lsqml_to_reach"]["ratio_bound"] == "at most" and math.isclose(beyond["lsqml_to_reach"]["ratio"], 0.4)
+    assert target_verdict(beyond) == {"quality": True, "fast": True, "met": True}
+    assert target_verdict(dict(beyond, lsqml_to_reach=time_to_quality(dict(beyond, cpu_s=8.0), CURVE)))["fast"] is None
