@@ -48,6 +48,7 @@ from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model.checkpoints import load_network  # noqa: E402
 from ptycho_torch.model.pinn import choose_precision  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
+from ptycho_torch.model.refine import refine  # noqa: E402
 
 logger = logging.getLogger("bench_pretrained")
 
@@ -71,17 +72,23 @@ class Way:
     groups: str
     precision: str
     use_network: bool
+    refine: int = 0  # error-reduction iterations over the whole object after the pass (ptycho_torch.model.refine)
 
     @property
     def name(self) -> str:
         if not self.use_network:
-            return f"physics input ({self.groups})"
-        return f"single pass ({self.groups}, {self.precision})"
+            base = f"physics input ({self.groups})"
+        else:
+            base = f"single pass ({self.groups}, {self.precision})"
+        return base if not self.refine else f"{base} + refine {self.refine}"
 
 
-def model_ways(precisions=("bf16", "fp32"), groups=("cover", "all")) -> list[Way]:
-    """Physics input on each group selection, then the single pass for each selection and precision."""
-    return [Way(g, "fp32", False) for g in groups] + [Way(g, p, True) for g in groups for p in precisions]
+def model_ways(precisions=("bf16", "fp32"), groups=("cover", "all"), refinements=(), headline_precision="bf16") -> list[Way]:
+    """Physics input on each group selection, the single pass for each selection and precision, then the headline
+    pass (cover) and the physics input (cover) each followed by each number of refinement iterations."""
+    ways = [Way(g, "fp32", False) for g in groups] + [Way(g, p, True) for g in groups for p in precisions]
+    return ways + [Way(HEADLINE_GROUPS, headline_precision, True, n) for n in refinements] + [
+        Way(HEADLINE_GROUPS, "fp32", False, n) for n in refinements]
 
 
 def lsqml_name(epochs: int) -> str:
@@ -144,6 +151,7 @@ def run_model_way(network, dataset, way: Way, truth_shape):
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     result = reconstruct(network, dataset, canvas=Canvas(truth_shape, (0, 0)), groups=way.groups, use_network=way.use_network,
                          progress=False)
+    result = refine(result, dataset, way.refine, progress=False)
     return result, time.process_time() - started_cpu, time.perf_counter() - started_wall
 
 
@@ -432,6 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-embedded", action="store_true", help="leave out datasets/sim_small.npz")
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=list(LSQML_EPOCHS), help="empty: no Pty-chi")
     parser.add_argument("--precisions", nargs="+", choices=("bf16", "fp32"), default=["bf16", "fp32"])
+    parser.add_argument("--refine", nargs="*", type=int, default=[5, 10, 20, 40],
+                        help="refinement iterations after the headline pass and after the physics input alone (empty: none)")
     parser.add_argument("--groups", nargs="+", choices=("cover", "all"), default=["cover", "all"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds comparable with Pty-chi's)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "pretrained_heldout.json")
@@ -463,7 +473,8 @@ def main(argv=None) -> int:
     headline_precision = choose_precision("auto", "cpu")
     headline = Way(HEADLINE_GROUPS, headline_precision, True).name
     precisions = list(dict.fromkeys([headline_precision, *args.precisions]))
-    ways = model_ways(precisions, args.groups if HEADLINE_GROUPS in args.groups else [HEADLINE_GROUPS, *args.groups])
+    ways = model_ways(precisions, args.groups if HEADLINE_GROUPS in args.groups else [HEADLINE_GROUPS, *args.groups], args.refine,
+                      headline_precision)
     physics = Way(HEADLINE_GROUPS, "fp32", False).name
 
     heldout = args.heldout or ROOT / "benchmarks" / "results" / (
