@@ -149,7 +149,7 @@ def _covering_every_point(dataset, experiment: int, progress: bool):
     """``(dataset, experiment)``, or one group per scan point of that scan (experiment 0) when its groups leave points out."""
     exp = dataset.experiments[experiment]
     n_points = len(exp.scan.xcoords)
-    if len(np.unique(exp.grouping.nn_indices)) >= n_points or getattr(dataset, "training_config", None) is None:
+    if exp.n_groups >= n_points or getattr(dataset, "training_config", None) is None:  # already one group per scan point
         return dataset, experiment
     from dataclasses import replace
 
