@@ -342,6 +342,8 @@ def time_to_quality_figure(per_scan: dict, kinds: list[str], model_way_names: li
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    refined = [name for name in model_way_names if " + refine " in name]
+    model_way_names = [name for name in model_way_names if name not in refined]
     markers = {name: m for name, m in zip(model_way_names, "os^vDPX*")}
     fig, axes = plt.subplots(2, len(kinds), figsize=(3.2 * len(kinds), 6.4), squeeze=False, sharey="row")
     for col, kind in enumerate(kinds):
@@ -361,6 +363,12 @@ def time_to_quality_figure(per_scan: dict, kinds: list[str], model_way_names: li
                     r = entry["ways"].get(name)
                     if r is not None:
                         ax.plot(r["cpu_s"], r[metric], markers[name], color=color, ms=5, mfc="none" if not r["use_network"] else color)
+                for start in dict.fromkeys(name.split(" + refine ")[0] for name in refined):
+                    series = [entry["ways"][start]] + sorted((entry["ways"][n] for n in refined if n.startswith(start + " + refine ")
+                                                              and n in entry["ways"]), key=lambda r: r["cpu_s"])
+                    if start in entry["ways"] and len(series) > 1:
+                        ax.plot([r["cpu_s"] for r in series], [r[metric] for r in series], "--" if series[0]["use_network"] else ":",
+                                marker=".", color=color, lw=0.9, ms=3)
         for row, (metric, label) in enumerate((("amplitude_r", "amplitude r"), ("phase_r", "phase r"))):
             ax = axes[row, col]
             ax.set_xscale("log")
@@ -378,7 +386,8 @@ def time_to_quality_figure(per_scan: dict, kinds: list[str], model_way_names: li
                                        label=name) for name in model_way_names]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle("Held-out scans: quality against CPU seconds, one torch thread. Lines: Pty-chi LSQML (epoch counts annotated);\n"
-                 "markers: the pretrained model's single pass (filled) and its physics input (open); dotted: issue 26's targets", fontsize=8)
+                 "markers: the pretrained model's single pass (filled) and its physics input (open); dashed (dotted): the pass (physics input)\n"
+                 "then 5, 10, 20, 40 refinement iterations; horizontal dotted lines: issue 26's targets", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
