@@ -113,6 +113,7 @@ def parse_args(argv=None):
     parser.add_argument("--ptychi-epochs", type=int, default=10)
     parser.add_argument("--ptychi-json", type=Path, help="reuse the Pty-chi records of an earlier run of this script instead")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
+    parser.add_argument("--no-cold", action="store_true", help="keep the memory maps of an earlier run and skip the first (cache-building) run")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-speed/reconstruct"), help="memory maps and outputs (its memmap-* are deleted)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "reconstruct.json")
     return parser.parse_args(argv)
@@ -139,14 +140,15 @@ def main(argv=None) -> int:
     for scan in args.scans:
         points = count_points(scan)
         data_dir = args.workdir / f"memmap-{scan.stem}"
-        shutil.rmtree(data_dir, ignore_errors=True)
         out = args.workdir / f"{scan.stem}_reconstruction.npz"
         entry = {"scan": str(scan), "points": points, "runs": {}}
-        cold = run_child(reconstruct_args(args.checkpoint, scan, out, data_dir, "cover", args.precision[0], False, args.threads), env)
-        cold["cpu_s_beyond_torch"] = cold["cpu_s"] - torch_cpu
-        entry["cold"] = {"groups": "cover", "precision": args.precision[0], "png": "off", **cold}
-        print(f"{scan.name} ({points} points) cold cover {args.precision[0]} no-png: {cold['cpu_s_beyond_torch']:.2f} CPU s beyond torch, "
-              f"{cold['max_rss_mib']:.0f} MiB, load {cold['load_1min']:.2f}", flush=True)
+        if not args.no_cold:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            cold = run_child(reconstruct_args(args.checkpoint, scan, out, data_dir, "cover", args.precision[0], False, args.threads), env)
+            cold["cpu_s_beyond_torch"] = cold["cpu_s"] - torch_cpu
+            entry["cold"] = {"groups": "cover", "precision": args.precision[0], "png": "off", **cold}
+            print(f"{scan.name} ({points} points) cold cover {args.precision[0]} no-png: {cold['cpu_s_beyond_torch']:.2f} CPU s beyond torch, "
+                  f"{cold['max_rss_mib']:.0f} MiB, load {cold['load_1min']:.2f}", flush=True)
         for groups, precision, png in itertools.product(args.groups, args.precision, args.png):
             runs = [run_child(reconstruct_args(args.checkpoint, scan, out, data_dir, groups, precision, png == "on", args.threads), env)
                     for _ in range(args.repeats)]
@@ -191,9 +193,10 @@ def markdown(r: dict) -> str:
     for entry in r["scans"]:
         name = Path(entry["scan"]).name
         ref = lsqml.get(name)
-        c = entry["cold"]
-        lines.append(f"| {name} ({entry['points']:,} points), first run (builds the cache) | cover | {c['precision']} | off | "
-                     f"{c['cpu_s_beyond_torch']:.2f} (1 run) | {c['max_rss_mib']:.0f} | | |")
+        if "cold" in entry:
+            c = entry["cold"]
+            lines.append(f"| {name} ({entry['points']:,} points), first run (builds the cache) | cover | {c['precision']} | off | "
+                         f"{c['cpu_s_beyond_torch']:.2f} (1 run) | {c['max_rss_mib']:.0f} | | |")
         for key, run in entry["runs"].items():
             s = run["cpu_s_beyond_torch"]
             ratio = f"{s['median'] / ref['cpu_s']['median']:.3f}" if ref else ""
