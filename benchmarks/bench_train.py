@@ -1,0 +1,135 @@
+"""Training groups per CPU second through the real Trainer, before and after, measured in one run.
+
+    git worktree add --detach /tmp/bench-speed/base 0b10270        # the baseline tree, once
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_train.py --tree base=/tmp/bench-speed/base:fp32 \\
+        --tree current=.:fp32 --tree current=.:bf16 --repeats 3
+
+Each ``--tree LABEL=PATH:PRECISION`` is trained in a fresh child process with ``PYTHONPATH=PATH`` (its own
+code), one torch thread, CPU: ``datasets/sim_small.npz``, ``n_groups`` 512, the benchmark preset of
+``bench_model.py`` (n_filters_scale 1, base_filters 16, no CBAM, shared decoder, batch norm, truth loss
+weight 300, batch 8, learning rate 2e-3, WarmupCosine), 2 epochs, through ``PtychoDataModule`` and
+``ptycho_torch.model.training.build_trainer`` (a fresh run directory each time). ``bf16`` sets
+``model.network.precision = 'bf16'`` before ``fit`` (trees that have it). Timed: ``time.process_time()``
+around ``trainer.fit`` (validation and checkpoint writing included, dataset construction not). Groups per
+CPU s = training groups x epochs / that time. The trees run interleaved, round after round, so the load
+hits them alike; the JSON (default ``benchmarks/figures/train.json``) keeps every run with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "datasets" / "sim_small.npz"
+
+CHILD = r"""
+import json, os, sys, time, logging
+import torch
+torch.set_num_threads(1)
+from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+from ptycho_torch.model import PtychoPINN_Lightning
+from ptycho_torch.model.training import PtychoDataModule, build_trainer
+logging.disable(logging.WARNING)
+scan, work, precision, epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
+model_config = ModelConfig(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True, batch_norm=True, object_big=True,
+                           truth_loss_weight=300.0)
+training = TrainingConfig(n_groups=512, epochs=epochs, batch_size=8, learning_rate=2e-3, scheduler="WarmupCosine", lr_warmup_epochs=0,
+                          lr_min_ratio=0.0, device="cpu", num_workers=0, train_data_file=scan, test_data_file=scan)
+dataset = PtychoDataset(scan, data, model_config, training, data_dir=os.path.join(work, "memmap"), ground_truth=True, progress=False)
+model = PtychoPINN_Lightning(model_config, data, training, InferenceConfig(batch_size=64), seed=0)
+if precision != "fp32":
+    model.network.precision = precision
+module = PtychoDataModule(dataset, data, model_config, training)
+run_dir = os.path.join(work, "run-%d-%d" % (os.getpid(), time.time_ns()))
+trainer = build_trainer(training, run_dir, progress=False)
+load = os.getloadavg()[0]
+wall, cpu = time.perf_counter(), time.process_time()
+trainer.fit(model, datamodule=module)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+groups = len(module.train_indices) * epochs
+print(json.dumps({"fit_cpu_s": cpu, "fit_wall_s": wall, "train_groups": len(module.train_indices), "val_groups": len(module.val_indices),
+                  "epochs": epochs, "group_steps": groups, "groups_per_cpu_s": groups / cpu, "load_1min": load,
+                  "torch_threads": torch.get_num_threads(), "final_loss": {k: float(v) for k, v in trainer.callback_metrics.items()}}))
+"""
+
+
+def parse_tree(text: str) -> dict:
+    label, rest = text.split("=", 1)
+    path, _, precision = rest.rpartition(":")
+    return {"label": label, "path": str(Path(path).resolve()), "precision": precision or "fp32"}
+
+
+def commit_of(path: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True).stdout.strip()
+
+
+def run(tree: dict, work: Path, epochs: int, scan: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=tree["path"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    work.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(scan), str(work), tree["precision"], str(epochs)], env=env, cwd=tree["path"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree['label']} ({tree['path']}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", action="append", required=True, help="LABEL=PATH[:fp32|bf16], in the order they run each round")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--scan", type=Path, default=EMBEDDED)
+    parser.add_argument("--workdir", type=Path, default=None, help="memory maps and run directories (default: a temporary directory)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "train.json")
+    args = parser.parse_args(argv)
+    trees = [parse_tree(t) for t in args.tree]
+    for tree in trees:
+        tree["commit"] = commit_of(tree["path"])
+    record = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "trees": trees, "epochs": args.epochs,
+              "scan": str(args.scan), "load_1min_start": os.getloadavg()[0], "runs": {f"{t['label']}:{t['precision']}": [] for t in trees}}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        work = args.workdir or Path(tmp)
+        for round_ in range(args.repeats):
+            for tree in trees:
+                key = f"{tree['label']}:{tree['precision']}"
+                result = run(tree, work / tree["label"], args.epochs, args.scan.resolve())
+                record["runs"][key].append(result)
+                print(f"round {round_ + 1} {key} ({tree['commit']}): {result['group_steps']} group steps in {result['fit_cpu_s']:.2f} CPU s = "
+                      f"{result['groups_per_cpu_s']:.2f} groups/CPU s (load {result['load_1min']:.2f})", flush=True)
+    record["load_1min_end"] = os.getloadavg()[0]
+    record["summary"] = {}
+    for key, runs in record["runs"].items():
+        rates = [r["groups_per_cpu_s"] for r in runs]
+        record["summary"][key] = {"groups_per_cpu_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
+                                  "fit_cpu_s": [r["fit_cpu_s"] for r in runs]}
+    base_key = next(iter(record["runs"]))
+    base = record["summary"][base_key]["groups_per_cpu_s"]["median"]
+    lines = [f"bench_train: {record['date_utc']}, {args.epochs} epochs of {args.scan.name}, 1 thread, load {record['load_1min_start']:.2f} -> "
+             f"{record['load_1min_end']:.2f}", "",
+             f"| tree (commit), precision | fit CPU s per run | groups per CPU s (median, min-max) | / {base_key} |", "|---|---|---:|---:|"]
+    for tree in trees:
+        key = f"{tree['label']}:{tree['precision']}"
+        s = record["summary"][key]
+        g = s["groups_per_cpu_s"]
+        s["ratio_to_first"] = g["median"] / base
+        lines.append(f"| {tree['label']} ({tree['commit']}), {tree['precision']} | {', '.join(f'{c:.2f}' for c in s['fit_cpu_s'])} | "
+                     f"{g['median']:.2f} ({g['min']:.2f}-{g['max']:.2f}) | {s['ratio_to_first']:.2f}x |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
