@@ -130,8 +130,14 @@ def bilinear_spread(patches: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -
     ``translate`` does to a patch padded by one row and column, with a two-tap kernel per axis.
     """
     fx, fy = fx.to(patches.real.dtype), fy.to(patches.real.dtype)
-    spread_y = F.pad(patches * (1 - fy), (0, 0, 0, 1)) + F.pad(patches * fy, (0, 0, 1, 0))
-    return F.pad(spread_y * (1 - fx), (0, 1)) + F.pad(spread_y * fx, (1, 0))
+    N = patches.shape[-1]
+    spread_y = patches.new_zeros(*patches.shape[:-2], N + 1, N)
+    spread_y[..., :N, :] += patches * (1 - fy)
+    spread_y[..., 1:, :] += patches * fy
+    spread = patches.new_zeros(*patches.shape[:-2], N + 1, N + 1)
+    spread[..., :N] += spread_y * (1 - fx)
+    spread[..., 1:] += spread_y * fx
+    return spread
 
 
 def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> int:
