@@ -297,9 +297,13 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     denominator = coverage + regularisation * coverage.flatten(1).amax(dim=1)[:, None, None]
     inverse = 1 / denominator.clamp_min(torch.finfo(dtype).tiny)  # an all-zero probe: no correction, not 0/0
     region = torch.ones(B, windows.M, windows.M, dtype=probe.dtype, device=modulus.device)
-    for _ in range(steps):
-        exit_waves = probe * windows.extract(region).unsqueeze(2)
-        corrected = near_field(project_modulus(far_field(exit_waves), modulus, RELIABLE_FIELD_FRACTION))
+    for step in range(steps):
+        if step == 0 and windows.inside is None:  # the flat start: every member's exit wave is the probe itself
+            exit_waves, field = probe, far_field(probe)  # one far field per distinct probe, not per member
+        else:
+            exit_waves = probe * windows.extract(region).unsqueeze(2)
+            field = far_field(exit_waves)
+        corrected = near_field(project_modulus(field, modulus, RELIABLE_FIELD_FRACTION))
         correction = (probe.conj() * (corrected - exit_waves)).sum(dim=2)
         region = region + windows.place(correction) * inverse
     return windows.extract(region)
