@@ -55,8 +55,7 @@ def main(argv=None) -> int:
         recipe["precision"] = args.precision
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
     build(recipe, args.work, output, threads=args.threads, command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
-    print(output)
-    return 0
+    return 0  # build() logged the path it wrote
 
 
 def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=()) -> Path:
