@@ -152,18 +152,6 @@ def region_size(N: int, coords_relative: torch.Tensor, margin_px: int = 2) -> in
     return size
 
 
-def _pad_to(images: torch.Tensor, M: int) -> torch.Tensor:
-    N = images.shape[-1]
-    before = (M - N) // 2
-    return F.pad(images, (before, M - N - before, before, M - N - before))
-
-
-def _crop_centre(images: torch.Tensor, N: int) -> torch.Tensor:
-    M = images.shape[-1]
-    before = (M - N) // 2
-    return images[..., before : before + N, before : before + N]
-
-
 def probe_weight(probe: torch.Tensor) -> torch.Tensor:
     """``sum over modes |P|^2``: ``(B, C, P, N, N)`` complex to ``(B, C, N, N)`` real (broadcast like ``probe``)."""
     distinct = _distinct(probe)
