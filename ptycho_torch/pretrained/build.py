@@ -35,6 +35,9 @@ RECIPE = {
 }
 
 
+CORPUS_FAMILY_KEYS = ("probe_families", "object_families", "trajectories")  # absent: ptycho.corpus's training split
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="pretrained", choices=sorted(SHIPPED))
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter rebuild, e.g. for a test)")
     parser.add_argument("--n-scans", type=int, help="override the recipe's corpus size")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="override the recipe's U-Net arithmetic")
+    parser.add_argument("--probes", nargs="+", help="override the corpus's probe families (an ablation, e.g. --probes pinhole)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: cheapest in CPU time on a shared machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -53,6 +57,8 @@ def main(argv=None) -> int:
         recipe["corpus"]["n_scans"] = args.n_scans
     if args.precision:
         recipe["precision"] = args.precision
+    if args.probes:
+        recipe["corpus"]["probe_families"] = list(args.probes)
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
     build(recipe, args.work, output, threads=args.threads, command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
     return 0  # build() logged the path it wrote
@@ -69,11 +75,13 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
 
     torch.set_num_threads(threads)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = work / f"corpus-{recipe['corpus']['n_scans']}-seed{recipe['corpus']['seed']}"
+    families = {key: tuple(value) for key, value in recipe["corpus"].items() if key in CORPUS_FAMILY_KEYS}
+    named = "".join("-" + "+".join(value) for value in families.values())
+    corpus = work / f"corpus-{recipe['corpus']['n_scans']}-seed{recipe['corpus']['seed']}{named}"
     if len(list(corpus.glob("*.npz"))) != recipe["corpus"]["n_scans"]:
         started = time.process_time()
         write_training_corpus(corpus, recipe["corpus"]["n_scans"], recipe["corpus"]["seed"], n_points=recipe["corpus"]["n_points"],
-                              N=recipe["corpus"]["N"])
+                              N=recipe["corpus"]["N"], **families)
         logger.info("corpus of %d scans written to %s in %.1f CPU s", recipe["corpus"]["n_scans"], corpus, time.process_time() - started)
     data = DataConfig(**{**recipe["data"], "grid_size": tuple(recipe["data"]["grid_size"])})
     model_config = ModelConfig(**recipe["model"])
