@@ -36,7 +36,7 @@ PHASES = [
     ("      generator_input (physics input: 2 ER steps)", "ptycho_torch/model/pinn.py", "generator_input"),
     ("      generator_output (U-Net)", "ptycho_torch/model/pinn.py", "generator_output"),
     ("      merge_group (object_big)", "ptycho_torch/model/physics.py", "merge_group"),
-    ("    predicted_counts (count gain)", "ptycho_torch/model/pinn.py", "predicted_counts"),
+    ("    measurement.counts (count gain)", "ptycho_torch/model/forward_model.py", "counts"),
     ("    _Accumulator.add (stitching, phase alignment)", "ptycho_torch/model/stitching.py", "add"),
     ("  write_reconstruction (NPZ)", "ptycho_torch/cli_reconstruct.py", "write_reconstruction"),
     ("  log_scores (against objectGuess)", "ptycho_torch/cli_reconstruct.py", "log_scores"),

@@ -38,7 +38,7 @@ class PtychoPINN_Lightning(L.LightningModule):
     Input: ``PtychoDataset`` batches ``(batch, probe, scale)`` (specs/data_contracts.md section 6):
     ``images (B, C, N, N)`` float32 normalised amplitudes, ``coords_relative (B, C, 1, 2)`` object
     pixels, ``probe (B, C, P, N, N)`` complex64, ``scale (B, 1, 1, 1)``; ``C = grid_size[0] *
-    grid_size[1]``. Output of :meth:`predict_patches`: ``(B, C, N, N)`` complex object patches
+    grid_size[1]``. Output of :meth:`forward` (the network's prediction): ``(B, C, N, N)`` complex object patches
     (dimensionless transmission; the absolute phase is arbitrary). Logged losses, per pixel:
     ``<kind>_train_loss``, ``<kind>_val_loss`` and ``val_loss``, ``<kind>`` being ``poisson``,
     ``mae`` or ``supervised``. Inference needs only ``.network``; :func:`checkpoints.load_network`
@@ -132,34 +132,23 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     # ---- prediction: the network's ----------------------------------------------------------
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw generator output ``(B, C, N, N)`` complex from :meth:`generator_input` images (``network.generator_output``)."""
-        return self.network.generator_output(inputs)
-
-    def generator_input(self, batch, probe, scale) -> torch.Tensor:
-        return self.network.generator_input(batch, probe, scale)
-
-    def predict_patches(self, batch, probe, scale, *, use_network: bool = True) -> torch.Tensor:
-        return self.network.predict_patches(batch, probe, scale, use_network=use_network)
-
-    def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor, batch=None) -> torch.Tensor:
-        return self.network.predicted_counts(patches, probe, scale, batch)
-
-    def count_scale(self, batch, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return self.network.count_scale(batch, probe, scale)
+    def forward(self, batch, probe, scale) -> torch.Tensor:
+        """The predicted object patches ``(B, C, N, N)`` of a dataset batch (``network.predict_patches``)."""
+        return self.network(batch, probe, scale)
 
     # ---- training ---------------------------------------------------------------------------
 
     def loss_of(self, batch) -> torch.Tensor:
         td, probe, scale = batch
         scale = scale.reshape(-1)
-        patches = self.predict_patches(td, probe, scale)
+        measurement = self.network.measurement(td, probe, scale)
+        patches = self.network.predict_patches(td, probe, scale, measurement=measurement)
         if self.model_config.mode == "Supervised":
             if "Y" not in td.keys():
                 raise KeyError("Supervised training needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from a scan with objectGuess or Y")
             return (patches - td["Y"]).abs().mean()
         counts = physics.counts_from_amplitudes(td["images"], scale)
-        predicted = self.predicted_counts(patches, probe, scale, td)
+        predicted = measurement.counts(patches, self.network.count_gain())
         if self.model_config.loss_function == "Poisson":
             loss = physics.poisson_nll(predicted, counts).mean()
         else:
@@ -168,8 +157,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         if weight > 0:
             if "Y" not in td.keys():
                 raise KeyError("ModelConfig.truth_loss_weight > 0 needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from scans with objectGuess or Y, or set truth_loss_weight=0")
-            weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe)))
-            loss = loss + weight * physics.phase_invariant_error(patches, td["Y"], weights).mean()
+            loss = loss + weight * physics.phase_invariant_error(patches, td["Y"], measurement.weights).mean()
         return loss
 
     def training_step(self, batch, batch_idx):

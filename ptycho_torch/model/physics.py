@@ -13,6 +13,7 @@ __all__ = [
     "bilinear_spread",
     "count_scale",
     "counts_from_amplitudes",
+    "error_reduction_correction",
     "extract_from_region",
     "far_field",
     "far_field_intensity",
@@ -258,6 +259,16 @@ def _peak_amplitude(probe: torch.Tensor) -> torch.Tensor:
 RELIABLE_FIELD_FRACTION = 1e-5  # detector fields below this fraction of a pattern's largest are rounding noise (float32)
 
 
+def error_reduction_correction(exit_waves: torch.Tensor, field: torch.Tensor, probe: torch.Tensor, modulus: torch.Tensor) -> torch.Tensor:
+    """``sum_m conj(P_m) (near_field(Pi(Psi_m)) - psi_m)``, ``(B, C, N, N)``: one error-reduction correction of object patches.
+
+    ``exit_waves (B, C, P, N, N)`` and their ``field = far_field(exit_waves)``; ``Pi`` imposes
+    ``modulus (B, C, N, N)`` (:func:`project_modulus` with ``RELIABLE_FIELD_FRACTION``).
+    """
+    corrected = near_field(project_modulus(field, modulus, RELIABLE_FIELD_FRACTION))
+    return (probe.conj() * (corrected - exit_waves)).sum(dim=2)
+
+
 def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative: torch.Tensor, steps: int,
                     regularisation: float = 0.05) -> torch.Tensor:
     """Object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region, from ``O = 1``.
@@ -291,9 +302,7 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
         else:
             exit_waves = probe * windows.extract(region).unsqueeze(2)
             field = far_field(exit_waves)
-        corrected = near_field(project_modulus(field, modulus, RELIABLE_FIELD_FRACTION))
-        correction = (probe.conj() * (corrected - exit_waves)).sum(dim=2)
-        region = region + windows.place(correction) * inverse
+        region = region + windows.place(error_reduction_correction(exit_waves, field, probe, modulus)) * inverse
     return windows.extract(region)
 
 

@@ -10,6 +10,7 @@ import torch
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.model import physics
+from ptycho_torch.model.forward_model import FarFieldPtychography
 from ptycho_torch.model.networks import build_generator
 
 __all__ = ["CONFIG_NAMES", "choose_precision", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PRECISIONS", "PtychoPINN", "plain_config"]
@@ -104,6 +105,10 @@ class PtychoPINN(torch.nn.Module):
         """The predicted object patches ``(B, C, N, N)`` complex of a dataset batch (:meth:`predict_patches`)."""
         return self.predict_patches(batch, probe, scale)
 
+    def measurement(self, batch, probe, scale) -> FarFieldPtychography:
+        """The forward model of a dataset batch (probe at unit peak, the experiment's count scale), built once per batch."""
+        return FarFieldPtychography.of_batch(probe, scale, batch)
+
     def generator_output(self, inputs: torch.Tensor) -> torch.Tensor:
         """Raw generator output ``(B, C, N, N)`` complex from :meth:`generator_input` images: the object
         patches (``generator_output='object'``) or the factor that corrects the estimate (``'correction'``).
@@ -120,29 +125,30 @@ class PtychoPINN(torch.nn.Module):
             amplitude, phase = self.generator(inputs)
         return torch.polar(amplitude.float(), phase.float())
 
-    def generator_input(self, batch, probe, scale) -> torch.Tensor:
+    def generator_input(self, batch, probe, scale, *, measurement: FarFieldPtychography | None = None) -> torch.Tensor:
         """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
         (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``)."""
         images = batch["images"]
         if self.model_config.generator_input == "diffraction":
             return images
-        probe = physics.unit_peak(physics.as_probe_modes(probe))
+        measurement = measurement or self.measurement(batch, probe, scale)
         with torch.no_grad():  # a function of the data alone
             counts = physics.counts_from_amplitudes(images, scale)
-            modulus = physics.measured_modulus(counts, self.count_scale(batch, probe, scale))
             coords = batch["coords_relative"].to(images.dtype)
-            estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps)) - 1
+            estimate = measurement.physics_input(counts, coords, int(self.model_config.object_estimate_steps)) - 1
         return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
-    def predict_patches(self, batch, probe, scale, *, use_network: bool = True) -> torch.Tensor:
+    def predict_patches(self, batch, probe, scale, *, use_network: bool = True,
+                        measurement: FarFieldPtychography | None = None) -> torch.Tensor:
         """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``.
 
         ``use_network=False`` returns the physics input alone (the object estimate, merged the same
-        way): what the pipeline gives without the network.
+        way): what the pipeline gives without the network. ``measurement``: the batch's
+        :meth:`measurement`, when the caller already built it.
         """
-        probe = physics.unit_peak(physics.as_probe_modes(probe))  # |P|^2 stays in range whatever the file's scale
         scale = scale.reshape(-1)
-        inputs = self.generator_input(batch, probe, scale)
+        measurement = measurement or self.measurement(batch, probe, scale)
+        inputs = self.generator_input(batch, probe, scale, measurement=measurement)
         if not use_network:
             if self.model_config.generator_input != "object_estimate":
                 raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
@@ -154,7 +160,7 @@ class PtychoPINN(torch.nn.Module):
         if self.model_config.object_big and self.C > 1:
             coords = batch["coords_relative"].to(patches.real.dtype)
             M = physics.region_size(self.N, coords)
-            region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, M)
+            region, _ = physics.merge_group(patches, measurement.weights.to(patches.real.dtype), coords, M)
             patches = physics.extract_from_region(region, coords, self.N)
         return patches
 
@@ -162,26 +168,11 @@ class PtychoPINN(torch.nn.Module):
         """The complex object estimate ``(B, C, N, N)`` that :meth:`generator_input` encoded as ``[Re(O - 1), Im(O - 1)]``."""
         return torch.complex(inputs[:, : self.C], inputs[:, self.C : 2 * self.C]) + 1
 
+    def count_gain(self) -> torch.Tensor:
+        """The learnt count gain ``exp(2 log_gain)`` (1 unless ``ModelConfig.intensity_scale_trainable``)."""
+        return torch.exp(2 * self.log_gain)
+
     def predicted_counts(self, patches: torch.Tensor, probe: torch.Tensor, scale: torch.Tensor, batch=None) -> torch.Tensor:
-        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale.
-
-        ``batch`` (the TensorDict) supplies the experiment's count scale (:meth:`count_scale`); without
-        it, ``scale`` is taken as the experiment's.
-        """
-        probe = physics.unit_peak(physics.as_probe_modes(probe))  # kappa * |F(P O)|^2 does not depend on P's scale
-        kappa = self.count_scale(batch, probe, scale) * torch.exp(2 * self.log_gain)
-        return kappa[:, None, None, None] * physics.far_field_intensity(patches, probe)
-
-    def count_scale(self, batch, probe: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``kappa (B,)`` of each item's experiment (specs/model.md section 3).
-
-        It comes from the experiment's mean counts per pattern, ``1 / physics_scaling_constant``,
-        not from ``scale``, which under ``DataConfig.normalize='Group'`` is each group's own: a group
-        in a dark part of the object must predict a dark object, not one of unit mean transmission.
-        A batch without ``physics_scaling_constant`` (or ``batch=None``) uses ``scale``.
-        """
-        scale = scale.reshape(-1)
-        if batch is not None and "physics_scaling_constant" in batch.keys():
-            mean_counts = 1 / batch["physics_scaling_constant"].reshape(-1).to(torch.float64)
-            scale = ((self.N / 2) / torch.sqrt(mean_counts)).to(scale.dtype)  # the scale of normalize='Batch'
-        return physics.count_scale(scale, probe, self.N)
+        """Expected photon counts ``(B, C, N, N)`` of object patches under the batch's probe and count scale
+        (:meth:`measurement`; without ``batch``, ``scale`` is taken as the experiment's), times :meth:`count_gain`."""
+        return self.measurement(batch, probe, scale).counts(patches, self.count_gain())

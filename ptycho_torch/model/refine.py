@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ptycho_torch.model import physics
+from ptycho_torch.model.forward_model import FarFieldPtychography
 from ptycho_torch.model.stitching import COVERAGE_FLOOR, Reconstruction
 
 logger = logging.getLogger(__name__)
@@ -40,23 +41,21 @@ def refine(result: Reconstruction, dataset, iterations: int, *, experiment: int 
         return result
     exp = dataset.experiments[experiment]
     N, (H, W) = dataset.N, result.canvas.shape_px
-    probe = physics.unit_peak(dataset.probes[experiment][None, None])[0, 0]  # (P, N, N), peak amplitude 1
+    probe = physics.unit_peak(dataset.probes[experiment][None, None])  # (1, 1, P, N, N), peak amplitude 1
     probe_energy = float((probe.real**2 + probe.imag**2).sum())
     kappa = float(np.mean(exp.store.energy)) / probe_energy  # mean counts per pattern / what a unit object gives
+    measurement = FarFieldPtychography(probe, torch.tensor([kappa]))
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
     batches = [slice(start, start + batch_size) for start in range(0, len(corners), batch_size)]
     windows = [physics.GroupWindows.at(corners[None, part], N, (H, W)) for part in batches]
-    weight = (probe.real**2 + probe.imag**2).sum(dim=0)  # (N, N)
-    coverage = sum(w.place(weight.expand(1, w.C, N, N)) for w in windows)[0]
+    coverage = sum(w.place(measurement.weights.expand(1, w.C, N, N)) for w in windows)[0]
     inverse = 1 / (coverage + REGULARISATION * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
     obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64)[None]
     for _ in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
         update = torch.zeros_like(obj)
         for part, w in zip(batches, windows):
             modulus = torch.from_numpy(np.abs(np.asarray(exp.store.diffraction[part], dtype=np.float32)))[None] / math.sqrt(kappa)
-            exit_waves = probe * w.extract(obj).unsqueeze(2)  # (1, b, P, N, N)
-            corrected = physics.near_field(physics.project_modulus(physics.far_field(exit_waves), modulus, physics.RELIABLE_FIELD_FRACTION))
-            update += w.place((probe.conj() * (corrected - exit_waves)).sum(dim=2))
+            update += w.place(measurement.correction(w.extract(obj), modulus))
         obj = obj + update * inverse
     covered = (coverage > COVERAGE_FLOOR * coverage.max()).numpy()
     refined = np.where(covered, obj[0].numpy(), 0).astype(np.complex64)

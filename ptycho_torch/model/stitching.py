@@ -131,11 +131,12 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
         for start in tqdm(range(0, len(groups), batch_size), desc="reconstructing", unit="batch", disable=not progress):
             td, probe, scale = _batch(dataset, groups[start : start + batch_size])
             td, probe, scale = {key: value.to(device) for key, value in td.items()}, probe.to(device), scale.to(device).reshape(-1)
-            patches = model.predict_patches(td, probe, scale) if use_network else model.predict_patches(td, probe, scale, use_network=False)
+            measurement = model.measurement(td, probe, scale)
+            patches = model.predict_patches(td, probe, scale, use_network=use_network, measurement=measurement)
             counts_total += float(physics.counts_from_amplitudes(td["images"], scale).sum(dtype=torch.float64))
-            predicted_total += float(model.predicted_counts(patches, probe, scale, td).sum(dtype=torch.float64))
+            predicted_total += float(measurement.counts(patches, model.count_gain()).sum(dtype=torch.float64))
             positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :]  # (B, C, 2) [x, y]
-            weights = physics.probe_weight(physics.unit_peak(physics.as_probe_modes(probe))).to(patches.real.dtype)
+            weights = measurement.weights.expand(patches.shape).to(patches.real.dtype)
             accumulator.add(patches.flatten(0, 1), weights.flatten(0, 1), positions.flatten(0, 1), group_size=patches.shape[1] if align_phase else 0)
     finally:
         model.train(was_training)

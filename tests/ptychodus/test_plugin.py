@@ -225,7 +225,6 @@ class _TruePatches:
 
         self.truth, self.N, self.training = truth, N, False
         self._weight = torch.nn.Parameter(torch.zeros(()))
-        self._counts = None
 
     def parameters(self):
         return iter([self._weight])
@@ -239,19 +238,26 @@ class _TruePatches:
     def to(self, device):
         return self
 
-    def predict_patches(self, td, probe, scale):
+    def measurement(self, td, probe, scale):
+        from ptycho_torch.model import physics
+        from ptycho_torch.model.forward_model import FarFieldPtychography
+
+        measurement = FarFieldPtychography.of_batch(probe, scale, td)
+        measured = physics.counts_from_amplitudes(td["images"], scale)
+        measurement.counts = lambda patches, gain=1.0: measured  # the measured counts exactly: a count gain of 1
+        return measurement
+
+    def count_gain(self):
+        return 1.0
+
+    def predict_patches(self, td, probe, scale, *, use_network=True, measurement=None):
         import torch
 
         from ptycho.patches import extract_patches
-        from ptycho_torch.model import physics
 
         positions = (td["coords_center"] - td["coords_relative"])[:, :, 0, :].numpy()  # (B, C, [x, y])
         patches = extract_patches(self.truth, positions[..., 0].ravel(), positions[..., 1].ravel(), self.N)
-        self._counts = physics.counts_from_amplitudes(td["images"], scale)
         return torch.from_numpy(patches.reshape(*positions.shape[:2], self.N, self.N))
-
-    def predicted_counts(self, patches, probe, scale, batch=None):
-        return self._counts
 
 
 def test_stitched_object_lands_on_the_input_object_grid(parameters):
