@@ -108,24 +108,17 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     set_torch_threads(args.threads)
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
     from ptycho_torch.model.checkpoints import load_network
-    from ptycho_torch.model.stitching import reconstruct
-
-    from ptycho_torch.model.pinn import choose_precision
+    from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan
 
     model = load_network(checkpoint, map_location=device)
     _require_pattern_size(model, checkpoint, scan)
-    model.precision = choose_precision(args.precision, device)
-    logger.info("network arithmetic: %s on %s", model.precision, device)
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
-    result = reconstruct(model, dataset, batch_size=args.batch_size, canvas=canvas, progress=not args.quiet, groups=args.groups,
-                         whole_scan=args.n_groups is None)
-    if args.refine:
-        from ptycho_torch.model.refine import refine
-
-        result = refine(result, dataset, args.refine, progress=not args.quiet)
+    settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
+                                      whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet)
+    result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     write_reconstruction(output, result)
     print(output)
     reference = None

@@ -216,8 +216,9 @@ def train(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     from ptycho_torch.model import PtychoPINN_Lightning
-    from ptycho_torch.model.training import BEST_CHECKPOINT, build_trainer
+    from ptycho_torch.model.training import build_trainer
     from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
+    from ptycho_torch.workflow import train_model
 
     adopt_library_loggers()  # lightning added its own console handler when imported just now
 
@@ -236,16 +237,11 @@ def train(args: argparse.Namespace) -> int:
 
             start_from(model, load_initial_network(args.init, data.N)[1])
         trainer = build_trainer(training, run_dir, progress=not args.quiet)
-        trainer.fit(model, datamodule=module)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        best = Path(trainer.checkpoint_callback.dirpath) / BEST_CHECKPOINT
-        if not best.is_file():
-            raise RuntimeError(f"training finished without a checkpoint in {best.parent}")
     except BaseException:
         if rank_zero_only.rank == 0:
             discard_failed_run(run_dir)
         raise
+    best = train_model(model, module, trainer, run_dir, discard_on_failure=rank_zero_only.rank == 0)
     if trainer.is_global_zero:
         print(best)
     return EXIT_OK

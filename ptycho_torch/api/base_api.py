@@ -12,8 +12,6 @@ from ptycho_torch.api.configs import ConfigManager
 from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
 from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.lightning_utils import find_best_checkpoint
-from ptycho_torch.run_dirs import discard_failed_run
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +30,7 @@ ORCHESTRATION = "lightning"
 CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundred MB at N=64, C=4
 INIT_ENV = "PTYCHOPINN_INIT"  # what training starts from: unset (the shipped model of the pattern size, if any), 'random', a name or a .ckpt
 INIT_RANDOM = "random"
+INFERENCE_PRECISION = "auto"  # Reconstruct's arithmetic, as ptycho-reconstruct's default: bf16 where the device computes it natively
 
 
 class PtychoModel:
@@ -202,17 +201,11 @@ class Trainer:
     def train(self, orchestration: str = ORCHESTRATION, experiment_name: str = "") -> Path | None:
         """Fit the model; returns the best checkpoint in the run directory (also kept as ``best_checkpoint``)."""
         _check_orchestration(orchestration)
+        from ptycho_torch.workflow import train_model
+
         run_dir = Path(self.dataloader.output_dir)
         logger.info("training %s in %s", experiment_name or "PtychoPINN", run_dir)
-        try:
-            self._trainer.fit(self.model.model, datamodule=self.dataloader.data_module)
-            if self._trainer.interrupted:
-                raise KeyboardInterrupt(f"training in {run_dir} was interrupted")
-        except BaseException:
-            discard_failed_run(run_dir)
-            raise
-        self.best_checkpoint = find_best_checkpoint(run_dir)
-        logger.info("best checkpoint: %s", self.best_checkpoint)
+        self.best_checkpoint = train_model(self.model.model, self.dataloader.data_module, self._trainer, run_dir)
         return self.best_checkpoint
 
 
@@ -264,21 +257,16 @@ class InferenceEngine:
         where the input object was. Runs on the GPU when torch sees one, else on the CPU with at
         most ``CPU_INFERENCE_BATCH`` groups per batch; each group of the loader is predicted once.
         """
-        import torch
-
-        from ptycho_torch.model.stitching import reconstruct_object
+        from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan, resolve_device
 
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
         _require_same_patterns(loader.dataset, network)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        network.to(device).eval()
+        device = resolve_device("auto")
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))
-        if device == "cpu" and batch_size > CPU_INFERENCE_BATCH:
+        if device.type == "cpu" and batch_size > CPU_INFERENCE_BATCH:
             logger.info("inference batch %d capped at %d groups on the CPU to bound memory", batch_size, CPU_INFERENCE_BATCH)
             batch_size = CPU_INFERENCE_BATCH
-        with torch.inference_mode():
-            result = reconstruct_object(network, loader.dataset, batch_size=batch_size, progress=progress)
-        if isinstance(result, torch.Tensor):
-            result = result.detach().cpu().numpy()
-        return np.asarray(result)
+        settings = ReconstructionSettings(device=str(device), precision=INFERENCE_PRECISION, batch_size=batch_size, groups="all",
+                                          progress=progress)
+        return reconstruct_scan(network, loader.dataset, settings).object

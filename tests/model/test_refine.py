@@ -57,3 +57,24 @@ def test_the_true_object_is_nearly_a_fixed_point(setup):
     exact = replace(start, object=np.where(start.coverage > 0, truth * scale, 0).astype(np.complex64))
     after = quality(refine(exact, dataset, 5, progress=False), truth)
     assert after.amplitude_r > 0.97 and after.phase_r > 0.97, after
+
+
+def test_the_workflow_honours_every_reconstruction_setting(setup):
+    """`ptycho-reconstruct` and Ptychodus's Reconstruct run `workflow.reconstruct_scan`: each setting changes what runs."""
+    from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan
+
+    dataset, truth, _ = setup
+    network = PtychoPINN(ModelConfig(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True),
+                         DataConfig(N=64, grid_size=(2, 2), K=7, subsample_seed=42), TrainingConfig(n_groups=512))
+    canvas = Canvas(truth.shape, (0, 0))
+    plain = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", progress=False), canvas=canvas)
+    assert network.precision == "fp32"
+    direct = reconstruct(network, dataset, canvas=canvas, progress=False, groups="cover")
+    np.testing.assert_array_equal(plain.object, direct.object)  # the defaults are the command's: groups='cover'
+    every = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", groups="all", progress=False), canvas=canvas)
+    assert not np.array_equal(every.object, plain.object)
+    refined = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", refine_iterations=3, progress=False),
+                               canvas=canvas)
+    np.testing.assert_array_equal(refined.object, refine(plain, dataset, 3, progress=False).object)
+    reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="bf16", progress=False), canvas=canvas)
+    assert network.precision == "bf16"

@@ -1,0 +1,93 @@
+"""Training and reconstruction as `ptycho-train`, `ptycho-reconstruct` and the Ptychodus API all run them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReconstructionSettings", "reconstruct_scan", "resolve_device", "train_model"]
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """How a network reconstructs a scan; the defaults are the command's.
+
+    ``device``: ``'auto'`` (CUDA when torch sees it, else the CPU) or a torch device; ``precision``:
+    the U-Net's arithmetic (``'auto'``, ``'fp32'``, ``'bf16'``, :func:`~ptycho_torch.model.pinn.choose_precision`);
+    ``batch_size``: groups per batch, memory only (None: the stitching's default); ``groups`` and
+    ``whole_scan``: :func:`~ptycho_torch.model.stitching.reconstruct`'s; ``refine_iterations``: error-reduction
+    iterations over the whole stitched object (:func:`~ptycho_torch.model.refine.refine`), 0 for none.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    groups: str = "cover"
+    whole_scan: bool = True
+    refine_iterations: int = 0
+    progress: bool = True
+
+
+def resolve_device(requested="auto"):
+    """``'auto'``: the GPU when torch sees one, else the CPU; anything else as ``torch.device`` reads it."""
+    import torch
+
+    if str(requested).strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def reconstruct_scan(network, dataset, settings: ReconstructionSettings = ReconstructionSettings(), *, canvas=None):
+    """The stitched object of ``dataset``'s scan through ``network`` (a plain ``PtychoPINN``; Lightning is not needed).
+
+    The network is moved to the settings' device and given its arithmetic, then every chosen group is
+    predicted and stitched (:func:`~ptycho_torch.model.stitching.reconstruct`) and, with
+    ``refine_iterations``, refined. Returns the :class:`~ptycho_torch.model.stitching.Reconstruction`.
+    """
+    from ptycho_torch.model.pinn import choose_precision
+    from ptycho_torch.model.stitching import reconstruct
+
+    network = getattr(network, "network", network)
+    device = resolve_device(settings.device)
+    network.to(device)
+    network.precision = choose_precision(settings.precision, device)
+    logger.info("network arithmetic: %s on %s", network.precision, device)
+    result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
+                         groups=settings.groups, whole_scan=settings.whole_scan)
+    if settings.refine_iterations:
+        from ptycho_torch.model.refine import refine
+
+        result = refine(result, dataset, settings.refine_iterations, progress=settings.progress)
+    return result
+
+
+def train_model(model, data_module, trainer, run_dir: Path, *, discard_on_failure: bool = True) -> Path:
+    """Fit ``model`` (a ``PtychoPINN_Lightning``) with ``trainer`` and return the run's best checkpoint
+    (:func:`~ptycho_torch.lightning_utils.find_best_checkpoint` of the directory the trainer wrote to).
+
+    A run that fails or is interrupted re-raises (an interruption as KeyboardInterrupt); with
+    ``discard_on_failure`` (the process that owns ``run_dir``) its directory is removed, or kept marked
+    ``INCOMPLETE`` when it holds checkpoints (:func:`~ptycho_torch.run_dirs.discard_failed_run`).
+    """
+    from ptycho_torch.lightning_utils import find_best_checkpoint
+    from ptycho_torch.run_dirs import discard_failed_run
+
+    run_dir = Path(run_dir)
+    try:
+        trainer.fit(model, datamodule=data_module)
+        if trainer.interrupted:
+            raise KeyboardInterrupt(f"training in {run_dir} was interrupted")
+        callback = getattr(trainer, "checkpoint_callback", None)
+        written = Path(callback.dirpath).parent if callback is not None and callback.dirpath else run_dir  # rank 0's under DDP
+        best = find_best_checkpoint(written)
+        if best is None or not best.is_file():
+            raise RuntimeError(f"training finished without a checkpoint in {run_dir / 'checkpoints'}")
+    except BaseException:
+        if discard_on_failure:
+            discard_failed_run(run_dir)
+        raise
+    logger.info("best checkpoint: %s", best)
+    return best
