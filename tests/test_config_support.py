@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 import pytest
 
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.config_support import DEFAULT_ONLY, default_only_fields, require_supported, unsupported_settings
+from ptycho_torch.config_resolve import DEFAULT_ONLY, default_only_fields, require_supported, unsupported_settings
 
 
 def test_every_rule_names_a_field_of_its_config():
@@ -73,7 +73,7 @@ def test_prefix_rules_cover_whole_families():
 
 
 def test_importing_the_table_imports_no_torch():
-    code = "import sys, ptycho_torch.config_support; print('torch' in sys.modules or 'lightning' in sys.modules)"
+    code = "import sys, ptycho_torch.config_resolve; print('torch' in sys.modules or 'lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

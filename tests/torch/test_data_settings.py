@@ -12,8 +12,8 @@ import pytest
 from ptycho import params
 from ptycho_torch.config_bridge import to_model_config, to_training_config
 from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
-from ptycho_torch.data_settings import PipelineSettings, check_data_config
-from ptycho_torch.dataset_config import to_ptycho_config
+from ptycho_torch.config_resolve import check_data_config, to_ptycho_config
+from ptycho_torch.data_settings import PipelineSettings
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.torch.test_data_pipeline import EMBEDDED, N64, baseline_grouped, embedded_arrays
 
