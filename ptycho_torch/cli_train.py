@@ -13,11 +13,9 @@ from ptycho.scan_file import ScanFile, scan_files
 from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
-from ptycho_torch import config_file
-from ptycho_torch.config_file import ConfigFile, read_config_file
+from ptycho_torch.config_file import DEFAULT_PRESET, PRESETS, ConfigFile, apply_preset, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.config_resolve import grid_side, require_supported
-from ptycho_torch.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")

@@ -3,7 +3,8 @@
 A config file is JSON (or, with PyYAML, YAML) with one section per config, ``data`` or PtychoPINN's
 ``data_config``, etc. :func:`as_config` rebuilds a config from a dataclass, a plain dict (checkpoint
 hyper-parameters, a file's section, JSON) or None on every path: files, checkpoints, the model, the
-Ptychodus API.
+Ptychodus API. ``PRESETS`` are ``ptycho-train``'s named starting settings, applied under the file's
+values (:func:`apply_preset`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import logging
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
 
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.store.atomic import read_regular
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigFile", "ConfigFileError", "TorchConfigs", "as_config", "load_torch_configs", "read_config_file", "read_config_sections"]
+__all__ = ["ConfigFile", "ConfigFileError", "DEFAULT_PRESET", "PRESETS", "Preset", "TorchConfigs", "apply_preset", "as_config",
+           "load_torch_configs", "read_config_file", "read_config_sections"]
 
 SECTIONS = {
     "data": DataConfig,
@@ -143,6 +146,45 @@ def read_config_file(path, sections: dict[str, type] = SECTIONS) -> ConfigFile:
         configs[name] = _config(path, spelled[name], config_type, values)
         given[name] = frozenset(values)
     return ConfigFile(configs, given, spelled)
+
+
+# ---- presets: named starting settings under the file's values ------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    """Field values by config section (``model``, ``training``, ...); fields not named keep their dataclass default."""
+
+    name: str
+    summary: str
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("recommended", "the settings this package recommends and benchmarks (benchmarks/bench_model.py, preset "
+               "'default', without its truth term, which a real scan cannot have)", MappingProxyType({
+                   "model": MappingProxyType(dict(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True,
+                                                  batch_norm=True)),
+                   "training": MappingProxyType(dict(epochs=10, batch_size=8, learning_rate=2e-3, scheduler="WarmupCosine",
+                                                     lr_warmup_epochs=0, lr_min_ratio=0.0)),
+               })),
+        Preset("ptychopinn", "PtychoPINN's own settings: every field at its ptycho_torch.config_params default"),
+    )
+}
+DEFAULT_PRESET = "recommended"
+
+
+def apply_preset(name: str, configs: Mapping[str, Any], given: Mapping[str, frozenset[str]]) -> None:
+    """Set the preset's fields on ``configs`` (section -> config), except those ``given`` (section -> field names) sets."""
+    preset = PRESETS[name]
+    applied = []
+    for section, values in preset.sections.items():
+        for name_, value in values.items():
+            if name_ not in given.get(section, frozenset()):
+                setattr(configs[section], name_, value)
+                applied.append(f"{section}.{name_}={value}")
+    logger.info("preset %r: %s", preset.name, ", ".join(applied) or "every field at its default")
 
 
 def _section_spellings(path: Path, document: dict, sections: dict[str, type]) -> dict[str, str]:
