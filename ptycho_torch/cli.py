@@ -274,7 +274,7 @@ def _clean(args) -> int:
 def _verify_one(path: Path, args) -> bool:
     from ptycho.raw_data import RawData
     from ptycho_torch.store.inventory import check_groups_cache
-    from ptycho_torch.dataset_config import grouping_key
+    from ptycho_torch.data_settings import grouping_key
     from ptycho_torch.experiment import dataset_directory
     from ptycho_torch.store.fingerprint import fingerprint_file
     from ptycho_torch.store.groups_cache import cache_path
@@ -402,7 +402,7 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
 def _config_file_training_config(path: Path, config_file: Path):
     """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into."""
     from ptycho_torch.config_file import load_torch_configs
-    from ptycho_torch.dataset_config import to_ptycho_config
+    from ptycho_torch.config_resolve import to_ptycho_config
 
     configs = load_torch_configs(config_file)
     return to_ptycho_config(path, configs.data, configs.model, configs.training)

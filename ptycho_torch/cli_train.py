@@ -13,11 +13,9 @@ from ptycho.scan_file import ScanFile, scan_files
 from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
-from ptycho_torch import config_file
-from ptycho_torch.config_file import ConfigFile, read_config_file
+from ptycho_torch.config_file import DEFAULT_PRESET, PRESETS, ConfigFile, apply_preset, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.config_support import require_supported
-from ptycho_torch.presets import DEFAULT_PRESET, PRESETS, apply_preset
+from ptycho_torch.config_resolve import grid_side, require_supported
 from ptycho_torch.store.atomic import require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -139,16 +137,12 @@ def _adopt_initial_architecture(init: str, model: ModelConfig, data: DataConfig,
 
 
 def _settle_channels(data: DataConfig, given: frozenset, where: str) -> None:
-    """``C`` follows ``grid_size`` unless the file set it; groups must be square and ``K`` must fill them."""
-    gy, gx = data.grid_size
-    if gy != gx:
-        raise UsageError(f"{where}.grid_size={list(data.grid_size)} is not square; use e.g. [2, 2]")
-    if "C" in given and data.C != gy * gx:
-        raise UsageError(f"{where}.C={data.C} does not match data.grid_size={list(data.grid_size)}; "
-                         f"set C to {gy * gx} or leave it out")
-    data.C = gy * gx
+    """``C`` follows ``grid_size`` unless the file set it; groups must be square (:func:`grid_side`) and ``K`` must fill them."""
+    side = grid_side(data.grid_size, data.C if "C" in given else None, where=where, square_fix="use e.g. [2, 2]",
+                     channels_fix="set C to {size} or leave it out")
+    data.C = side * side
     if data.K < data.C:
-        raise UsageError(f"{where}.K={data.K} neighbours cannot fill groups of grid_size {gy} x {gx} = {data.C} patterns; "
+        raise UsageError(f"{where}.K={data.K} neighbours cannot fill groups of grid_size {side} x {side} = {data.C} patterns; "
                          f"set K to at least {data.C}")
 
 

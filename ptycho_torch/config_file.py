@@ -1,20 +1,32 @@
-"""Torch configs from a JSON (or, with PyYAML, YAML) file: one section per config, ``data`` or PtychoPINN's ``data_config``, etc."""
+"""Torch configs read and rebuilt (torch-free): the one config-file format and the one :func:`as_config`.
+
+A config file is JSON (or, with PyYAML, YAML) with one section per config, ``data`` or PtychoPINN's
+``data_config``, etc. :func:`as_config` rebuilds a config from a dataclass, a plain dict (checkpoint
+hyper-parameters, a file's section, JSON) or None on every path: files, checkpoints, the model, the
+Ptychodus API. ``PRESETS`` are ``ptycho-train``'s named starting settings, applied under the file's
+values (:func:`apply_preset`).
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
 
-from ptycho_torch.config_coerce import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.store.atomic import read_regular
 
-__all__ = ["ConfigFile", "ConfigFileError", "TorchConfigs", "load_torch_configs", "read_config_file", "read_config_sections"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigFile", "ConfigFileError", "DEFAULT_PRESET", "PRESETS", "Preset", "TorchConfigs", "apply_preset", "as_config",
+           "load_torch_configs", "read_config_file", "read_config_sections"]
 
 SECTIONS = {
     "data": DataConfig,
@@ -36,6 +48,38 @@ POSITIVE_FIELDS = {
     InferenceConfig: ("batch_size",),
 }
 NON_NEGATIVE_FIELDS = {DataConfig: ("subsample_seed",), TrainingConfig: ("num_workers", "warmup_epochs", "lr_warmup_epochs")}
+
+
+def as_config(value: Any, config_type: type, *, unknown: Literal["refuse", "drop"] = "refuse"):
+    """A new ``config_type`` dataclass from an instance (deep-copied, never aliased), a dataclass or a plain dict, or None (defaults).
+
+    Lists become tuples where the field is typed as a tuple. Keys ``config_type`` does not know are a
+    ValueError listing the valid fields (``unknown='refuse'``, for what a user or a file gives), or
+    logged as a warning and dropped (``unknown='drop'``, for the configs stored in a checkpoint, so
+    one written by a newer version still loads). Any other type of value is a TypeError.
+    """
+    if value is None:
+        return config_type()
+    if isinstance(value, config_type):
+        return copy.deepcopy(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if not isinstance(value, dict):
+        raise TypeError(f"{config_type.__name__} must be given as a {config_type.__name__}, a dict or None, got {type(value).__name__}")
+    known = {f.name for f in fields(config_type)}
+    extra = sorted(set(map(str, value)) - known)
+    if extra and unknown == "refuse":
+        raise ValueError(f"unknown {config_type.__name__} field(s) {extra}; valid fields are {sorted(known)}")
+    if extra:
+        logger.warning("%s: ignoring unknown keys %s (a checkpoint written by another version)", config_type.__name__, ", ".join(extra))
+    hints = typing.get_type_hints(config_type)
+    return config_type(**{name: _as_tuple_if_typed(hints[name], item) for name, item in value.items() if name in known})
+
+
+def _as_tuple_if_typed(hint: Any, item: Any) -> Any:
+    if isinstance(item, list) and typing.get_origin(hint) is tuple:
+        return tuple(item)
+    return item
 
 
 class ConfigFileError(ValueError):
@@ -102,6 +146,45 @@ def read_config_file(path, sections: dict[str, type] = SECTIONS) -> ConfigFile:
         configs[name] = _config(path, spelled[name], config_type, values)
         given[name] = frozenset(values)
     return ConfigFile(configs, given, spelled)
+
+
+# ---- presets: named starting settings under the file's values ------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    """Field values by config section (``model``, ``training``, ...); fields not named keep their dataclass default."""
+
+    name: str
+    summary: str
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("recommended", "the settings this package recommends and benchmarks (benchmarks/bench_model.py, preset "
+               "'default', without its truth term, which a real scan cannot have)", MappingProxyType({
+                   "model": MappingProxyType(dict(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True,
+                                                  batch_norm=True)),
+                   "training": MappingProxyType(dict(epochs=10, batch_size=8, learning_rate=2e-3, scheduler="WarmupCosine",
+                                                     lr_warmup_epochs=0, lr_min_ratio=0.0)),
+               })),
+        Preset("ptychopinn", "PtychoPINN's own settings: every field at its ptycho_torch.config_params default"),
+    )
+}
+DEFAULT_PRESET = "recommended"
+
+
+def apply_preset(name: str, configs: Mapping[str, Any], given: Mapping[str, frozenset[str]]) -> None:
+    """Set the preset's fields on ``configs`` (section -> config), except those ``given`` (section -> field names) sets."""
+    preset = PRESETS[name]
+    applied = []
+    for section, values in preset.sections.items():
+        for name_, value in values.items():
+            if name_ not in given.get(section, frozenset()):
+                setattr(configs[section], name_, value)
+                applied.append(f"{section}.{name_}={value}")
+    logger.info("preset %r: %s", preset.name, ", ".join(applied) or "every field at its default")
 
 
 def _section_spellings(path: Path, document: dict, sections: dict[str, type]) -> dict[str, str]:

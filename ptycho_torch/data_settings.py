@@ -1,15 +1,20 @@
-"""What each ``DataConfig`` setting does in the data pipeline: used, left to the model, or refused."""
+"""The narrow, frozen settings the data pipeline consumes, made from resolved configs (torch-free).
+
+:class:`ptycho_torch.store.groups_cache.GroupingKey` (:func:`grouping_key`): the grouping a ``ptycho``
+config asks for; :class:`PipelineSettings` (:func:`pipeline_settings`): the ``DataConfig`` choices that
+change a batch beyond it. The checks that precede them are :mod:`ptycho_torch.config_resolve`'s.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ptycho.grouping import GroupingSettings
 from ptycho_torch.config_params import DataConfig, ModelConfig
-from ptycho_torch.config_support import require_supported
+from ptycho_torch.config_resolve import PtychoConfig
+from ptycho_torch.store.groups_cache import GroupingKey
 
-__all__ = ["PipelineSettings", "check_data_config", "pipeline_settings"]
-
-NORMALIZE_MODES = ("Batch", "Group")
+__all__ = ["PipelineSettings", "grouping_key", "pipeline_settings"]
 
 
 @dataclass(frozen=True)
@@ -24,17 +29,6 @@ class PipelineSettings:
         return self.normalize == "Group" and (C > 1 or self.mode == "Supervised")
 
 
-def check_data_config(data: DataConfig) -> None:
-    """Refuse settings this pipeline cannot honour, naming the field (``config_support.DEFAULT_ONLY``); consistent settings pass."""
-    _check_channels(data)
-    if data.normalize not in NORMALIZE_MODES:
-        raise ValueError(
-            f"DataConfig.normalize={data.normalize!r} has no effect here: the dataset normalises per experiment "
-            "('Batch') or per group ('Group'); use one of those"
-        )
-    require_supported(data)
-
-
 def pipeline_settings(data: DataConfig | None, model: ModelConfig | None) -> PipelineSettings:
     """The batch-shaping settings of checked torch configs (defaults for a ``ptycho`` config)."""
     if data is None:
@@ -42,13 +36,17 @@ def pipeline_settings(data: DataConfig | None, model: ModelConfig | None) -> Pip
     return PipelineSettings(normalize=data.normalize, mode=model.mode if model is not None else "Unsupervised")
 
 
-def _check_channels(data: DataConfig) -> None:
-    try:
-        rows, cols = (int(size) for size in data.grid_size)
-    except (TypeError, ValueError):
-        return  # the config bridge explains a malformed grid_size
-    if data.C != rows * cols:
-        raise ValueError(
-            f"DataConfig.C={data.C} does not match grid_size={tuple(data.grid_size)}: a group holds "
-            f"grid_size[0] * grid_size[1] = {rows * cols} patterns; set C={rows * cols} or change grid_size"
-        )
+def grouping_key(config: PtychoConfig) -> GroupingKey:
+    """The grouping a config asks for; ``n_groups=None`` (inference) means one group per scan point."""
+    return GroupingKey(
+        N=int(config.model.N),
+        settings=GroupingSettings(
+            gridsize=int(config.model.gridsize),
+            K=int(config.neighbor_count),
+            nsamples=None if config.n_groups is None else int(config.n_groups),
+            seed=None if config.subsample_seed is None else int(config.subsample_seed),
+            sequential_sampling=bool(config.sequential_sampling),
+            enable_oversampling=bool(config.enable_oversampling),
+            neighbor_pool_size=None if config.neighbor_pool_size is None else int(config.neighbor_pool_size),
+        ),
+    )

@@ -19,8 +19,8 @@ from ptycho.config.config import update_legacy_dict
 from ptycho.patches import extract_patches
 from ptycho.scan_file import ScanFile, ScanFileError, scan_files
 from ptycho.validation import REAL_GROUND_TRUTH_FIX
-from ptycho_torch.data_settings import PipelineSettings, pipeline_settings
-from ptycho_torch.dataset_config import PtychoConfig, grouping_key, resolve_call_slots, to_ptycho_config
+from ptycho_torch.config_resolve import PtychoConfig, resolve_call_slots, to_ptycho_config
+from ptycho_torch.data_settings import PipelineSettings, grouping_key, pipeline_settings
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
 from ptycho_torch.torch_support import INSTALL_HINT, require_torch

@@ -9,7 +9,8 @@ from ptycho import params
 from ptycho.config.config import update_legacy_dict
 from ptycho.grouping import GroupingSettings
 from ptycho.raw_data import grouped_data_from
-from ptycho_torch.dataset_config import PtychoConfig, grouping_key, to_ptycho_config
+from ptycho_torch.config_resolve import PtychoConfig, to_ptycho_config
+from ptycho_torch.data_settings import grouping_key
 from ptycho_torch.distributed import rank_zero_first
 from ptycho_torch.experiment import Experiment, prepare_experiment
 from ptycho_torch.store.groups_cache import GroupingKey

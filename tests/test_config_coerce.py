@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import as_config
 from ptycho_torch.config_params import DataConfig, TrainingConfig
 
 

@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 import pytest
 
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.config_support import DEFAULT_ONLY, default_only_fields, require_supported, unsupported_settings
+from ptycho_torch.config_resolve import DEFAULT_ONLY, default_only_fields, require_supported, unsupported_settings
 
 
 def test_every_rule_names_a_field_of_its_config():
@@ -72,9 +72,14 @@ def test_prefix_rules_cover_whole_families():
     assert len([name for name in default_only_fields(TrainingConfig) if name.startswith("finetune_")]) == 14
 
 
-def test_importing_the_table_imports_no_torch():
-    code = "import sys, ptycho_torch.config_support; print('torch' in sys.modules or 'lightning' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+CONFIG_MODULES = ("config_params", "config_resolve", "config_file", "data_settings", "config_bridge")
+
+
+@pytest.mark.parametrize("module", CONFIG_MODULES)
+def test_every_config_module_imports_without_torch_or_lightning(module):
+    code = (f"import sys; sys.modules['torch'] = sys.modules['lightning'] = None; import ptycho_torch.{module}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'tensordict') and sys.modules[m] is not None))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_migrating_lists_every_field_accepted_at_its_default_only():

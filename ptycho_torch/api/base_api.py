@@ -10,7 +10,7 @@ import numpy as np
 
 from ptycho_torch.api.configs import ConfigManager
 from ptycho_torch.api.data import DataloaderFormats, PtychoDataLoader
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 
 logger = logging.getLogger(__name__)

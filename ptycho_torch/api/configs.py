@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ptycho_torch.api.data import GROUP_COUNTING_FIELDS
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import as_config
 from ptycho_torch.config_params import DataConfig, DatagenConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.config_support import require_supported
+from ptycho_torch.config_resolve import require_supported
 
 __all__ = ["ARCHITECTURE_FIELDS", "ConfigManager", "as_config", "configs_of_module"]
 
@@ -47,9 +47,9 @@ class ConfigManager:
 
     Each may be given as its dataclass (copied, never aliased), a dict (lists become tuples where
     the field is a tuple; unknown keys are logged and dropped, so a checkpoint of a newer version
-    loads) or None (defaults); any other type is a TypeError (:func:`ptycho_torch.config_coerce.as_config`
+    loads) or None (defaults); any other type is a TypeError (:func:`ptycho_torch.config_file.as_config`
     with ``unknown='drop'``). Fields this package cannot honour are refused at non-default values
-    (ValueError naming them, :mod:`ptycho_torch.config_support`). :meth:`from_loaded_model` takes a
+    (ValueError naming them, :mod:`ptycho_torch.config_resolve`). :meth:`from_loaded_model` takes a
     loaded model's own configs and freezes the architecture; :meth:`validate_arch_compatibility`
     raises ValueError listing every ``ARCHITECTURE_FIELDS`` field where configs and network differ.
     """

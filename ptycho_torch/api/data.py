@@ -15,7 +15,7 @@ import numpy as np
 
 from ptycho.scan_file import ScanFile, scan_files
 from ptycho.validation import probe_value_problem
-from ptycho_torch.config_bridge import to_inference_config, to_model_config
+from ptycho_torch.config_resolve import grid_side, to_inference_config, to_model_config
 from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 from ptycho_torch.store.atomic import require_writable_directory
 
@@ -243,11 +243,8 @@ def _check_pattern_size(N: int, files: list[Path], headers: list[dict]) -> None:
 
 
 def _check_channels(data) -> None:
-    gy, gx = data.grid_size
-    if gy != gx:
-        raise ValueError(f"grid size {gy} x {gx} is not square; set Grid Size X and Y to the same value")
-    if data.C != gy * gx:
-        raise ValueError(f"number of channels C={data.C} must equal grid size {gy} x {gx} = {gy * gx}; set Num Channels to {gy * gx}")
+    grid_side(data.grid_size, data.C, square_fix="set Grid Size X and Y to the same value in the PtychoPINN-Torch data settings",
+              channels_fix="set Num Channels to {size}")
 
 
 def _diffraction_units(files: list[Path], headers: list[dict]) -> str:

@@ -104,7 +104,7 @@ def load_network(path, map_location="cpu", **overrides):
     """
     from dataclasses import replace
 
-    from ptycho_torch.config_coerce import as_config
+    from ptycho_torch.config_file import as_config
     from ptycho_torch.config_params import ModelConfig
     from ptycho_torch.model.pinn import CONFIG_NAMES, PtychoPINN
 

@@ -11,8 +11,8 @@ import lightning as L
 import torch
 
 from ptycho_torch.model import checkpoints, physics
-from ptycho_torch.config_coerce import as_config
-from ptycho_torch.config_support import require_supported
+from ptycho_torch.config_file import as_config
+from ptycho_torch.config_resolve import require_supported
 from ptycho_torch.model.pinn import PtychoPINN
 
 logger = logging.getLogger(__name__)

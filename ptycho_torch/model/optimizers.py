@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ptycho_torch.config_bridge import lr_schedule
+from ptycho_torch.config_resolve import lr_schedule
 
 __all__ = ["EXPONENTIAL_GAMMA", "OPTIMIZERS", "build_optimizer", "build_scheduler"]
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import torch
 
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.model import physics
 from ptycho_torch.model.forward_model import FarFieldPtychography

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
-from ptycho_torch.config_coerce import as_config
+from ptycho_torch.config_file import as_config
 from ptycho_torch.run_dirs import mark_finished, mark_incomplete
 from ptycho_torch.store.atomic import atomic_path
 

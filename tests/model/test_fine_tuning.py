@@ -125,9 +125,9 @@ def test_an_architecture_field_set_against_the_initial_model_exits_2_naming_fiel
         args = ["--preset", "ptychopinn", "--config", config_file(tmp_path)]  # ptychopinn sets nothing: accepted ...
         status, _, err = train(tmp_path, capsys, "--init", "pretrained", *args)
         assert status == 0, err
-        from ptycho_torch import presets
+        from ptycho_torch.config_file import PRESETS, Preset
 
-        monkeypatch.setitem(presets.PRESETS, "recommended", presets.Preset("recommended", "", {"model": {"cbam_encoder": True}}))
+        monkeypatch.setitem(PRESETS, "recommended", Preset("recommended", "", {"model": {"cbam_encoder": True}}))
         args = ["--preset", "recommended", "--config", config_file(tmp_path)]  # ... an explicit preset that disagrees is not
         expected = ["--preset recommended: model.cbam_encoder=True", "cbam_encoder=False", "drop --preset"]
     status, out, err = train(tmp_path, capsys, "--init", "pretrained", *args)

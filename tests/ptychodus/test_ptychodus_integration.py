@@ -30,7 +30,7 @@ from ptycho.config.config import update_legacy_dict  # noqa: E402
 from ptycho.loader import PtychoDataContainer, load  # noqa: E402
 from ptycho.raw_data import RawData  # noqa: E402
 from ptycho_torch.config_bridge import to_model_config, to_training_config  # noqa: E402
-from ptycho_torch.dataset_config import to_ptycho_config  # noqa: E402
+from ptycho_torch.config_resolve import to_ptycho_config  # noqa: E402
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge  # noqa: E402
 
 # Ptychodus's torch settings carry no test file; the bridge's reminder about it is expected here.

@@ -12,8 +12,8 @@ import pytest
 from ptycho import params
 from ptycho_torch.config_bridge import to_model_config, to_training_config
 from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
-from ptycho_torch.data_settings import PipelineSettings, check_data_config
-from ptycho_torch.dataset_config import to_ptycho_config
+from ptycho_torch.config_resolve import check_data_config, to_ptycho_config
+from ptycho_torch.data_settings import PipelineSettings
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from tests.torch.test_data_pipeline import EMBEDDED, N64, baseline_grouped, embedded_arrays
 
@@ -55,6 +55,47 @@ def test_channel_count_must_match_the_grid(C, grid_size):
     data = DataConfig(N=N64, C=C, grid_size=grid_size)
     with pytest.raises(ValueError, match=rf"DataConfig\.C={C} does not match grid_size=\({grid_size[0]}, {grid_size[1]}\).*set C={grid_size[0] * grid_size[1]}"):
         to_ptycho_config(EMBEDDED, data, ModelConfig(), TrainingConfig(n_groups=10))
+
+
+def _ptychodus_check(data):
+    from ptycho_torch.api.data import _check_channels
+
+    _check_channels(data)
+
+
+def _ptycho_train_check(data):
+    from ptycho_torch.cli_train import _settle_channels
+
+    _settle_channels(data, frozenset({"C"}), "train.json: data")
+
+
+GRID_CHECKS = {  # every path that checks the group grid, and the fix it names (config_resolve.grid_side)
+    "dataset": (check_data_config, r"DataConfig\.grid_size=\(3, 2\) is not square: Non-square grids are not supported"),
+    "bridge": (lambda data: to_model_config(data, ModelConfig()), r"DataConfig\.grid_size=\(3, 2\) is not square: Non-square grids"),
+    "ptychodus": (_ptychodus_check, r"DataConfig\.grid_size=\(3, 2\) is not square: set Grid Size X and Y to the same value"),
+    "ptycho-train": (_ptycho_train_check, r"^train\.json: data\.grid_size=\(3, 2\) is not square: use e\.g\. \[2, 2\]$"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(GRID_CHECKS))
+def test_every_path_refuses_a_non_square_grid_through_the_one_check(path):
+    check, message = GRID_CHECKS[path]
+    with pytest.raises(ValueError, match=message):
+        check(DataConfig(N=N64, C=6, grid_size=(3, 2)))
+
+
+@pytest.mark.parametrize("path", ["ptychodus", "ptycho-train"])
+def test_every_path_refuses_channels_that_do_not_fill_the_grid_naming_its_fix(path):
+    fix = {"ptychodus": "set Num Channels to 4", "ptycho-train": "set C to 4 or leave it out"}[path]
+    with pytest.raises(ValueError, match=rf"C=9 does not match grid_size=\(2, 2\): a group holds .* = 4 patterns; {fix}"):
+        GRID_CHECKS[path][0](DataConfig(N=N64, C=9, grid_size=(2, 2)))
+
+
+@pytest.mark.parametrize("grid_size", [2, (2,), (2, 2, 2), ("two", "two")])
+def test_a_malformed_grid_is_a_value_error_naming_the_field_on_the_ptychodus_path(grid_size):
+    # it was a bare "cannot unpack" TypeError from the Ptychodus data loader
+    with pytest.raises(ValueError, match=r"DataConfig\.grid_size must be a \(y, x\) pair"):
+        _ptychodus_check(DataConfig(N=N64, grid_size=grid_size))
 
 
 @pytest.mark.parametrize(("name", "value"), REFUSED)

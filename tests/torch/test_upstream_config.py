@@ -78,7 +78,7 @@ def test_training_then_inference_leaves_params_as_upstream():
 def test_inference_grouping_without_sequential_sampling_is_random_sampling():
     inference = TFInferenceConfig(model=TFModelConfig(N=16, gridsize=2), model_path=Path("m"), test_data_file=Path("t.npz"))
     x, y = np.meshgrid(np.arange(8.0), np.arange(8.0))
-    from ptycho_torch.dataset_config import grouping_key
+    from ptycho_torch.data_settings import grouping_key
 
     key = grouping_key(inference)
     assert key.settings.sequential_sampling is False
