@@ -39,7 +39,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training_config):
 
     ``'Exponential'``: the rate times :data:`EXPONENTIAL_GAMMA` each epoch. ``'WarmupCosine'``: linear
     warm-up over ``lr_warmup_epochs`` (or ``warmup_epochs``), then cosine decay to ``lr_min_ratio``
-    (or ``min_lr_ratio``) times the rate at ``epochs`` (:func:`ptycho_torch.config_bridge.lr_schedule`).
+    (or ``min_lr_ratio``) times the rate at ``epochs`` (:func:`ptycho_torch.config_resolve.lr_schedule`).
     """
     tc = training_config
     if tc.scheduler == "Default":

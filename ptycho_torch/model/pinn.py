@@ -9,6 +9,7 @@ import torch
 
 from ptycho_torch.config_file import as_config
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_torch.config_resolve import grid_side
 from ptycho_torch.model import physics
 from ptycho_torch.model.forward_model import FarFieldPtychography
 from ptycho_torch.model.networks import build_generator
@@ -83,9 +84,7 @@ class PtychoPINN(torch.nn.Module):
 
     def _check_supported(self) -> None:
         mc = self.model_config
-        gy, gx = self.data_config.grid_size
-        if gy != gx:
-            raise ValueError(f"DataConfig.grid_size={tuple(self.data_config.grid_size)} must be square, e.g. (2, 2)")
+        grid_side(self.data_config.grid_size)
         if mc.generator_input not in INPUT_IMAGES_PER_MEMBER:
             raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
         if mc.generator_input == "object_estimate" and (int(mc.object_estimate_steps) != mc.object_estimate_steps or mc.object_estimate_steps < 1):
