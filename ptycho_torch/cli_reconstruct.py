@@ -244,7 +244,7 @@ def log_scores(obj: np.ndarray, reference: np.ndarray, coverage: np.ndarray, sca
 
 
 def write_png(obj: np.ndarray, reference: np.ndarray | None, path: Path) -> Path:
-    """The amplitude/phase PNG (:func:`ptycho_torch.plot.write_reconstruction_png`); matplotlib is imported only here."""
+    """The amplitude/phase PNG (:func:`ptycho_torch.plot.write_reconstruction_png`, drawn with Pillow, not matplotlib)."""
     from ptycho_torch.plot import write_reconstruction_png
 
     return write_reconstruction_png(obj, reference, path)
