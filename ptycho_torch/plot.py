@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import ConvexHull
 
 from ptycho.quality import REFERENCE_LABEL
 from ptycho_torch.experiment import Experiment
@@ -95,6 +94,8 @@ def group_outline(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``(k, 2)`` vertices outlining a group: the convex hull of its members, or all of them in angle order if collinear."""
     points = np.column_stack([x, y])
     if len(np.unique(points, axis=0)) >= 3:
+        from scipy.spatial import ConvexHull  # here, not at import: the reconstruction PNG needs no scipy
+
         try:
             return points[ConvexHull(points).vertices]
         except RuntimeError:  # QhullError: collinear members have no 2-D hull
