@@ -33,7 +33,7 @@ PHASES = [
     ("  stitching.reconstruct", "ptycho_torch/model/stitching.py", "reconstruct"),
     ("    dataset gather (batches)", "ptycho_torch/model/stitching.py", "_batch"),
     ("    predict_patches", "ptycho_torch/model/pinn.py", "predict_patches"),
-    ("      generator_input (physics input: 2 ER steps)", "ptycho_torch/model/pinn.py", "generator_input"),
+    ("      generator_input (physics input: 2 ER steps)", "ptycho_torch/model/pinn.py", "_generator_input"),
     ("      generator_output (U-Net)", "ptycho_torch/model/pinn.py", "generator_output"),
     ("      merge_group (object_big)", "ptycho_torch/model/physics.py", "merge_group"),
     ("    predicted_counts (count gain)", "ptycho_torch/model/pinn.py", "predicted_counts"),

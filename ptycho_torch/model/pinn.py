@@ -123,6 +123,10 @@ class PtychoPINN(torch.nn.Module):
     def generator_input(self, batch, probe, scale) -> torch.Tensor:
         """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
         (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``)."""
+        return self._generator_input(batch, probe, scale, None)
+
+    def _generator_input(self, batch, probe, scale, windows) -> torch.Tensor:
+        """:meth:`generator_input` with the batch's group windows when the caller built them (:meth:`_group_windows`)."""
         images = batch["images"]
         if self.model_config.generator_input == "diffraction":
             return images
@@ -131,7 +135,9 @@ class PtychoPINN(torch.nn.Module):
             counts = physics.counts_from_amplitudes(images, scale)
             modulus = physics.measured_modulus(counts, self.count_scale(batch, probe, scale))
             coords = batch["coords_relative"].to(images.dtype)
-            estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps)) - 1
+            if windows is not None and windows.fx.dtype != coords.dtype:
+                windows = None
+            estimate = physics.object_estimate(modulus, probe, coords, int(self.model_config.object_estimate_steps), windows=windows) - 1
         return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
     def predict_patches(self, batch, probe, scale, *, use_network: bool = True) -> torch.Tensor:
@@ -142,7 +148,8 @@ class PtychoPINN(torch.nn.Module):
         """
         probe = physics.unit_peak(physics.as_probe_modes(probe))  # |P|^2 stays in range whatever the file's scale
         scale = scale.reshape(-1)
-        inputs = self.generator_input(batch, probe, scale)
+        windows = self._group_windows(batch)  # built once per batch for the physics input and the group merge
+        inputs = self._generator_input(batch, probe, scale, windows)
         if not use_network:
             if self.model_config.generator_input != "object_estimate":
                 raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
@@ -153,10 +160,20 @@ class PtychoPINN(torch.nn.Module):
             patches = self.generator_output(inputs)
         if self.model_config.object_big and self.C > 1:
             coords = batch["coords_relative"].to(patches.real.dtype)
-            M = physics.region_size(self.N, coords)
-            region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, M)
-            patches = physics.extract_from_region(region, coords, self.N)
+            if windows is None or windows.fx.dtype != coords.dtype:
+                windows = physics.GroupWindows(coords, self.N, physics.region_size(self.N, coords))
+            region, _ = physics.merge_group(patches, physics.probe_weight(probe).to(patches.real.dtype), coords, windows.M, windows=windows)
+            patches = windows.extract(region)  # physics.extract_from_region(region, coords, N) with these windows
         return patches
+
+    def _group_windows(self, batch):
+        """The batch's ``physics.GroupWindows`` on regions of ``physics.region_size``, in the images' dtype, when the
+        physics input or the group merge uses them; else None."""
+        estimate = self.model_config.generator_input == "object_estimate"
+        if not (estimate or (self.model_config.object_big and self.C > 1)):
+            return None
+        coords = batch["coords_relative"].to(batch["images"].dtype if estimate else torch.float32)
+        return physics.GroupWindows(coords, self.N, physics.region_size(self.N, coords))
 
     def _estimate_from(self, inputs: torch.Tensor) -> torch.Tensor:
         """The complex object estimate ``(B, C, N, N)`` that :meth:`generator_input` encoded as ``[Re(O - 1), Im(O - 1)]``."""
