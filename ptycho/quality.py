@@ -66,9 +66,15 @@ def _register(rec: np.ndarray, truth: np.ndarray, covered: np.ndarray, max_shift
     t = np.abs(truth)[interior]
     t = t - t.mean()
     amplitude = np.abs(rec)
+    H, W = amplitude.shape
+    m = max_shift
+    inner = interior[m : H - m, m : W - m] if m >= 1 and H > 2 * m and W > 2 * m else None
     for dy in range(-max_shift, max_shift + 1):
         for dx in range(-max_shift, max_shift + 1):
-            a = np.roll(amplitude, (dy, dx), axis=(0, 1))[interior]
+            if inner is not None:  # the eroded interior keeps m pixels from every edge: no shift within m wraps around
+                a = amplitude[m - dy : H - m - dy, m - dx : W - m - dx][inner]  # = np.roll(amplitude, (dy, dx))[interior], no copy of the whole
+            else:
+                a = np.roll(amplitude, (dy, dx), axis=(0, 1))[interior]
             score = np.dot(a - a.mean(), t) / (np.linalg.norm(a - a.mean()) + 1e-30)
             if score > best:
                 best, best_shift = score, (dy, dx)

@@ -80,3 +80,31 @@ def test_scoring_geometry_and_png_import_no_scipy(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _register_by_rolling(rec, truth, covered, max_shift):  # ptycho.quality._register as it was: np.roll of the whole image per shift
+    best, best_shift = -np.inf, (0, 0)
+    interior = ndimage.binary_erosion(covered, iterations=max_shift)
+    t = np.abs(truth)[interior]
+    t = t - t.mean()
+    amplitude = np.abs(rec)
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            a = np.roll(amplitude, (dy, dx), axis=(0, 1))[interior]
+            score = np.dot(a - a.mean(), t) / (np.linalg.norm(a - a.mean()) + 1e-30)
+            if score > best:
+                best, best_shift = score, (dy, dx)
+    return best_shift
+
+
+@pytest.mark.parametrize("shape, max_shift", [((64, 64), 8), ((40, 70), 3), ((30, 30), 1), ((64, 48), 12)])
+def test_registration_reads_shifted_windows_as_rolling_did(shape, max_shift):
+    from ptycho.quality import _register
+
+    rng = np.random.default_rng(shape[0] + max_shift)
+    truth = (0.5 + rng.random(shape)) * np.exp(1j * rng.uniform(-1, 1, shape))
+    for shift in ((0, 0), (2, -1), (-max_shift, max_shift)):
+        rec = np.roll(truth, shift, axis=(0, 1)) * (1 + 0.05 * rng.standard_normal(shape))
+        covered = np.ones(shape, bool)
+        covered[: shape[0] // 5] = False
+        assert _register(rec, truth, covered, max_shift) == _register_by_rolling(rec, truth, covered, max_shift)
