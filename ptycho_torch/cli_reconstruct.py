@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -112,6 +113,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
 
     from ptycho_torch.model.pinn import choose_precision
 
+    gc.freeze()  # the imports' objects (torch's above all) live to the end: the collector's full passes skip them (about 0.05 CPU s)
     model = load_network(checkpoint, map_location=device)
     _require_pattern_size(model, checkpoint, scan)
     model.precision = choose_precision(args.precision, device)
