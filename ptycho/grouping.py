@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ptycho import params
 
@@ -199,6 +198,8 @@ def _combination_pool(xcoords, ycoords, seeds, K: int, C: int, limit: int) -> li
 
 def _query_neighbours(xcoords, ycoords, seeds: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` nearest scan points of each seed, nearest first: ``(len(seeds), k)``."""
+    from scipy.spatial import cKDTree  # here, not at import: a command that finds its groups cached needs no scipy
+
     points = np.column_stack([xcoords, ycoords])
     tree = cKDTree(points)
     _, indices = tree.query(points[seeds], k=list(range(1, k + 1)))

@@ -8,7 +8,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ptycho import params
-from scipy.spatial import cKDTree
 
 from ptycho.grouping import (
     GroupingSettings, gather_coords, get_relative_coords, groups_around_seeds, oversampled_groups, resolve_gridsize, sample_groups,
@@ -178,6 +177,8 @@ def get_neighbor_indices(xcoords, ycoords, K: int = 3) -> np.ndarray:
     points = np.column_stack([np.asarray(xcoords, dtype=np.float64), np.asarray(ycoords, dtype=np.float64)])
     if K + 1 > len(points):
         raise ValueError(f"K={K} neighbours need at least {K + 1} scan points, got {len(points)}")
+    from scipy.spatial import cKDTree  # here, not at import: a command that finds its groups cached needs no scipy
+
     _, indices = cKDTree(points).query(points, k=K + 1)
     return np.asarray(indices).reshape(len(points), K + 1)
 

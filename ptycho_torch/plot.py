@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import ConvexHull
 
 from ptycho.quality import REFERENCE_LABEL
 from ptycho_torch.experiment import Experiment
@@ -95,6 +94,8 @@ def group_outline(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``(k, 2)`` vertices outlining a group: the convex hull of its members, or all of them in angle order if collinear."""
     points = np.column_stack([x, y])
     if len(np.unique(points, axis=0)) >= 3:
+        from scipy.spatial import ConvexHull  # here, not at import: the reconstruction PNG needs no scipy
+
         try:
             return points[ConvexHull(points).vertices]
         except RuntimeError:  # QhullError: collinear members have no 2-D hull
@@ -153,35 +154,146 @@ def require_matplotlib():
 
 
 
+RECONSTRUCTION_PARTS = (("amplitude", np.abs), ("phase (rad)", np.angle))
+
+
+def reconstruction_panels(obj: np.ndarray, reference: np.ndarray | None) -> list[list[tuple[str, np.ndarray]]]:
+    """The picture's panels, rows (amplitude, phase) of columns (reconstruction, the scan's objectGuess when given):
+    ``(title, real image)`` each, what :func:`reconstruction_figure` and :func:`write_reconstruction_png` draw."""
+    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
+    return [[(f"{title}:\n{name}", part(image)) for title, image in columns] for name, part in RECONSTRUCTION_PARTS]
+
+
 def reconstruction_figure(obj: np.ndarray, reference: np.ndarray | None):
-    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one."""
+    """Amplitude and phase of the reconstruction, beside the scan's objectGuess on the same canvas when it has one
+    (a matplotlib figure; :func:`write_reconstruction_png` draws the same panels without matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("reconstruction", obj)] + ([] if reference is None else [(REFERENCE_LABEL, reference)])
-    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 7), squeeze=False)
-    for col, (title, image) in enumerate(columns):
-        for row, (name, part) in enumerate((("amplitude", np.abs), ("phase (rad)", np.angle))):
-            shown = axes[row, col].imshow(part(image), cmap="gray")
-            axes[row, col].set_title(f"{title}:\n{name}", fontsize=9)
+    panels = reconstruction_panels(obj, reference)
+    fig, axes = plt.subplots(2, len(panels[0]), figsize=(4.6 * len(panels[0]), 7), squeeze=False)
+    for row, cells in enumerate(panels):
+        for col, (title, image) in enumerate(cells):
+            shown = axes[row, col].imshow(image, cmap="gray")
+            axes[row, col].set_title(title, fontsize=9)
             axes[row, col].axis("off")
             fig.colorbar(shown, ax=axes[row, col], fraction=0.046)
     fig.tight_layout()
     return fig
 
 
-def write_reconstruction_png(obj: np.ndarray, reference: np.ndarray | None, path) -> Path:
-    """:func:`reconstruction_figure` written atomically at ``path``; ``reference`` on the reconstruction's canvas
-    (``ptycho.quality.resample_onto_canvas(scan.objectGuess, obj.shape, result.canvas.origin_px)``), or None."""
-    import matplotlib.pyplot as plt
+PANEL_PX = 280  # the longer side of each image in the PNG
+PNG_INFO_KEY = "Panels"  # PNG text chunk naming the panels, row by row, ' | ' between them
 
+
+def write_reconstruction_png(obj: np.ndarray, reference: np.ndarray | None, path) -> Path:
+    """The panels of :func:`reconstruction_panels` drawn into a PNG written atomically at ``path``; ``reference``
+    on the reconstruction's canvas (``ptycho.quality.resample_onto_canvas(scan.objectGuess, obj.shape,
+    result.canvas.origin_px)``), or None.
+
+    Drawn with Pillow (no matplotlib: its import and layout cost ``ptycho-reconstruct`` most of a CPU
+    second): each panel is the image in grey levels over its own range, with its title and a grey bar
+    with ticks; pixels that are not finite (the objectGuess outside its grid) are white. The panels'
+    titles are also in the PNG's text chunk ``Panels``.
+    """
     from ptycho_torch.store.atomic import atomic_path
 
-    fig = reconstruction_figure(obj, reference)
+    picture, titles = reconstruction_picture(obj, reference)
+    Image, _, _ = _require_pillow()
+    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    info.add_text(PNG_INFO_KEY, " | ".join(" ".join(title.split("\n")) for title in titles))
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+        Image.fromarray(picture).save(tmp, format="PNG", pnginfo=info, compress_level=6)
     return path
+
+
+def reconstruction_picture(obj: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """The picture of :func:`write_reconstruction_png` as ``(H, W)`` uint8 grey levels, and the panels' titles row by row."""
+    Image, ImageDraw, ImageFont = _require_pillow()
+    font = _font(ImageFont, 11)
+    panels = reconstruction_panels(obj, reference)
+    height, width = np.shape(obj)[:2]
+    zoom = PANEL_PX / max(height, width, 1)
+    shown = (max(1, round(width * zoom)), max(1, round(height * zoom)))  # (w, h) of each image in the picture
+    line = _text_size(font, "Ag")[1] + 3
+    title_h, bar_w, tick, margin = 2 * line + 6, 14, 4, 14
+    label_w = max(_text_size(font, label)[0] for cells in panels for _, image in cells for label in _tick_labels(image)[1]) + 4
+    cell_w = max(shown[0] + 10 + bar_w + tick + 2 + label_w,
+                 max(_text_size(font, part)[0] for cells in panels for title, _ in cells for part in title.split("\n"))) + 2 * margin
+    cell_h = title_h + shown[1] + margin
+    canvas = Image.new("L", (cell_w * len(panels[0]), cell_h * len(panels) + margin), 255)
+    draw = ImageDraw.Draw(canvas)
+    for row, cells in enumerate(panels):
+        for col, (title, image) in enumerate(cells):
+            left, top = col * cell_w + margin, row * cell_h + margin
+            x0 = left + (cell_w - 2 * margin - (shown[0] + 10 + bar_w + tick + 2 + label_w)) // 2
+            for k, part in enumerate(title.split("\n")):
+                draw.text((col * cell_w + cell_w // 2, top + k * line), part, fill=0, font=font, anchor="ma")
+            y0 = top + title_h
+            grey = Image.fromarray(grey_levels(image, *_finite_range(image)))
+            resample = Image.Resampling.BOX if zoom < 1 else Image.Resampling.NEAREST
+            canvas.paste(grey.resize(shown, resample), (x0, y0))
+            bar_x = x0 + shown[0] + 10
+            ramp = np.linspace(255, 0, shown[1]).round().astype(np.uint8)  # top: the largest value
+            canvas.paste(Image.fromarray(np.repeat(ramp[:, None], bar_w, axis=1)), (bar_x, y0))
+            draw.rectangle((bar_x - 1, y0 - 1, bar_x + bar_w, y0 + shown[1]), outline=0)
+            low, high = _finite_range(image)
+            for value, label in zip(*_tick_labels(image)):
+                y = y0 + (shown[1] - 1) * (1 - (value - low) / (high - low))
+                draw.line((bar_x + bar_w, round(y), bar_x + bar_w + tick, round(y)), fill=0)
+                draw.text((bar_x + bar_w + tick + 2, round(y)), label, fill=0, font=font, anchor="lm")
+    return np.asarray(canvas), [title for cells in panels for title, _ in cells]
+
+
+def grey_levels(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``image`` as uint8 grey levels as matplotlib's ``gray`` colour map shows it between ``low`` and ``high``:
+    level ``floor(256 (v - low) / (high - low))`` clipped to 0..255 (0 where ``high == low``); not finite: 255 (white)."""
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    span = high - low
+    scaled = np.floor((np.where(finite, values, low) - low) * (256.0 / span)) if span > 0 else np.zeros(values.shape)
+    levels = np.clip(scaled, 0, 255).astype(np.uint8)
+    levels[~finite] = 255
+    return levels
+
+
+def _finite_range(image: np.ndarray) -> tuple[float, float]:
+    finite = np.asarray(image)[np.isfinite(image)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def _tick_labels(image: np.ndarray) -> tuple[list[float], list[str]]:
+    """Ticks on the bar: multiples of a round step (1, 2, 2.5 or 5 times a power of ten) within the image's range."""
+    low, high = _finite_range(image)
+    if not high > low:
+        return [], []
+    raw = (high - low) / 6
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    decimals = max(0, int(-np.floor(np.log10(step) + 1e-9)) + (1 if round(step / power, 6) == 2.5 else 0))
+    values = [k * step for k in range(int(np.ceil(low / step - 1e-9)), int(np.floor(high / step + 1e-9)) + 1)]
+    labels = [f"{value:.{decimals}f}" for value in values]
+    return values, [label.lstrip("-") if float(label) == 0 else label for label in labels]
+
+
+def _font(ImageFont, size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's scalable font (needs FreeType)
+    except (TypeError, ValueError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _text_size(font, text: str) -> tuple[int, int]:
+    left, top, right, bottom = font.getbbox(text)
+    return int(right - left), int(bottom - top)
+
+
+def _require_pillow():
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError as exc:
+        raise ImportError(f"the reconstruction PNG needs Pillow, which is not installed; {INSTALL_HINT}") from exc
+    return Image, ImageDraw, ImageFont

@@ -46,3 +46,63 @@ def test_scores_against_object_guess_are_logged(caplog, tmp_path):
         log_scores(obj, reference, coverage, tmp_path / "scan.npz")
     (message,) = [record.getMessage() for record in caplog.records]
     assert f"against the {REFERENCE_LABEL}: amplitude r 1.0000, phase r 1.0000" in message and "scan.npz" in message
+
+
+def test_the_png_is_drawn_with_pillow_without_importing_matplotlib(tmp_path):
+    """ptycho-reconstruct's PNG no longer pays for matplotlib's import and layout (issue 27)."""
+    pytest.importorskip("PIL")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, numpy as np\n"
+            "from ptycho_torch.plot import write_reconstruction_png\n"
+            "from tests.scans import complex_object\n"
+            f"write_reconstruction_png(complex_object(40), complex_object(40, seed=3), {str(tmp_path / 'r.png')!r})\n"
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'matplotlib'))\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_png_holds_four_labelled_panels_in_the_colour_maps_grey_levels(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from ptycho_torch.plot import PNG_INFO_KEY, reconstruction_panels, write_reconstruction_png
+
+    obj = complex_object(32)
+    reference = resample_onto_canvas(complex_object(64, seed=5), obj.shape, (-40.0, 4.0))  # partly outside: NaN rows
+    assert np.isnan(reference.real).any()
+    path = write_reconstruction_png(obj, reference, tmp_path / "r.png")
+    with Image.open(path) as picture:
+        picture.load()
+        titles = picture.text[PNG_INFO_KEY].split(" | ")
+        assert picture.mode == "L" and picture.width > picture.height > 500
+    panels = reconstruction_panels(obj, reference)
+    assert titles == [" ".join(title.split("\n")) for cells in panels for title, _ in cells]
+    assert titles == ["reconstruction: amplitude", f"{REFERENCE_LABEL}: amplitude", "reconstruction: phase (rad)", f"{REFERENCE_LABEL}: phase (rad)"]
+    np.testing.assert_array_equal(panels[0][0][1], np.abs(obj))
+    np.testing.assert_array_equal(panels[1][1][1], np.angle(reference))
+    assert len(reconstruction_panels(obj, None)[0]) == 1
+
+
+def test_grey_levels_are_those_of_matplotlibs_gray_map_and_not_finite_pixels_are_white():
+    from ptycho_torch.plot import _tick_labels, grey_levels
+
+    values = np.concatenate([np.linspace(-0.3, 1.7, 1001), [np.nan, -0.3, 1.7]])
+    levels = grey_levels(values, -0.3, 1.7)
+    assert levels.dtype == np.uint8 and levels[0] == 0 and levels[-1] == 255 and levels[-3] == 255
+    np.testing.assert_array_equal(grey_levels(np.full(3, 2.0), 2.0, 2.0), 0)
+    assert _tick_labels(np.array([-0.57, 0.5]))[1] == ["-0.4", "-0.2", "0.0", "0.2", "0.4"]
+    assert _tick_labels(np.array([1.0, 1.0])) == ([], [])
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.colors import Normalize
+
+    finite = np.isfinite(values)
+    expected = np.round(matplotlib.colormaps["gray"](Normalize(-0.3, 1.7)(values[finite]))[:, 0] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(levels[finite], expected)

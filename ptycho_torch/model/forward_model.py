@@ -91,7 +91,7 @@ class FarFieldPtychography:
         exit_waves = self.exit_waves(objects)
         return physics.error_reduction_correction(exit_waves, physics.far_field(exit_waves), self.probe, modulus)
 
-    def physics_input(self, counts: torch.Tensor, coords_relative: torch.Tensor, steps: int) -> torch.Tensor:
+    def physics_input(self, counts: torch.Tensor, coords_relative: torch.Tensor, steps: int, *, windows=None) -> torch.Tensor:
         """The object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region
-        (:func:`physics.object_estimate`): what the network reads."""
-        return physics.object_estimate(self.modulus(counts), self.probe, coords_relative, steps)
+        (:func:`physics.object_estimate`, with the caller's group ``windows`` when it has them): what the network reads."""
+        return physics.object_estimate(self.modulus(counts), self.probe, coords_relative, steps, windows=windows)

@@ -167,15 +167,17 @@ def _distinct(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[index]
 
 
-def merge_group(patches: torch.Tensor, weights: torch.Tensor, coords_relative: torch.Tensor, M: int, floor: float = 1e-3):
+def merge_group(patches: torch.Tensor, weights: torch.Tensor, coords_relative: torch.Tensor, M: int, floor: float = 1e-3,
+                *, windows: GroupWindows | None = None):
     """Probe-weighted average of a group's ``C`` patches on one ``M x M`` region centred on the group centre.
 
     ``patches (B, C, N, N)`` complex, ``weights (B, C, N, N)`` (e.g. :func:`probe_weight`),
     ``coords_relative (B, C, 1, 2)`` ``[x, y]`` = ``-(member - centre)`` (this project's sign), so
     member ``c`` is moved by ``-coords_relative``. Returns ``(region (B, M, M), coverage (B, M, M))``;
-    the region is 0 where the summed weight is below ``floor`` times its maximum.
+    the region is 0 where the summed weight is below ``floor`` times its maximum. ``windows``: the
+    caller's ``GroupWindows(coords_relative, N, M)``, when it has them (they are not built again).
     """
-    windows = GroupWindows(coords_relative, patches.shape[-1], M)
+    windows = windows if windows is not None else GroupWindows(coords_relative, patches.shape[-1], M)
     placed = windows.place(patches * weights)
     coverage = windows.place(weights)
     limit = floor * coverage.flatten(1).amax(dim=1).clamp_min(torch.finfo(coverage.dtype).tiny)
@@ -270,7 +272,7 @@ def error_reduction_correction(exit_waves: torch.Tensor, field: torch.Tensor, pr
 
 
 def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative: torch.Tensor, steps: int,
-                    regularisation: float = 0.05) -> torch.Tensor:
+                    regularisation: float = 0.05, *, windows: GroupWindows | None = None) -> torch.Tensor:
     """Object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region, from ``O = 1``.
 
     One step: extract the members' patches from the group region, impose the measured modulus on
@@ -282,13 +284,14 @@ def object_estimate(modulus: torch.Tensor, probe: torch.Tensor, coords_relative:
     probe's peak first, so the result does not depend on the probe's normalisation.
     ``coords_relative`` follows :func:`merge_group`. The result depends only on the data, so it is a
     physics-derived input for the generator: its phase carries the object's phase, which the
-    diffraction amplitudes hold only non-locally.
+    diffraction amplitudes hold only non-locally. ``windows``: the caller's
+    ``GroupWindows(coords_relative, N, region_size(N, coords_relative))``, when it has them.
     """
     if steps < 1:
         raise ValueError(f"object_estimate needs steps >= 1, got {steps}")
     B, C, N = modulus.shape[0], modulus.shape[1], modulus.shape[-1]
     dtype = modulus.dtype
-    windows = GroupWindows(coords_relative, N, region_size(N, coords_relative))
+    windows = windows if windows is not None else GroupWindows(coords_relative, N, region_size(N, coords_relative))
     probe = _distinct(probe.to(torch.complex128 if dtype == torch.float64 else torch.complex64))
     peak = _peak_amplitude(probe).reshape(-1, 1, 1, 1)
     probe, modulus = probe / peak.unsqueeze(-1), modulus / peak  # probe (1 or B, 1 or C, P, N, N): broadcast below

@@ -124,9 +124,12 @@ class PtychoPINN(torch.nn.Module):
             amplitude, phase = self.generator(inputs)
         return torch.polar(amplitude.float(), phase.float())
 
-    def generator_input(self, batch, probe, scale, *, measurement: FarFieldPtychography | None = None) -> torch.Tensor:
+    def generator_input(self, batch, probe, scale, *, measurement: FarFieldPtychography | None = None, windows=None) -> torch.Tensor:
         """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
-        (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``)."""
+        (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``).
+
+        ``measurement`` and ``windows`` (:meth:`_group_windows`): the batch's, when the caller built them.
+        """
         images = batch["images"]
         if self.model_config.generator_input == "diffraction":
             return images
@@ -134,7 +137,9 @@ class PtychoPINN(torch.nn.Module):
         with torch.no_grad():  # a function of the data alone
             counts = physics.counts_from_amplitudes(images, scale)
             coords = batch["coords_relative"].to(images.dtype)
-            estimate = measurement.physics_input(counts, coords, int(self.model_config.object_estimate_steps)) - 1
+            if windows is not None and windows.fx.dtype != coords.dtype:
+                windows = None
+            estimate = measurement.physics_input(counts, coords, int(self.model_config.object_estimate_steps), windows=windows) - 1
         return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
     def predict_patches(self, batch, probe, scale, *, use_network: bool = True,
@@ -147,7 +152,8 @@ class PtychoPINN(torch.nn.Module):
         """
         scale = scale.reshape(-1)
         measurement = measurement or self.measurement(batch, probe, scale)
-        inputs = self.generator_input(batch, probe, scale, measurement=measurement)
+        windows = self._group_windows(batch)  # built once per batch for the physics input and the group merge
+        inputs = self.generator_input(batch, probe, scale, measurement=measurement, windows=windows)
         if not use_network:
             if self.model_config.generator_input != "object_estimate":
                 raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
@@ -158,10 +164,20 @@ class PtychoPINN(torch.nn.Module):
             patches = self.generator_output(inputs)
         if self.model_config.object_big and self.C > 1:
             coords = batch["coords_relative"].to(patches.real.dtype)
-            M = physics.region_size(self.N, coords)
-            region, _ = physics.merge_group(patches, measurement.weights.to(patches.real.dtype), coords, M)
-            patches = physics.extract_from_region(region, coords, self.N)
+            if windows is None or windows.fx.dtype != coords.dtype:
+                windows = physics.GroupWindows(coords, self.N, physics.region_size(self.N, coords))
+            region, _ = physics.merge_group(patches, measurement.weights.to(patches.real.dtype), coords, windows.M, windows=windows)
+            patches = windows.extract(region)  # physics.extract_from_region(region, coords, N) with these windows
         return patches
+
+    def _group_windows(self, batch):
+        """The batch's ``physics.GroupWindows`` on regions of ``physics.region_size``, in the images' dtype, when the
+        physics input or the group merge uses them; else None."""
+        estimate = self.model_config.generator_input == "object_estimate"
+        if not (estimate or (self.model_config.object_big and self.C > 1)):
+            return None
+        coords = batch["coords_relative"].to(batch["images"].dtype if estimate else torch.float32)
+        return physics.GroupWindows(coords, self.N, physics.region_size(self.N, coords))
 
     def _estimate_from(self, inputs: torch.Tensor) -> torch.Tensor:
         """The complex object estimate ``(B, C, N, N)`` that :meth:`generator_input` encoded as ``[Re(O - 1), Im(O - 1)]``."""

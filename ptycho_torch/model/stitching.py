@@ -201,7 +201,7 @@ class _Accumulator:
     def __init__(self, canvas: Canvas, N: int, device):
         H, W = canvas.shape_px
         self.canvas, self.N, self.W = canvas, N, W
-        self.numerator = torch.zeros(2, H * W, dtype=torch.float64, device=device)
+        self.numerator = torch.zeros(H * W, dtype=torch.complex128, device=device)
         self.weight = torch.zeros(H * W, dtype=torch.float64, device=device)
         self.offsets = torch.arange(N + 1, device=device)
 
@@ -226,24 +226,28 @@ class _Accumulator:
         if group_size <= 0:
             self._add(flat[inside], values[inside], spread[inside])
             return
+        values, spread = values.to(torch.complex128), spread.to(torch.float64)  # once per batch, not per group
+        every = bool(inside.all())  # the usual case: each group's pixels are a plain slice, no mask to apply
         for group in range(0, len(patches), group_size):
             members = slice(group, group + group_size)
-            where = inside[members]
-            indices, placed = flat[members][where], values[members][where].to(torch.complex128)
-            overlap = (torch.complex(self.numerator[0][indices], self.numerator[1][indices]).conj() * placed).sum()
+            if every:
+                indices, placed, weight = flat[members].reshape(-1), values[members].reshape(-1), spread[members].reshape(-1)
+            else:
+                where = inside[members]
+                indices, placed, weight = flat[members][where], values[members][where], spread[members][where]
+            overlap = (self.numerator[indices].conj() * placed).sum()
             rotation = torch.where(overlap.abs() > 0, overlap.conj() / overlap.abs().clamp_min(1e-300), torch.ones_like(overlap))
-            self._add(indices, placed * rotation, spread[members][where])
+            self._add(indices, placed * rotation, weight)
 
     def _add(self, flat: torch.Tensor, values: torch.Tensor, spread: torch.Tensor) -> None:
-        self.numerator[0].index_add_(0, flat, values.real.to(torch.float64))
-        self.numerator[1].index_add_(0, flat, values.imag.to(torch.float64))
+        self.numerator.index_add_(0, flat, values.to(torch.complex128))
         self.weight.index_add_(0, flat, spread.to(torch.float64))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         H, W = self.canvas.shape_px
         weight = self.weight.cpu().numpy().reshape(H, W)
-        numerator = self.numerator.cpu().numpy().reshape(2, H, W)
+        numerator = self.numerator.cpu().numpy().reshape(H, W)
         covered = weight > COVERAGE_FLOOR * max(float(weight.max()), np.finfo(np.float64).tiny)
         obj = np.zeros((H, W), dtype=np.complex128)
-        obj[covered] = (numerator[0][covered] + 1j * numerator[1][covered]) / weight[covered]
+        obj[covered] = numerator[covered] / weight[covered]
         return obj, weight
