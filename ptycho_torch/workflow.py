@@ -65,14 +65,14 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
 
 
 def train_model(model, data_module, trainer, run_dir: Path, *, discard_on_failure: bool = True) -> Path:
-    """Fit ``model`` (a ``PtychoPINN_Lightning``) with ``trainer`` and return the run's best checkpoint
-    (:func:`~ptycho_torch.lightning_utils.find_best_checkpoint` of the directory the trainer wrote to).
+    """Fit ``model`` (a ``PtychoPINN_Lightning``) with ``trainer`` and return the run's best checkpoint: the
+    ``best-checkpoint.ckpt`` its checkpoint callback wrote (without one, :func:`~ptycho_torch.lightning_utils.find_best_checkpoint`).
 
     A run that fails or is interrupted re-raises (an interruption as KeyboardInterrupt); with
     ``discard_on_failure`` (the process that owns ``run_dir``) its directory is removed, or kept marked
     ``INCOMPLETE`` when it holds checkpoints (:func:`~ptycho_torch.run_dirs.discard_failed_run`).
     """
-    from ptycho_torch.lightning_utils import find_best_checkpoint
+    from ptycho_torch.lightning_utils import BEST_CHECKPOINT, find_best_checkpoint
     from ptycho_torch.run_dirs import discard_failed_run
 
     run_dir = Path(run_dir)
@@ -81,8 +81,10 @@ def train_model(model, data_module, trainer, run_dir: Path, *, discard_on_failur
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training in {run_dir} was interrupted")
         callback = getattr(trainer, "checkpoint_callback", None)
-        written = Path(callback.dirpath).parent if callback is not None and callback.dirpath else run_dir  # rank 0's under DDP
-        best = find_best_checkpoint(written)
+        if callback is not None and callback.dirpath:  # the file this run wrote (rank 0's directory under DDP, which
+            best = Path(callback.dirpath) / BEST_CHECKPOINT  # another rank may see before rank 0 marks the run finished)
+        else:
+            best = find_best_checkpoint(run_dir)
         if best is None or not best.is_file():
             raise RuntimeError(f"training finished without a checkpoint in {run_dir / 'checkpoints'}")
     except BaseException:
