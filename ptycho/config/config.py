@@ -13,6 +13,7 @@ import warnings
 
 __all__ = [
     'GeneratorFields',
+    'GroupingFields',
     'InferenceConfig',
     'KEY_MAPPINGS',
     'LRScheduleFields',
@@ -67,10 +68,10 @@ KEY_MAPPINGS: dict[str, str] = {
 """Dataclass field name -> legacy ``params.cfg`` key, where they differ."""
 
 
-# ---- field groups both schemas declare: this ModelConfig/TrainingConfig and ptycho_torch.config_params' ----
-# Each group is declared once, here (torch-free), and inherited by both. ``kw_only`` keeps the
-# subclasses' own fields positional in their order; an inherited field is passed by keyword.
-# ptycho_torch.config_resolve copies the fields of these groups across the bridge as they are.
+# ---- field groups more than one schema declares: this module's configs and ptycho_torch.config_params' ----
+# Each group is declared once, here (torch-free), and inherited. ``kw_only`` keeps the subclasses'
+# own fields positional in their order; an inherited field is passed by keyword.
+# ptycho_torch.config_resolve copies the fields of the groups both packages share across the bridge.
 
 
 @dataclass(kw_only=True)
@@ -129,6 +130,19 @@ class LRScheduleFields:
     plateau_threshold: float = 0.0
 
 
+@dataclass(kw_only=True)
+class GroupingFields:
+    """How scan points are grouped (this TrainingConfig and InferenceConfig); ``n_images`` is ``n_groups``'s deprecated alias."""
+
+    n_groups: int | None = None
+    n_images: int | None = None
+    n_subsample: int | None = None
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    enable_oversampling: bool = False
+    neighbor_pool_size: int | None = None
+
+
 @dataclass
 class ModelConfig(ObjectProbeFields, GeneratorFields):
     """Model architecture; mutable so a caller may set ``N`` once the data size is known.
@@ -149,10 +163,11 @@ class ModelConfig(ObjectProbeFields, GeneratorFields):
 
 
 @dataclass
-class TrainingConfig(LRScheduleFields, OptimizerFields):
+class TrainingConfig(GroupingFields, LRScheduleFields, OptimizerFields):
     """Training workflow and grouping settings; ``n_groups=None`` means 512 groups.
 
-    The fields of :class:`OptimizerFields` and :class:`LRScheduleFields` are inherited and keyword-only.
+    The fields of :class:`GroupingFields`, :class:`OptimizerFields` and :class:`LRScheduleFields` are
+    inherited and keyword-only.
     """
 
     model: ModelConfig
@@ -165,13 +180,6 @@ class TrainingConfig(LRScheduleFields, OptimizerFields):
     realspace_mae_weight: float = 0.0
     realspace_weight: float = 0.0
     nphotons: float = 1e9
-    n_groups: int | None = None
-    n_images: int | None = None
-    n_subsample: int | None = None
-    subsample_seed: int | None = None
-    neighbor_count: int = 4
-    enable_oversampling: bool = False
-    neighbor_pool_size: int | None = None
     positions_provided: bool = True
     probe_trainable: bool = False
     intensity_scale_trainable: bool = True
@@ -187,24 +195,17 @@ class TrainingConfig(LRScheduleFields, OptimizerFields):
 
 
 @dataclass
-class InferenceConfig:
+class InferenceConfig(GroupingFields):
     """Inference workflow and grouping settings; ``n_groups=None`` means every group.
 
     ``sequential_sampling`` is not one of PtychoPINN's InferenceConfig fields: its default None
     leaves ``params.cfg['sequential_sampling']`` as a TrainingConfig set it (as PtychoPINN does)
-    and means False for grouping.
+    and means False for grouping. The fields of :class:`GroupingFields` are inherited and keyword-only.
     """
 
     model: ModelConfig
     model_path: Path
     test_data_file: Path
-    n_groups: int | None = None
-    n_images: int | None = None
-    n_subsample: int | None = None
-    subsample_seed: int | None = None
-    neighbor_count: int = 4
-    enable_oversampling: bool = False
-    neighbor_pool_size: int | None = None
     sequential_sampling: bool | None = None
     debug: bool = False
     output_dir: Path = field(default_factory=lambda: Path('inference_outputs'))
