@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ptycho.config.config import GeneratorFields, LRScheduleFields, ObjectProbeFields, OptimizerFields
+
 __all__ = [
     'DataConfig',
     'DatagenConfig',
@@ -41,7 +43,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ObjectProbeFields, GeneratorFields):
     """Network architecture, forward model and loss settings (PtychoPINN's fields and defaults).
 
     ``probe_mask`` is None, a bool, or a mask tensor/array and ``probe_mask_tensor`` a mask
@@ -51,18 +53,12 @@ class ModelConfig:
     after two error-reduction steps and outputs its correction; ``generator_input='diffraction'``
     with ``generator_output='object'`` is PtychoPINN's generator. ``base_filters`` (16) is the
     U-Net's first width at ``n_filters_scale=1``; PtychoPINN's is 32.
+    The generator (``architecture``, ``fno_*``, ...) and object/probe fields (``object_big``,
+    ``probe_mask_sigma``, ...) are inherited, keyword-only, from ``ptycho.config.config``'s
+    ``GeneratorFields`` and ``ObjectProbeFields``, which its ModelConfig shares.
     """
 
     mode: Literal['Unsupervised', 'Supervised'] = 'Unsupervised'
-    architecture: str = 'cnn'
-    fno_modes: int = 12
-    fno_width: int = 32
-    fno_blocks: int = 4
-    fno_cnn_blocks: int = 2
-    learned_input_channels: int = 1
-    fno_input_transform: Literal['none', 'sqrt', 'log1p', 'instancenorm'] = 'none'
-    max_hidden_channels: int | None = None
-    resnet_width: int | None = None
     hybrid_skip_connections: bool = False
     hybrid_downsample_steps: int = 2
     hybrid_downsample_op: Literal['stride_conv', 'avgpool_conv', 'blurpool_conv'] = 'stride_conv'
@@ -77,7 +73,6 @@ class ModelConfig:
     spectral_bottleneck_share_weights: bool = True
     spectral_bottleneck_gate_init: float = 0.1
     spectral_bottleneck_gate_mode: Literal['shared', 'per_block'] = 'shared'
-    generator_output_mode: Literal['real_imag', 'amp_phase_logits', 'amp_phase'] = 'real_imag'
     generator_input: Literal['object_estimate', 'diffraction'] = 'object_estimate'
     object_estimate_steps: int = 2
     generator_output: Literal['correction', 'object'] = 'correction'
@@ -93,8 +88,6 @@ class ModelConfig:
     batch_norm: bool = False
     probe_mask: Any = False
     probe_mask_tensor: Any = None
-    probe_mask_sigma: float = 1.0
-    probe_mask_diameter: float | None = None
     edge_pad: int = 10
     decoder_last_c_outer_fraction: float = 0.125
     decoder_last_amp_channels: int = 1
@@ -106,12 +99,8 @@ class ModelConfig:
     eca_decoder: bool = False
     spatial_decoder: bool = False
     decoder_spatial_kernel: int = 7
-    object_big: bool = True
-    probe_big: bool = True
     offset: int = 6
     C_forward: int = 4
-    pad_object: bool = True
-    gaussian_smoothing_sigma: float = 0.0
     loss_function: Literal['MAE', 'Poisson'] = 'Poisson'
     amp_loss: Literal['Total_Variation', 'Mean_Deviation'] | None = None
     phase_loss: Literal['Total_Variation', 'Mean_Deviation'] | None = None
@@ -123,12 +112,14 @@ class ModelConfig:
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(LRScheduleFields, OptimizerFields):
     """Training loop, hardware, scheduling and file-location settings.
 
     ``lr_warmup_epochs``/``lr_min_ratio`` are PtychoPINN main's names; ``warmup_epochs``/``min_lr_ratio``
     those of the branch Ptychodus 1.7.0 calls. Both are kept; the bridge uses a non-default
-    ``lr_*`` value first, else the other.
+    ``lr_*`` value first, else the other. The optimizer and learning-rate schedule fields
+    (``optimizer``, ``scheduler``, ``plateau_*``, ...) are inherited, keyword-only, from
+    ``ptycho.config.config``'s ``OptimizerFields`` and ``LRScheduleFields``, which its TrainingConfig shares.
     """
 
     training_directories: list[str] = field(default_factory=list)
@@ -143,28 +134,12 @@ class TrainingConfig:
     batch_size: int = 16
     epochs_fine_tune: int = 0
     fine_tune_gamma: float = 0.1
-    scheduler: str = 'Default'
-    lr_warmup_epochs: int = 0
-    lr_min_ratio: float = 0.1
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    plateau_min_lr: float = 5e-5
-    plateau_threshold: float = 0.0
     warmup_epochs: int = 0
     min_lr_ratio: float = 0.1
     num_workers: int = 4
     accum_steps: int = 1
-    gradient_clip_val: float | None = None
-    gradient_clip_algorithm: Literal['norm', 'value', 'agc'] = 'norm'
-    optimizer: Literal['adam', 'adamw', 'sgd'] = 'adam'
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
     log_grad_norm: bool = False
     grad_norm_log_freq: int = 1
-    torch_loss_mode: Literal['poisson', 'mae'] = 'poisson'
-    torch_mae_pred_l2_match_target: bool = False
     stage_1_epochs: int = 0
     stage_2_epochs: int = 0
     stage_3_epochs: int = 0

@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ptycho.config.config import (
+    GeneratorFields,
     InferenceConfig as TFInferenceConfig,
+    LRScheduleFields,
     ModelConfig as TFModelConfig,
+    ObjectProbeFields,
+    OptimizerFields,
     TrainingConfig as TFTrainingConfig,
     validate_inference_config,
     validate_model_config,
@@ -349,19 +353,11 @@ def _probe_mask_enabled(probe_mask: Any) -> bool:
     )
 
 
-CARRIED_MODEL_FIELDS = (
-    'architecture', 'fno_modes', 'fno_width', 'fno_blocks', 'fno_cnn_blocks', 'learned_input_channels',
-    'max_hidden_channels', 'resnet_width', 'fno_input_transform', 'generator_output_mode',
-    'probe_mask_sigma', 'probe_mask_diameter',
-)
-"""ModelConfig fields with the same name and meaning on both sides, copied as they are."""
+CARRIED_MODEL_FIELDS = tuple(f.name for group in (GeneratorFields, ObjectProbeFields) for f in fields(group))
+"""ModelConfig fields both sides inherit from ``ptycho.config.config`` (same name and meaning), copied as they are."""
 
-CARRIED_TRAINING_FIELDS = (
-    'gradient_clip_val', 'gradient_clip_algorithm', 'optimizer', 'momentum', 'weight_decay',
-    'adam_beta1', 'adam_beta2', 'scheduler', 'plateau_factor', 'plateau_patience', 'plateau_min_lr',
-    'plateau_threshold', 'torch_loss_mode', 'torch_mae_pred_l2_match_target',
-)
-"""TrainingConfig fields with the same name and meaning on both sides, copied as they are."""
+CARRIED_TRAINING_FIELDS = tuple(f.name for group in (OptimizerFields, LRScheduleFields) for f in fields(group))
+"""TrainingConfig fields both sides inherit, copied as they are (``lr_warmup_epochs``/``lr_min_ratio`` then by :func:`lr_schedule`)."""
 
 
 def _copied_from(config: Any, name: str) -> Callable[[], Any]:
@@ -398,12 +394,8 @@ def to_model_config(
         'n_filters_scale': lambda: model.n_filters_scale,
         'model_type': lambda: _model_type(model.mode),
         'amp_activation': lambda: _amp_activation(model.amp_activation),
-        'object_big': lambda: model.object_big,
-        'probe_big': lambda: model.probe_big,
         'probe_mask': lambda: _probe_mask_enabled(model.probe_mask) or model.probe_mask_tensor is not None,
-        'pad_object': lambda: model.pad_object,
         'probe_scale': lambda: data.probe_scale,
-        'gaussian_smoothing_sigma': lambda: model.gaussian_smoothing_sigma,
         **{name: _copied_from(model, name) for name in CARRIED_MODEL_FIELDS},
     }
     checked = _checked_overrides(overrides, TFModelConfig)

@@ -8,13 +8,18 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 import warnings
 
 __all__ = [
+    'GeneratorFields',
+    'GroupingFields',
     'InferenceConfig',
     'KEY_MAPPINGS',
+    'LRScheduleFields',
     'ModelConfig',
+    'ObjectProbeFields',
+    'OptimizerFields',
     'TrainingConfig',
     'dataclass_to_legacy_dict',
     'update_legacy_dict',
@@ -31,14 +36,19 @@ ARCHITECTURES = (
     'hybrid_resnet_ffno_bottleneck', 'hybrid_resnet_convnext_bottleneck',
 )
 """PtychoPINN's generator architectures (2026-07); this package provides no model, it only carries the choice."""
-FNO_INPUT_TRANSFORMS = ('none', 'sqrt', 'log1p', 'instancenorm')
-GENERATOR_OUTPUT_MODES = ('real_imag', 'amp_phase_logits', 'amp_phase')
+FnoInputTransform = Literal['none', 'sqrt', 'log1p', 'instancenorm']
+GeneratorOutputMode = Literal['real_imag', 'amp_phase_logits', 'amp_phase']
+TorchLossMode = Literal['poisson', 'mae']
+GradientClipAlgorithm = Literal['norm', 'value', 'agc']
+OptimizerName = Literal['adam', 'adamw', 'sgd']
+FNO_INPUT_TRANSFORMS = get_args(FnoInputTransform)
+GENERATOR_OUTPUT_MODES = get_args(GeneratorOutputMode)
 OBJECT_LAYOUTS = ('single_patch', 'grouped_patches')
 TRAINING_CANVASES = ('independent', 'relative_overlap')
 TRAINING_PATCH_WEIGHTINGS = ('central_mask', 'uniform', 'probe')
-TORCH_LOSS_MODES = ('poisson', 'mae')
-GRADIENT_CLIP_ALGORITHMS = ('norm', 'value', 'agc')
-OPTIMIZERS = ('adam', 'adamw', 'sgd')
+TORCH_LOSS_MODES = get_args(TorchLossMode)
+GRADIENT_CLIP_ALGORITHMS = get_args(GradientClipAlgorithm)
+OPTIMIZERS = get_args(OptimizerName)
 SCHEDULERS = ('Default', 'Exponential', 'WarmupCosine', 'ReduceLROnPlateau', 'MultiStage', 'Adaptive')
 AMP_ACTIVATIONS = ('sigmoid', 'swish', 'softplus', 'relu')
 BACKENDS = ('tensorflow', 'pytorch')
@@ -58,14 +68,16 @@ KEY_MAPPINGS: dict[str, str] = {
 """Dataclass field name -> legacy ``params.cfg`` key, where they differ."""
 
 
-@dataclass
-class ModelConfig:
-    """Model architecture; mutable so a caller may set ``N`` once the data size is known."""
+# ---- field groups more than one schema declares: this module's configs and ptycho_torch.config_params' ----
+# Each group is declared once, here (torch-free), and inherited. ``kw_only`` keeps the subclasses'
+# own fields positional in their order; an inherited field is passed by keyword.
+# ptycho_torch.config_resolve copies the fields of the groups both packages share across the bridge.
 
-    N: int = 64
-    gridsize: int = 1
-    n_filters_scale: int = 2
-    model_type: str = 'pinn'
+
+@dataclass(kw_only=True)
+class GeneratorFields:
+    """PtychoPINN's generator architecture (both ModelConfigs); validated by ``validate_model_config``."""
+
     architecture: str = 'cnn'
     fno_modes: int = 12
     fno_width: int = 32
@@ -74,25 +86,89 @@ class ModelConfig:
     learned_input_channels: int = 1
     max_hidden_channels: int | None = None
     resnet_width: int | None = None
-    fno_input_transform: str = 'none'
-    generator_output_mode: str = 'real_imag'
-    amp_activation: str = 'sigmoid'
+    fno_input_transform: FnoInputTransform = 'none'
+    generator_output_mode: GeneratorOutputMode = 'real_imag'
+
+
+@dataclass(kw_only=True)
+class ObjectProbeFields:
+    """Object and probe settings of the forward model (both ModelConfigs); ``probe_mask`` is per class (its type differs)."""
+
     object_big: bool = True
-    object_layout: str | None = None
-    training_canvas: str | None = None
-    training_patch_weighting: str | None = None
     probe_big: bool = True
-    probe_mask: bool = False
     probe_mask_sigma: float = 1.0
     probe_mask_diameter: float | None = None
     pad_object: bool = True
-    probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
 
 
+@dataclass(kw_only=True)
+class OptimizerFields:
+    """The torch trainer's loss mode, gradient clipping and optimizer (both TrainingConfigs)."""
+
+    torch_loss_mode: TorchLossMode = 'poisson'
+    torch_mae_pred_l2_match_target: bool = False
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: GradientClipAlgorithm = 'norm'
+    optimizer: OptimizerName = 'adam'
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+
+
+@dataclass(kw_only=True)
+class LRScheduleFields:
+    """The torch trainer's learning-rate schedule (both TrainingConfigs)."""
+
+    scheduler: str = 'Default'
+    lr_warmup_epochs: int = 0
+    lr_min_ratio: float = 0.1
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_min_lr: float = 5e-5
+    plateau_threshold: float = 0.0
+
+
+@dataclass(kw_only=True)
+class GroupingFields:
+    """How scan points are grouped (this TrainingConfig and InferenceConfig); ``n_images`` is ``n_groups``'s deprecated alias."""
+
+    n_groups: int | None = None
+    n_images: int | None = None
+    n_subsample: int | None = None
+    subsample_seed: int | None = None
+    neighbor_count: int = 4
+    enable_oversampling: bool = False
+    neighbor_pool_size: int | None = None
+
+
 @dataclass
-class TrainingConfig:
-    """Training workflow and grouping settings; ``n_groups=None`` means 512 groups."""
+class ModelConfig(ObjectProbeFields, GeneratorFields):
+    """Model architecture; mutable so a caller may set ``N`` once the data size is known.
+
+    The fields of :class:`GeneratorFields` and :class:`ObjectProbeFields` are inherited and keyword-only.
+    """
+
+    N: int = 64
+    gridsize: int = 1
+    n_filters_scale: int = 2
+    model_type: str = 'pinn'
+    amp_activation: str = 'sigmoid'
+    object_layout: str | None = None
+    training_canvas: str | None = None
+    training_patch_weighting: str | None = None
+    probe_mask: bool = False
+    probe_scale: float = 4.0
+
+
+@dataclass
+class TrainingConfig(GroupingFields, LRScheduleFields, OptimizerFields):
+    """Training workflow and grouping settings; ``n_groups=None`` means 512 groups.
+
+    The fields of :class:`GroupingFields`, :class:`OptimizerFields` and :class:`LRScheduleFields` are
+    inherited and keyword-only.
+    """
 
     model: ModelConfig
     train_data_file: Path | None = None
@@ -104,35 +180,12 @@ class TrainingConfig:
     realspace_mae_weight: float = 0.0
     realspace_weight: float = 0.0
     nphotons: float = 1e9
-    n_groups: int | None = None
-    n_images: int | None = None
-    n_subsample: int | None = None
-    subsample_seed: int | None = None
-    neighbor_count: int = 4
-    enable_oversampling: bool = False
-    neighbor_pool_size: int | None = None
     positions_provided: bool = True
     probe_trainable: bool = False
     intensity_scale_trainable: bool = True
     output_dir: Path = field(default_factory=lambda: Path('training_outputs'))
     sequential_sampling: bool = False
     backend: str = 'tensorflow'
-    torch_loss_mode: str = 'poisson'
-    torch_mae_pred_l2_match_target: bool = False
-    gradient_clip_val: float | None = None
-    gradient_clip_algorithm: str = 'norm'
-    optimizer: str = 'adam'
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    scheduler: str = 'Default'
-    lr_warmup_epochs: int = 0
-    lr_min_ratio: float = 0.1
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    plateau_min_lr: float = 5e-5
-    plateau_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         self.n_groups = _resolve_n_groups(self.n_groups, self.n_images)
@@ -142,24 +195,17 @@ class TrainingConfig:
 
 
 @dataclass
-class InferenceConfig:
+class InferenceConfig(GroupingFields):
     """Inference workflow and grouping settings; ``n_groups=None`` means every group.
 
     ``sequential_sampling`` is not one of PtychoPINN's InferenceConfig fields: its default None
     leaves ``params.cfg['sequential_sampling']`` as a TrainingConfig set it (as PtychoPINN does)
-    and means False for grouping.
+    and means False for grouping. The fields of :class:`GroupingFields` are inherited and keyword-only.
     """
 
     model: ModelConfig
     model_path: Path
     test_data_file: Path
-    n_groups: int | None = None
-    n_images: int | None = None
-    n_subsample: int | None = None
-    subsample_seed: int | None = None
-    neighbor_count: int = 4
-    enable_oversampling: bool = False
-    neighbor_pool_size: int | None = None
     sequential_sampling: bool | None = None
     debug: bool = False
     output_dir: Path = field(default_factory=lambda: Path('inference_outputs'))

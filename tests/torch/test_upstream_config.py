@@ -147,6 +147,25 @@ def test_configs_with_new_fields_pickle_under_the_module_path():
     assert pickle.loads(pickle.dumps(TrainingConfig(optimizer="sgd"))).optimizer == "sgd"
 
 
+def test_shared_field_groups_are_declared_once_and_keep_the_positional_fields():
+    from dataclasses import fields
+
+    from ptycho.config.config import GeneratorFields, GroupingFields, LRScheduleFields, ObjectProbeFields, OptimizerFields
+
+    for group, owners in ((GeneratorFields, (TFModelConfig, ModelConfig)), (ObjectProbeFields, (TFModelConfig, ModelConfig)),
+                          (OptimizerFields, (TFTrainingConfig, TrainingConfig)), (LRScheduleFields, (TFTrainingConfig, TrainingConfig)),
+                          (GroupingFields, (TFTrainingConfig, TFInferenceConfig))):
+        for owner in owners:
+            assert issubclass(owner, group) and not set(owner.__dict__["__annotations__"]) & {f.name for f in fields(group)}
+    # the groups' fields are keyword-only; the leading fields stay positional, in PtychoPINN's order
+    model = TFModelConfig(32, 2, 3, "supervised", "relu")
+    assert (model.N, model.gridsize, model.n_filters_scale, model.model_type, model.amp_activation) == (32, 2, 3, "supervised", "relu")
+    training = TFTrainingConfig(model, "a.npz", "b.npz", 8, 3, 0.0, 1.0, 0.0, 0.0, 1e6, optimizer="sgd", n_groups=9)
+    assert (training.batch_size, training.nepochs, training.nphotons, training.optimizer, training.n_groups) == (8, 3, 1e6, "sgd", 9)
+    assert TFInferenceConfig(model, "m", "t.npz", n_groups=4).n_groups == 4
+    assert TrainingConfig(["d"], False, "cpu").device == "cpu"
+
+
 # --- error phrases PtychoPINN scripts match on ---------------------------------------------------
 
 def test_error_texts_carry_upstreams_phrases_and_our_fix():
