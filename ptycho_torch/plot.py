@@ -202,7 +202,9 @@ def write_reconstruction_png(obj: np.ndarray, reference: np.ndarray | None, path
 
     picture, titles = reconstruction_picture(obj, reference)
     Image, _, _ = _require_pillow()
-    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
     info.add_text(PNG_INFO_KEY, " | ".join(" ".join(title.split("\n")) for title in titles))
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -215,12 +217,13 @@ def reconstruction_picture(obj: np.ndarray, reference: np.ndarray | None) -> tup
     Image, ImageDraw, ImageFont = _require_pillow()
     font = _font(ImageFont, 11)
     panels = reconstruction_panels(obj, reference)
+    scales = [[_bar_scale(image) for _, image in cells] for cells in panels]  # each image's range and ticks, once
     height, width = np.shape(obj)[:2]
     zoom = PANEL_PX / max(height, width, 1)
     shown = (max(1, round(width * zoom)), max(1, round(height * zoom)))  # (w, h) of each image in the picture
     line = _text_size(font, "Ag")[1] + 3
     title_h, bar_w, tick, margin = 2 * line + 6, 14, 4, 14
-    label_w = max(_text_size(font, label)[0] for cells in panels for _, image in cells for label in _tick_labels(image)[1]) + 4
+    label_w = max(_text_size(font, label)[0] for row in scales for _, (_, labels) in row for label in labels) + 4
     cell_w = max(shown[0] + 10 + bar_w + tick + 2 + label_w,
                  max(_text_size(font, part)[0] for cells in panels for title, _ in cells for part in title.split("\n"))) + 2 * margin
     cell_h = title_h + shown[1] + margin
@@ -233,15 +236,15 @@ def reconstruction_picture(obj: np.ndarray, reference: np.ndarray | None) -> tup
             for k, part in enumerate(title.split("\n")):
                 draw.text((col * cell_w + cell_w // 2, top + k * line), part, fill=0, font=font, anchor="ma")
             y0 = top + title_h
-            grey = Image.fromarray(grey_levels(image, *_finite_range(image)))
+            (low, high), (tick_values, tick_labels) = scales[row][col]
+            grey = Image.fromarray(grey_levels(image, low, high))
             resample = Image.Resampling.BOX if zoom < 1 else Image.Resampling.NEAREST
             canvas.paste(grey.resize(shown, resample), (x0, y0))
             bar_x = x0 + shown[0] + 10
             ramp = np.linspace(255, 0, shown[1]).round().astype(np.uint8)  # top: the largest value
             canvas.paste(Image.fromarray(np.repeat(ramp[:, None], bar_w, axis=1)), (bar_x, y0))
             draw.rectangle((bar_x - 1, y0 - 1, bar_x + bar_w, y0 + shown[1]), outline=0)
-            low, high = _finite_range(image)
-            for value, label in zip(*_tick_labels(image)):
+            for value, label in zip(tick_values, tick_labels):
                 y = y0 + (shown[1] - 1) * (1 - (value - low) / (high - low))
                 draw.line((bar_x + bar_w, round(y), bar_x + bar_w + tick, round(y)), fill=0)
                 draw.text((bar_x + bar_w + tick + 2, round(y)), label, fill=0, font=font, anchor="lm")
@@ -265,9 +268,16 @@ def _finite_range(image: np.ndarray) -> tuple[float, float]:
     return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
 
 
-def _tick_labels(image: np.ndarray) -> tuple[list[float], list[str]]:
-    """Ticks on the bar: multiples of a round step (1, 2, 2.5 or 5 times a power of ten) within the image's range."""
-    low, high = _finite_range(image)
+def _bar_scale(image: np.ndarray) -> tuple[tuple[float, float], tuple[list[float], list[str]]]:
+    """An image's finite range and the ticks of its bar."""
+    value_range = _finite_range(image)
+    return value_range, _tick_labels(image, value_range)
+
+
+def _tick_labels(image: np.ndarray, value_range: tuple[float, float] | None = None) -> tuple[list[float], list[str]]:
+    """Ticks on the bar: multiples of a round step (1, 2, 2.5 or 5 times a power of ten) within the image's range
+    (``value_range``, when the caller has it)."""
+    low, high = value_range if value_range is not None else _finite_range(image)
     if not high > low:
         return [], []
     raw = (high - low) / 6
