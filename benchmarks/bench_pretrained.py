@@ -48,7 +48,7 @@ from ptycho_torch.dset_loader_pt_mmap import PtychoDataset  # noqa: E402
 from ptycho_torch.model.checkpoints import load_network  # noqa: E402
 from ptycho_torch.model.pinn import choose_precision  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
-from ptycho_torch.model.refine import refine  # noqa: E402
+from ptycho_torch.model.refine import PARALLEL, RefinementUpdate, refine  # noqa: E402
 
 logger = logging.getLogger("bench_pretrained")
 
@@ -72,7 +72,8 @@ class Way:
     groups: str
     precision: str
     use_network: bool
-    refine: int = 0  # error-reduction iterations over the whole object after the pass (ptycho_torch.model.refine)
+    refine: int = 0  # error-reduction sweeps over the whole object after the pass (ptycho_torch.model.refine)
+    parallel: bool = False  # the refinement's parallel update (refine.PARALLEL) instead of its default RefinementUpdate
 
     @property
     def name(self) -> str:
@@ -80,15 +81,18 @@ class Way:
             base = f"physics input ({self.groups})"
         else:
             base = f"single pass ({self.groups}, {self.precision})"
-        return base if not self.refine else f"{base} + refine {self.refine}"
+        return base if not self.refine else f"{base} + refine {self.refine}{' (parallel)' if self.parallel else ''}"
 
 
-def model_ways(precisions=("bf16", "fp32"), groups=("cover", "all"), refinements=(), headline_precision="bf16") -> list[Way]:
+def model_ways(precisions=("bf16", "fp32"), groups=("cover", "all"), refinements=(), headline_precision="bf16",
+               parallel_refinements=()) -> list[Way]:
     """Physics input on each group selection, the single pass for each selection and precision, then the headline
-    pass (cover) and the physics input (cover) each followed by each number of refinement iterations."""
+    pass (cover) and the physics input (cover) each followed by each number of refinement sweeps (the default
+    update), and by each of ``parallel_refinements`` with the parallel update."""
     ways = [Way(g, "fp32", False) for g in groups] + [Way(g, p, True) for g in groups for p in precisions]
-    return ways + [Way(HEADLINE_GROUPS, headline_precision, True, n) for n in refinements] + [
-        Way(HEADLINE_GROUPS, "fp32", False, n) for n in refinements]
+    for n_sweeps, parallel in [*((n, False) for n in refinements), *((n, True) for n in parallel_refinements)]:
+        ways += [Way(HEADLINE_GROUPS, headline_precision, True, n_sweeps, parallel), Way(HEADLINE_GROUPS, "fp32", False, n_sweeps, parallel)]
+    return ways
 
 
 def lsqml_name(epochs: int) -> str:
@@ -151,7 +155,7 @@ def run_model_way(network, dataset, way: Way, truth_shape):
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     result = reconstruct(network, dataset, canvas=Canvas(truth_shape, (0, 0)), groups=way.groups, use_network=way.use_network,
                          progress=False)
-    result = refine(result, dataset, way.refine, progress=False)
+    result = refine(result, dataset, way.refine, update=PARALLEL if way.parallel else RefinementUpdate(), progress=False)
     return result, time.process_time() - started_cpu, time.perf_counter() - started_wall
 
 
@@ -342,8 +346,8 @@ def time_to_quality_figure(per_scan: dict, kinds: list[str], model_way_names: li
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    refined = [name for name in model_way_names if " + refine " in name]
-    model_way_names = [name for name in model_way_names if name not in refined]
+    refined = [name for name in model_way_names if " + refine " in name and not name.endswith("(parallel)")]  # the table has those
+    model_way_names = [name for name in model_way_names if " + refine " not in name]
     markers = {name: m for name, m in zip(model_way_names, "os^vDPX*")}
     fig, axes = plt.subplots(2, len(kinds), figsize=(3.2 * len(kinds), 6.4), squeeze=False, sharey="row")
     for col, kind in enumerate(kinds):
@@ -387,7 +391,7 @@ def time_to_quality_figure(per_scan: dict, kinds: list[str], model_way_names: li
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle("Held-out scans: quality against CPU seconds, one torch thread. Lines: Pty-chi LSQML (epoch counts annotated);\n"
                  "markers: the pretrained model's single pass (filled) and its physics input (open); dashed (dotted): the pass (physics input)\n"
-                 "then 5, 10, 20, 40 refinement iterations; horizontal dotted lines: issue 26's targets", fontsize=8)
+                 "then 5, 10, 20, 40 refinement sweeps (64 points per update, momentum 0.5); horizontal dotted lines: issue 26's targets", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -450,7 +454,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=list(LSQML_EPOCHS), help="empty: no Pty-chi")
     parser.add_argument("--precisions", nargs="+", choices=("bf16", "fp32"), default=["bf16", "fp32"])
     parser.add_argument("--refine", nargs="*", type=int, default=[5, 10, 20, 40],
-                        help="refinement iterations after the headline pass and after the physics input alone (empty: none)")
+                        help="refinement sweeps (default update) after the headline pass and after the physics input alone (empty: none)")
+    parser.add_argument("--refine-parallel", nargs="*", type=int, default=[20],
+                        help="the same with the parallel update (refine.PARALLEL, the update before 2026-12-07), for the ablation")
     parser.add_argument("--groups", nargs="+", choices=("cover", "all"), default=["cover", "all"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU seconds comparable with Pty-chi's)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "pretrained_heldout.json")
@@ -483,7 +489,7 @@ def main(argv=None) -> int:
     headline = Way(HEADLINE_GROUPS, headline_precision, True).name
     precisions = list(dict.fromkeys([headline_precision, *args.precisions]))
     ways = model_ways(precisions, args.groups if HEADLINE_GROUPS in args.groups else [HEADLINE_GROUPS, *args.groups], args.refine,
-                      headline_precision)
+                      headline_precision, args.refine_parallel)
     physics = Way(HEADLINE_GROUPS, "fp32", False).name
 
     heldout = args.heldout or ROOT / "benchmarks" / "results" / (

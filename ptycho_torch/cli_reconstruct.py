@@ -23,6 +23,7 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 GROUP_SELECTIONS = ("cover", "all")  # ptycho_torch.model.stitching.GROUP_SELECTIONS, without importing torch to parse
+REFINE_POINTS, REFINE_MOMENTUM = 64, 0.5  # ptycho_torch.model.refine.RefinementUpdate's defaults, without importing torch to parse
 DEFAULT_DATA_DIR = Path("data/memmap")  # ptycho-memmap's default: caches shared with it and with PtychoDataset's examples
 DIRECTORY_FIX = {"scan": "pass one of its .npz files (reconstruct each scan separately)",
                  "checkpoint": "pass the .ckpt file, e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"}
@@ -45,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
     parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
-                        help="error-reduction iterations over the whole object after the network's pass, with the known probe "
+                        help="error-reduction sweeps over the whole object after the network's pass, with the known probe "
                              "(default 0; benchmarks/RESULTS.md has quality against CPU s)")
+    parser.add_argument("--refine-points", type=points_per_update, default=None, metavar="K|all",
+                        help=f"with --refine: scan points per object update, in a fixed random order (default {REFINE_POINTS}); "
+                             "'all': every point from the same object, the sum applied once per sweep (slower to converge)")
+    parser.add_argument("--refine-momentum", type=momentum, default=None, metavar="M",
+                        help=f"with --refine: share of the previous sweep's change added before each sweep, in [0, 1) (default {REFINE_MOMENTUM})")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -88,6 +94,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     from ptycho.scan_file import read_scan, scan_files
     from ptycho.scan_geometry import check_scan_geometry
 
+    check_refine_options(args)
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
     png = None if args.no_png else output.with_suffix(".png")
@@ -119,7 +126,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
-                                      whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet)
+                                      whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
+                                      refine_update=refine_update(args))
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     write_reconstruction(output, result)
     print(output)
@@ -130,6 +138,39 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     if png is not None:
         print(write_png(result.object, reference, png))
     return EXIT_OK
+
+
+def points_per_update(text: str) -> int | str:
+    """argparse type of ``--refine-points``: an integer >= 1, or ``'all'``."""
+    return "all" if text.strip().lower() == "all" else positive_int(text)
+
+
+def momentum(text: str) -> float:
+    """argparse type of ``--refine-momentum``: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def check_refine_options(args: argparse.Namespace) -> None:
+    """``--refine-points``/``--refine-momentum`` without ``--refine`` would do nothing: refused."""
+    given = [option for option, value in (("--refine-points", args.refine_points), ("--refine-momentum", args.refine_momentum))
+             if value is not None]
+    if given and args.refine == 0:
+        raise UsageError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} how --refine updates the object; "
+                         "give --refine ITERATIONS too, or leave it out")
+
+
+def refine_update(args: argparse.Namespace):
+    """The :class:`~ptycho_torch.model.refine.RefinementUpdate` of the command line (imports torch)."""
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    points = REFINE_POINTS if args.refine_points is None else None if args.refine_points == "all" else args.refine_points
+    return RefinementUpdate(patterns=points, momentum=REFINE_MOMENTUM if args.refine_momentum is None else args.refine_momentum)
 
 
 def set_torch_threads(requested: int | None) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ptycho_torch.model.refine import RefinementUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +23,8 @@ class ReconstructionSettings:
     the U-Net's arithmetic (``'auto'``, ``'fp32'``, ``'bf16'``, :func:`~ptycho_torch.model.pinn.choose_precision`);
     ``batch_size``: groups per batch, memory only (None: the stitching's default); ``groups`` and
     ``whole_scan``: :func:`~ptycho_torch.model.stitching.reconstruct`'s; ``refine_iterations``: error-reduction
-    iterations over the whole stitched object (:func:`~ptycho_torch.model.refine.refine`), 0 for none.
+    sweeps over the whole stitched object (:func:`~ptycho_torch.model.refine.refine`), 0 for none, each updating
+    the object as ``refine_update`` says (:class:`~ptycho_torch.model.refine.RefinementUpdate`; None: its defaults).
     """
 
     device: str = "auto"
@@ -29,6 +34,7 @@ class ReconstructionSettings:
     whole_scan: bool = True
     refine_iterations: int = 0
     progress: bool = True
+    refine_update: "RefinementUpdate | None" = None
 
 
 def resolve_device(requested="auto"):
@@ -58,9 +64,10 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
                          groups=settings.groups, whole_scan=settings.whole_scan)
     if settings.refine_iterations:
-        from ptycho_torch.model.refine import refine
+        from ptycho_torch.model.refine import RefinementUpdate, refine
 
-        result = refine(result, dataset, settings.refine_iterations, progress=settings.progress)
+        result = refine(result, dataset, settings.refine_iterations, update=settings.refine_update or RefinementUpdate(),
+                        progress=settings.progress)
     return result
 
 

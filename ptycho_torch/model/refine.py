@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,24 +16,56 @@ from ptycho_torch.model.stitching import COVERAGE_FLOOR, Reconstruction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["refine"]
+__all__ = ["RefinementUpdate", "refine"]
 
-REGULARISATION = 0.05  # of the largest coverage, added to the coverage that divides each update (physics.object_estimate's)
-PATTERNS_PER_BATCH = 256  # patterns whose windows and exit waves are held at once: memory, not the result
+PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit waves are held at once (memory, not the result)
+PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
+BYTES_PER_PLANNED_SAMPLE = 8 + 4  # int64 canvas index and float32 step size of each window sample
+
+
+@dataclass(frozen=True)
+class RefinementUpdate:
+    """How each refinement iteration updates the object (benchmarks/RESULTS.md has quality against CPU s).
+
+    ``patterns``: the scan points whose corrections make one update, applied before the next batch
+    is corrected (ePIE/LSQML-like sweeps; the points are dealt into batches once, in a random order
+    drawn from ``order_seed``); ``None`` corrects every point of the scan from the same object and
+    applies the sum (parallel error reduction, the only mode before 2026-12-07). ``momentum``: the
+    share of the previous iteration's change added before each iteration (0: none). Each update is
+    divided by the summed probe weight of its points plus ``regularisation`` times that sum's maximum.
+    """
+
+    patterns: int | None = 64
+    momentum: float = 0.5
+    regularisation: float = 0.05
+    order_seed: int = 0
+
+    def __post_init__(self):
+        if self.patterns is not None and (isinstance(self.patterns, bool) or int(self.patterns) != self.patterns or self.patterns < 1):
+            raise ValueError(f"RefinementUpdate.patterns={self.patterns!r}: scan points per update, an integer >= 1, or None for all at once")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"RefinementUpdate.momentum={self.momentum!r} must be in [0, 1)")
+        if not (isinstance(self.regularisation, (int, float)) and math.isfinite(self.regularisation) and self.regularisation > 0):
+            raise ValueError(f"RefinementUpdate.regularisation={self.regularisation!r} must be a finite number > 0")
+
+
+PARALLEL = RefinementUpdate(patterns=None, momentum=0.0)  # the refinement of 2026-12-06 and before
 
 
 @torch.inference_mode()
-def refine(result: Reconstruction, dataset, iterations: int, *, experiment: int = 0, batch_size: int = PATTERNS_PER_BATCH,
-           progress: bool = True) -> Reconstruction:
-    """``iterations`` error-reduction steps over the whole canvas of ``result``, with the known probe.
+def refine(result: Reconstruction, dataset, iterations: int, *, update: RefinementUpdate = RefinementUpdate(), experiment: int = 0,
+           batch_size: int = PATTERNS_PER_BATCH, progress: bool = True) -> Reconstruction:
+    """``iterations`` error-reduction sweeps over the whole canvas of ``result``, with the known probe.
 
-    Each step extracts every scan point's window of the object (:class:`physics.GroupWindows` on the
-    canvas), imposes the measured modulus on its exit waves (:func:`physics.project_modulus`) and adds
-    all corrections back at once, divided by the summed probe weight plus ``0.05`` of its maximum: the
-    update of :func:`physics.object_estimate`, on every pattern of the scan instead of one group. The
-    modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of the experiment (specs/model.md
-    section 3), in which units ``result.object`` (calibrated by the stitching's count gain) predicts
-    the counts. ``iterations=0`` returns ``result``. Memory: the canvas and ``batch_size`` patterns.
+    An update extracts its scan points' windows of the object (:class:`physics.GroupWindows` on the
+    canvas), imposes the measured modulus on their exit waves (:meth:`FarFieldPtychography.correction`)
+    and adds the corrections back divided by their summed probe weight (plus ``update.regularisation``
+    of its maximum): the update of :func:`physics.object_estimate` over scan points of the whole scan
+    instead of one group. ``update`` says how many points make one update and the momentum
+    (:class:`RefinementUpdate`). The modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of
+    the experiment (specs/model.md section 3), in which units ``result.object`` (calibrated by the
+    stitching's count gain) predicts the counts. ``iterations=0`` returns ``result``. Memory: the
+    canvas, one batch of patterns, and each point's window indices and step sizes up to ``PLAN_BYTES``.
     """
     if int(iterations) != iterations or iterations < 0:
         raise ValueError(f"refinement iterations must be an integer >= 0, got {iterations!r}")
@@ -46,21 +78,80 @@ def refine(result: Reconstruction, dataset, iterations: int, *, experiment: int 
     kappa = float(np.mean(exp.store.energy)) / probe_energy  # mean counts per pattern / what a unit object gives
     measurement = FarFieldPtychography(probe, torch.tensor([kappa]))
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
-    batches = [slice(start, start + batch_size) for start in range(0, len(corners), batch_size)]
-    windows = [physics.GroupWindows.at(corners[None, part], N, (H, W)) for part in batches]
-    coverage = sum(w.place(measurement.weights.expand(1, w.C, N, N)) for w in windows)[0]
-    inverse = 1 / (coverage + REGULARISATION * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
-    obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64)[None]
+    sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size)
+    obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
+    previous = obj
     for _ in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
-        update = torch.zeros_like(obj)
-        for part, w in zip(batches, windows):
-            modulus = torch.from_numpy(np.abs(np.asarray(exp.store.diffraction[part], dtype=np.float32)))[None] / math.sqrt(kappa)
-            update += w.place(measurement.correction(w.extract(obj), modulus))
-        obj = obj + update * inverse
-    covered = (coverage > COVERAGE_FLOOR * coverage.max()).numpy()
-    refined = np.where(covered, obj[0].numpy(), 0).astype(np.complex64)
-    logger.info("refined %s: %d error-reduction iterations over %d patterns", exp.scan.path, iterations, len(corners))
+        start = obj + update.momentum * (obj - previous) if update.momentum else obj
+        previous, obj = obj, sweep(start)
+    covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
+    refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
+    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g)", exp.scan.path, iterations,
+                len(corners), "all" if update.patterns is None else update.patterns, update.momentum)
     return replace(result, object=refined)
+
+
+class _Sweep:
+    """One refinement iteration over every scan point: the batches, their windows and their step sizes, prepared once."""
+
+    def __init__(self, measurement: FarFieldPtychography, corners: torch.Tensor, diffraction, modulus_scale: float,
+                 shape_px: tuple[int, int], update: RefinementUpdate, batch_size: int):
+        self.measurement, self.corners, self.diffraction = measurement, corners, diffraction
+        self.modulus_scale, self.shape_px, self.update = modulus_scale, shape_px, update
+        n = len(corners)
+        if update.patterns is None:
+            self.batches = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        else:
+            order = np.random.default_rng(update.order_seed).permutation(n)
+            self.batches = [np.sort(order[start:start + update.patterns]) for start in range(0, n, update.patterns)]
+        self.coverage = torch.zeros(shape_px[0] * shape_px[1])
+        for part in self.batches:
+            self.coverage += self._place(self._windows(part), self._weights(part)).reshape(-1)
+        self.coverage = self.coverage.reshape(shape_px)
+        if update.patterns is None:
+            self.inverse = self._inverse(self.coverage).reshape(-1)
+        planned = n * (measurement.N + 1) ** 2 * BYTES_PER_PLANNED_SAMPLE
+        self.plans = [self._plan(part) for part in self.batches] if update.patterns is not None and planned <= PLAN_BYTES else None
+
+    def __call__(self, obj: torch.Tensor) -> torch.Tensor:
+        """The object (flat canvas) after one iteration from ``obj``."""
+        if self.update.patterns is None:  # every point corrected from the same object, the sum applied once
+            total = torch.zeros_like(obj)
+            for part in self.batches:
+                windows = self._windows(part)
+                total += self._place(windows, self._correction(windows, obj, part)).reshape(-1)
+            return obj + total * self.inverse
+        obj = obj.clone()
+        for i, part in enumerate(self.batches):
+            windows, steps = self.plans[i] if self.plans is not None else self._plan(part)
+            spread = physics.bilinear_spread(self._correction(windows, obj, part), windows.fx, windows.fy)
+            if windows.inside is not None:
+                spread = spread * windows.inside
+            obj.index_add_(0, windows.index, spread.reshape(-1) * steps)
+        return obj
+
+    def _windows(self, part: np.ndarray) -> physics.GroupWindows:
+        return physics.GroupWindows.at(self.corners[None, torch.from_numpy(part)], self.measurement.N, self.shape_px)
+
+    def _weights(self, part: np.ndarray) -> torch.Tensor:
+        N = self.measurement.N
+        return self.measurement.weights.expand(1, len(part), N, N)
+
+    def _place(self, windows: physics.GroupWindows, patches: torch.Tensor) -> torch.Tensor:
+        return windows.place(patches)[0]
+
+    def _inverse(self, coverage: torch.Tensor) -> torch.Tensor:
+        return 1 / (coverage + self.update.regularisation * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
+
+    def _plan(self, part: np.ndarray) -> tuple[physics.GroupWindows, torch.Tensor]:
+        """A batch's windows and the step size at each of their samples: 1 / (its points' summed probe weight + regularisation)."""
+        windows = self._windows(part)
+        inverse = self._inverse(self._place(windows, self._weights(part))).reshape(-1)
+        return windows, inverse[windows.index]
+
+    def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
+        modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale
+        return self.measurement.correction(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
 
 
 def _window_corners(xcoords, ycoords, origin_px: tuple[float, float], N: int) -> torch.Tensor:

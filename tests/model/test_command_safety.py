@@ -109,6 +109,25 @@ def test_reconstruct_refuses_an_output_named_like_its_png(checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_refinement_options_without_refine_are_refused_before_any_work(checkpoint, tmp_path):
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine-points", 32, "--refine-momentum", 0.3, "--quiet")
+    assert_one_line_error(result, "--refine-points and --refine-momentum", "--refine ITERATIONS")
+    assert list(tmp_path.iterdir()) == []
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-momentum", 1, "--quiet")
+    assert result.returncode == 2 and "--refine-momentum" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_command_line_refinement_options_reach_the_refinement():
+    from ptycho_torch.cli_reconstruct import REFINE_MOMENTUM, REFINE_POINTS, parse_args, refine_update
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    assert (REFINE_POINTS, REFINE_MOMENTUM) == (RefinementUpdate().patterns, RefinementUpdate().momentum)
+    given = ["ckpt", "scan.npz", "--refine", "5"]
+    assert refine_update(parse_args(given)) == RefinementUpdate()
+    assert refine_update(parse_args([*given, "--refine-points", "all", "--refine-momentum", "0"])) == RefinementUpdate(patterns=None, momentum=0.0)
+    assert refine_update(parse_args([*given, "--refine-points", "16"])) == RefinementUpdate(patterns=16)
+
+
 def test_reconstruct_writes_exactly_the_path_it_prints_with_device_cpu(checkpoint, tmp_path):
     output = tmp_path / "object.ckpt"
     result = reconstruct(checkpoint, NPZ, "--output", output, "--n-groups", 16, "--no-png", "--device", "cpu", "--quiet")
