@@ -104,9 +104,14 @@ class _Sweep:
         else:
             order = np.random.default_rng(update.order_seed).permutation(n)
             self.batches = [np.sort(order[start:start + update.patterns]) for start in range(0, n, update.patterns)]
+        self._scratch = torch.zeros(shape_px[0] * shape_px[1])  # one batch's probe weight, zeroed again after use
         self.coverage = torch.zeros(shape_px[0] * shape_px[1])
         for part in self.batches:
-            self.coverage += self._place(self._windows(part), self._weights(part)).reshape(-1)
+            if update.patterns is None:
+                self.coverage += self._place(self._windows(part), self._weights(part)).reshape(-1)
+            else:
+                windows = self._windows(part)
+                self.coverage.index_add_(0, windows.index, _spread(windows, self._weights(part)))
         self.coverage = self.coverage.reshape(shape_px)
         if update.patterns is None:
             self.inverse = self._inverse(self.coverage).reshape(-1)
@@ -124,10 +129,7 @@ class _Sweep:
         obj = obj.clone()
         for i, part in enumerate(self.batches):
             windows, steps = self.plans[i] if self.plans is not None else self._plan(part)
-            spread = physics.bilinear_spread(self._correction(windows, obj, part), windows.fx, windows.fy)
-            if windows.inside is not None:
-                spread = spread * windows.inside
-            obj.index_add_(0, windows.index, spread.reshape(-1) * steps)
+            obj.index_add_(0, windows.index, _spread(windows, self._correction(windows, obj, part)) * steps)
         return obj
 
     def _windows(self, part: np.ndarray) -> physics.GroupWindows:
@@ -144,14 +146,24 @@ class _Sweep:
         return 1 / (coverage + self.update.regularisation * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
 
     def _plan(self, part: np.ndarray) -> tuple[physics.GroupWindows, torch.Tensor]:
-        """A batch's windows and the step size at each of their samples: 1 / (its points' summed probe weight + regularisation)."""
+        """A batch's windows and the step size at each of their samples: 1 / (its points' summed probe weight + regularisation).
+
+        The summed weight is gathered from one scratch canvas, zeroed again at the batch's samples: no canvas per batch."""
         windows = self._windows(part)
-        inverse = self._inverse(self._place(windows, self._weights(part))).reshape(-1)
-        return windows, inverse[windows.index]
+        self._scratch.index_add_(0, windows.index, _spread(windows, self._weights(part)))
+        weight = self._scratch[windows.index]
+        self._scratch[windows.index] = 0
+        return windows, 1 / (weight + self.update.regularisation * weight.max()).clamp_min(torch.finfo(weight.dtype).tiny)
 
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale
         return self.measurement.correction(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
+
+
+def _spread(windows: physics.GroupWindows, patches: torch.Tensor) -> torch.Tensor:
+    """``patches (1, n, N, N)`` spread onto their windows' samples, flat: what ``windows.place`` adds at ``windows.index``."""
+    spread = physics.bilinear_spread(patches, windows.fx, windows.fy)
+    return (spread if windows.inside is None else spread * windows.inside).reshape(-1)
 
 
 def _window_corners(xcoords, ycoords, origin_px: tuple[float, float], N: int) -> torch.Tensor:
