@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
+    parser.add_argument("--start", choices=("network", "physics"), default="network",
+                        help="'network': the network's single pass (default); 'physics': its physics input alone, without "
+                             "the U-Net (0.35-0.42 CPU s less per 512 points), a start for --refine (benchmarks/RESULTS.md compares both)")
     parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
                         help="error-reduction sweeps over the whole object after the network's pass, with the known probe "
                              "(default 0; benchmarks/RESULTS.md has quality against CPU s)")
@@ -127,7 +130,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
-                                      refine_update=refine_update(args))
+                                      refine_update=refine_update(args), use_network=args.start == "network")
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     write_reconstruction(output, result)
     print(output)

@@ -24,7 +24,8 @@ class ReconstructionSettings:
     ``batch_size``: groups per batch, memory only (None: the stitching's default); ``groups`` and
     ``whole_scan``: :func:`~ptycho_torch.model.stitching.reconstruct`'s; ``refine_iterations``: error-reduction
     sweeps over the whole stitched object (:func:`~ptycho_torch.model.refine.refine`), 0 for none, each updating
-    the object as ``refine_update`` says (:class:`~ptycho_torch.model.refine.RefinementUpdate`; None: its defaults).
+    the object as ``refine_update`` says (:class:`~ptycho_torch.model.refine.RefinementUpdate`; None: its defaults);
+    ``use_network``: False stitches the network's physics input alone (the U-Net is not run), a start for refinement.
     """
 
     device: str = "auto"
@@ -35,6 +36,7 @@ class ReconstructionSettings:
     refine_iterations: int = 0
     progress: bool = True
     refine_update: "RefinementUpdate | None" = None
+    use_network: bool = True
 
 
 def resolve_device(requested="auto"):
@@ -62,7 +64,7 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     network.precision = choose_precision(settings.precision, device)
     logger.info("network arithmetic: %s on %s", network.precision, device)
     result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
-                         groups=settings.groups, whole_scan=settings.whole_scan)
+                         groups=settings.groups, whole_scan=settings.whole_scan, use_network=settings.use_network)
     if settings.refine_iterations:
         from ptycho_torch.model.refine import RefinementUpdate, refine
 

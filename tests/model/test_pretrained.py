@@ -114,3 +114,24 @@ def test_ptycho_reconstruct_pretrained_writes_the_object_of_the_embedded_scan(tm
         with np.load(tmp_path / f"{name}.npz", allow_pickle=False) as out:
             scores[name] = reconstruction_quality(out["object"], truth, out["coverage"] > 0.05 * out["coverage"].max())
     assert scores["refined"].phase_r > scores["plain"].phase_r + 0.02, scores
+
+
+def test_start_physics_writes_the_physics_input_without_the_network(tmp_path):
+    """`--start physics` stitches the network's physics input alone (no U-Net): what `reconstruct(use_network=False)` gives."""
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+    from ptycho_torch.model.stitching import Canvas, reconstruct
+    from ptycho_torch.pretrained import load_pretrained
+
+    result, _ = _reconstruct("pretrained", NPZ, "--output", tmp_path / "p.npz", "--data-dir", tmp_path / "memmap", "--start", "physics",
+                             "--canvas", "object", "--precision", "fp32", "--no-png", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    network = load_pretrained()
+    training = replace(network.training_config, n_groups=512)
+    dataset = PtychoDataset(NPZ, network.data_config, network.model_config, training, data_dir=tmp_path / "memmap", progress=False)
+    truth_shape = np.load(NPZ, allow_pickle=False)["objectGuess"].shape
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as out:
+        written = out["object"]
+    physics = reconstruct(network, dataset, canvas=Canvas(truth_shape, (0, 0)), use_network=False, groups="cover", progress=False).object
+    network_pass = reconstruct(network, dataset, canvas=Canvas(truth_shape, (0, 0)), groups="cover", progress=False).object
+    np.testing.assert_allclose(written, physics, rtol=0, atol=1e-6 * np.abs(physics).max())
+    assert not np.allclose(written, network_pass, rtol=0, atol=1e-3 * np.abs(physics).max())

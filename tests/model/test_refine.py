@@ -82,6 +82,10 @@ def test_the_workflow_honours_every_reconstruction_setting(setup):
                                                                          refine_update=PARALLEL), canvas=canvas)
     np.testing.assert_array_equal(parallel.object, refine(plain, dataset, 3, update=PARALLEL, progress=False).object)
     assert not np.array_equal(parallel.object, refined.object)
+    physics = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", use_network=False, progress=False),
+                               canvas=canvas)
+    np.testing.assert_array_equal(physics.object, reconstruct(network, dataset, canvas=canvas, progress=False, groups="cover",
+                                                              use_network=False).object)
     reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="bf16", progress=False), canvas=canvas)
     assert network.precision == "bf16"
 
