@@ -49,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'network': the network's single pass (default); 'physics': its physics input alone, without "
                              "the U-Net (0.35-0.42 CPU s less per 512 points), a start for --refine (benchmarks/RESULTS.md compares both)")
     parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
-                        help="error-reduction sweeps over the whole object after the network's pass, with the known probe "
-                             "(default 0; benchmarks/RESULTS.md has quality against CPU s)")
+                        help="error-reduction sweeps over the whole object after the network's pass (or the physics input, "
+                             "--start physics), with the known probe (default 0; benchmarks/RESULTS.md has quality against CPU s)")
     parser.add_argument("--refine-points", type=points_per_update, default=None, metavar="K|all",
                         help=f"with --refine: scan points per object update, in a fixed random order (default {REFINE_POINTS}); "
-                             "'all': every point from the same object, the sum applied once per sweep (slower to converge)")
+                             "'all': every point from the same object, the sum applied once per sweep (with --refine-momentum 0: "
+                             "the parallel update, the only one before 2026-12-07; slower to converge)")
     parser.add_argument("--refine-momentum", type=momentum, default=None, metavar="M",
                         help=f"with --refine: share of the previous sweep's change added before each sweep, in [0, 1) (default {REFINE_MOMENTUM})")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -124,6 +125,9 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     gc.freeze()  # the imports' objects (torch's above all) live to the end: the collector's full passes skip them (about 0.05 CPU s)
     model = load_network(checkpoint, map_location=device)
     _require_pattern_size(model, checkpoint, scan)
+    if args.start == "physics" and model.model_config.generator_input != "object_estimate":
+        raise UsageError(f"--start physics: the network of {checkpoint} reads the diffraction itself "
+                         f"(generator_input={model.model_config.generator_input!r}), it has no physics input; use --start network")
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,

@@ -62,7 +62,10 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     device = resolve_device(settings.device)
     network.to(device)
     network.precision = choose_precision(settings.precision, device)
-    logger.info("network arithmetic: %s on %s", network.precision, device)
+    if settings.use_network:
+        logger.info("network arithmetic: %s on %s", network.precision, device)
+    else:
+        logger.info("the network's physics input alone on %s (the U-Net is not run)", device)
     result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
                          groups=settings.groups, whole_scan=settings.whole_scan, use_network=settings.use_network)
     if settings.refine_iterations:

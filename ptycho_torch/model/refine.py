@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = ["RefinementUpdate", "refine"]
 PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit waves are held at once (memory, not the result)
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
 BYTES_PER_PLANNED_SAMPLE = 8 + 4  # int64 canvas index and float32 step size of each window sample
+MAX_REGULARISATION = 1e6  # of the coverage's maximum: far beyond it no step is left (and float32 overflows)
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,31 @@ class RefinementUpdate:
     order_seed: int = 0
 
     def __post_init__(self):
-        if self.patterns is not None and (isinstance(self.patterns, bool) or int(self.patterns) != self.patterns or self.patterns < 1):
+        if self.patterns is not None and not (_is_integer(self.patterns) and self.patterns >= 1):
             raise ValueError(f"RefinementUpdate.patterns={self.patterns!r}: scan points per update, an integer >= 1, or None for all at once")
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise ValueError(f"RefinementUpdate.momentum={self.momentum!r} must be in [0, 1)")
-        if not (isinstance(self.regularisation, (int, float)) and math.isfinite(self.regularisation) and self.regularisation > 0):
-            raise ValueError(f"RefinementUpdate.regularisation={self.regularisation!r} must be a finite number > 0")
+        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"RefinementUpdate.momentum={self.momentum!r} must be a number in [0, 1)")
+        if not (_is_real(self.regularisation) and 0 < self.regularisation <= MAX_REGULARISATION):
+            raise ValueError(f"RefinementUpdate.regularisation={self.regularisation!r} must be a number in (0, {MAX_REGULARISATION:g}]")
+        if not (_is_integer(self.order_seed) and self.order_seed >= 0):
+            raise ValueError(f"RefinementUpdate.order_seed={self.order_seed!r} must be an integer >= 0 (the batches' fixed order)")
+        for name in ("momentum", "regularisation"):  # plain floats (a -0 momentum is 0)
+            object.__setattr__(self, name, float(getattr(self, name)) + 0.0)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 PARALLEL = RefinementUpdate(patterns=None, momentum=0.0)  # the refinement of 2026-12-06 and before
 
 
 @torch.inference_mode()
-def refine(result: Reconstruction, dataset, iterations: int, *, update: RefinementUpdate = RefinementUpdate(), experiment: int = 0,
+def refine(result: Reconstruction, dataset, iterations: int, *, update: RefinementUpdate | None = None, experiment: int = 0,
            batch_size: int = PATTERNS_PER_BATCH, progress: bool = True) -> Reconstruction:
     """``iterations`` error-reduction sweeps over the whole canvas of ``result``, with the known probe.
 
@@ -64,13 +78,16 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     instead of one group. ``update`` says how many points make one update and the momentum
     (:class:`RefinementUpdate`). The modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of
     the experiment (specs/model.md section 3), in which units ``result.object`` (calibrated by the
-    stitching's count gain) predicts the counts. ``iterations=0`` returns ``result``. Memory: the
-    canvas, one batch of patterns, and each point's window indices and step sizes up to ``PLAN_BYTES``.
+    stitching's count gain) predicts the counts. ``iterations=0`` returns ``result``; ``update=None``
+    the default :class:`RefinementUpdate`. Memory: the canvas, the exit waves of ``batch_size`` patterns
+    at a time (an update of more points is corrected in parts of that size, then applied), and each
+    point's window indices and step sizes up to ``PLAN_BYTES``.
     """
     if int(iterations) != iterations or iterations < 0:
         raise ValueError(f"refinement iterations must be an integer >= 0, got {iterations!r}")
     if iterations == 0:
         return result
+    update = RefinementUpdate() if update is None else update
     exp = dataset.experiments[experiment]
     N, (H, W) = dataset.N, result.canvas.shape_px
     probe = physics.unit_peak(dataset.probes[experiment][None, None])  # (1, 1, P, N, N), peak amplitude 1
@@ -87,12 +104,15 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g)", exp.scan.path, iterations,
-                len(corners), "all" if update.patterns is None else update.patterns, update.momentum)
+                len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum)
     return replace(result, object=refined)
 
 
 class _Sweep:
-    """One refinement iteration over every scan point: the batches, their windows and their step sizes, prepared once."""
+    """One refinement iteration over every scan point: the batches, their windows and their step sizes, prepared once.
+
+    A batch (the points of one update) is held as parts of at most ``batch_size`` points: the exit waves of one part
+    at a time are in memory, whatever ``RefinementUpdate.patterns`` asks."""
 
     def __init__(self, measurement: FarFieldPtychography, corners: torch.Tensor, diffraction, modulus_scale: float,
                  shape_px: tuple[int, int], update: RefinementUpdate, batch_size: int):
@@ -100,13 +120,14 @@ class _Sweep:
         self.modulus_scale, self.shape_px, self.update = modulus_scale, shape_px, update
         n = len(corners)
         if update.patterns is None:
-            self.batches = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+            self.batches = [[np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]]
         else:
             order = np.random.default_rng(update.order_seed).permutation(n)
-            self.batches = [np.sort(order[start:start + update.patterns]) for start in range(0, n, update.patterns)]
+            batches = [np.sort(order[start:start + update.patterns]) for start in range(0, n, update.patterns)]
+            self.batches = [[batch[start:start + batch_size] for start in range(0, len(batch), batch_size)] for batch in batches]
         self._scratch = torch.zeros(shape_px[0] * shape_px[1])  # one batch's probe weight, zeroed again after use
         self.coverage = torch.zeros(shape_px[0] * shape_px[1])
-        for part in self.batches:
+        for part in (part for batch in self.batches for part in batch):
             if update.patterns is None:
                 self.coverage += self._place(self._windows(part), self._weights(part)).reshape(-1)
             else:
@@ -116,20 +137,27 @@ class _Sweep:
         if update.patterns is None:
             self.inverse = self._inverse(self.coverage).reshape(-1)
         planned = n * (measurement.N + 1) ** 2 * BYTES_PER_PLANNED_SAMPLE
-        self.plans = [self._plan(part) for part in self.batches] if update.patterns is not None and planned <= PLAN_BYTES else None
+        self.plans = [self._plan(batch) for batch in self.batches] if update.patterns is not None and planned <= PLAN_BYTES else None
 
     def __call__(self, obj: torch.Tensor) -> torch.Tensor:
         """The object (flat canvas) after one iteration from ``obj``."""
         if self.update.patterns is None:  # every point corrected from the same object, the sum applied once
             total = torch.zeros_like(obj)
-            for part in self.batches:
+            for part in self.batches[0]:
                 windows = self._windows(part)
                 total += self._place(windows, self._correction(windows, obj, part)).reshape(-1)
             return obj + total * self.inverse
         obj = obj.clone()
-        for i, part in enumerate(self.batches):
-            windows, steps = self.plans[i] if self.plans is not None else self._plan(part)
-            obj.index_add_(0, windows.index, _spread(windows, self._correction(windows, obj, part)) * steps)
+        for i, batch in enumerate(self.batches):
+            plan = self.plans[i] if self.plans is not None else self._plan(batch)
+            if len(batch) == 1:
+                (windows, steps), = plan
+                obj.index_add_(0, windows.index, _spread(windows, self._correction(windows, obj, batch[0])) * steps)
+                continue
+            change = torch.zeros_like(obj)  # every part corrected from the same object, then applied together
+            for part, (windows, steps) in zip(batch, plan):
+                change.index_add_(0, windows.index, _spread(windows, self._correction(windows, obj, part)) * steps)
+            obj += change
         return obj
 
     def _windows(self, part: np.ndarray) -> physics.GroupWindows:
@@ -145,15 +173,18 @@ class _Sweep:
     def _inverse(self, coverage: torch.Tensor) -> torch.Tensor:
         return 1 / (coverage + self.update.regularisation * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
 
-    def _plan(self, part: np.ndarray) -> tuple[physics.GroupWindows, torch.Tensor]:
-        """A batch's windows and the step size at each of their samples: 1 / (its points' summed probe weight + regularisation).
+    def _plan(self, batch: list[np.ndarray]) -> list[tuple[physics.GroupWindows, torch.Tensor]]:
+        """Each part's windows and the step size at each of their samples: 1 / (the batch's summed probe weight + regularisation).
 
         The summed weight is gathered from one scratch canvas, zeroed again at the batch's samples: no canvas per batch."""
-        windows = self._windows(part)
-        self._scratch.index_add_(0, windows.index, _spread(windows, self._weights(part)))
-        weight = self._scratch[windows.index]
-        self._scratch[windows.index] = 0
-        return windows, 1 / (weight + self.update.regularisation * weight.max()).clamp_min(torch.finfo(weight.dtype).tiny)
+        windows = [self._windows(part) for part in batch]
+        for w, part in zip(windows, batch):
+            self._scratch.index_add_(0, w.index, _spread(w, self._weights(part)))
+        weights = [self._scratch[w.index] for w in windows]
+        for w in windows:
+            self._scratch[w.index] = 0
+        floor = self.update.regularisation * torch.stack([weight.max() for weight in weights]).max()
+        return [(w, 1 / (weight + floor).clamp_min(torch.finfo(weight.dtype).tiny)) for w, weight in zip(windows, weights)]
 
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale

@@ -117,6 +117,20 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     assert result.returncode == 2 and "--refine-momentum" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
 
 
+def test_start_physics_with_a_network_without_physics_input_is_refused_before_the_memory_map(tmp_path):
+    from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
+    from ptycho_torch.model.pinn import PtychoPINN
+
+    network = PtychoPINN(ModelConfig(generator_input="diffraction", generator_output="object", n_filters_scale=1, cbam_encoder=False,
+                                     use_shared_decoder=True), DataConfig(N=64, grid_size=(2, 2), K=7), TrainingConfig())
+    checkpoint = tmp_path / "diffraction.ckpt"
+    torch.save({"state_dict": network.state_dict(), "hyper_parameters": network.configs()}, checkpoint)
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "out" / "r.npz", "--start", "physics", "--data-dir", tmp_path / "memmap",
+                         "--quiet")
+    assert_one_line_error(result, "--start physics", "generator_input='diffraction'", "--start network")
+    assert not (tmp_path / "memmap").exists() and not (tmp_path / "out" / "r.npz").exists()
+
+
 def test_the_command_line_refinement_options_reach_the_refinement():
     from ptycho_torch.cli_reconstruct import REFINE_MOMENTUM, REFINE_POINTS, parse_args, refine_update
     from ptycho_torch.model.refine import RefinementUpdate

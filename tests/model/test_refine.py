@@ -139,11 +139,48 @@ def test_the_sequential_update_is_the_same_whether_its_windows_are_kept_or_rebui
     assert not np.array_equal(other_order, kept)  # the order seed is honoured
 
 
-@pytest.mark.parametrize("kwargs, match", [({"patterns": 0}, "patterns"), ({"patterns": 2.5}, "patterns"), ({"patterns": True}, "patterns"),
-                                           ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"),
-                                           ({"regularisation": 0}, "regularisation"), ({"regularisation": float("nan")}, "regularisation")])
+@pytest.mark.parametrize("kwargs, match", [
+    ({"patterns": 0}, "patterns"), ({"patterns": 2.5}, "patterns"), ({"patterns": 2.0}, "patterns"), ({"patterns": True}, "patterns"),
+    ({"patterns": float("nan")}, "patterns"), ({"patterns": float("inf")}, "patterns"), ({"patterns": "abc"}, "patterns"),
+    ({"patterns": [4]}, "patterns"), ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"), ({"momentum": False}, "momentum"),
+    ({"momentum": "0.5"}, "momentum"), ({"momentum": float("nan")}, "momentum"), ({"regularisation": 0}, "regularisation"),
+    ({"regularisation": float("nan")}, "regularisation"), ({"regularisation": True}, "regularisation"), ({"regularisation": 1e300}, "regularisation"),
+    ({"order_seed": -1}, "order_seed"), ({"order_seed": 1.5}, "order_seed"), ({"order_seed": "x"}, "order_seed"), ({"order_seed": None}, "order_seed"),
+])
 def test_bad_update_settings_are_refused_naming_the_field(kwargs, match):
     from ptycho_torch.model.refine import RefinementUpdate
 
     with pytest.raises(ValueError, match=f"RefinementUpdate.{match}"):
         RefinementUpdate(**kwargs)
+
+
+def test_numpy_numbers_are_accepted_as_plain_values():
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    update = RefinementUpdate(patterns=np.int64(32), momentum=np.float32(0.5), regularisation=np.float64(0.05), order_seed=np.int32(3))
+    assert (update.momentum, update.regularisation) == (0.5, 0.05) and type(update.momentum) is float
+    assert RefinementUpdate(momentum=-0.0).momentum == 0.0 and str(RefinementUpdate(momentum=-0.0).momentum) == "0.0"
+
+
+def test_no_update_means_the_default_one(setup):
+    dataset, _, start = setup
+    np.testing.assert_array_equal(refine(start, dataset, 2, update=None, progress=False).object, refine(start, dataset, 2, progress=False).object)
+
+
+def test_a_large_update_is_corrected_in_parts_of_batch_size_points(setup, monkeypatch):
+    """An update of 512 points holds the exit waves of at most batch_size of them at once, and gives the same object."""
+    from ptycho_torch.model import refine as refine_module
+
+    dataset, _, start = setup
+    whole = refine(start, dataset, 2, update=refine_module.RefinementUpdate(patterns=512), batch_size=512, progress=False).object
+    sizes = []
+    correction = refine_module._Sweep._correction
+
+    def recording(self, windows, obj, part):
+        sizes.append(len(part))
+        return correction(self, windows, obj, part)
+
+    monkeypatch.setattr(refine_module._Sweep, "_correction", recording)
+    parts = refine(start, dataset, 2, update=refine_module.RefinementUpdate(patterns=512), batch_size=100, progress=False).object
+    assert sizes and max(sizes) <= 100, sizes
+    np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
