@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
-    parser.add_argument("--start", choices=("network", "physics"), default="network",
+    parser.add_argument("--start", choices=("network", "physics", "flat"), default="network",
                         help="'network': the network's single pass (default); 'physics': its physics input alone, without "
-                             "the U-Net (0.35-0.42 CPU s less per 512 points), a start for --refine (benchmarks/RESULTS.md compares both)")
+                             "the U-Net (0.35-0.42 CPU s less per 512 points); 'flat': a unit object, neither (needs --refine); "
+                             "benchmarks/RESULTS.md compares them")
     parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
                         help="error-reduction sweeps over the whole object after the network's pass (or the physics input, "
                              "--start physics), with the known probe (default 0; benchmarks/RESULTS.md has quality against CPU s)")
@@ -134,7 +135,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
-                                      refine_update=refine_update(args), use_network=args.start == "network")
+                                      refine_update=refine_update(args), start=args.start)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     write_reconstruction(output, result)
     print(output)
@@ -167,6 +168,8 @@ def check_refine_options(args: argparse.Namespace) -> None:
     """``--refine-points``/``--refine-momentum`` without ``--refine`` would do nothing: refused."""
     given = [option for option, value in (("--refine-points", args.refine_points), ("--refine-momentum", args.refine_momentum))
              if value is not None]
+    if args.start == "flat" and args.refine == 0:
+        raise UsageError("--start flat is a unit object: give --refine ITERATIONS (e.g. 10) to reconstruct from it")
     if given and args.refine == 0:
         raise UsageError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} how --refine updates the object; "
                          "give --refine ITERATIONS too, or leave it out")

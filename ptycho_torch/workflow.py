@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReconstructionSettings", "reconstruct_scan", "resolve_device", "train_model"]
+__all__ = ["ReconstructionSettings", "STARTS", "reconstruct_scan", "resolve_device", "train_model"]
+
+STARTS = ("network", "physics", "flat")  # what the object (and its refinement) starts from
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,9 @@ class ReconstructionSettings:
     ``whole_scan``: :func:`~ptycho_torch.model.stitching.reconstruct`'s; ``refine_iterations``: error-reduction
     sweeps over the whole stitched object (:func:`~ptycho_torch.model.refine.refine`), 0 for none, each updating
     the object as ``refine_update`` says (:class:`~ptycho_torch.model.refine.RefinementUpdate`; None: its defaults);
-    ``use_network``: False stitches the network's physics input alone (the U-Net is not run), a start for refinement.
+    ``start``: what refinement starts from, ``'network'`` (the single pass), ``'physics'`` (the network's physics input
+    alone, the U-Net not run) or ``'flat'`` (a unit object, :func:`~ptycho_torch.model.refine.flat_start`: no
+    prediction at all; needs ``refine_iterations``).
     """
 
     device: str = "auto"
@@ -36,7 +40,7 @@ class ReconstructionSettings:
     refine_iterations: int = 0
     progress: bool = True
     refine_update: "RefinementUpdate | None" = None
-    use_network: bool = True
+    start: str = "network"
 
 
 def resolve_device(requested="auto"):
@@ -58,16 +62,26 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     from ptycho_torch.model.pinn import choose_precision
     from ptycho_torch.model.stitching import reconstruct
 
+    if settings.start not in STARTS:
+        raise ValueError(f"ReconstructionSettings.start={settings.start!r}; use one of {STARTS}")
+    if settings.start == "flat" and not settings.refine_iterations:
+        raise ValueError("ReconstructionSettings.start='flat' is a unit object: give refine_iterations >= 1 to refine it")
     network = getattr(network, "network", network)
     device = resolve_device(settings.device)
     network.to(device)
     network.precision = choose_precision(settings.precision, device)
-    if settings.use_network:
+    if settings.start == "network":
         logger.info("network arithmetic: %s on %s", network.precision, device)
+    if settings.start == "flat":
+        from ptycho_torch.model.refine import flat_start
+
+        result = flat_start(dataset, canvas)
+        logger.info("refining from a unit object (no network, no physics input)")
     else:
-        logger.info("the network's physics input alone on %s (the U-Net is not run)", device)
-    result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
-                         groups=settings.groups, whole_scan=settings.whole_scan, use_network=settings.use_network)
+        if settings.start == "physics":
+            logger.info("the network's physics input alone on %s (the U-Net is not run)", device)
+        result = reconstruct(network, dataset, batch_size=settings.batch_size, canvas=canvas, progress=settings.progress,
+                             groups=settings.groups, whole_scan=settings.whole_scan, use_network=settings.start == "network")
     if settings.refine_iterations:
         from ptycho_torch.model.refine import RefinementUpdate, refine
 

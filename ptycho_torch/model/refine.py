@@ -13,11 +13,12 @@ from tqdm import tqdm
 
 from ptycho_torch.model import physics
 from ptycho_torch.model.forward_model import FarFieldPtychography
-from ptycho_torch.model.stitching import COVERAGE_FLOOR, Reconstruction
+from ptycho_torch.model import footprint
+from ptycho_torch.model.stitching import COVERAGE_FLOOR, Canvas, Reconstruction, default_canvas
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RefinementUpdate", "refine"]
+__all__ = ["RefinementUpdate", "flat_start", "refine"]
 
 PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit waves are held at once (memory, not the result)
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
@@ -106,6 +107,28 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g)", exp.scan.path, iterations,
                 len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum)
     return replace(result, object=refined)
+
+
+def flat_start(dataset, canvas: Canvas | None = None, *, experiment: int = 0, batch_size: int = PATTERNS_PER_BATCH) -> Reconstruction:
+    """A unit object over the scan's probe coverage: the start of refinement with neither the network nor its physics input.
+
+    ``canvas`` defaults to :func:`~ptycho_torch.model.stitching.default_canvas` of the scan positions; ``coverage`` is
+    the summed probe weight (unit peak) of every scan point; pixels below ``COVERAGE_FLOOR`` of its maximum are 0.
+    A unit object predicts the experiment's mean counts, the units :func:`refine` works in (count gain 1).
+    """
+    exp = dataset.experiments[experiment]
+    N = dataset.N
+    canvas = canvas or default_canvas(exp.scan.xcoords, exp.scan.ycoords, N)
+    footprint.check_canvas(canvas.shape_px, str(exp.scan.path))
+    weights = physics.probe_weight(physics.unit_peak(dataset.probes[experiment][None, None]))
+    corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, canvas.origin_px, N)
+    coverage = torch.zeros(canvas.shape_px, dtype=torch.float64)
+    for start in range(0, len(corners), batch_size):
+        windows = physics.GroupWindows.at(corners[None, start:start + batch_size], N, canvas.shape_px)
+        coverage += windows.place(weights.expand(1, windows.C, N, N))[0].to(torch.float64)
+    coverage = coverage.numpy()
+    obj = (coverage > COVERAGE_FLOOR * coverage.max()).astype(np.complex64)
+    return Reconstruction(obj, coverage, canvas, 1.0)
 
 
 class _Sweep:

@@ -113,6 +113,9 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine-points", 32, "--refine-momentum", 0.3, "--quiet")
     assert_one_line_error(result, "--refine-points and --refine-momentum", "--refine ITERATIONS")
     assert list(tmp_path.iterdir()) == []
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--start", "flat", "--quiet")
+    assert_one_line_error(result, "--start flat", "--refine ITERATIONS")
+    assert list(tmp_path.iterdir()) == []
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-momentum", 1, "--quiet")
     assert result.returncode == 2 and "--refine-momentum" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
 

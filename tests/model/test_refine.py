@@ -82,12 +82,36 @@ def test_the_workflow_honours_every_reconstruction_setting(setup):
                                                                          refine_update=PARALLEL), canvas=canvas)
     np.testing.assert_array_equal(parallel.object, refine(plain, dataset, 3, update=PARALLEL, progress=False).object)
     assert not np.array_equal(parallel.object, refined.object)
-    physics = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", use_network=False, progress=False),
+    physics = reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="fp32", start="physics", progress=False),
                                canvas=canvas)
     np.testing.assert_array_equal(physics.object, reconstruct(network, dataset, canvas=canvas, progress=False, groups="cover",
                                                               use_network=False).object)
+    from ptycho_torch.model.refine import flat_start
+
+    flat = reconstruct_scan(network, dataset, ReconstructionSettings(start="flat", refine_iterations=3, progress=False), canvas=canvas)
+    np.testing.assert_array_equal(flat.object, refine(flat_start(dataset, canvas), dataset, 3, progress=False).object)
+    for bad, message in ((ReconstructionSettings(start="flat"), "refine_iterations"), (ReconstructionSettings(start="unet"), "start")):
+        with pytest.raises(ValueError, match=message):
+            reconstruct_scan(network, dataset, bad, canvas=canvas)
     reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="bf16", progress=False), canvas=canvas)
     assert network.precision == "bf16"
+
+
+def test_refinement_from_a_unit_object_reconstructs_the_scan(setup):
+    """`flat_start`: 1 on the probe coverage, the coverage of every scan point; 10 sweeps from it recover the object."""
+    from ptycho_torch.model.refine import flat_start
+
+    dataset, truth, start = setup
+    flat = flat_start(dataset, start.canvas)
+    covered = flat.coverage > 1e-3 * flat.coverage.max()
+    assert np.array_equal(flat.object != 0, covered) and np.all(flat.object[covered] == 1)
+    from ptycho_torch.model import physics
+
+    probe_energy = float(physics.probe_weight(physics.unit_peak(dataset.probes[0][None, None])).sum())
+    n_points = len(dataset.experiments[0].scan.xcoords)
+    np.testing.assert_allclose(flat.coverage.sum(), n_points * probe_energy, rtol=1e-4)  # every point's unit-peak |P|^2, placed whole
+    refined = quality(refine(flat, dataset, 10, progress=False), truth)
+    assert refined.amplitude_r > 0.97 and refined.phase_r > 0.8, refined
 
 
 def test_sweeps_of_small_updates_with_momentum_beat_parallel_error_reduction(setup):
