@@ -36,8 +36,7 @@ from ptycho.scan_file import read_scan  # noqa: E402
 from ptycho_torch.model.refine import flat_start, refine  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
 from ptycho_torch.pretrained import load_pretrained  # noqa: E402
-
-STARTS = ("network", "physics", "flat")
+from ptycho_torch.workflow import STARTS  # noqa: E402
 
 
 def start_object(network, dataset, start: str, canvas: Canvas):

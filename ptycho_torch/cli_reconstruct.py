@@ -15,6 +15,7 @@ import numpy as np
 from ptycho.quality import REFERENCE_LABEL, reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
 from ptycho.validation import DIFFRACTION_UNITS
+from ptycho_torch.workflow import STARTS  # torch-free
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, non_negative_int, parse_or_status,
                               positive_int, run_reporting_errors)
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
-    parser.add_argument("--start", choices=("network", "physics", "flat"), default="network",
+    parser.add_argument("--start", choices=STARTS, default="network",
                         help="'network': the network's single pass (default); 'physics': its physics input alone, without "
                              "the U-Net (0.35-0.42 CPU s less per 512 points); 'flat': a unit object, neither (needs --refine); "
                              "benchmarks/RESULTS.md compares them")

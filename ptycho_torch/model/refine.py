@@ -122,11 +122,9 @@ def flat_start(dataset, canvas: Canvas | None = None, *, experiment: int = 0, ba
     footprint.check_canvas(canvas.shape_px, str(exp.scan.path))
     weights = physics.probe_weight(physics.unit_peak(dataset.probes[experiment][None, None]))
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, canvas.origin_px, N)
-    coverage = torch.zeros(canvas.shape_px, dtype=torch.float64)
-    for start in range(0, len(corners), batch_size):
-        windows = physics.GroupWindows.at(corners[None, start:start + batch_size], N, canvas.shape_px)
-        coverage += windows.place(weights.expand(1, windows.C, N, N))[0].to(torch.float64)
-    coverage = coverage.numpy()
+    windows = (physics.GroupWindows.at(corners[None, start:start + batch_size], N, canvas.shape_px)
+               for start in range(0, len(corners), batch_size))
+    coverage = _placed_weight(windows, weights).to(torch.float64).numpy()
     obj = (coverage > COVERAGE_FLOOR * coverage.max()).astype(np.complex64)
     return Reconstruction(obj, coverage, canvas, 1.0)
 
@@ -148,26 +146,25 @@ class _Sweep:
             order = np.random.default_rng(update.order_seed).permutation(n)
             batches = [np.sort(order[start:start + update.patterns]) for start in range(0, n, update.patterns)]
             self.batches = [[batch[start:start + batch_size] for start in range(0, len(batch), batch_size)] for batch in batches]
-        self._scratch = torch.zeros(shape_px[0] * shape_px[1])  # one batch's probe weight, zeroed again after use
-        self.coverage = torch.zeros(shape_px[0] * shape_px[1])
-        for part in (part for batch in self.batches for part in batch):
-            if update.patterns is None:
-                self.coverage += self._place(self._windows(part), self._weights(part)).reshape(-1)
-            else:
-                windows = self._windows(part)
-                self.coverage.index_add_(0, windows.index, _spread(windows, self._weights(part)))
-        self.coverage = self.coverage.reshape(shape_px)
+        keep = n * (measurement.N + 1) ** 2 * BYTES_PER_PLANNED_SAMPLE <= PLAN_BYTES  # windows (and steps) kept across sweeps
         if update.patterns is None:
-            self.inverse = self._inverse(self.coverage).reshape(-1)
-        planned = n * (measurement.N + 1) ** 2 * BYTES_PER_PLANNED_SAMPLE
-        self.plans = [self._plan(batch) for batch in self.batches] if update.patterns is not None and planned <= PLAN_BYTES else None
+            self.windows = [self._windows(part) for part in self.batches[0]] if keep else None
+            self.coverage = _placed_weight(self._parallel_windows(), measurement.weights).reshape(-1)
+            self.inverse = self._inverse(self.coverage)
+        else:
+            self._scratch = torch.zeros(shape_px[0] * shape_px[1])  # one batch's probe weight, zeroed again after use
+            self.coverage = torch.zeros(shape_px[0] * shape_px[1])
+            self.plans = [self._plan(batch) for batch in self.batches] if keep else None
+            for i, batch in enumerate(self.batches):
+                for part, (windows, _) in zip(batch, self.plans[i] if keep else self._plan(batch)):
+                    self.coverage.index_add_(0, windows.index, _spread(windows, self._weights(part)))
+        self.coverage = self.coverage.reshape(shape_px)
 
     def __call__(self, obj: torch.Tensor) -> torch.Tensor:
         """The object (flat canvas) after one iteration from ``obj``."""
         if self.update.patterns is None:  # every point corrected from the same object, the sum applied once
             total = torch.zeros_like(obj)
-            for part in self.batches[0]:
-                windows = self._windows(part)
+            for part, windows in zip(self.batches[0], self._parallel_windows()):
                 total += self._place(windows, self._correction(windows, obj, part)).reshape(-1)
             return obj + total * self.inverse
         obj = obj.clone()
@@ -182,6 +179,10 @@ class _Sweep:
                 change.index_add_(0, windows.index, _spread(windows, self._correction(windows, obj, part)) * steps)
             obj += change
         return obj
+
+    def _parallel_windows(self):
+        """The parallel update's windows, part by part: the kept ones, or rebuilt when the scan is too large to keep them."""
+        return self.windows if self.windows is not None else (self._windows(part) for part in self.batches[0])
 
     def _windows(self, part: np.ndarray) -> physics.GroupWindows:
         return physics.GroupWindows.at(self.corners[None, torch.from_numpy(part)], self.measurement.N, self.shape_px)
@@ -212,6 +213,15 @@ class _Sweep:
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale
         return self.measurement.correction(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
+
+
+def _placed_weight(windows, weights: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` float32: the probe weight ``weights (1, 1, N, N)`` placed at every window of ``windows`` (parts in turn) and summed."""
+    total = None
+    for w in windows:
+        placed = w.place(weights.expand(1, w.C, w.N, w.N))[0]
+        total = placed if total is None else total + placed
+    return total
 
 
 def _spread(windows: physics.GroupWindows, patches: torch.Tensor) -> torch.Tensor:
