@@ -6,7 +6,8 @@
 On ``bench_pretrained``'s held-out scans (``--n-per-kind`` of each kind from ``--seed``) and ``datasets/sim_small.npz``,
 each start (``ptycho-reconstruct --start network|physics|flat``: the shipped model's single pass, ``groups='cover'``,
 bf16; its physics input alone; a unit object, ``refine.flat_start``) is followed by each number of ``--sweeps`` of the
-default refinement, and Pty-chi LSQML runs at ``--lsqml-epochs`` beside it (known probe, one thread). CPU s of ours:
+default refinement (and of each ``--plateaus``: ``RefinementUpdate.plateau``, the ablation of the switch to parallel
+updates), and Pty-chi LSQML runs at ``--lsqml-epochs`` beside it (known probe, one thread). CPU s of ours:
 the start plus the sweeps (``time.process_time``; the dataset's memory map and grouping, 0.05-0.09 s, not included).
 Scored with ``bench_ptychi.score_reconstruction``. Writes ``--json``: every scan's numbers and a Markdown table of means.
 """
@@ -33,7 +34,7 @@ from benchmarks import bench_ptychi  # noqa: E402
 from benchmarks.bench_model import EMBEDDED, git_commit  # noqa: E402
 from benchmarks.bench_pretrained import KINDS, build_dataset, held_out_scans, lsqml_records  # noqa: E402
 from ptycho.scan_file import read_scan  # noqa: E402
-from ptycho_torch.model.refine import flat_start, refine  # noqa: E402
+from ptycho_torch.model.refine import RefinementUpdate, flat_start, refine  # noqa: E402
 from ptycho_torch.model.stitching import Canvas, reconstruct  # noqa: E402
 from ptycho_torch.pretrained import load_pretrained  # noqa: E402
 from ptycho_torch.workflow import STARTS  # noqa: E402
@@ -46,22 +47,28 @@ def start_object(network, dataset, start: str, canvas: Canvas):
     return reconstruct(network, dataset, canvas=canvas, groups="cover", use_network=start == "network", progress=False)
 
 
-def scan_records(network, scan: Path, sweeps: list[int], work: Path) -> dict:
+def way_name(start: str, sweeps: int, plateau: float) -> str:
+    default = plateau == RefinementUpdate().plateau
+    return f"{start} + {sweeps}" + ("" if default else f" (plateau {plateau:g})")
+
+
+def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STARTS, plateaus=(RefinementUpdate().plateau,)) -> dict:
     loaded = bench_ptychi.load_scan(scan)
     canvas = Canvas(read_scan(scan, load_diffraction=False).objectGuess.shape, (0, 0))
     dataset, _, _ = build_dataset(network, scan, work / f"memmap-{scan.stem}", 512)
     records = {}
-    for start in STARTS:
+    for start in starts:
         began = time.process_time()
         first = start_object(network, dataset, start, canvas)
         start_s = time.process_time() - began
         if start != "flat":
             records[f"{start}"] = {**bench_ptychi.score_reconstruction(first.object, loaded), "cpu_s": start_s}
-        for n in sweeps:
-            began = time.process_time()
-            refined = refine(first, dataset, n, progress=False)
-            records[f"{start} + {n}"] = {**bench_ptychi.score_reconstruction(refined.object, loaded),
-                                         "cpu_s": start_s + time.process_time() - began}
+        for plateau in plateaus:
+            for n in sweeps:
+                began = time.process_time()
+                refined = refine(first, dataset, n, update=RefinementUpdate(plateau=plateau), progress=False)
+                records[way_name(start, n, plateau)] = {**bench_ptychi.score_reconstruction(refined.object, loaded),
+                                                        "cpu_s": start_s + time.process_time() - began}
     return records
 
 
@@ -84,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--no-embedded", action="store_true")
     parser.add_argument("--sweeps", nargs="+", type=int, default=[3, 5, 10, 20])
+    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
+    parser.add_argument("--plateaus", nargs="+", type=float, default=[RefinementUpdate().plateau],
+                        help="RefinementUpdate.plateau values, each a way of its own (0: never switch to parallel updates)")
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=[1, 3, 5, 10, 20])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "starts_heldout.json")
     return parser.parse_args(argv)
@@ -104,12 +114,12 @@ def main(argv=None) -> int:
     per_scan, ways = {}, []
     try:
         first = next(iter(scans.values()))[0]
-        scan_records(network, first, [1], work)  # warm-up, untimed
+        scan_records(network, first, [1], work, args.starts)  # warm-up, untimed
         if args.lsqml_epochs:
             bench_ptychi.warm_up(first, "lsqml", settings)
         for kind, paths in scans.items():
             for scan in paths:
-                records = scan_records(network, scan, args.sweeps, work)
+                records = scan_records(network, scan, args.sweeps, work, args.starts, args.plateaus)
                 if args.lsqml_epochs:
                     records.update(lsqml_records(scan, sorted(args.lsqml_epochs), settings, work / "lsqml"))
                 ways = list(dict.fromkeys([*ways, *records]))
@@ -124,7 +134,8 @@ def main(argv=None) -> int:
     table = summary(per_scan, ways)
     meta = {"started_utc": started, "commit": git_commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "wall_s": time.perf_counter() - wall, "load_average_start": load_start, "load_average_end": os.getloadavg(),
-            "torch": torch.__version__, "threads": 1, "heldout": str(heldout), "sweeps": args.sweeps, "lsqml_epochs": args.lsqml_epochs}
+            "torch": torch.__version__, "threads": 1, "heldout": str(heldout), "sweeps": args.sweeps,
+            "starts": args.starts, "plateaus": args.plateaus, "lsqml_epochs": args.lsqml_epochs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "summary_markdown": table, "per_scan": per_scan}, indent=1))
     print(table)

@@ -24,7 +24,7 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 GROUP_SELECTIONS = ("cover", "all")  # ptycho_torch.model.stitching.GROUP_SELECTIONS, without importing torch to parse
-REFINE_POINTS, REFINE_MOMENTUM = 64, 0.5  # ptycho_torch.model.refine.RefinementUpdate's defaults, without importing torch to parse
+REFINE_POINTS, REFINE_MOMENTUM, REFINE_PLATEAU = 64, 0.5, 0.002  # refine.RefinementUpdate's defaults, without importing torch to parse
 DEFAULT_DATA_DIR = Path("data/memmap")  # ptycho-memmap's default: caches shared with it and with PtychoDataset's examples
 DIRECTORY_FIX = {"scan": "pass one of its .npz files (reconstruct each scan separately)",
                  "checkpoint": "pass the .ckpt file, e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"}
@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"with --refine: scan points per object update, in a fixed random order (default {REFINE_POINTS}); "
                              "'all': every point from the same object, the sum applied once per sweep (with --refine-momentum 0: "
                              "the parallel update, the only one before 2026-12-07; slower to converge)")
-    parser.add_argument("--refine-momentum", type=momentum, default=None, metavar="M",
+    parser.add_argument("--refine-momentum", type=fraction, default=None, metavar="M",
                         help=f"with --refine: share of the previous sweep's change added before each sweep, in [0, 1) (default {REFINE_MOMENTUM})")
+    parser.add_argument("--refine-plateau", type=fraction, default=None, metavar="F",
+                        help=f"with --refine: once a sweep lowers the data misfit by less than this fraction, the remaining "
+                             f"sweeps correct every point from the same object, without momentum: they average the noise of "
+                             f"low-dose scans (default {REFINE_PLATEAU}; 0: never)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -154,8 +158,8 @@ def points_per_update(text: str) -> int | str:
     return "all" if text.strip().lower() == "all" else positive_int(text)
 
 
-def momentum(text: str) -> float:
-    """argparse type of ``--refine-momentum``: a number in [0, 1)."""
+def fraction(text: str) -> float:
+    """argparse type of ``--refine-momentum`` and ``--refine-plateau``: a number in [0, 1)."""
     try:
         value = float(text)
     except ValueError:
@@ -166,9 +170,9 @@ def momentum(text: str) -> float:
 
 
 def check_refine_options(args: argparse.Namespace) -> None:
-    """``--refine-points``/``--refine-momentum`` without ``--refine`` would do nothing: refused."""
-    given = [option for option, value in (("--refine-points", args.refine_points), ("--refine-momentum", args.refine_momentum))
-             if value is not None]
+    """``--refine-points``/``--refine-momentum``/``--refine-plateau`` without ``--refine`` would do nothing: refused."""
+    given = [option for option, value in (("--refine-points", args.refine_points), ("--refine-momentum", args.refine_momentum),
+                                          ("--refine-plateau", args.refine_plateau)) if value is not None]
     if args.start == "flat" and args.refine == 0:
         raise UsageError("--start flat is a unit object: give --refine ITERATIONS (e.g. 10) to reconstruct from it")
     if given and args.refine == 0:
@@ -181,7 +185,8 @@ def refine_update(args: argparse.Namespace):
     from ptycho_torch.model.refine import RefinementUpdate
 
     points = REFINE_POINTS if args.refine_points is None else None if args.refine_points == "all" else args.refine_points
-    return RefinementUpdate(patterns=points, momentum=REFINE_MOMENTUM if args.refine_momentum is None else args.refine_momentum)
+    return RefinementUpdate(patterns=points, momentum=REFINE_MOMENTUM if args.refine_momentum is None else args.refine_momentum,
+                            plateau=REFINE_PLATEAU if args.refine_plateau is None else args.refine_plateau)
 
 
 def set_torch_threads(requested: int | None) -> None:

@@ -91,6 +91,14 @@ class FarFieldPtychography:
         exit_waves = self.exit_waves(objects)
         return physics.error_reduction_correction(exit_waves, physics.far_field(exit_waves), self.probe, modulus)
 
+    def correction_and_misfit(self, objects: torch.Tensor, modulus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`correction` and, from the same far field, the misfit of ``objects`` to ``modulus`` (:func:`physics.modulus_misfit`)."""
+        exit_waves = self.exit_waves(objects)
+        field = physics.far_field(exit_waves)
+        total = physics.summed_magnitude(field)
+        return (physics.error_reduction_correction(exit_waves, field, self.probe, modulus, total=total),
+                physics.modulus_misfit(field, modulus, total=total))
+
     def physics_input(self, counts: torch.Tensor, coords_relative: torch.Tensor, steps: int, *, windows=None) -> torch.Tensor:
         """The object patches ``(B, C, N, N)`` after ``steps`` error-reduction steps over each group's region
         (:func:`physics.object_estimate`, with the caller's group ``windows`` when it has them): what the network reads."""

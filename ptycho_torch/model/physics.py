@@ -20,6 +20,7 @@ __all__ = [
     "mae_amplitude_loss",
     "measured_modulus",
     "merge_group",
+    "modulus_misfit",
     "near_field",
     "object_estimate",
     "phase_invariant_error",
@@ -27,6 +28,7 @@ __all__ = [
     "probe_weight",
     "project_modulus",
     "region_size",
+    "summed_magnitude",
     "translate",
     "unit_peak",
 ]
@@ -221,24 +223,37 @@ def measured_modulus(counts: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(counts / kappa.reshape(-1, *([1] * (counts.ndim - 1))).to(counts.dtype))
 
 
-def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+def project_modulus(detector_field: torch.Tensor, modulus: torch.Tensor, floor: float = 0.0, *,
+                    total: torch.Tensor | None = None) -> torch.Tensor:
     """Give ``detector_field (B, C, P, N, N)`` the measured ``modulus (B, C, N, N)``, keeping each mode's phase.
 
     The modes are scaled together, ``Psi_m * modulus / sqrt(sum_m |Psi_m|^2)``, so that their summed
     intensity equals ``modulus^2``. Pixels whose field is at most ``floor`` times the pattern's
     largest are returned unchanged: their phase is rounding noise, not information (with the
-    default 0, only exact zeros).
+    default 0, only exact zeros). ``total``: the field's :func:`summed_magnitude`, when already computed.
     """
-    magnitude = detector_field.abs()
-    tiny = torch.finfo(magnitude.dtype).tiny
-    if detector_field.shape[2] == 1:
-        total = magnitude
-    else:  # scaled by the largest mode, so that |Psi|^2 cannot underflow
-        largest = magnitude.amax(dim=2, keepdim=True).clamp_min(tiny)
-        total = largest * torch.sqrt(((magnitude / largest) ** 2).sum(dim=2, keepdim=True))
+    total = summed_magnitude(detector_field) if total is None else total
+    tiny = torch.finfo(total.dtype).tiny
     projected = detector_field / total.clamp_min(tiny) * modulus.unsqueeze(2)  # |Psi / total| <= 1: no overflow
     reliable = total > floor * total.amax(dim=(-2, -1), keepdim=True)
     return torch.where(reliable, projected, detector_field)
+
+
+def modulus_misfit(detector_field: torch.Tensor, modulus: torch.Tensor, *, total: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum (sqrt(sum_m |Psi_m|^2) - modulus)^2`` over every pattern and pixel: how far ``detector_field (B, C, P, N, N)``
+    is from the measured ``modulus (B, C, N, N)``. ``total``: the field's :func:`summed_magnitude`, when already computed."""
+    total = summed_magnitude(detector_field) if total is None else total
+    return ((total.squeeze(2) - modulus) ** 2).sum()
+
+
+def summed_magnitude(detector_field: torch.Tensor) -> torch.Tensor:
+    """``sqrt(sum_m |Psi_m|^2)``, ``(B, C, 1, N, N)``, the modes' joint magnitude (one mode: ``|Psi|``)."""
+    magnitude = detector_field.abs()
+    if detector_field.shape[2] == 1:
+        return magnitude
+    tiny = torch.finfo(magnitude.dtype).tiny  # scaled by the largest mode, so that |Psi|^2 cannot underflow
+    largest = magnitude.amax(dim=2, keepdim=True).clamp_min(tiny)
+    return largest * torch.sqrt(((magnitude / largest) ** 2).sum(dim=2, keepdim=True))
 
 
 def unit_peak(probe: torch.Tensor) -> torch.Tensor:
@@ -261,13 +276,14 @@ def _peak_amplitude(probe: torch.Tensor) -> torch.Tensor:
 RELIABLE_FIELD_FRACTION = 1e-5  # detector fields below this fraction of a pattern's largest are rounding noise (float32)
 
 
-def error_reduction_correction(exit_waves: torch.Tensor, field: torch.Tensor, probe: torch.Tensor, modulus: torch.Tensor) -> torch.Tensor:
+def error_reduction_correction(exit_waves: torch.Tensor, field: torch.Tensor, probe: torch.Tensor, modulus: torch.Tensor, *,
+                               total: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_m conj(P_m) (near_field(Pi(Psi_m)) - psi_m)``, ``(B, C, N, N)``: one error-reduction correction of object patches.
 
     ``exit_waves (B, C, P, N, N)`` and their ``field = far_field(exit_waves)``; ``Pi`` imposes
-    ``modulus (B, C, N, N)`` (:func:`project_modulus` with ``RELIABLE_FIELD_FRACTION``).
+    ``modulus (B, C, N, N)`` (:func:`project_modulus` with ``RELIABLE_FIELD_FRACTION``; ``total`` as there).
     """
-    corrected = near_field(project_modulus(field, modulus, RELIABLE_FIELD_FRACTION))
+    corrected = near_field(project_modulus(field, modulus, RELIABLE_FIELD_FRACTION, total=total))
     return (probe.conj() * (corrected - exit_waves)).sum(dim=2)
 
 

@@ -36,12 +36,17 @@ class RefinementUpdate:
     applies the sum (parallel error reduction, the only mode before 2026-12-07). ``momentum``: the
     share of the previous iteration's change added before each iteration (0: none). Each update is
     divided by the summed probe weight of its points plus ``regularisation`` times that sum's maximum.
+    ``plateau``: once an iteration lowers the data misfit (:func:`physics.modulus_misfit` of every point,
+    summed as the iteration goes) by less than this fraction of the previous iteration's, the remaining
+    iterations are parallel updates without momentum (same ``regularisation``), which average the noise
+    of every point where small updates keep following the last ones (low-dose scans); 0 never switches.
     """
 
     patterns: int | None = 64
     momentum: float = 0.5
     regularisation: float = 0.05
     order_seed: int = 0
+    plateau: float = 0.002
 
     def __post_init__(self):
         if self.patterns is not None and not (_is_integer(self.patterns) and self.patterns >= 1):
@@ -52,7 +57,9 @@ class RefinementUpdate:
             raise ValueError(f"RefinementUpdate.regularisation={self.regularisation!r} must be a number in (0, {MAX_REGULARISATION:g}]")
         if not (_is_integer(self.order_seed) and self.order_seed >= 0):
             raise ValueError(f"RefinementUpdate.order_seed={self.order_seed!r} must be an integer >= 0 (the batches' fixed order)")
-        for name in ("momentum", "regularisation"):  # plain floats (a -0 momentum is 0)
+        if not (_is_real(self.plateau) and 0 <= self.plateau < 1):
+            raise ValueError(f"RefinementUpdate.plateau={self.plateau!r} must be a number in [0, 1) (0: never switch to the parallel update)")
+        for name in ("momentum", "regularisation", "plateau"):  # plain floats (a -0 momentum is 0)
             object.__setattr__(self, name, float(getattr(self, name)) + 0.0)
 
 
@@ -64,7 +71,7 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-PARALLEL = RefinementUpdate(patterns=None, momentum=0.0)  # the refinement of 2026-12-06 and before
+PARALLEL = RefinementUpdate(patterns=None, momentum=0.0, plateau=0.0)  # the refinement of 2026-12-06 and before
 
 
 @torch.inference_mode()
@@ -98,14 +105,22 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
     sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size)
     obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
-    previous = obj
-    for _ in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
-        start = obj + update.momentum * (obj - previous) if update.momentum else obj
+    settled = replace(update, patterns=None, momentum=0.0, plateau=0.0)  # the update after the misfit's plateau
+    may_switch = update.plateau > 0 and replace(update, plateau=0.0) != settled
+    previous, misfit, switched = obj, math.inf, None
+    for iteration in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
+        start = obj + sweep.update.momentum * (obj - previous) if sweep.update.momentum else obj
         previous, obj = obj, sweep(start)
+        if may_switch and switched is None and misfit - sweep.misfit < update.plateau * misfit and iteration + 1 < iterations:
+            switched = iteration + 1
+            sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size)
+        misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
-    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g)", exp.scan.path, iterations,
-                len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum)
+    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s)", exp.scan.path, iterations,
+                len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum,
+                "" if switched is None else f"; the misfit fell by less than {update.plateau:g} at iteration {switched}, "
+                                            "parallel updates without momentum after it")
     return replace(result, object=refined)
 
 
@@ -139,6 +154,7 @@ class _Sweep:
                  shape_px: tuple[int, int], update: RefinementUpdate, batch_size: int):
         self.measurement, self.corners, self.diffraction = measurement, corners, diffraction
         self.modulus_scale, self.shape_px, self.update = modulus_scale, shape_px, update
+        self.misfit = math.inf  # of the last call: each point's, from the object its correction started from
         n = len(corners)
         if update.patterns is None:
             self.batches = [[np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]]
@@ -161,7 +177,8 @@ class _Sweep:
         self.coverage = self.coverage.reshape(shape_px)
 
     def __call__(self, obj: torch.Tensor) -> torch.Tensor:
-        """The object (flat canvas) after one iteration from ``obj``."""
+        """The object (flat canvas) after one iteration from ``obj``; ``self.misfit`` is summed on the way."""
+        self.misfit = 0.0
         if self.update.patterns is None:  # every point corrected from the same object, the sum applied once
             total = torch.zeros_like(obj)
             for part, windows in zip(self.batches[0], self._parallel_windows()):
@@ -212,7 +229,9 @@ class _Sweep:
 
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale
-        return self.measurement.correction(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
+        correction, misfit = self.measurement.correction_and_misfit(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
+        self.misfit += float(misfit)
+        return correction
 
 
 def _placed_weight(windows, weights: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,11 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     assert list(tmp_path.iterdir()) == []
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-momentum", 1, "--quiet")
     assert result.returncode == 2 and "--refine-momentum" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine-plateau", 0.01, "--quiet")
+    assert_one_line_error(result, "--refine-plateau sets", "--refine ITERATIONS")
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-plateau", 1, "--quiet")
+    assert result.returncode == 2 and "--refine-plateau" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_start_physics_with_a_network_without_physics_input_is_refused_before_the_memory_map(tmp_path):
@@ -135,14 +140,16 @@ def test_start_physics_with_a_network_without_physics_input_is_refused_before_th
 
 
 def test_the_command_line_refinement_options_reach_the_refinement():
-    from ptycho_torch.cli_reconstruct import REFINE_MOMENTUM, REFINE_POINTS, parse_args, refine_update
+    from ptycho_torch.cli_reconstruct import REFINE_MOMENTUM, REFINE_PLATEAU, REFINE_POINTS, parse_args, refine_update
     from ptycho_torch.model.refine import RefinementUpdate
 
-    assert (REFINE_POINTS, REFINE_MOMENTUM) == (RefinementUpdate().patterns, RefinementUpdate().momentum)
+    default = RefinementUpdate()
+    assert (REFINE_POINTS, REFINE_MOMENTUM, REFINE_PLATEAU) == (default.patterns, default.momentum, default.plateau)
     given = ["ckpt", "scan.npz", "--refine", "5"]
     assert refine_update(parse_args(given)) == RefinementUpdate()
     assert refine_update(parse_args([*given, "--refine-points", "all", "--refine-momentum", "0"])) == RefinementUpdate(patterns=None, momentum=0.0)
     assert refine_update(parse_args([*given, "--refine-points", "16"])) == RefinementUpdate(patterns=16)
+    assert refine_update(parse_args([*given, "--refine-plateau", "0"])) == RefinementUpdate(plateau=0.0)
 
 
 def test_reconstruct_writes_exactly_the_path_it_prints_with_device_cpu(checkpoint, tmp_path):

@@ -138,6 +138,19 @@ def test_modulus_projection_imposes_the_measured_intensity_and_keeps_the_mode_ph
     torch.testing.assert_close(projected[:, :, 0].abs() / projected[:, :, 1].abs(), field[:, :, 0].abs() / field[:, :, 1].abs())
 
 
+def test_modulus_misfit_is_the_squared_distance_of_the_joint_magnitude_to_the_modulus():
+    field = torch.tensor([3 + 4j, 0, 1j, -2], dtype=torch.complex128).reshape(1, 1, 1, 2, 2)
+    modulus = torch.tensor([5.0, 1.0, 0.0, 1.5], dtype=torch.float64).reshape(1, 1, 2, 2)
+    assert float(physics.modulus_misfit(field, modulus)) == pytest.approx(0 + 1 + 1 + 0.25)
+    two_modes = torch.stack([field[:, :, 0], torch.full_like(field[:, :, 0], 2j)], dim=2)  # sqrt(|a|^2 + 4) per pixel
+    joint = torch.sqrt(torch.tensor([29.0, 4.0, 5.0, 8.0], dtype=torch.float64))
+    expected = float(((joint - modulus.reshape(-1)) ** 2).sum())
+    assert float(physics.modulus_misfit(two_modes, modulus)) == pytest.approx(expected)
+    total = physics.summed_magnitude(two_modes)
+    assert float(physics.modulus_misfit(two_modes, modulus, total=total)) == pytest.approx(expected)
+    torch.testing.assert_close(physics.project_modulus(two_modes, modulus, total=total), physics.project_modulus(two_modes, modulus))
+
+
 def test_modulus_projection_stays_finite_where_the_field_vanishes():
     """A zero detector pixel under a count of thousands gave NaN (modulus / tiny overflowed float32)."""
     for modes in (1, 2):

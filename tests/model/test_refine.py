@@ -170,6 +170,8 @@ def test_the_sequential_update_is_the_same_whether_its_windows_are_kept_or_rebui
     ({"momentum": "0.5"}, "momentum"), ({"momentum": float("nan")}, "momentum"), ({"regularisation": 0}, "regularisation"),
     ({"regularisation": float("nan")}, "regularisation"), ({"regularisation": True}, "regularisation"), ({"regularisation": 1e300}, "regularisation"),
     ({"order_seed": -1}, "order_seed"), ({"order_seed": 1.5}, "order_seed"), ({"order_seed": "x"}, "order_seed"), ({"order_seed": None}, "order_seed"),
+    ({"plateau": -0.1}, "plateau"), ({"plateau": 1.0}, "plateau"), ({"plateau": float("nan")}, "plateau"), ({"plateau": True}, "plateau"),
+    ({"plateau": "0.002"}, "plateau"), ({"plateau": None}, "plateau"),
 ])
 def test_bad_update_settings_are_refused_naming_the_field(kwargs, match):
     from ptycho_torch.model.refine import RefinementUpdate
@@ -208,3 +210,51 @@ def test_a_large_update_is_corrected_in_parts_of_batch_size_points(setup, monkey
     parts = refine(start, dataset, 2, update=refine_module.RefinementUpdate(patterns=512), batch_size=100, progress=False).object
     assert sizes and max(sizes) <= 100, sizes
     np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+
+
+def test_after_the_misfits_plateau_the_remaining_iterations_are_parallel_updates(setup, caplog):
+    """plateau 0.999: the second sweep lowers the misfit by less than that, so sweeps 3-5 are parallel updates without
+    momentum, with the update's own regularisation, from the object the second sweep left."""
+    import logging
+    from dataclasses import replace
+
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    dataset, _, start = setup
+    update = RefinementUpdate(regularisation=0.1, plateau=0.999)
+    with caplog.at_level(logging.INFO, logger="ptycho_torch.model.refine"):
+        switched = refine(start, dataset, 5, update=update, progress=False)
+    assert "less than 0.999 at iteration 2" in caplog.text
+    two_sweeps = refine(start, dataset, 2, update=replace(update, plateau=0.0), progress=False)
+    expected = refine(two_sweeps, dataset, 3, update=RefinementUpdate(patterns=None, momentum=0.0, regularisation=0.1, plateau=0.0), progress=False)
+    covered = start.coverage > 1e-3 * start.coverage.max()
+    scale = np.abs(expected.object).max()  # the continuation starts from the masked object: below the coverage floor it was 0
+    np.testing.assert_allclose(switched.object[covered], expected.object[covered], rtol=0, atol=1e-3 * scale)
+    never = refine(start, dataset, 5, update=replace(update, plateau=0.0), progress=False)
+    assert np.abs(never.object[covered] - switched.object[covered]).max() > 0.02 * scale
+
+
+def test_a_parallel_update_without_momentum_has_nothing_to_switch_to(setup):
+    from ptycho_torch.model.refine import PARALLEL, RefinementUpdate
+
+    dataset, _, start = setup
+    np.testing.assert_array_equal(refine(start, dataset, 4, update=RefinementUpdate(patterns=None, momentum=0.0, plateau=0.999), progress=False).object,
+                                  refine(start, dataset, 4, update=PARALLEL, progress=False).object)
+
+
+def test_the_switch_at_the_plateau_keeps_a_low_dose_scan_from_fitting_its_noise(tmp_path):
+    """2e4 photons per pattern: the sweeps alone stall on the noise (amplitude 0.43, phase 0.78 when written); with the
+    default plateau they end as parallel updates, which average it (0.56 / 0.91)."""
+    from ptycho import corpus
+    from ptycho_torch.model.refine import RefinementUpdate, flat_start
+
+    arrays = corpus.simulate_recipe(corpus.recipe(131104, dose_range=(2e4, 2e4), n_points=256))
+    np.savez(tmp_path / "low_dose.npz", **arrays)
+    data = DataConfig(N=64, grid_size=(2, 2), K=7, subsample_seed=42)
+    dataset = PtychoDataset(tmp_path / "low_dose.npz", data, ModelConfig(), TrainingConfig(n_groups=256), data_dir=tmp_path / "memmap",
+                            progress=False)
+    truth = arrays["objectGuess"]
+    start = flat_start(dataset, Canvas(truth.shape, (0, 0)))
+    sweeps_only = quality(refine(start, dataset, 20, update=RefinementUpdate(plateau=0.0), progress=False), truth)
+    switched = quality(refine(start, dataset, 20, progress=False), truth)
+    assert switched.amplitude_r > sweeps_only.amplitude_r + 0.05 and switched.phase_r > sweeps_only.phase_r, (sweeps_only, switched)
