@@ -113,6 +113,7 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         previous, obj = obj, sweep(start)
         if may_switch and switched is None and misfit - sweep.misfit < update.plateau * misfit and iteration + 1 < iterations:
             switched = iteration + 1
+            del sweep  # its window plans (up to PLAN_BYTES) go before the parallel update's are built
             sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size)
         misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()

@@ -258,3 +258,23 @@ def test_the_switch_at_the_plateau_keeps_a_low_dose_scan_from_fitting_its_noise(
     sweeps_only = quality(refine(start, dataset, 20, update=RefinementUpdate(plateau=0.0), progress=False), truth)
     switched = quality(refine(start, dataset, 20, progress=False), truth)
     assert switched.amplitude_r > sweeps_only.amplitude_r + 0.05 and switched.phase_r > sweeps_only.phase_r, (sweeps_only, switched)
+
+
+def test_the_sweeps_plans_are_released_before_the_parallel_update_is_built(setup, monkeypatch):
+    """At the switch, memory holds one set of window plans (each up to PLAN_BYTES), not the sweeps' and the parallel's."""
+    import weakref
+
+    from ptycho_torch.model import refine as refine_module
+
+    dataset, _, start = setup
+    built, alive_at_build = [], []
+    init = refine_module._Sweep.__init__
+
+    def recording(self, *args, **kwargs):
+        alive_at_build.append(sum(ref() is not None for ref in built))
+        init(self, *args, **kwargs)
+        built.append(weakref.ref(self))
+
+    monkeypatch.setattr(refine_module._Sweep, "__init__", recording)
+    refine(start, dataset, 4, update=refine_module.RefinementUpdate(plateau=0.999), progress=False)
+    assert alive_at_build == [0, 0], alive_at_build
