@@ -83,6 +83,71 @@ def summary(per_scan: dict, ways: list[str]) -> str:
     return "\n".join(lines)
 
 
+def kind_means(per_scan: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """``{kind: {way: {metric: mean over the kind's scans}}}`` for every way all of the kind's scans have."""
+    means = {}
+    for kind in dict.fromkeys(e["kind"] for e in per_scan.values()):
+        entries = [e["ways"] for e in per_scan.values() if e["kind"] == kind]
+        ways = [w for w in entries[0] if all(w in e for e in entries)]
+        means[kind] = {w: {m: statistics.mean(e[w][m] for e in entries) for m in ("amplitude_r", "phase_r", "cpu_s")} for w in ways}
+    return means
+
+
+def sweeps_of(way: str) -> int | None:
+    """The number of sweeps in a way's name (``'flat + 20 (plateau 0)'``: 20), ``None`` for a start alone or LSQML."""
+    parts = way.split(" + ")
+    return int(parts[1].split()[0]) if len(parts) == 2 else None
+
+
+def time_to_quality_figure(record: dict, path: Path) -> None:
+    """Amplitude r and phase r against CPU s, one column per kind (means over its scans): each start through its sweeps, LSQML through its epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    means = kind_means(record["per_scan"])
+    fig, axes = plt.subplots(2, len(means), figsize=(2.9 * len(means), 5.6), squeeze=False, sharey="row")
+    styles = {"network": ("C0", "o"), "physics": ("C1", "s"), "flat": ("C2", "^")}
+    for col, (kind, ways) in enumerate(means.items()):
+        series = {}
+        for way, m in ways.items():
+            if way.startswith("LSQML"):
+                series.setdefault("LSQML", []).append((int(way.split()[1]), m))
+            elif sweeps_of(way) is not None:
+                start, rest = way.split(" + ")
+                series.setdefault(start + ("" if "(plateau" not in rest else " " + rest[rest.index("("):]), []).append((sweeps_of(way), m))
+        for row, metric in enumerate(("amplitude_r", "phase_r")):
+            ax = axes[row, col]
+            for name, points in series.items():
+                points.sort(key=lambda point: point[0])
+                color, marker = ("k", "x") if name == "LSQML" else styles.get(name.split()[0], ("C3", "v"))
+                ax.plot([m["cpu_s"] for _, m in points], [m[metric] for _, m in points], "-" if "(plateau" not in name else ":",
+                        marker=marker, ms=4, color=color, lw=1.1, mfc=color if "(plateau" not in name else "none",
+                        label=(name if name == "LSQML" else f"{name} + sweeps") if col == 0 and row == 0 else None)
+                for count, m in points:
+                    ax.annotate(str(count), (m["cpu_s"], m[metric]), fontsize=5, color=color, xytext=(2, -6), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.grid(True, which="both", lw=0.3)
+            if col == 0:
+                ax.set_ylabel(metric.replace("_r", " r"))
+            if row == 1:
+                ax.set_xlabel("CPU s, one thread")
+        axes[0, col].set_title(f"{kind} ({sum(e['kind'] == kind for e in record['per_scan'].values())} scans)", fontsize=9)
+    fig.legend(loc="lower center", ncol=6, fontsize=7, frameon=False)
+    meta = record["meta"]
+    fig.suptitle(f"Held-out scans ({Path(meta['heldout']).name}), means by kind: refinement sweeps (counts annotated) from each start "
+                 f"against Pty-chi LSQML (epochs annotated);\ncommit {meta['commit']}, {meta['started_utc']}; dotted, open markers: "
+                 "the same sweeps without the switch at the misfit's plateau", fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1000)
@@ -96,11 +161,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="RefinementUpdate.plateau values, each a way of its own (0: never switch to parallel updates)")
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=[1, 3, 5, 10, 20])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "starts_heldout.json")
+    parser.add_argument("--figure", type=Path, default=None, help="time-to-quality PNG (default: --json with .png)")
+    parser.add_argument("--replot", action="store_true", help="draw --figure from the existing --json record, run nothing")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    figure = args.figure or args.json.with_suffix(".png")
+    if args.replot:
+        time_to_quality_figure(json.loads(args.json.read_text()), figure)
+        print(f"wrote {figure}")
+        return 0
     torch.set_num_threads(1)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start, wall = os.getloadavg(), time.perf_counter()
@@ -138,7 +210,9 @@ def main(argv=None) -> int:
             "starts": args.starts, "plateaus": args.plateaus, "lsqml_epochs": args.lsqml_epochs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "summary_markdown": table, "per_scan": per_scan}, indent=1))
+    time_to_quality_figure(json.loads(args.json.read_text()), figure)
     print(table)
+    print(f"wrote {args.json} and {figure}")
     print(f"{started}, commit {meta['commit']}, load {load_start[0]:.2f} -> {meta['load_average_end'][0]:.2f}, "
           f"{meta['wall_s'] / 60:.1f} min wall")
     return 0
