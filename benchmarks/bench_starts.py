@@ -163,7 +163,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "starts_heldout.json")
     parser.add_argument("--figure", type=Path, default=None, help="time-to-quality PNG (default: --json with .png)")
     parser.add_argument("--replot", action="store_true", help="draw --figure from the existing --json record, run nothing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # refused before any scan is generated or any start computed
+        args.plateaus = list(dict.fromkeys(RefinementUpdate(plateau=plateau).plateau for plateau in args.plateaus))
+    except ValueError as error:
+        parser.error(f"--plateaus: {error}")
+    return args
 
 
 def main(argv=None) -> int:

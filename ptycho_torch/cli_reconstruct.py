@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-momentum", type=fraction, default=None, metavar="M",
                         help=f"with --refine: share of the previous sweep's change added before each sweep, in [0, 1) (default {REFINE_MOMENTUM})")
     parser.add_argument("--refine-plateau", type=fraction, default=None, metavar="F",
-                        help=f"with --refine: once a sweep lowers the data misfit by less than this fraction, the remaining "
-                             f"sweeps correct every point from the same object, without momentum: they average the noise of "
-                             f"low-dose scans (default {REFINE_PLATEAU}; 0: never)")
+                        help=f"with --refine (3 or more): once a sweep lowers the data misfit by less than this fraction of the "
+                             f"previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
+                             f"they average the noise of low-dose scans; in [0, 1) (default {REFINE_PLATEAU}; 0: never)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -178,6 +178,13 @@ def check_refine_options(args: argparse.Namespace) -> None:
     if given and args.refine == 0:
         raise UsageError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} how --refine updates the object; "
                          "give --refine ITERATIONS too, or leave it out")
+    if args.refine_plateau:
+        if args.refine < 3:
+            raise UsageError(f"--refine-plateau compares a sweep's misfit with the previous one's and switches for the sweeps left: "
+                             f"it needs --refine 3 or more (got {args.refine}); leave it out")
+        if args.refine_points == "all" and args.refine_momentum == 0:
+            raise UsageError("--refine-plateau switches to parallel updates without momentum, which --refine-points all "
+                             "--refine-momentum 0 already are; leave it out")
 
 
 def refine_update(args: argparse.Namespace):

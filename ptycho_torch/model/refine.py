@@ -83,8 +83,9 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     canvas), imposes the measured modulus on their exit waves (:meth:`FarFieldPtychography.correction`)
     and adds the corrections back divided by their summed probe weight (plus ``update.regularisation``
     of its maximum): the update of :func:`physics.object_estimate` over scan points of the whole scan
-    instead of one group. ``update`` says how many points make one update and the momentum
-    (:class:`RefinementUpdate`). The modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of
+    instead of one group. ``update`` says how many points make one update, the momentum and when the
+    sweeps turn into parallel updates (:class:`RefinementUpdate`; the misfit's plateau is checked from
+    the second iteration on, and a switch needs an iteration left: it can act from ``iterations=3``). The modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of
     the experiment (specs/model.md section 3), in which units ``result.object`` (calibrated by the
     stitching's count gain) predicts the counts. ``iterations=0`` returns ``result``; ``update=None``
     the default :class:`RefinementUpdate`. Memory: the canvas, the exit waves of ``batch_size`` patterns
@@ -103,10 +104,11 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     kappa = float(np.mean(exp.store.energy)) / probe_energy  # mean counts per pattern / what a unit object gives
     measurement = FarFieldPtychography(probe, torch.tensor([kappa]))
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
-    sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size)
-    obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
     settled = replace(update, patterns=None, momentum=0.0, plateau=0.0)  # the update after the misfit's plateau
-    may_switch = update.plateau > 0 and replace(update, plateau=0.0) != settled
+    already_parallel = (update.patterns is None or update.patterns >= len(corners)) and update.momentum == 0
+    may_switch = update.plateau > 0 and not already_parallel and iterations >= 3
+    sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size, track_misfit=may_switch)
+    obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
     previous, misfit, switched = obj, math.inf, None
     for iteration in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
         start = obj + sweep.update.momentum * (obj - previous) if sweep.update.momentum else obj
@@ -114,14 +116,14 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         if may_switch and switched is None and misfit - sweep.misfit < update.plateau * misfit and iteration + 1 < iterations:
             switched = iteration + 1
             del sweep  # its window plans (up to PLAN_BYTES) go before the parallel update's are built
-            sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size)
+            sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size, track_misfit=False)
         misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s)", exp.scan.path, iterations,
                 len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum,
-                "" if switched is None else f"; the misfit fell by less than {update.plateau:g} at iteration {switched}, "
-                                            "parallel updates without momentum after it")
+                "" if switched is None else f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % "
+                                            "of the previous one's: parallel updates without momentum after it")
     return replace(result, object=refined)
 
 
@@ -152,10 +154,10 @@ class _Sweep:
     at a time are in memory, whatever ``RefinementUpdate.patterns`` asks."""
 
     def __init__(self, measurement: FarFieldPtychography, corners: torch.Tensor, diffraction, modulus_scale: float,
-                 shape_px: tuple[int, int], update: RefinementUpdate, batch_size: int):
+                 shape_px: tuple[int, int], update: RefinementUpdate, batch_size: int, *, track_misfit: bool = True):
         self.measurement, self.corners, self.diffraction = measurement, corners, diffraction
-        self.modulus_scale, self.shape_px, self.update = modulus_scale, shape_px, update
-        self.misfit = math.inf  # of the last call: each point's, from the object its correction started from
+        self.modulus_scale, self.shape_px, self.update, self.track_misfit = modulus_scale, shape_px, update, track_misfit
+        self.misfit = math.inf  # of the last call, when tracked: each point's, from the object its correction started from
         n = len(corners)
         if update.patterns is None:
             self.batches = [[np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]]
@@ -178,8 +180,8 @@ class _Sweep:
         self.coverage = self.coverage.reshape(shape_px)
 
     def __call__(self, obj: torch.Tensor) -> torch.Tensor:
-        """The object (flat canvas) after one iteration from ``obj``; ``self.misfit`` is summed on the way."""
-        self.misfit = 0.0
+        """The object (flat canvas) after one iteration from ``obj``; ``self.misfit`` is summed on the way (when tracked)."""
+        self.misfit = 0.0 if self.track_misfit else math.inf
         if self.update.patterns is None:  # every point corrected from the same object, the sum applied once
             total = torch.zeros_like(obj)
             for part, windows in zip(self.batches[0], self._parallel_windows()):
@@ -230,7 +232,10 @@ class _Sweep:
 
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale
-        correction, misfit = self.measurement.correction_and_misfit(windows.extract(obj.reshape(1, *self.shape_px)), modulus)
+        patches = windows.extract(obj.reshape(1, *self.shape_px))
+        if not self.track_misfit:
+            return self.measurement.correction(patches, modulus)
+        correction, misfit = self.measurement.correction_and_misfit(patches, modulus)
         self.misfit += float(misfit)
         return correction
 

@@ -122,6 +122,11 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     assert_one_line_error(result, "--refine-plateau sets", "--refine ITERATIONS")
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-plateau", 1, "--quiet")
     assert result.returncode == 2 and "--refine-plateau" in result.stderr and "[0, 1)" in result.stderr, result.stderr[-2000:]
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 2, "--refine-plateau", 0.01, "--quiet")
+    assert_one_line_error(result, "--refine-plateau", "--refine 3 or more (got 2)")
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 5, "--refine-points", "all", "--refine-momentum", 0,
+                         "--refine-plateau", 0.01, "--quiet")
+    assert_one_line_error(result, "--refine-plateau", "already are")
     assert list(tmp_path.iterdir()) == []
 
 

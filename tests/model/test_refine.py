@@ -224,7 +224,7 @@ def test_after_the_misfits_plateau_the_remaining_iterations_are_parallel_updates
     update = RefinementUpdate(regularisation=0.1, plateau=0.999)
     with caplog.at_level(logging.INFO, logger="ptycho_torch.model.refine"):
         switched = refine(start, dataset, 5, update=update, progress=False)
-    assert "less than 0.999 at iteration 2" in caplog.text
+    assert "iteration 2 lowered the data misfit by less than 99.9 % of the previous one's" in caplog.text
     two_sweeps = refine(start, dataset, 2, update=replace(update, plateau=0.0), progress=False)
     expected = refine(two_sweeps, dataset, 3, update=RefinementUpdate(patterns=None, momentum=0.0, regularisation=0.1, plateau=0.0), progress=False)
     covered = start.coverage > 1e-3 * start.coverage.max()
@@ -278,3 +278,30 @@ def test_the_sweeps_plans_are_released_before_the_parallel_update_is_built(setup
     monkeypatch.setattr(refine_module._Sweep, "__init__", recording)
     refine(start, dataset, 4, update=refine_module.RefinementUpdate(plateau=0.999), progress=False)
     assert alive_at_build == [0, 0], alive_at_build
+
+
+def test_no_misfit_is_computed_when_nothing_could_switch(setup, monkeypatch):
+    """plateau 0, two iterations, or an update that already is the parallel one: the misfit (about 5 % of a sweep) is skipped."""
+    from ptycho_torch.model import refine as refine_module
+    from ptycho_torch.model.forward_model import FarFieldPtychography
+
+    dataset, _, start = setup
+    expected = {case: refine(start, dataset, n, update=update, progress=False).object for case, (n, update) in {
+        "plateau 0": (4, refine_module.RefinementUpdate(plateau=0.0)),
+        "two iterations": (2, refine_module.RefinementUpdate(plateau=0.999)),
+        "all points, no momentum": (4, refine_module.RefinementUpdate(patterns=512, momentum=0.0, plateau=0.999)),
+    }.items()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the misfit was computed")
+
+    monkeypatch.setattr(FarFieldPtychography, "correction_and_misfit", refuse)
+    got = {"plateau 0": refine(start, dataset, 4, update=refine_module.RefinementUpdate(plateau=0.0), progress=False).object,
+           "two iterations": refine(start, dataset, 2, update=refine_module.RefinementUpdate(plateau=0.999), progress=False).object,
+           "all points, no momentum": refine(start, dataset, 4, update=refine_module.RefinementUpdate(patterns=512, momentum=0.0, plateau=0.999),
+                                             progress=False).object}
+    for case in expected:
+        np.testing.assert_array_equal(got[case], expected[case], err_msg=case)
+    np.testing.assert_array_equal(got["all points, no momentum"],
+                                  refine(start, dataset, 4, update=refine_module.RefinementUpdate(patterns=512, momentum=0.0, plateau=0.0),
+                                         progress=False).object)
