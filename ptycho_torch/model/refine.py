@@ -40,6 +40,8 @@ class RefinementUpdate:
     summed as the iteration goes) by less than this fraction of the previous iteration's, the remaining
     iterations are parallel updates without momentum (same ``regularisation``), which average the noise
     of every point where small updates keep following the last ones (low-dose scans); 0 never switches.
+    ``plateau_sweeps``: the plateau is looked for in the first this-many iterations only; a misfit that
+    falls slowly after them is slow convergence, where the sweeps stay faster (high-dose scans).
     """
 
     patterns: int | None = 64
@@ -47,6 +49,7 @@ class RefinementUpdate:
     regularisation: float = 0.05
     order_seed: int = 0
     plateau: float = 0.002
+    plateau_sweeps: int = 20
 
     def __post_init__(self):
         if self.patterns is not None and not (_is_integer(self.patterns) and self.patterns >= 1):
@@ -59,6 +62,10 @@ class RefinementUpdate:
             raise ValueError(f"RefinementUpdate.order_seed={self.order_seed!r} must be an integer >= 0 (the batches' fixed order)")
         if not (_is_real(self.plateau) and 0 <= self.plateau < 1):
             raise ValueError(f"RefinementUpdate.plateau={self.plateau!r} must be a number in [0, 1) (0: never switch to the parallel update)")
+        if not (_is_integer(self.plateau_sweeps) and self.plateau_sweeps >= 1):
+            raise ValueError(f"RefinementUpdate.plateau_sweeps={self.plateau_sweeps!r} must be an integer >= 1 (the iterations in which "
+                             "the plateau is looked for)")
+        object.__setattr__(self, "plateau_sweeps", int(self.plateau_sweeps))
         for name in ("momentum", "regularisation", "plateau"):  # plain floats (a -0 momentum is 0)
             object.__setattr__(self, name, float(getattr(self, name)) + 0.0)
 
@@ -106,14 +113,15 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
     settled = replace(update, patterns=None, momentum=0.0, plateau=0.0)  # the update after the misfit's plateau
     already_parallel = (update.patterns is None or update.patterns >= len(corners)) and update.momentum == 0
-    may_switch = update.plateau > 0 and not already_parallel and iterations >= 3
+    may_switch = update.plateau > 0 and not already_parallel and iterations >= 3 and update.plateau_sweeps >= 2
     sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size, track_misfit=may_switch)
     obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
     previous, misfit, switched = obj, math.inf, None
     for iteration in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
         start = obj + sweep.update.momentum * (obj - previous) if sweep.update.momentum else obj
         previous, obj = obj, sweep(start)
-        if may_switch and switched is None and misfit - sweep.misfit < update.plateau * misfit and iteration + 1 < iterations:
+        if (may_switch and switched is None and iteration < update.plateau_sweeps and iteration + 1 < iterations
+                and misfit - sweep.misfit < update.plateau * misfit):
             switched = iteration + 1
             del sweep  # its window plans (up to PLAN_BYTES) go before the parallel update's are built
             sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size, track_misfit=False)
