@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-momentum", type=fraction, default=None, metavar="M",
                         help=f"with --refine: share of the previous sweep's change added before each sweep, in [0, 1) (default {REFINE_MOMENTUM})")
     parser.add_argument("--refine-plateau", type=fraction, default=None, metavar="F",
-                        help=f"with --refine (3 or more): once a sweep lowers the data misfit by less than this fraction of the "
-                             f"previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
+                        help=f"with --refine (3 or more): once one of the first 20 sweeps lowers the data misfit by less than this "
+                             f"fraction of the previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
                              f"they average the noise of low-dose scans; in [0, 1) (default {REFINE_PLATEAU}; 0: never)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
