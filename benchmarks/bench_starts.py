@@ -74,12 +74,11 @@ def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STAR
 
 def summary(per_scan: dict, ways: list[str]) -> str:
     lines = ["| kind | way | scans | amp r | phase r | CPU s |", "|---|---|---:|---:|---:|---:|"]
-    for kind in dict.fromkeys(e["kind"] for e in per_scan.values()):
-        entries = [e for e in per_scan.values() if e["kind"] == kind]
-        for way in ways:
-            rows = [e["ways"][way] for e in entries if way in e["ways"]]
-            mean = {m: statistics.mean(r[m] for r in rows) for m in ("amplitude_r", "phase_r", "cpu_s")}
-            lines.append(f"| {kind} | {way} | {len(rows)} | {mean['amplitude_r']:.3f} | {mean['phase_r']:.3f} | {mean['cpu_s']:.2f} |")
+    for kind, means in kind_means(per_scan).items():
+        scans = sum(e["kind"] == kind for e in per_scan.values())
+        for way in (w for w in ways if w in means):
+            mean = means[way]
+            lines.append(f"| {kind} | {way} | {scans} | {mean['amplitude_r']:.3f} | {mean['phase_r']:.3f} | {mean['cpu_s']:.2f} |")
     return "\n".join(lines)
 
 

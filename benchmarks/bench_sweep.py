@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -22,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,21 +29,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_floor import WorkCounter, bandwidth_benchmark, fft_benchmark, git_commit  # noqa: E402
 from benchmarks.bench_model import EMBEDDED  # noqa: E402
 from benchmarks.bench_pretrained import build_dataset  # noqa: E402
-from ptycho_torch.model import physics  # noqa: E402
 from ptycho_torch.model import refine as refinement  # noqa: E402
-from ptycho_torch.model.forward_model import FarFieldPtychography  # noqa: E402
 from ptycho_torch.pretrained import load_pretrained  # noqa: E402
 
 
 def sweep_of(dataset, update: refinement.RefinementUpdate, track_misfit: bool):
     """The package's ``_Sweep`` for ``dataset`` on its default canvas, and the unit object it starts from."""
     start = refinement.flat_start(dataset)
-    exp = dataset.experiments[0]
-    probe = physics.unit_peak(dataset.probes[0][None, None])
-    kappa = float(np.mean(exp.store.energy)) / float((probe.abs() ** 2).sum())
-    corners = refinement._window_corners(exp.scan.xcoords, exp.scan.ycoords, start.canvas.origin_px, dataset.N)
-    sweep = refinement._Sweep(FarFieldPtychography(probe, torch.tensor([kappa])), corners, exp.store.diffraction, math.sqrt(kappa),
-                              start.canvas.shape_px, update, refinement.PATTERNS_PER_BATCH, track_misfit=track_misfit)
+    sweep = refinement._sweep_factory(dataset, start.canvas, 0, refinement.PATTERNS_PER_BATCH)(update, track_misfit=track_misfit)
     return sweep, torch.from_numpy(start.object).to(torch.complex64).reshape(-1)
 
 

@@ -105,16 +105,13 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         return result
     update = RefinementUpdate() if update is None else update
     exp = dataset.experiments[experiment]
-    N, (H, W) = dataset.N, result.canvas.shape_px
-    probe = physics.unit_peak(dataset.probes[experiment][None, None])  # (1, 1, P, N, N), peak amplitude 1
-    probe_energy = float((probe.real**2 + probe.imag**2).sum())
-    kappa = float(np.mean(exp.store.energy)) / probe_energy  # mean counts per pattern / what a unit object gives
-    measurement = FarFieldPtychography(probe, torch.tensor([kappa]))
-    corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, result.canvas.origin_px, N)
+    H, W = result.canvas.shape_px
+    n_points = len(exp.scan.xcoords)
+    sweep_over_scan = _sweep_factory(dataset, result.canvas, experiment, batch_size)
     settled = replace(update, patterns=None, momentum=0.0, plateau=0.0)  # the update after the misfit's plateau
-    already_parallel = (update.patterns is None or update.patterns >= len(corners)) and update.momentum == 0
+    already_parallel = (update.patterns is None or update.patterns >= n_points) and update.momentum == 0
     may_switch = update.plateau > 0 and not already_parallel and iterations >= 3 and update.plateau_sweeps >= 2
-    sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), update, batch_size, track_misfit=may_switch)
+    sweep = sweep_over_scan(update, track_misfit=may_switch)
     obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
     previous, misfit, switched = obj, math.inf, None
     for iteration in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
@@ -124,12 +121,12 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
                 and misfit - sweep.misfit < update.plateau * misfit):
             switched = iteration + 1
             del sweep  # its window plans (up to PLAN_BYTES) go before the parallel update's are built
-            sweep = _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), (H, W), settled, batch_size, track_misfit=False)
+            sweep = sweep_over_scan(settled, track_misfit=False)
         misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s)", exp.scan.path, iterations,
-                len(corners), "all" if update.patterns is None or update.patterns >= len(corners) else update.patterns, update.momentum,
+                n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum,
                 "" if switched is None else f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % "
                                             "of the previous one's: parallel updates without momentum after it")
     return replace(result, object=refined)
@@ -153,6 +150,24 @@ def flat_start(dataset, canvas: Canvas | None = None, *, experiment: int = 0, ba
     coverage = _placed_weight(windows, weights).to(torch.float64).numpy()
     obj = (coverage > COVERAGE_FLOOR * coverage.max()).astype(np.complex64)
     return Reconstruction(obj, coverage, canvas, 1.0)
+
+
+def _sweep_factory(dataset, canvas: Canvas, experiment: int, batch_size: int):
+    """``make(update, track_misfit=...)``: a :class:`_Sweep` over the experiment's scan points on ``canvas``, known probe.
+
+    The modulus is ``sqrt(counts / kappa)``, ``kappa`` the mean counts per pattern over what a unit object gives."""
+    exp = dataset.experiments[experiment]
+    probe = physics.unit_peak(dataset.probes[experiment][None, None])  # (1, 1, P, N, N), peak amplitude 1
+    probe_energy = float((probe.real**2 + probe.imag**2).sum())
+    kappa = float(np.mean(exp.store.energy)) / probe_energy  # mean counts per pattern / what a unit object gives
+    measurement = FarFieldPtychography(probe, torch.tensor([kappa]))
+    corners = _window_corners(exp.scan.xcoords, exp.scan.ycoords, canvas.origin_px, dataset.N)
+
+    def make(update: RefinementUpdate, *, track_misfit: bool) -> _Sweep:
+        return _Sweep(measurement, corners, exp.store.diffraction, math.sqrt(kappa), canvas.shape_px, update, batch_size,
+                      track_misfit=track_misfit)
+
+    return make
 
 
 class _Sweep:
