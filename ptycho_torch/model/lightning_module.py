@@ -22,6 +22,7 @@ __all__ = ["PtychoPINN_Lightning", "as_config"]
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"  # Lightning's loader needs it; weights-only exports (ptycho_torch.pretrained) lack it
 SCHEDULERS = ("Default", "WarmupCosine", "Exponential")  # the names the data pipeline's config accepts too
+INPUT_CACHE_BYTES = 2 * 2**30  # PtychoPINN_Lightning.input_cache_bytes by default
 
 
 class PtychoPINN_Lightning(L.LightningModule):
@@ -49,15 +50,22 @@ class PtychoPINN_Lightning(L.LightningModule):
             dataclasses or dicts (checkpoint hyper-parameters); saved in checkpoints as plain dicts.
         seed: seed of the network initialisation (the global RNG is left alone).
 
+    During ``fit`` each group's physics input (a function of its data alone) is computed once and kept for the
+    later epochs, up to ``input_cache_bytes`` (an attribute, 2 GiB unless set before ``fit``; 0 recomputes it in
+    every batch); the groups beyond it are recomputed. The weights are the same bits either way.
+
     Refused (ValueError naming the field): ``mode`` other than ``'Unsupervised'``/``'Supervised'``,
     ``loss_function`` other than ``'Poisson'``/``'MAE'``, an unknown ``scheduler``, and what
     :class:`PtychoPINN` refuses. Training without ``Y`` in the batch is a KeyError when the loss
     needs it. :meth:`load_from_checkpoint` reads with ``weights_only=True`` only.
     """
 
+    input_cache_bytes = INPUT_CACHE_BYTES
+
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
         super().__init__()
         self.network = PtychoPINN(model_config, data_config, training_config, inference_config, seed=seed)
+        self._input_cache = None
         self._check_supported()
         require_supported(self.model_config, self.training_config, self.inference_config, data=self.data_config)  # DataConfig: the dataset's check
         self.save_hyperparameters({**self.network.configs(), "seed": int(seed)})
@@ -138,11 +146,22 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        self._input_cache = _InputCache.for_fit(self.input_cache_bytes) if self.model_config.generator_input == "object_estimate" else None
+
+    def on_fit_end(self) -> None:
+        self._input_cache = None
+
+    def teardown(self, stage: str) -> None:
+        self._input_cache = None
+
     def loss_of(self, batch) -> torch.Tensor:
         td, probe, scale = batch
         scale = scale.reshape(-1)
         measurement = self.network.measurement(td, probe, scale)
-        patches = self.network.predict_patches(td, probe, scale, measurement=measurement)
+        windows = self.network.group_windows(td)
+        inputs = self._generator_input(td, probe, scale, measurement, windows)
+        patches = self.network.predict_patches(td, probe, scale, measurement=measurement, inputs=inputs, windows=windows)
         if self.model_config.mode == "Supervised":
             if "Y" not in td.keys():
                 raise KeyError("Supervised training needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from a scan with objectGuess or Y")
@@ -159,6 +178,28 @@ class PtychoPINN_Lightning(L.LightningModule):
                 raise KeyError("ModelConfig.truth_loss_weight > 0 needs ground-truth patches 'Y': build the PtychoDataset with ground_truth=True from scans with objectGuess or Y, or set truth_loss_weight=0")
             loss = loss + weight * physics.phase_invariant_error(patches, td["Y"], measurement.weights).mean()
         return loss
+
+    def _generator_input(self, td, probe, scale, measurement, windows) -> torch.Tensor | None:
+        """The batch's generator input, its cached groups read and the others computed (and kept); None outside a fit's cache."""
+        cache = self._input_cache
+        keys = cache.keys_of(td) if cache is not None else None
+        if keys is None:
+            return None
+        rows = cache.lookup(keys)
+        missing = [i for i, row in enumerate(rows) if row is None]
+        device = td["images"].device
+        if not missing:
+            return torch.stack(rows).to(device)
+        if len(missing) == len(keys):
+            inputs = self.network.generator_input(td, probe, scale, measurement=measurement, windows=windows)
+            cache.put(keys, inputs)
+            return inputs
+        index = torch.tensor(missing, device=device)
+        computed = self.network.generator_input(_batch_rows(td, index), _batch_rows(probe, index), scale[index])
+        cache.put([keys[i] for i in missing], computed)
+        inputs = torch.stack([computed.new_empty(computed.shape[1:]) if row is None else row.to(device) for row in rows])
+        inputs[index] = computed
+        return inputs
 
     def training_step(self, batch, batch_idx):
         loss = self.loss_of(batch)
@@ -180,3 +221,58 @@ class PtychoPINN_Lightning(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+
+
+
+class _InputCache:
+    """Each group's generator input during one fit, up to a byte budget: a function of the group's data alone
+    (its patterns, positions and the scan's probe), so it is computed in the first epoch and read in the others.
+
+    Groups are keyed by ``(experiment_id, *nn_indices)``; a batch without those keys is not cached.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes, self.used_bytes, self.rows, self.full = budget_bytes, 0, {}, False
+
+    @classmethod
+    def for_fit(cls, budget_bytes) -> "_InputCache | None":
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
+            raise ValueError(f"PtychoPINN_Lightning.input_cache_bytes={budget_bytes!r} must be an integer >= 0 (0: recompute the physics "
+                             "input of every batch)")
+        return cls(budget_bytes) if budget_bytes > 0 else None
+
+    @staticmethod
+    def keys_of(td) -> list[tuple] | None:
+        if "nn_indices" not in td.keys() or "experiment_id" not in td.keys():
+            return None
+        ids = torch.cat([td["experiment_id"].reshape(-1, 1).long(), td["nn_indices"].long()], dim=1)
+        return [tuple(row) for row in ids.tolist()]
+
+    def lookup(self, keys: list[tuple]) -> list[torch.Tensor | None]:
+        return [self.rows.get(key) for key in keys]
+
+    def put(self, keys: list[tuple], inputs: torch.Tensor) -> None:
+        stored = inputs.detach().to("cpu")
+        row_bytes = stored[0].numel() * stored.element_size() if len(stored) else 0
+        for key, row in zip(keys, stored):
+            if key in self.rows:
+                continue
+            if self.used_bytes + row_bytes > self.budget_bytes:
+                if not self.full:
+                    self.full = True
+                    logger.info("the physics inputs of %d groups fill input_cache_bytes=%d; the other groups' are recomputed in every epoch",
+                                len(self.rows), self.budget_bytes)
+                return
+            self.rows[key] = row.clone()
+            self.used_bytes += row_bytes
+
+
+def _batch_rows(batch, index: torch.Tensor):
+    """Rows ``index`` of a batch (a TensorDict, a dict of tensors, or a tensor; a probe broadcast over the batch stays a broadcast)."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim and batch.stride(0) == 0:
+            return batch[:1].expand(len(index), *batch.shape[1:])
+        return batch[index]
+    if isinstance(batch, dict):
+        return {key: value[index] for key, value in batch.items()}
+    return batch[index]

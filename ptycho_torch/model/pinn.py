@@ -128,7 +128,7 @@ class PtychoPINN(torch.nn.Module):
         """What the generator sees, ``(B, k C, N, N)``: the real and imaginary part of ``object_estimate - 1``
         (``ModelConfig.generator_input='object_estimate'``), or the normalised amplitudes (``'diffraction'``).
 
-        ``measurement`` and ``windows`` (:meth:`_group_windows`): the batch's, when the caller built them.
+        ``measurement`` and ``windows`` (:meth:`group_windows`): the batch's, when the caller built them.
         """
         images = batch["images"]
         if self.model_config.generator_input == "diffraction":
@@ -143,17 +143,20 @@ class PtychoPINN(torch.nn.Module):
         return torch.cat([estimate.real, estimate.imag], dim=1).to(images.dtype)
 
     def predict_patches(self, batch, probe, scale, *, use_network: bool = True,
-                        measurement: FarFieldPtychography | None = None) -> torch.Tensor:
+                        measurement: FarFieldPtychography | None = None, inputs: torch.Tensor | None = None,
+                        windows=None) -> torch.Tensor:
         """Complex object patches ``(B, C, N, N)`` of a dataset batch, group-consistent under ``object_big``.
 
         ``use_network=False`` returns the physics input alone (the object estimate, merged the same
-        way): what the pipeline gives without the network. ``measurement``: the batch's
-        :meth:`measurement`, when the caller already built it.
+        way): what the pipeline gives without the network. ``measurement``, ``inputs`` (:meth:`generator_input`)
+        and ``windows`` (:meth:`group_windows`): the batch's, when the caller already has them.
         """
         scale = scale.reshape(-1)
         measurement = measurement or self.measurement(batch, probe, scale)
-        windows = self._group_windows(batch)  # built once per batch for the physics input and the group merge
-        inputs = self.generator_input(batch, probe, scale, measurement=measurement, windows=windows)
+        if windows is None:
+            windows = self.group_windows(batch)  # built once per batch for the physics input and the group merge
+        if inputs is None:
+            inputs = self.generator_input(batch, probe, scale, measurement=measurement, windows=windows)
         if not use_network:
             if self.model_config.generator_input != "object_estimate":
                 raise ValueError("use_network=False needs generator_input='object_estimate': the diffraction alone is no object")
@@ -170,7 +173,7 @@ class PtychoPINN(torch.nn.Module):
             patches = windows.extract(region)  # physics.extract_from_region(region, coords, N) with these windows
         return patches
 
-    def _group_windows(self, batch):
+    def group_windows(self, batch):
         """The batch's ``physics.GroupWindows`` on regions of ``physics.region_size``, in the images' dtype, when the
         physics input or the group merge uses them; else None."""
         estimate = self.model_config.generator_input == "object_estimate"
