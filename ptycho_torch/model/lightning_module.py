@@ -9,8 +9,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from ptycho_torch.model import checkpoints, physics
+from ptycho_torch.model.input_cache import INPUT_CACHE_BYTES, InputCache, batch_rows, byte_budget
 from ptycho_torch.config_file import as_config
 from ptycho_torch.config_resolve import require_supported
 from ptycho_torch.model.pinn import PtychoPINN
@@ -22,7 +24,6 @@ __all__ = ["PtychoPINN_Lightning", "as_config"]
 LOSS_KINDS = {"Poisson": "poisson", "MAE": "mae"}
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"  # Lightning's loader needs it; weights-only exports (ptycho_torch.pretrained) lack it
 SCHEDULERS = ("Default", "WarmupCosine", "Exponential")  # the names the data pipeline's config accepts too
-INPUT_CACHE_BYTES = 2 * 2**30  # PtychoPINN_Lightning.input_cache_bytes by default
 
 
 class PtychoPINN_Lightning(L.LightningModule):
@@ -50,9 +51,10 @@ class PtychoPINN_Lightning(L.LightningModule):
             dataclasses or dicts (checkpoint hyper-parameters); saved in checkpoints as plain dicts.
         seed: seed of the network initialisation (the global RNG is left alone).
 
-    During ``fit`` each group's physics input (a function of its data alone) is computed once and kept for the
-    later epochs, up to ``input_cache_bytes`` (an attribute, 2 GiB unless set before ``fit``; 0 recomputes it in
-    every batch); the groups beyond it are recomputed. The weights are the same bits either way.
+    During ``fit`` on the CPU each group's physics input (a function of its data alone) is computed once and kept for
+    the later epochs (:mod:`~ptycho_torch.model.input_cache`, addressed by a digest of the group's data), up to
+    :attr:`input_cache_bytes` (2 GiB; 0 recomputes it in every batch); the groups beyond it are recomputed. The
+    weights are the same bits either way.
 
     Refused (ValueError naming the field): ``mode`` other than ``'Unsupervised'``/``'Supervised'``,
     ``loss_function`` other than ``'Poisson'``/``'MAE'``, an unknown ``scheduler``, and what
@@ -60,12 +62,10 @@ class PtychoPINN_Lightning(L.LightningModule):
     needs it. :meth:`load_from_checkpoint` reads with ``weights_only=True`` only.
     """
 
-    input_cache_bytes = INPUT_CACHE_BYTES
-
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
         super().__init__()
         self.network = PtychoPINN(model_config, data_config, training_config, inference_config, seed=seed)
-        self._input_cache = None
+        self._input_cache, self._input_cache_bytes = None, INPUT_CACHE_BYTES
         self._check_supported()
         require_supported(self.model_config, self.training_config, self.inference_config, data=self.data_config)  # DataConfig: the dataset's check
         self.save_hyperparameters({**self.network.configs(), "seed": int(seed)})
@@ -146,14 +146,29 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
 
+    @property
+    def input_cache_bytes(self) -> int:
+        """Bytes of physics inputs a fit keeps across its epochs (2 GiB by default; 0: recomputed in every batch); set before ``fit``."""
+        return self._input_cache_bytes
+
+    @input_cache_bytes.setter
+    def input_cache_bytes(self, value) -> None:
+        self._input_cache_bytes = byte_budget(value)
+
     def on_fit_start(self) -> None:
-        self._input_cache = _InputCache.for_fit(self.input_cache_bytes) if self.model_config.generator_input == "object_estimate" else None
+        keeps = self.input_cache_bytes > 0 and self.model_config.generator_input == "object_estimate"
+        self._input_cache = InputCache(self.input_cache_bytes) if keeps else None
 
     def on_fit_end(self) -> None:
+        if self._input_cache is not None and self._input_cache.rows:
+            logger.info("%s", self._input_cache.summary())
         self._input_cache = None
 
     def teardown(self, stage: str) -> None:
         self._input_cache = None
+
+    def configure_callbacks(self):
+        return [_ReleaseInputCache()]
 
     def loss_of(self, batch) -> torch.Tensor:
         td, probe, scale = batch
@@ -182,7 +197,9 @@ class PtychoPINN_Lightning(L.LightningModule):
     def _generator_input(self, td, probe, scale, measurement, windows) -> torch.Tensor | None:
         """The batch's generator input, its cached groups read and the others computed (and kept); None outside a fit's cache."""
         cache = self._input_cache
-        keys = cache.keys_of(td) if cache is not None else None
+        if cache is not None and not self._fitting():
+            self._input_cache = cache = None  # left by a fit that raised: never read outside one
+        keys = cache.keys_of(td, probe, scale) if cache is not None else None
         if keys is None:
             return None
         rows = cache.lookup(keys)
@@ -195,11 +212,15 @@ class PtychoPINN_Lightning(L.LightningModule):
             cache.put(keys, inputs)
             return inputs
         index = torch.tensor(missing, device=device)
-        computed = self.network.generator_input(_batch_rows(td, index), _batch_rows(probe, index), scale[index])
+        computed = self.network.generator_input(batch_rows(td, index), batch_rows(probe, index), scale[index])
         cache.put([keys[i] for i in missing], computed)
         inputs = torch.stack([computed.new_empty(computed.shape[1:]) if row is None else row.to(device) for row in rows])
         inputs[index] = computed
         return inputs
+
+    def _fitting(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == "fit"
 
     def training_step(self, batch, batch_idx):
         loss = self.loss_of(batch)
@@ -222,57 +243,8 @@ class PtychoPINN_Lightning(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
+class _ReleaseInputCache(Callback):
+    """Drops the fit's physics inputs when the fit raises or is interrupted (Lightning then skips ``on_fit_end`` and ``teardown``)."""
 
-
-class _InputCache:
-    """Each group's generator input during one fit, up to a byte budget: a function of the group's data alone
-    (its patterns, positions and the scan's probe), so it is computed in the first epoch and read in the others.
-
-    Groups are keyed by ``(experiment_id, *nn_indices)``; a batch without those keys is not cached.
-    """
-
-    def __init__(self, budget_bytes: int):
-        self.budget_bytes, self.used_bytes, self.rows, self.full = budget_bytes, 0, {}, False
-
-    @classmethod
-    def for_fit(cls, budget_bytes) -> "_InputCache | None":
-        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
-            raise ValueError(f"PtychoPINN_Lightning.input_cache_bytes={budget_bytes!r} must be an integer >= 0 (0: recompute the physics "
-                             "input of every batch)")
-        return cls(budget_bytes) if budget_bytes > 0 else None
-
-    @staticmethod
-    def keys_of(td) -> list[tuple] | None:
-        if "nn_indices" not in td.keys() or "experiment_id" not in td.keys():
-            return None
-        ids = torch.cat([td["experiment_id"].reshape(-1, 1).long(), td["nn_indices"].long()], dim=1)
-        return [tuple(row) for row in ids.tolist()]
-
-    def lookup(self, keys: list[tuple]) -> list[torch.Tensor | None]:
-        return [self.rows.get(key) for key in keys]
-
-    def put(self, keys: list[tuple], inputs: torch.Tensor) -> None:
-        stored = inputs.detach().to("cpu")
-        row_bytes = stored[0].numel() * stored.element_size() if len(stored) else 0
-        for key, row in zip(keys, stored):
-            if key in self.rows:
-                continue
-            if self.used_bytes + row_bytes > self.budget_bytes:
-                if not self.full:
-                    self.full = True
-                    logger.info("the physics inputs of %d groups fill input_cache_bytes=%d; the other groups' are recomputed in every epoch",
-                                len(self.rows), self.budget_bytes)
-                return
-            self.rows[key] = row.clone()
-            self.used_bytes += row_bytes
-
-
-def _batch_rows(batch, index: torch.Tensor):
-    """Rows ``index`` of a batch (a TensorDict, a dict of tensors, or a tensor; a probe broadcast over the batch stays a broadcast)."""
-    if isinstance(batch, torch.Tensor):
-        if batch.ndim and batch.stride(0) == 0:
-            return batch[:1].expand(len(index), *batch.shape[1:])
-        return batch[index]
-    if isinstance(batch, dict):
-        return {key: value[index] for key, value in batch.items()}
-    return batch[index]
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        pl_module._input_cache = None
