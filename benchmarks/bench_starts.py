@@ -47,12 +47,13 @@ def start_object(network, dataset, start: str, canvas: Canvas):
     return reconstruct(network, dataset, canvas=canvas, groups="cover", use_network=start == "network", progress=False)
 
 
-def way_name(start: str, sweeps: int, plateau: float) -> str:
-    default = plateau == RefinementUpdate().plateau
-    return f"{start} + {sweeps}" + ("" if default else f" (plateau {plateau:g})")
+def way_name(start: str, sweeps: int, plateau: float, step: float = RefinementUpdate().step) -> str:
+    changed = [f"{name} {value:g}" for name, value in (("plateau", plateau), ("step", step)) if value != getattr(RefinementUpdate(), name)]
+    return f"{start} + {sweeps}" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STARTS, plateaus=(RefinementUpdate().plateau,)) -> dict:
+def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STARTS, plateaus=(RefinementUpdate().plateau,),
+                 steps=(RefinementUpdate().step,)) -> dict:
     loaded = bench_ptychi.load_scan(scan)
     canvas = Canvas(read_scan(scan, load_diffraction=False).objectGuess.shape, (0, 0))
     dataset, _, _ = build_dataset(network, scan, work / f"memmap-{scan.stem}", 512)
@@ -63,12 +64,13 @@ def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STAR
         start_s = time.process_time() - began
         if start != "flat":
             records[f"{start}"] = {**bench_ptychi.score_reconstruction(first.object, loaded), "cpu_s": start_s}
-        for plateau in plateaus:
-            for n in sweeps:
-                began = time.process_time()
-                refined = refine(first, dataset, n, update=RefinementUpdate(plateau=plateau), progress=False)
-                records[way_name(start, n, plateau)] = {**bench_ptychi.score_reconstruction(refined.object, loaded),
-                                                        "cpu_s": start_s + time.process_time() - began}
+        for step in steps:
+            for plateau in plateaus:
+                for n in sweeps:
+                    began = time.process_time()
+                    refined = refine(first, dataset, n, update=RefinementUpdate(plateau=plateau, step=step), progress=False)
+                    records[way_name(start, n, plateau, step)] = {**bench_ptychi.score_reconstruction(refined.object, loaded),
+                                                                  "cpu_s": start_s + time.process_time() - began}
     return records
 
 
@@ -116,13 +118,14 @@ def time_to_quality_figure(record: dict, path: Path) -> None:
                 series.setdefault("LSQML", []).append((int(way.split()[1]), m))
             elif sweeps_of(way) is not None:
                 start, rest = way.split(" + ")
-                series.setdefault(start + ("" if "(plateau" not in rest else " " + rest[rest.index("("):]), []).append((sweeps_of(way), m))
+                series.setdefault(start + ("" if "(" not in rest else " " + rest[rest.index("("):]), []).append((sweeps_of(way), m))
         for row, metric in enumerate(("amplitude_r", "phase_r")):
             ax = axes[row, col]
             for name, points in series.items():
                 points.sort(key=lambda point: point[0])
                 color, marker = ("k", "x") if name == "LSQML" else styles.get(name.split()[0], ("C3", "v"))
-                ax.plot([m["cpu_s"] for _, m in points], [m[metric] for _, m in points], "-" if "(plateau" not in name else ":",
+                line = ":" if "(plateau" in name else "--" if "(step" in name else "-"
+                ax.plot([m["cpu_s"] for _, m in points], [m[metric] for _, m in points], line,
                         marker=marker, ms=4, color=color, lw=1.1, mfc=color if "(plateau" not in name else "none",
                         label=(name if name == "LSQML" else f"{name} + sweeps") if col == 0 and row == 0 else None)
                 for count, m in points:
@@ -140,7 +143,7 @@ def time_to_quality_figure(record: dict, path: Path) -> None:
     meta = record["meta"]
     fig.suptitle(f"Held-out scans ({Path(meta['heldout']).name}), means by kind: refinement sweeps (counts annotated) from each start "
                  f"against Pty-chi LSQML (epochs annotated);\ncommit {meta['commit']}, {meta['started_utc']}; dotted, open markers: "
-                 "the same sweeps without the switch at the misfit's plateau", fontsize=8)
+                 "the same sweeps without the switch at the misfit's plateau; dashed: another step", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -158,6 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--plateaus", nargs="+", type=float, default=[RefinementUpdate().plateau],
                         help="RefinementUpdate.plateau values, each a way of its own (0: never switch to parallel updates)")
+    parser.add_argument("--steps", nargs="+", type=float, default=[RefinementUpdate().step],
+                        help="RefinementUpdate.step values, each a way of its own (the factor on each update)")
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=[1, 3, 5, 10, 20])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "starts_heldout.json")
     parser.add_argument("--figure", type=Path, default=None, help="time-to-quality PNG (default: --json with .png)")
@@ -167,6 +172,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.plateaus = list(dict.fromkeys(RefinementUpdate(plateau=plateau).plateau for plateau in args.plateaus))
     except ValueError as error:
         parser.error(f"--plateaus: {error}")
+    try:
+        args.steps = list(dict.fromkeys(RefinementUpdate(step=step).step for step in args.steps))
+    except ValueError as error:
+        parser.error(f"--steps: {error}")
     return args
 
 
@@ -195,7 +204,7 @@ def main(argv=None) -> int:
             bench_ptychi.warm_up(first, "lsqml", settings)
         for kind, paths in scans.items():
             for scan in paths:
-                records = scan_records(network, scan, args.sweeps, work, args.starts, args.plateaus)
+                records = scan_records(network, scan, args.sweeps, work, args.starts, args.plateaus, args.steps)
                 if args.lsqml_epochs:
                     records.update(lsqml_records(scan, sorted(args.lsqml_epochs), settings, work / "lsqml"))
                 ways = list(dict.fromkeys([*ways, *records]))
@@ -211,7 +220,7 @@ def main(argv=None) -> int:
     meta = {"started_utc": started, "commit": git_commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "wall_s": time.perf_counter() - wall, "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "torch": torch.__version__, "threads": 1, "heldout": str(heldout), "sweeps": args.sweeps,
-            "starts": args.starts, "plateaus": args.plateaus, "lsqml_epochs": args.lsqml_epochs}
+            "starts": args.starts, "plateaus": args.plateaus, "steps": args.steps, "lsqml_epochs": args.lsqml_epochs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "summary_markdown": table, "per_scan": per_scan}, indent=1))
     time_to_quality_figure(json.loads(args.json.read_text()), figure)

@@ -24,6 +24,7 @@ PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit wa
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
 BYTES_PER_PLANNED_SAMPLE = 8 + 4  # int64 canvas index and float32 step size of each window sample
 MAX_REGULARISATION = 1e6  # of the coverage's maximum: far beyond it no step is left (and float32 overflows)
+MAX_STEP = 4.0  # the factor on an update; beyond about 2 error reduction overshoots and diverges
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class RefinementUpdate:
     drawn from ``order_seed``); ``None`` corrects every point of the scan from the same object and
     applies the sum (parallel error reduction, the only mode before 2026-12-07). ``momentum``: the
     share of the previous iteration's change added before each iteration (0: none). Each update is
-    divided by the summed probe weight of its points plus ``regularisation`` times that sum's maximum.
+    divided by the summed probe weight of its points plus ``regularisation`` times that sum's maximum, and
+    multiplied by ``step`` (LSQML's least-squares step along this direction came to 1.3-1.9 on training-family scans).
     ``plateau``: once an iteration lowers the data misfit (:func:`physics.modulus_misfit` of every point,
     summed as the iteration goes) by less than this fraction of the previous iteration's, the remaining
-    iterations are parallel updates without momentum (same ``regularisation``), which average the noise
+    iterations are parallel updates without momentum (same ``regularisation``, unit step), which average the noise
     of every point where small updates keep following the last ones (low-dose scans); 0 never switches.
     ``plateau_sweeps``: the plateau is looked for in the first this-many iterations only; a misfit that
     falls slowly after them is slow convergence, where the sweeps stay faster (high-dose scans).
@@ -50,6 +52,7 @@ class RefinementUpdate:
     order_seed: int = 0
     plateau: float = 0.002
     plateau_sweeps: int = 20
+    step: float = 1.0
 
     def __post_init__(self):
         if self.patterns is not None and not (_is_integer(self.patterns) and self.patterns >= 1):
@@ -65,8 +68,10 @@ class RefinementUpdate:
         if not (_is_integer(self.plateau_sweeps) and self.plateau_sweeps >= 1):
             raise ValueError(f"RefinementUpdate.plateau_sweeps={self.plateau_sweeps!r} must be an integer >= 1 (the iterations in which "
                              "the plateau is looked for)")
+        if not (_is_real(self.step) and 0 < self.step <= MAX_STEP):
+            raise ValueError(f"RefinementUpdate.step={self.step!r} must be a number in (0, {MAX_STEP:g}] (the factor on each update)")
         object.__setattr__(self, "plateau_sweeps", int(self.plateau_sweeps))
-        for name in ("momentum", "regularisation", "plateau"):  # plain floats (a -0 momentum is 0)
+        for name in ("momentum", "regularisation", "plateau", "step"):  # plain floats (a -0 momentum is 0)
             object.__setattr__(self, name, float(getattr(self, name)) + 0.0)
 
 
@@ -108,7 +113,7 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     H, W = result.canvas.shape_px
     n_points = len(exp.scan.xcoords)
     sweep_over_scan = _sweep_factory(dataset, result.canvas, experiment, batch_size)
-    settled = replace(update, patterns=None, momentum=0.0, plateau=0.0)  # the update after the misfit's plateau
+    settled = replace(update, patterns=None, momentum=0.0, plateau=0.0, step=1.0)  # the update after the misfit's plateau
     already_parallel = (update.patterns is None or update.patterns >= n_points) and update.momentum == 0
     may_switch = update.plateau > 0 and not already_parallel and iterations >= 3 and update.plateau_sweeps >= 2
     sweep = sweep_over_scan(update, track_misfit=may_switch)
@@ -238,10 +243,10 @@ class _Sweep:
         return windows.place(patches)[0]
 
     def _inverse(self, coverage: torch.Tensor) -> torch.Tensor:
-        return 1 / (coverage + self.update.regularisation * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
+        return self.update.step / (coverage + self.update.regularisation * coverage.max()).clamp_min(torch.finfo(coverage.dtype).tiny)
 
     def _plan(self, batch: list[np.ndarray]) -> list[tuple[physics.GroupWindows, torch.Tensor]]:
-        """Each part's windows and the step size at each of their samples: 1 / (the batch's summed probe weight + regularisation).
+        """Each part's windows and the step size at each of their samples: step / (the batch's summed probe weight + regularisation).
 
         The summed weight is gathered from one scratch canvas, zeroed again at the batch's samples: no canvas per batch."""
         windows = [self._windows(part) for part in batch]
@@ -251,7 +256,7 @@ class _Sweep:
         for w in windows:
             self._scratch[w.index] = 0
         floor = self.update.regularisation * torch.stack([weight.max() for weight in weights]).max()
-        return [(w, 1 / (weight + floor).clamp_min(torch.finfo(weight.dtype).tiny)) for w, weight in zip(windows, weights)]
+        return [(w, self.update.step / (weight + floor).clamp_min(torch.finfo(weight.dtype).tiny)) for w, weight in zip(windows, weights)]
 
     def _correction(self, windows: physics.GroupWindows, obj: torch.Tensor, part: np.ndarray) -> torch.Tensor:
         modulus = torch.from_numpy(np.abs(np.asarray(self.diffraction[part], dtype=np.float32)))[None] / self.modulus_scale

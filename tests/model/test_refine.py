@@ -174,6 +174,8 @@ def test_the_sequential_update_is_the_same_whether_its_windows_are_kept_or_rebui
     ({"plateau": "0.002"}, "plateau"), ({"plateau": None}, "plateau"),
     ({"plateau_sweeps": 0}, "plateau_sweeps"), ({"plateau_sweeps": 1.5}, "plateau_sweeps"), ({"plateau_sweeps": True}, "plateau_sweeps"),
     ({"plateau_sweeps": "20"}, "plateau_sweeps"), ({"plateau_sweeps": None}, "plateau_sweeps"),
+    ({"step": 0}, "step"), ({"step": -1.0}, "step"), ({"step": 4.5}, "step"), ({"step": float("nan")}, "step"), ({"step": True}, "step"),
+    ({"step": "1.5"}, "step"), ({"step": None}, "step"),
 ])
 def test_bad_update_settings_are_refused_naming_the_field(kwargs, match):
     from ptycho_torch.model.refine import RefinementUpdate
@@ -234,6 +236,36 @@ def test_after_the_misfits_plateau_the_remaining_iterations_are_parallel_updates
     np.testing.assert_allclose(switched.object[covered], expected.object[covered], rtol=0, atol=1e-3 * scale)
     never = refine(start, dataset, 5, update=replace(update, plateau=0.0), progress=False)
     assert np.abs(never.object[covered] - switched.object[covered]).max() > 0.02 * scale
+
+
+@pytest.mark.parametrize("patterns", [None, 10_000])
+def test_one_update_of_every_point_moves_the_object_by_step_times_the_unit_steps_change(setup, patterns):
+    """Every point corrected from the same object and applied once (all at once, or one batch of all points): linear in the step."""
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    dataset, _, start = setup
+    unit = RefinementUpdate(patterns=patterns, momentum=0.0, plateau=0.0)
+    one = refine(start, dataset, 1, update=unit, progress=False).object
+    larger = refine(start, dataset, 1, update=RefinementUpdate(patterns=patterns, momentum=0.0, plateau=0.0, step=1.5), progress=False).object
+    covered = start.coverage > 1e-3 * start.coverage.max()
+    change = one[covered] - start.object[covered]
+    assert np.abs(change).max() > 0.01
+    np.testing.assert_allclose(larger[covered] - start.object[covered], 1.5 * change, rtol=0, atol=1e-5 * np.abs(change).max() * 1.5 + 1e-6)
+
+
+def test_after_the_plateau_the_parallel_updates_take_a_unit_step(setup):
+    from dataclasses import replace
+
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    dataset, _, start = setup
+    update = RefinementUpdate(plateau=0.999, step=1.5)
+    switched = refine(start, dataset, 4, update=update, progress=False)
+    two_sweeps = refine(start, dataset, 2, update=replace(update, plateau=0.0), progress=False)
+    expected = refine(two_sweeps, dataset, 2, update=RefinementUpdate(patterns=None, momentum=0.0, plateau=0.0), progress=False)
+    covered = start.coverage > 1e-3 * start.coverage.max()
+    scale = np.abs(expected.object).max()
+    np.testing.assert_allclose(switched.object[covered], expected.object[covered], rtol=0, atol=1e-3 * scale)
 
 
 def test_a_parallel_update_without_momentum_has_nothing_to_switch_to(setup):
