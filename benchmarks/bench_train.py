@@ -9,7 +9,8 @@ code), one torch thread, CPU: ``datasets/sim_small.npz``, ``n_groups`` 512, the 
 ``bench_model.py`` (n_filters_scale 1, base_filters 16, no CBAM, shared decoder, batch norm, truth loss
 weight 300, batch 8, learning rate 2e-3, WarmupCosine), 2 epochs, through ``PtychoDataModule`` and
 ``ptycho_torch.model.training.build_trainer`` (a fresh run directory each time). ``bf16`` sets
-``model.network.precision = 'bf16'`` before ``fit`` (trees that have it). Timed: ``time.process_time()``
+``model.network.precision = 'bf16'`` before ``fit`` (trees that have it); ``:nocache`` sets ``model.input_cache_bytes = 0``
+(each group's physics input recomputed in every epoch; trees from 2026-12-07 on). Timed: ``time.process_time()``
 around ``trainer.fit`` (validation and checkpoint writing included, dataset construction not). Groups per
 CPU s = training groups x epochs / that time. The trees run interleaved, round after round, so the load
 hits them alike; the JSON (default ``benchmarks/figures/train.json``) keeps every run with its load.
@@ -39,7 +40,7 @@ from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 from ptycho_torch.model import PtychoPINN_Lightning
 from ptycho_torch.model.training import PtychoDataModule, build_trainer
 logging.disable(logging.WARNING)
-scan, work, precision, epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+scan, work, precision, epochs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])  # sys.argv[5]: input cache on/off
 data = DataConfig(N=64, grid_size=(2, 2), K=7, nphotons=1e6, subsample_seed=42)
 model_config = ModelConfig(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True, batch_norm=True, object_big=True,
                            truth_loss_weight=300.0)
@@ -49,6 +50,8 @@ dataset = PtychoDataset(scan, data, model_config, training, data_dir=os.path.joi
 model = PtychoPINN_Lightning(model_config, data, training, InferenceConfig(batch_size=64), seed=0)
 if precision != "fp32":
     model.network.precision = precision
+if sys.argv[5] == "off":
+    model.input_cache_bytes = 0  # each group's physics input recomputed in every epoch
 module = PtychoDataModule(dataset, data, model_config, training)
 run_dir = os.path.join(work, "run-%d-%d" % (os.getpid(), time.time_ns()))
 trainer = build_trainer(training, run_dir, progress=False)
@@ -65,8 +68,11 @@ print(json.dumps({"fit_cpu_s": cpu, "fit_wall_s": wall, "train_groups": len(modu
 
 def parse_tree(text: str) -> dict:
     label, rest = text.split("=", 1)
+    cache = "on"
+    if rest.endswith(":nocache"):
+        rest, cache = rest[: -len(":nocache")], "off"
     path, _, precision = rest.rpartition(":")
-    return {"label": label, "path": str(Path(path).resolve()), "precision": precision or "fp32"}
+    return {"label": label, "path": str(Path(path).resolve()), "precision": precision or "fp32", "input_cache": cache}
 
 
 def commit_of(path: str) -> str:
@@ -76,7 +82,8 @@ def commit_of(path: str) -> str:
 def run(tree: dict, work: Path, epochs: int, scan: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=tree["path"], OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     work.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-c", CHILD, str(scan), str(work), tree["precision"], str(epochs)], env=env, cwd=tree["path"],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(scan), str(work), tree["precision"], str(epochs), tree["input_cache"]], env=env,
+                          cwd=tree["path"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{tree['label']} ({tree['path']}) failed:\n{done.stderr[-3000:]}")
@@ -85,7 +92,8 @@ def run(tree: dict, work: Path, epochs: int, scan: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", required=True, help="LABEL=PATH[:fp32|bf16], in the order they run each round")
+    parser.add_argument("--tree", action="append", required=True,
+                        help="LABEL=PATH[:fp32|bf16][:nocache], in the order they run each round (nocache: input_cache_bytes 0)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--scan", type=Path, default=EMBEDDED)
