@@ -176,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.steps = list(dict.fromkeys(RefinementUpdate(step=step).step for step in args.steps))
     except ValueError as error:
         parser.error(f"--steps: {error}")
+    for option, values in (("--plateaus", args.plateaus), ("--steps", args.steps)):
+        if len({f"{value:g}" for value in values}) < len(values):
+            parser.error(f"{option}: {values} name the same way twice at 6 significant digits; give values that differ there")
     return args
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "datasets" / "sim_small.npz"
+PRECISIONS = ("fp32", "bf16")
 
 CHILD = r"""
 import json, os, sys, time, logging
@@ -51,6 +52,8 @@ model = PtychoPINN_Lightning(model_config, data, training, InferenceConfig(batch
 if precision != "fp32":
     model.network.precision = precision
 if sys.argv[5] == "off":
+    if not isinstance(getattr(type(model), "input_cache_bytes", None), property):
+        sys.exit(f"{os.getcwd()}: this tree has no input cache (PtychoPINN_Lightning.input_cache_bytes); drop :nocache")
     model.input_cache_bytes = 0  # each group's physics input recomputed in every epoch
 module = PtychoDataModule(dataset, data, model_config, training)
 run_dir = os.path.join(work, "run-%d-%d" % (os.getpid(), time.time_ns()))
@@ -67,12 +70,22 @@ print(json.dumps({"fit_cpu_s": cpu, "fit_wall_s": wall, "train_groups": len(modu
 
 
 def parse_tree(text: str) -> dict:
-    label, rest = text.split("=", 1)
-    cache = "on"
+    """``LABEL=PATH[:fp32|bf16][:nocache]`` as a dict; anything else is a ValueError (never a silently different tree)."""
+    label, sep, rest = text.partition("=")
+    cache = "default"
     if rest.endswith(":nocache"):
         rest, cache = rest[: -len(":nocache")], "off"
-    path, _, precision = rest.rpartition(":")
-    return {"label": label, "path": str(Path(path).resolve()), "precision": precision or "fp32", "input_cache": cache}
+    path, precision = rest, "fp32"
+    for name in PRECISIONS:
+        if rest.endswith(":" + name):
+            path, precision = rest[: -len(name) - 1], name
+    if not sep or not label or not path or not Path(path).is_dir():
+        raise ValueError(f"--tree {text!r}: use LABEL=PATH[:fp32|bf16][:nocache] with PATH a source tree (directory)")
+    return {"label": label, "path": str(Path(path).resolve()), "precision": precision, "input_cache": cache}
+
+
+def tree_key(tree: dict) -> str:
+    return f"{tree['label']}:{tree['precision']}" + (":nocache" if tree["input_cache"] == "off" else "")
 
 
 def commit_of(path: str) -> str:
@@ -100,16 +113,23 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="memory maps and run directories (default: a temporary directory)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "train.json")
     args = parser.parse_args(argv)
-    trees = [parse_tree(t) for t in args.tree]
+    try:
+        trees = [parse_tree(t) for t in args.tree]
+    except ValueError as error:
+        parser.error(str(error))
+    keys = [tree_key(t) for t in trees]
+    if len(set(keys)) < len(keys):
+        parser.error(f"--tree: two trees share a label, precision and cache setting ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}); "
+                     "give each its own LABEL")
     for tree in trees:
         tree["commit"] = commit_of(tree["path"])
     record = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "trees": trees, "epochs": args.epochs,
-              "scan": str(args.scan), "load_1min_start": os.getloadavg()[0], "runs": {f"{t['label']}:{t['precision']}": [] for t in trees}}
+              "scan": str(args.scan), "load_1min_start": os.getloadavg()[0], "runs": {tree_key(t): [] for t in trees}}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = args.workdir or Path(tmp)
         for round_ in range(args.repeats):
             for tree in trees:
-                key = f"{tree['label']}:{tree['precision']}"
+                key = tree_key(tree)
                 result = run(tree, work / tree["label"], args.epochs, args.scan.resolve())
                 record["runs"][key].append(result)
                 print(f"round {round_ + 1} {key} ({tree['commit']}): {result['group_steps']} group steps in {result['fit_cpu_s']:.2f} CPU s = "
@@ -126,11 +146,11 @@ def main(argv=None) -> int:
              f"{record['load_1min_end']:.2f}", "",
              f"| tree (commit), precision | fit CPU s per run | groups per CPU s (median, min-max) | / {base_key} |", "|---|---|---:|---:|"]
     for tree in trees:
-        key = f"{tree['label']}:{tree['precision']}"
+        key = tree_key(tree)
         s = record["summary"][key]
         g = s["groups_per_cpu_s"]
         s["ratio_to_first"] = g["median"] / base
-        lines.append(f"| {tree['label']} ({tree['commit']}), {tree['precision']} | {', '.join(f'{c:.2f}' for c in s['fit_cpu_s'])} | "
+        lines.append(f"| {tree['label']} ({tree['commit']}), {key.split(':', 1)[1].replace(':', ', ')} | {', '.join(f'{c:.2f}' for c in s['fit_cpu_s'])} | "
                      f"{g['median']:.2f} ({g['min']:.2f}-{g['max']:.2f}) | {s['ratio_to_first']:.2f}x |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -66,6 +66,9 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
         raise ValueError(f"ReconstructionSettings.start={settings.start!r}; use one of {STARTS}")
     if settings.start == "flat" and not settings.refine_iterations:
         raise ValueError("ReconstructionSettings.start='flat' is a unit object: give refine_iterations >= 1 to refine it")
+    if settings.refine_update is not None and not settings.refine_iterations:
+        raise ValueError("ReconstructionSettings.refine_update says how refinement updates the object, but refine_iterations is 0: "
+                         "give refine_iterations >= 1, or leave refine_update out")
     network = getattr(network, "network", network)
     device = resolve_device(settings.device)
     network.to(device)

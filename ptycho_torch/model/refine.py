@@ -24,7 +24,7 @@ PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit wa
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
 BYTES_PER_PLANNED_SAMPLE = 8 + 4  # int64 canvas index and float32 step size of each window sample
 MAX_REGULARISATION = 1e6  # of the coverage's maximum: far beyond it no step is left (and float32 overflows)
-MAX_STEP = 4.0  # the factor on an update; beyond about 2 error reduction overshoots and diverges
+MAX_STEP = 2.0  # the factor on an update: above it the sweeps overshoot (3 lost the embedded scan, 4 diverged)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class RefinementUpdate:
     applies the sum (parallel error reduction, the only mode before 2026-12-07). ``momentum``: the
     share of the previous iteration's change added before each iteration (0: none). Each update is
     divided by the summed probe weight of its points plus ``regularisation`` times that sum's maximum, and
-    multiplied by ``step`` (LSQML's least-squares step along this direction came to 1.3-1.9 on training-family scans).
+    multiplied by ``step``, in ``(0, 2]`` (LSQML's least-squares step along this direction came to 1.3-1.9 on training-family
+    scans; 1.5 gives the phase sooner and the amplitude later on scans unlike the training data: benchmarks/RESULTS.md).
     ``plateau``: once an iteration lowers the data misfit (:func:`physics.modulus_misfit` of every point,
     summed as the iteration goes) by less than this fraction of the previous iteration's, the remaining
     iterations are parallel updates without momentum (same ``regularisation``, unit step), which average the noise
@@ -95,7 +96,7 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     canvas), imposes the measured modulus on their exit waves (:meth:`FarFieldPtychography.correction`)
     and adds the corrections back divided by their summed probe weight (plus ``update.regularisation``
     of its maximum): the update of :func:`physics.object_estimate` over scan points of the whole scan
-    instead of one group. ``update`` says how many points make one update, the momentum and when the
+    instead of one group. ``update`` says how many points make one update, the momentum, the step and when the
     sweeps turn into parallel updates (:class:`RefinementUpdate`; the misfit's plateau is checked from
     the second iteration on, and a switch needs an iteration left: it can act from ``iterations=3``). The modulus is ``sqrt(counts / kappa)``, ``kappa`` the count scale of
     the experiment (specs/model.md section 3), in which units ``result.object`` (calibrated by the
@@ -130,10 +131,12 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
-    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s)", exp.scan.path, iterations,
+    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s%s)", exp.scan.path, iterations,
                 n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum,
+                "" if update.step == 1 else f", step {update.step:g}",
                 "" if switched is None else f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % "
-                                            "of the previous one's: parallel updates without momentum after it")
+                                            "of the previous one's: parallel updates without momentum" + ("" if update.step == 1 else " and a unit step")
+                                            + " after it")
     return replace(result, object=refined)
 
 

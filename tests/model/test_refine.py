@@ -90,7 +90,10 @@ def test_the_workflow_honours_every_reconstruction_setting(setup):
 
     flat = reconstruct_scan(network, dataset, ReconstructionSettings(start="flat", refine_iterations=3, progress=False), canvas=canvas)
     np.testing.assert_array_equal(flat.object, refine(flat_start(dataset, canvas), dataset, 3, progress=False).object)
-    for bad, message in ((ReconstructionSettings(start="flat"), "refine_iterations"), (ReconstructionSettings(start="unet"), "start")):
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    for bad, message in ((ReconstructionSettings(start="flat"), "refine_iterations"), (ReconstructionSettings(start="unet"), "start"),
+                         (ReconstructionSettings(refine_update=RefinementUpdate(step=1.5)), "refine_update .* refine_iterations is 0")):
         with pytest.raises(ValueError, match=message):
             reconstruct_scan(network, dataset, bad, canvas=canvas)
     reconstruct_scan(network, dataset, ReconstructionSettings(device="cpu", precision="bf16", progress=False), canvas=canvas)
@@ -174,7 +177,7 @@ def test_the_sequential_update_is_the_same_whether_its_windows_are_kept_or_rebui
     ({"plateau": "0.002"}, "plateau"), ({"plateau": None}, "plateau"),
     ({"plateau_sweeps": 0}, "plateau_sweeps"), ({"plateau_sweeps": 1.5}, "plateau_sweeps"), ({"plateau_sweeps": True}, "plateau_sweeps"),
     ({"plateau_sweeps": "20"}, "plateau_sweeps"), ({"plateau_sweeps": None}, "plateau_sweeps"),
-    ({"step": 0}, "step"), ({"step": -1.0}, "step"), ({"step": 4.5}, "step"), ({"step": float("nan")}, "step"), ({"step": True}, "step"),
+    ({"step": 0}, "step"), ({"step": -1.0}, "step"), ({"step": 2.5}, "step"), ({"step": float("nan")}, "step"), ({"step": True}, "step"),
     ({"step": "1.5"}, "step"), ({"step": None}, "step"),
 ])
 def test_bad_update_settings_are_refused_naming_the_field(kwargs, match):
@@ -251,6 +254,23 @@ def test_one_update_of_every_point_moves_the_object_by_step_times_the_unit_steps
     change = one[covered] - start.object[covered]
     assert np.abs(change).max() > 0.01
     np.testing.assert_allclose(larger[covered] - start.object[covered], 1.5 * change, rtol=0, atol=1e-5 * np.abs(change).max() * 1.5 + 1e-6)
+
+
+def test_a_step_other_than_one_is_logged_with_its_end_at_the_plateau(setup, caplog):
+    import logging
+
+    from ptycho_torch.model.refine import MAX_STEP, RefinementUpdate
+
+    dataset, _, start = setup
+    assert RefinementUpdate(step=MAX_STEP).step == 2.0
+    with caplog.at_level(logging.INFO, logger="ptycho_torch.model.refine"):
+        refine(start, dataset, 4, update=RefinementUpdate(plateau=0.999, step=1.5), progress=False)
+    assert "momentum 0.5, step 1.5; iteration 2 lowered" in caplog.text
+    assert "parallel updates without momentum and a unit step after it" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ptycho_torch.model.refine"):
+        refine(start, dataset, 2, progress=False)
+    assert "step" not in caplog.text
 
 
 def test_after_the_plateau_the_parallel_updates_take_a_unit_step(setup):
