@@ -140,7 +140,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
-                                      refine_update=refine_update(args), start=args.start)
+                                      refine_update=refine_update(args) if args.refine else None, start=args.start)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     write_reconstruction(output, result)
     print(output)
