@@ -5,16 +5,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
+import os
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INPUT_CACHE_BYTES", "InputCache", "byte_budget"]
+__all__ = ["INPUT_CACHE_BYTES", "InputCache", "byte_budget", "default_budget"]
 
-INPUT_CACHE_BYTES = 2 * 2**30  # PtychoPINN_Lightning.input_cache_bytes by default
+INPUT_CACHE_BYTES = 2 * 2**30  # the most PtychoPINN_Lightning.input_cache_bytes takes by default
+MEMORY_SHARE = 8  # ... and at most this fraction of the machine's memory
 _MIB = 2**20
+
+
+def default_budget() -> int:
+    """``INPUT_CACHE_BYTES`` or an eighth of the machine's physical memory, whichever is less (2 GiB when it cannot be read)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return INPUT_CACHE_BYTES
+    return min(INPUT_CACHE_BYTES, memory // MEMORY_SHARE) if memory > 0 else INPUT_CACHE_BYTES
 
 
 def byte_budget(value) -> int:

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_torch.model import checkpoints, physics
-from ptycho_torch.model.input_cache import INPUT_CACHE_BYTES, InputCache, batch_rows, byte_budget
+from ptycho_torch.model.input_cache import InputCache, batch_rows, byte_budget, default_budget
 from ptycho_torch.config_file import as_config
 from ptycho_torch.config_resolve import require_supported
 from ptycho_torch.model.pinn import PtychoPINN
@@ -53,8 +53,8 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     During ``fit`` on the CPU each group's physics input (a function of its data alone) is computed once and kept for
     the later epochs (:mod:`~ptycho_torch.model.input_cache`, addressed by a digest of the group's data), up to
-    :attr:`input_cache_bytes` (2 GiB; 0 recomputes it in every batch); the groups beyond it are recomputed. The
-    weights are the same bits either way.
+    :attr:`input_cache_bytes` (2 GiB, or an eighth of the machine's memory if less; 0 recomputes it in every batch); the
+    groups beyond it are recomputed. The weights are the same bits either way.
 
     Refused (ValueError naming the field): ``mode`` other than ``'Unsupervised'``/``'Supervised'``,
     ``loss_function`` other than ``'Poisson'``/``'MAE'``, an unknown ``scheduler``, and what
@@ -65,7 +65,7 @@ class PtychoPINN_Lightning(L.LightningModule):
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
         super().__init__()
         self.network = PtychoPINN(model_config, data_config, training_config, inference_config, seed=seed)
-        self._input_cache, self._input_cache_bytes = None, INPUT_CACHE_BYTES
+        self._input_cache, self._input_cache_bytes = None, default_budget()
         self._check_supported()
         require_supported(self.model_config, self.training_config, self.inference_config, data=self.data_config)  # DataConfig: the dataset's check
         self.save_hyperparameters({**self.network.configs(), "seed": int(seed)})
@@ -148,7 +148,8 @@ class PtychoPINN_Lightning(L.LightningModule):
 
     @property
     def input_cache_bytes(self) -> int:
-        """Bytes of physics inputs a fit keeps across its epochs (2 GiB by default; 0: recomputed in every batch); set before ``fit``."""
+        """Bytes of physics inputs a fit keeps across its epochs (by default 2 GiB or an eighth of the machine's memory, whichever
+        is less; 0: recomputed in every batch); set before ``fit``."""
         return self._input_cache_bytes
 
     @input_cache_bytes.setter

@@ -161,3 +161,16 @@ def test_the_fit_logs_what_it_kept(dataset, tmp_path, caplog):
         _, _, groups = fit(dataset, tmp_path / "logged", 2**30)
     kept = [r.getMessage() for r in caplog.records if "computed once and kept" in r.getMessage()]
     assert kept == [f"{groups} groups' physics inputs were computed once and kept ({groups * 2 * 4 * 64 * 64 * 4 / 2**20:.1f} MiB of input_cache_bytes)"]
+
+
+@pytest.mark.parametrize("physical_bytes, expected", [(4 * 2**30, 512 * 2**20), (64 * 2**30, 2 * 2**30)])
+def test_the_default_budget_is_2_gib_or_an_eighth_of_the_machines_memory(monkeypatch, physical_bytes, expected):
+    import os
+
+    from ptycho_torch.model import input_cache
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": physical_bytes // 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    data, model_config, training, inference = configs()
+    assert input_cache.default_budget() == expected
+    assert PtychoPINN_Lightning(model_config, data, training, inference).input_cache_bytes == expected
