@@ -168,17 +168,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--figure", type=Path, default=None, help="time-to-quality PNG (default: --json with .png)")
     parser.add_argument("--replot", action="store_true", help="draw --figure from the existing --json record, run nothing")
     args = parser.parse_args(argv)
-    try:  # refused before any scan is generated or any start computed
-        args.plateaus = list(dict.fromkeys(RefinementUpdate(plateau=plateau).plateau for plateau in args.plateaus))
-    except ValueError as error:
-        parser.error(f"--plateaus: {error}")
-    try:
-        args.steps = list(dict.fromkeys(RefinementUpdate(step=step).step for step in args.steps))
-    except ValueError as error:
-        parser.error(f"--steps: {error}")
-    for option, values in (("--plateaus", args.plateaus), ("--steps", args.steps)):
+    for option, field in (("--plateaus", "plateau"), ("--steps", "step")):  # refused before any scan is generated or any start computed
+        try:
+            values = list(dict.fromkeys(getattr(RefinementUpdate(**{field: value}), field) for value in getattr(args, field + "s")))
+        except ValueError as error:
+            parser.error(f"{option}: {error}")
         if len({f"{value:g}" for value in values}) < len(values):
             parser.error(f"{option}: {values} name the same way twice at 6 significant digits; give values that differ there")
+        setattr(args, field + "s", values)
     return args
 
 

@@ -165,9 +165,6 @@ class PtychoPINN_Lightning(L.LightningModule):
             logger.info("%s", self._input_cache.summary())
         self._input_cache = None
 
-    def teardown(self, stage: str) -> None:
-        self._input_cache = None
-
     def configure_callbacks(self):
         return [_ReleaseInputCache()]
 

@@ -131,12 +131,11 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         misfit = sweep.misfit
     covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
     refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
+    step = "" if update.step == 1 else f", step {update.step:g}"
+    switch = "" if switched is None else (f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % of the "
+                                          f"previous one's: parallel updates without momentum{' and a unit step' if step else ''} after it")
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s%s)", exp.scan.path, iterations,
-                n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum,
-                "" if update.step == 1 else f", step {update.step:g}",
-                "" if switched is None else f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % "
-                                            "of the previous one's: parallel updates without momentum" + ("" if update.step == 1 else " and a unit step")
-                                            + " after it")
+                n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum, step, switch)
     return replace(result, object=refined)
 
 
