@@ -232,7 +232,9 @@ class ScanFile:
         if shape[0] == shape[1] == shape[2]:
             logger.warning(
                 "%s has shape %s: with n == N it could be (n, N, N) or a legacy (N, N, n) stack; taken as (n, N, N). "
-                "Pass layout='NNn' if the patterns are on the last axis, layout='nNN' to confirm and silence this",
+                "Pass layout='NNn' (ptycho-memmap --layout NNn) if the patterns are on the last axis, layout='nNN' to confirm "
+                "and silence this; ptycho-train and ptycho-reconstruct take it as (n, N, N): for them re-save a legacy stack "
+                "with the patterns first (np.moveaxis(d, -1, 0))",
                 where, shape,
             )
         return shape[2] > shape[0] and shape[0] == shape[1]

@@ -111,9 +111,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     if png == output:
         raise UsageError(f"--output {output} ends in .png, where the amplitude/phase picture goes; give the NPZ another "
                          "name (e.g. .npz) or pass --no-png")
-    for path, option in ((output, "--output"), (png, "the PNG (--no-png to skip it)")):
+    from ptycho.scan_file import is_reconstruction
+    from ptycho_torch.plot import is_reconstruction_png
+
+    for path, option, ours in ((output, "--output", is_reconstruction), (png, "the PNG (--no-png to skip it)", is_reconstruction_png)):
         if path is not None:
-            check_output_path(path, option, inputs=(checkpoint, args.scan))
+            check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     try:
@@ -216,8 +219,9 @@ def _require_input_file(path: Path, what: str) -> None:
         raise UsageError(f"{what} {path}: no such file" if not path.exists() else f"{what} {path} is not a regular file")
 
 
-def check_output_path(path: Path, option: str, inputs: tuple[Path, ...]) -> None:
-    """Refuse an output that is an input, a link or a directory, or whose directory cannot be written, before any work."""
+def check_output_path(path: Path, option: str, inputs: tuple[Path, ...], replaceable=None) -> None:
+    """Refuse an output that is an input, a link, a directory or (with ``replaceable``, a test of an existing file) a file
+    this command did not write, or whose directory cannot be written, before any work."""
     from ptycho_torch.store.atomic import make_directory, require_writable_directory
 
     if path.is_symlink():
@@ -228,8 +232,12 @@ def check_output_path(path: Path, option: str, inputs: tuple[Path, ...]) -> None
             raise UsageError(f"{option} {path} is the input {source}; {PROG} never overwrites an input; choose another path")
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {path / 'reconstruction.npz'}")
-    make_directory(path.parent, "output directory", f"choose another {option}")
-    require_writable_directory(path.parent)
+    if replaceable is not None and path.exists() and not replaceable(path):
+        raise UsageError(f"{option} {path} exists and is not an earlier output of {PROG}, which replaces only its own files; "
+                         "move it away or choose another path")
+    fix = f"choose another {option} in a directory you can write"
+    make_directory(path.parent, "output directory", fix)
+    require_writable_directory(path.parent, fix)
 
 
 def choose_device(requested: str, cuda_available: bool | None = None):
@@ -280,7 +288,7 @@ def write_reconstruction(output: Path, result) -> Path:
     from ptycho_torch.store.atomic import atomic_path
 
     expected = result.object.nbytes + result.coverage.size * 4
-    with atomic_path(output, expected) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(output, expected, fix="choose another --output") as tmp, open(tmp, "wb") as handle:
         np.savez(handle, object=result.object, coverage=result.coverage.astype(np.float32),
                  origin_px=np.asarray(result.canvas.origin_px, dtype=np.float64), count_gain=np.float64(result.gain),
                  **{RECONSTRUCTION_MARKER: np.int8(1)})

@@ -188,6 +188,17 @@ PANEL_PX = 280  # the longer side of each image in the PNG
 PNG_INFO_KEY = "Panels"  # PNG text chunk naming the panels, row by row, ' | ' between them
 
 
+def is_reconstruction_png(path) -> bool:
+    """Whether ``path`` is a PNG that :func:`write_reconstruction_png` drew (it holds the ``Panels`` text chunk)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "PNG" and PNG_INFO_KEY in getattr(picture, "text", {})
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
 def write_reconstruction_png(obj: np.ndarray, reference: np.ndarray | None, path) -> Path:
     """The panels of :func:`reconstruction_panels` drawn into a PNG written atomically at ``path``; ``reference``
     on the reconstruction's canvas (``ptycho.quality.resample_onto_canvas(scan.objectGuess, obj.shape,

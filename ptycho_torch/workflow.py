@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReconstructionSettings", "STARTS", "reconstruct_scan", "resolve_device", "train_model"]
 
 STARTS = ("network", "physics", "flat")  # what the object (and its refinement) starts from
+PRECISION_CHOICES = ("auto", "fp32", "bf16")  # ReconstructionSettings.precision (pinn.choose_precision)
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ def resolve_device(requested="auto"):
     return torch.device(requested)
 
 
+def _settings_device(requested):
+    """The torch device of ``ReconstructionSettings.device``, refused (ValueError) unless it is the CPU or a CUDA device."""
+    try:
+        device = resolve_device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"ReconstructionSettings.device={requested!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    return device
+
+
 def reconstruct_scan(network, dataset, settings: ReconstructionSettings = ReconstructionSettings(), *, canvas=None):
     """The stitched object of ``dataset``'s scan through ``network`` (a plain ``PtychoPINN``; Lightning is not needed).
 
@@ -60,7 +74,7 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     ``refine_iterations``, refined. Returns the :class:`~ptycho_torch.model.stitching.Reconstruction`.
     """
     from ptycho_torch.model.pinn import choose_precision
-    from ptycho_torch.model.stitching import reconstruct
+    from ptycho_torch.model.stitching import GROUP_SELECTIONS, check_batch_size, reconstruct
 
     if settings.start not in STARTS:
         raise ValueError(f"ReconstructionSettings.start={settings.start!r}; use one of {STARTS}")
@@ -69,8 +83,16 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     if settings.refine_update is not None and not settings.refine_iterations:
         raise ValueError("ReconstructionSettings.refine_update says how refinement updates the object, but refine_iterations is 0: "
                          "give refine_iterations >= 1, or leave refine_update out")
+    if settings.precision not in PRECISION_CHOICES:
+        raise ValueError(f"ReconstructionSettings.precision={settings.precision!r}; use one of {PRECISION_CHOICES}")
+    check_batch_size(settings.batch_size, "ReconstructionSettings.batch_size")
+    if settings.groups not in GROUP_SELECTIONS:
+        raise ValueError(f"ReconstructionSettings.groups={settings.groups!r}; use one of {GROUP_SELECTIONS}")
+    iterations = settings.refine_iterations
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+        raise ValueError(f"ReconstructionSettings.refine_iterations={iterations!r} must be an integer >= 0 (0: no refinement)")
+    device = _settings_device(settings.device)
     network = getattr(network, "network", network)
-    device = resolve_device(settings.device)
     network.to(device)
     network.precision = choose_precision(settings.precision, device)
     if settings.start == "network":

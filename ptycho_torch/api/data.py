@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ptycho.scan_file import ScanFile, scan_files
-from ptycho.validation import probe_value_problem
+from ptycho.scan_geometry import check_scan_geometry
+from ptycho.validation import BadDiffractionError, bad_pattern_flags, check_amplitude_block, probe_value_problem
 from ptycho_torch.config_resolve import grid_side, to_inference_config, to_model_config
 from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 from ptycho_torch.store.atomic import require_writable_directory
@@ -108,9 +109,10 @@ class PtychoDataLoader:
         object pixels. The arrays are written once to a private temporary directory that is removed
         with the loader (or by :meth:`close`).
 
-        Refused (ValueError): patterns that are not an ``(n, N, N)`` stack of real numbers, or whose
-        ``N`` is not ``DataConfig.N``; a probe of another shape, all zero or not finite; positions
-        not ``(n, 2)`` or not finite.
+        Refused (ValueError), before anything is written: patterns that are not an ``(n, N, N)`` stack of
+        real numbers, whose ``N`` is not ``DataConfig.N``, or that hold NaN, inf or negative counts; a probe of
+        another shape, all zero or not finite; positions not ``(n, 2)``, not finite, or spanning less than a
+        pixel (metres or microns instead of object pixels).
         """
         patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, config_manager.data_config.N)
         loader = cls.__new__(cls)
@@ -313,4 +315,22 @@ def _checked_arrays(diff_patterns, probe, positions, N: int):
         raise ValueError(f"positions must be (n, 2) [y, x] pixels with n={patterns.shape[0]} (one per pattern), got shape {points.shape}")
     if not np.isfinite(points).all():
         raise ValueError(f"positions hold non-finite values at rows {np.flatnonzero(~np.isfinite(points).all(axis=1))[:10].tolist()}")
+    _check_pattern_values(patterns)
+    check_scan_geometry("positions", points[:, 1], points[:, 0], stack, N)
     return patterns, stack.astype(np.complex64), points
+
+
+PATTERNS_PER_CHECK = 4096  # patterns whose values are checked at once (bounded memory for large scans)
+
+
+def _check_pattern_values(patterns: np.ndarray) -> None:
+    """Refuse NaN, inf or negative counts, naming the first pattern and pixel and every bad pattern's index, before anything is written."""
+    starts = range(0, len(patterns), PATTERNS_PER_CHECK)
+    try:
+        for start in starts:
+            check_amplitude_block("diff_patterns", patterns[start:start + PATTERNS_PER_CHECK], start)
+    except BadDiffractionError as exc:
+        bad = np.flatnonzero(np.concatenate([bad_pattern_flags(patterns[i:i + PATTERNS_PER_CHECK]) for i in starts]))
+        shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise ValueError(f"{exc}; {len(bad)} pattern(s) hold such values: [{shown}]; or drop those patterns and their rows of "
+                         "positions (keep = np.isfinite(d).all(axis=(1, 2)) & (d >= 0).all(axis=(1, 2)); d[keep], positions[keep])") from None

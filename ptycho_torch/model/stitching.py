@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,12 @@ def default_canvas(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> Canvas:
     return Canvas((H, W), ((H - 1) / 2 - (y.min() + y.max()) / 2, (W - 1) / 2 - (x.min() + x.max()) / 2))
 
 
+def check_batch_size(batch_size, name: str = "batch_size") -> None:
+    """Refuse a batch size that is neither None nor an integer >= 1 (groups per batch)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        raise ValueError(f"{name}={batch_size!r} must be an integer >= 1 (groups per batch), or None for the default")
+
+
 def reconstruct_object(model, dataset, *, batch_size: int | None = None, canvas: Canvas | None = None,
                        experiment: int = 0, progress: bool = True, align_phase: bool = True, use_network: bool = True,
                        groups: str = "all", whole_scan: bool = True) -> np.ndarray:
@@ -92,7 +99,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
 
     Refused before any prediction: a canvas too large for this machine's memory
     (:class:`footprint.SizeError`, positions probably not in object pixels); ``use_network=False``
-    with ``generator_input='diffraction'`` and an unknown ``groups`` (ValueError).
+    with ``generator_input='diffraction'``, an unknown ``groups`` and a ``batch_size`` that is not an integer >= 1 (ValueError).
 
     Each patch is placed at its scan position (sub-pixel, bilinear) weighted by the probe
     intensity ``sum_modes |P|^2``; overlaps are averaged with those weights. A group's constant
@@ -105,6 +112,7 @@ def reconstruct(model, dataset, *, batch_size: int | None = None, canvas: Canvas
     to ``InferenceConfig.batch_size`` capped at 64 groups. ``use_network=False`` stitches the model's
     physics input instead of its predictions (the pipeline without the network).
     """
+    check_batch_size(batch_size)
     model = getattr(model, "network", model)  # a PtychoPINN_Lightning predicts through its plain network
     was_training = model.training
     model.eval()

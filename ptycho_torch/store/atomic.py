@@ -28,7 +28,7 @@ def temporary_path(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path, expected_bytes: int = 0) -> Iterator[Path]:
+def atomic_path(final: Path, expected_bytes: int = 0, fix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto ``final``.
 
     On any error the temporary file is removed, so a crash or a full disk never leaves a
@@ -43,14 +43,15 @@ def atomic_path(final: Path, expected_bytes: int = 0) -> Iterator[Path]:
         fsync_directory(final.parent)
     except OSError as exc:
         _discard(tmp)
-        raise explain_write_error(exc, final.parent, expected_bytes) from exc
+        raise explain_write_error(exc, final.parent, expected_bytes, fix) from exc
     except BaseException:
         _discard(tmp)
         raise
 
 
-def explain_write_error(exc: OSError, directory: Path, expected_bytes: int) -> OSError:
-    """Turn ENOSPC / EFBIG / EROFS / EACCES into a DataDirectoryError that names the directory and the fix."""
+def explain_write_error(exc: OSError, directory: Path, expected_bytes: int, fix: str | None = None) -> OSError:
+    """Turn ENOSPC / EFBIG / EROFS / EACCES into a DataDirectoryError that names the directory and the fix
+    (``fix``: what to do instead of pointing data_dir= elsewhere, e.g. for an output the user chose)."""
     if isinstance(exc, DataDirectoryError):
         return exc
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -58,18 +59,18 @@ def explain_write_error(exc: OSError, directory: Path, expected_bytes: int) -> O
         return DataDirectoryError(
             exc.errno,
             f"not enough space to write in {directory}: about {_size(expected_bytes)} needed, "
-            f"{_size(free)} free ({exc.strerror}); free some space or pass data_dir= on a larger file system",
+            f"{_size(free)} free ({exc.strerror}); free some space or {fix or 'pass data_dir= on a larger file system'}",
         )
     if exc.errno == errno.EFBIG:
         return DataDirectoryError(
             exc.errno,
             f"cannot write a file of about {_size(expected_bytes)} in {directory} ({exc.strerror}): the file system "
-            "or a file size limit (ulimit -f) refuses it; raise the limit or pass data_dir= on another file system",
+            f"or a file size limit (ulimit -f) refuses it; raise the limit or {fix or 'pass data_dir= on another file system'}",
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return DataDirectoryError(
             exc.errno,
-            f"cannot write in {directory} ({exc.strerror}); pass data_dir= (or --data-dir) pointing to a writable directory",
+            f"cannot write in {directory} ({exc.strerror}); {fix or 'pass data_dir= (or --data-dir) pointing to a writable directory'}",
         )
     return exc
 
@@ -116,15 +117,15 @@ def make_directory(directory: Path, what: str = "data directory", fix: str = DAT
     return directory
 
 
-def require_writable_directory(directory: Path) -> Path:
+def require_writable_directory(directory: Path, fix: str | None = None) -> Path:
     """Create ``directory`` if needed (it may be a link to a directory, as a data_dir may) and prove a file can be
-    created there, before any long work; the error says what to do."""
-    make_directory(Path(directory))
+    created there, before any long work; the error says what to do (``fix``: instead of pointing data_dir= elsewhere)."""
+    make_directory(Path(directory), fix=fix or DATA_DIR_FIX)
     probe = temporary_path(Path(directory) / "write-test")
     try:
         probe.touch(exist_ok=False)
     except OSError as exc:
-        raise explain_write_error(exc, Path(directory), 0) from exc
+        raise explain_write_error(exc, Path(directory), 0, fix) from exc
     _discard(probe)
     return Path(directory)
 

@@ -103,6 +103,28 @@ def test_reconstruct_never_writes_through_a_symbolic_link(checkpoint, tmp_path):
     assert precious.read_bytes() == b"a user's own file"
 
 
+def test_reconstruct_replaces_only_its_own_earlier_outputs(checkpoint, tmp_path):
+    other_scan = scan_copy(tmp_path / "other_scan.npz")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    picture = tmp_path / "figure.png"
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(picture)
+    kept = {path: sha256(path) for path in (other_scan, notes, picture)}
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", other_scan, "--quiet"), str(other_scan), "not an earlier output")
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", notes, "--no-png", "--quiet"), str(notes), "not an earlier output")
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", tmp_path / "figure.npz", "--quiet"), str(picture),
+                          "not an earlier output")
+    assert {path: sha256(path) for path in kept} == kept
+    assert not (tmp_path / "other_scan.png").exists() and not (tmp_path / "figure.npz").exists()
+    output = tmp_path / "recon.npz"
+    for _ in range(2):  # the second run replaces the first one's NPZ and PNG
+        result = reconstruct(checkpoint, NPZ, "--output", output, "--quiet")
+        assert result.returncode == 0, result.stderr
+    assert output.is_file() and output.with_suffix(".png").is_file()
+
+
 def test_reconstruct_refuses_an_output_named_like_its_png(checkpoint, tmp_path):
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "recon.png", "--quiet")
     assert_one_line_error(result, str(tmp_path / "recon.png"), "--no-png")
@@ -326,6 +348,24 @@ def test_reconstruct_with_an_unwritable_output_fails_before_inference(checkpoint
     assert_one_line_error(result, str(blocker), "is a file")
     assert time.monotonic() - started < 60
     assert not list(tmp_path.glob("*_memmap"))
+
+
+def test_an_unwritable_output_directory_names_the_output_option_not_data_dir(tmp_path, monkeypatch):
+    """As root the permission bits do not stop a write, so the refusal is simulated at the write test itself."""
+    import errno as errno_module
+
+    from ptycho_torch import cli_reconstruct
+    from ptycho_torch.store import atomic
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno_module.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "touch", refuse)
+    with pytest.raises(OSError) as caught:
+        cli_reconstruct.check_output_path(tmp_path / "recon.npz", "--output", inputs=())
+    assert "choose another --output" in str(caught.value) and "data_dir" not in str(caught.value)
+    with pytest.raises(OSError, match="pass data_dir="):  # the data directory's own message is unchanged
+        atomic.require_writable_directory(tmp_path / "memmap")
 
 
 def test_reconstruct_a_dangling_link_is_one_line(checkpoint, tmp_path):

@@ -100,6 +100,30 @@ def test_the_workflow_honours_every_reconstruction_setting(setup):
     assert network.precision == "bf16"
 
 
+@pytest.mark.parametrize("changes, message", [
+    (dict(batch_size=-5), "batch_size=-5 must be an integer >= 1"), (dict(batch_size=0), "batch_size=0"),
+    (dict(batch_size=2.5), "batch_size=2.5"), (dict(batch_size=True), "batch_size=True"),
+    (dict(device="meta"), "device='meta' is not supported"), (dict(device="tpu"), "device='tpu' is not supported"),
+    (dict(precision="fp16"), "precision='fp16'"), (dict(groups="some"), "groups='some'"),
+    (dict(refine_iterations=-1), "refine_iterations=-1"), (dict(refine_iterations=2.5), "refine_iterations=2.5"),
+])
+def test_reconstruction_settings_are_refused_before_the_network_is_touched(setup, changes, message):
+    """A negative batch size once gave an all-zero object; a 'meta' device left the caller's network without weights."""
+    from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan
+
+    dataset, truth, _ = setup
+    network = PtychoPINN(ModelConfig(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True),
+                         DataConfig(N=64, grid_size=(2, 2), K=7, subsample_seed=42), TrainingConfig(n_groups=512))
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        reconstruct_scan(network, dataset, ReconstructionSettings(progress=False, **changes), canvas=Canvas(truth.shape, (0, 0)))
+    after = network.state_dict()
+    assert all(after[name].device.type == "cpu" and torch.equal(after[name], value) for name, value in before.items())
+    if "batch_size" in changes:
+        with pytest.raises(ValueError, match="batch_size"):
+            reconstruct(network, dataset, batch_size=changes["batch_size"], canvas=Canvas(truth.shape, (0, 0)), progress=False)
+
+
 def test_refinement_from_a_unit_object_reconstructs_the_scan(setup):
     """`flat_start`: 1 on the probe coverage, the coverage of every scan point; 10 sweeps from it recover the object."""
     from ptycho_torch.model.refine import flat_start

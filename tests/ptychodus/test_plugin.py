@@ -201,6 +201,31 @@ def test_from_np_refuses_positions_that_do_not_match_the_patterns(parameters):
         PtychoDataLoader.from_np(diff_patterns=patterns, probe=probe, positions=np.zeros((160, 2)), config_manager=ConfigManager(data_config={"N": 32}))
 
 
+def test_from_np_refuses_bad_counts_and_positions_in_metres_naming_the_arrays_before_writing(parameters, monkeypatch):
+    """The command line refused positions in metres; this path reconstructed a 65 x 65 object from them. Bad counts were
+    reported against a private temporary file with a fix for a file the caller never had."""
+    import tempfile
+
+    manager = ConfigManager(data_config=build_configs(**SMALL)[0])
+    patterns = np.array(parameters.diffraction_patterns, dtype=np.float32)
+    probe = parameters.product.probes.get_probe_no_opr().get_array()
+    geometry = parameters.product.object_.get_geometry()
+    x = geometry.map_probe_positions_to_object_x_px(parameters.product.probe_positions)
+    y = geometry.map_probe_positions_to_object_y_px(parameters.product.probe_positions)
+    positions = np.column_stack((y, x))
+    written = []
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", lambda *a, **k: written.append(1))  # nothing may be written
+    with pytest.raises(ValueError, match=r"positions.*span only .* pixels.*metres"):
+        PtychoDataLoader.from_np(diff_patterns=patterns, probe=probe, positions=positions * 1e-8, config_manager=manager)
+    bad = patterns.copy()
+    bad[7, 3, 4] = -1.0
+    bad[9, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"diff_patterns\[7\] has a negative value .*2 pattern\(s\).*\[7, 9\].*positions\[keep\]") as caught:
+        PtychoDataLoader.from_np(diff_patterns=bad, probe=probe, positions=positions, config_manager=manager)
+    assert "scan.npz" not in str(caught.value) and "xcoords" not in str(caught.value)
+    assert written == []
+
+
 def test_find_best_checkpoint_prefers_best_then_last_then_newest(tmp_path):
     assert find_best_checkpoint(tmp_path) is None
     checkpoints = tmp_path / "checkpoints"

@@ -57,6 +57,7 @@ def test_ambiguous_cube_stack_is_warned_about_and_layout_settles_it(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         guessed = bridge(npz, data_dir, cube_config(npz))
     assert "could be (n, N, N) or a legacy (N, N, n)" in caplog.text and "layout='NNn'" in caplog.text, caplog.text
+    assert "ptycho-reconstruct take it as (n, N, N)" in caplog.text and "np.moveaxis(d, -1, 0)" in caplog.text  # the commands' way
     assert not np.array_equal(guessed.diffraction, patterns)
 
     caplog.clear()
