@@ -69,8 +69,8 @@ def run_reporting_errors(label: str, handler, args, debug: bool = False) -> int:
     """``handler(args)``'s exit status; bad input is one line on stderr and exit 2, a bug a traceback and exit 3."""
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print(f"{label}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C; training says which run it stopped
+        print(f"{label}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
         if debug:

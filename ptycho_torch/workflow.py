@@ -119,7 +119,8 @@ def train_model(model, data_module, trainer, run_dir: Path, *, discard_on_failur
     """Fit ``model`` (a ``PtychoPINN_Lightning``) with ``trainer`` and return the run's best checkpoint: the
     ``best-checkpoint.ckpt`` its checkpoint callback wrote (without one, :func:`~ptycho_torch.lightning_utils.find_best_checkpoint`).
 
-    A run that fails or is interrupted re-raises (an interruption as KeyboardInterrupt); with
+    A run that fails or is interrupted re-raises (an interruption as KeyboardInterrupt, also where Lightning turns
+    it into ``sys.exit(1)``); with
     ``discard_on_failure`` (the process that owns ``run_dir``) its directory is removed, or kept marked
     ``INCOMPLETE`` when it holds checkpoints (:func:`~ptycho_torch.run_dirs.discard_failed_run`).
     """
@@ -128,7 +129,12 @@ def train_model(model, data_module, trainer, run_dir: Path, *, discard_on_failur
 
     run_dir = Path(run_dir)
     try:
-        trainer.fit(model, datamodule=data_module)
+        try:
+            trainer.fit(model, datamodule=data_module)
+        except SystemExit as exc:  # Lightning 2.6 ends a fit stopped by KeyboardInterrupt with sys.exit(1)
+            if trainer.interrupted and isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"training in {run_dir} was interrupted") from None
+            raise
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training in {run_dir} was interrupted")
         callback = getattr(trainer, "checkpoint_callback", None)
