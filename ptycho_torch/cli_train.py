@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="the U-Net's arithmetic in training (default fp32; bf16 is faster on CPUs with native bfloat16 and was "
                              "used for the shipped model; auto: bf16 where the device computes it natively)")
-    parser.add_argument("--threads", type=positive_int, help="torch threads per training process (default: OMP_NUM_THREADS when set, "
-                        "else the cores this process may use less its loader workers)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads per training process, all it computes with (given, "
+                        "no loader workers start; default: OMP_NUM_THREADS when set, else the cores this process may use less its loader workers)")
     add_lock_timeout_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
@@ -159,8 +159,10 @@ def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) 
         footprint.check_region(footprint.region_side(data.N, reach), int(training.batch_size) * data.C, str(path))
 
 
-def set_torch_threads(requested: int | None, training: TrainingConfig) -> None:
-    """Compute with the threads :func:`choose_threads` picks for this process; logged once (INFO)."""
+def set_torch_threads(requested: int | None, training: TrainingConfig) -> int:
+    """Compute with the threads :func:`choose_threads` picks for this process and return the loader workers it may
+    start: none beside ``--threads N`` (N is all the process computes with), else at most the cores it leaves free.
+    Each choice is logged once (INFO)."""
     import os
 
     import torch
@@ -168,9 +170,15 @@ def set_torch_threads(requested: int | None, training: TrainingConfig) -> None:
     from ptycho_torch.threads import choose_threads, spare_loader_workers
 
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    choice = choose_threads(requested, spare_loader_workers(training.num_workers, processes), processes)
+    asked = int(training.num_workers)
+    workers = 0 if requested is not None else spare_loader_workers(asked, processes)
+    choice = choose_threads(requested, workers, processes)
     torch.set_num_threads(choice.threads)
     logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
+    if workers < asked:
+        why = f"as --threads {requested} is all this process computes with" if requested is not None else "the cores this machine has to spare"
+        logger.info("TrainingConfig.num_workers=%d: using %d loader worker(s), %s", asked, workers, why)
+    return workers
 
 
 def data_module(diffraction_units: str):
@@ -205,7 +213,7 @@ def train(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or args.output_dir / "memmap"
     require_writable_directory(data_dir)
 
-    set_torch_threads(args.threads, training)
+    workers = set_torch_threads(args.threads, training)
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -220,7 +228,7 @@ def train(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(args.output_dir) if rank_zero_only.rank == 0 else args.output_dir / "run_of_rank_0"
     try:
         module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
-                                    lock_timeout=args.lock_timeout)
+                                    lock_timeout=args.lock_timeout, max_loader_workers=workers)
         model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
         from ptycho_torch.model.pinn import choose_precision
         from ptycho_torch.model.training import choose_accelerator

@@ -97,13 +97,14 @@ class PtychoDataModule(L.LightningDataModule):
     Validation groups come from a strip at one edge of each scan and training groups never use its
     scan points (:func:`split_by_region`: ``val_fraction`` 5 %, ``val_seed`` 42; at least one
     validation group). ``num_workers``, ``pin_memory`` and ``batch_size`` come from the
-    TrainingConfig; under DDP each process reads its own shard through a DistributedSampler.
+    TrainingConfig; ``num_workers`` is capped at the cores this machine has to spare (:func:`loader_workers`) and at
+    ``max_loader_workers`` when given (``ptycho-train --threads``); under DDP each process reads its own shard through a DistributedSampler.
     ``lock_timeout`` (seconds, None: no limit) bounds the wait for another process building the same cache.
     """
 
     def __init__(self, data, data_config=None, model_config=None, training_config=None, *, data_dir="data/memmap",
                  val_fraction: float = 0.05, val_seed: int = 42, pin_memory: bool | None = None, progress: bool = True,
-                 lock_timeout: float | None = None):
+                 lock_timeout: float | None = None, max_loader_workers: int | None = None):
         super().__init__()
         self.data_config = as_config(data_config, DataConfig)
         self.model_config = as_config(model_config, ModelConfig)
@@ -112,6 +113,8 @@ class PtychoDataModule(L.LightningDataModule):
         self.source = None if self.dataset is not None else Path(data)
         self.data_dir, self.val_fraction, self.val_seed, self.progress = Path(data_dir), val_fraction, val_seed, progress
         self.lock_timeout = lock_timeout
+        self.max_loader_workers = max_loader_workers
+        self._workers_logged = None  # (allowed, started) last logged: both loaders of a fit say it once
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_indices = self.val_indices = None
 
@@ -135,7 +138,11 @@ class PtychoDataModule(L.LightningDataModule):
         subset = _Subset(self.dataset, indices)
         tc = self.training_config
         trainer = getattr(self, "trainer", None)
-        workers = loader_workers(int(tc.num_workers), processes=trainer.world_size if trainer is not None else 1)
+        allowed = int(tc.num_workers) if self.max_loader_workers is None else min(int(tc.num_workers), int(self.max_loader_workers))
+        workers = loader_workers(allowed, processes=trainer.world_size if trainer is not None else 1)
+        if workers < allowed and self._workers_logged != (allowed, workers):
+            self._workers_logged = (allowed, workers)
+            logger.info("TrainingConfig.num_workers=%d: using %d loader worker(s), the cores this machine has to spare", tc.num_workers, workers)
         options = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(subset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=shuffle, seed=self.val_seed)
@@ -153,8 +160,6 @@ def loader_workers(requested: int, processes: int = 1) -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     spare = max(0, cores // max(1, processes) - 1)
-    if requested > spare:
-        logger.info("TrainingConfig.num_workers=%d: using %d loader worker(s), the cores this machine has to spare", requested, spare)
     return min(requested, spare)
 
 

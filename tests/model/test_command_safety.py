@@ -461,6 +461,18 @@ def test_train_logs_and_honours_the_thread_choice(tmp_path):
     assert line.endswith("torch computes with 1 thread(s) (--threads); --threads N to change")
 
 
+def test_train_threads_start_no_loader_worker_beyond_them_and_say_so_once(tmp_path):
+    """--threads N is what a training process computes with: no loader worker on top of it, and one line saying so."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    config = write_config(tmp_path / "fast.json", {**FAST, "training": {**FAST["training"], "num_workers": 4}})
+    result = subprocess.run([sys.executable, "-m", "ptycho_torch.cli_train", str(NPZ), "--config", str(config),
+                             "--output-dir", str(tmp_path / "runs"), "--n-groups", "16", "--threads", "1"],
+                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split(": ", 1)[1] for line in result.stderr.splitlines() if "loader worker" in line]
+    assert lines == ["TrainingConfig.num_workers=4: using 0 loader worker(s), as --threads 1 is all this process computes with"], lines
+
+
 # ---- issue 29 item 7: a directory is not a scan; the memory map goes to the cache directory, not beside the output ------
 
 def test_reconstruct_a_directory_says_it_takes_one_scan_file(checkpoint, tmp_path):

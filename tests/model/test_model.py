@@ -367,6 +367,22 @@ def test_loaders_never_start_more_workers_than_the_machine_has_cores_to_spare(me
     assert module.train_dataloader().num_workers == 4
 
 
+def test_the_loader_workers_line_is_logged_once_and_a_callers_limit_is_kept(memmap_dir, monkeypatch, caplog):
+    """Both loaders of a fit used to log the same cut in loader workers; ptycho-train --threads N allows none beside its threads."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    data, model_config, training, _ = configs(n_groups=32, num_workers=4)
+    dataset = PtychoDataset(NPZ, data, model_config, training, data_dir=memmap_dir, progress=False)
+    module = PtychoDataModule(dataset, data, model_config, training)
+    module.setup()
+    with caplog.at_level("INFO", logger="ptycho_torch.model.training"):
+        assert module.train_dataloader().num_workers == 1 and module.val_dataloader().num_workers == 1
+    assert [r.getMessage() for r in caplog.records if "loader worker" in r.getMessage()] == [
+        "TrainingConfig.num_workers=4: using 1 loader worker(s), the cores this machine has to spare"]
+    limited = PtychoDataModule(dataset, data, model_config, training, max_loader_workers=0)
+    limited.setup()
+    assert limited.train_dataloader().num_workers == 0 and limited.val_dataloader().num_workers == 0
+
+
 def test_trainer_falls_back_to_one_cpu_process_when_cuda_is_missing(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _, _, training, _ = configs()
