@@ -50,8 +50,9 @@ class ModelConfig(ObjectProbeFields, GeneratorFields):
     tensor/array or None; they are typed loosely so this module never needs torch.
     ``generator_input``, ``object_estimate_steps``, ``generator_output`` and ``truth_loss_weight``
     are this package's (specs/model.md sections 5 and 6): by default the generator reads the object
-    after two error-reduction steps and outputs its correction; ``generator_input='diffraction'``
-    with ``generator_output='object'`` is PtychoPINN's generator. ``base_filters`` (16) is the
+    after two error-reduction steps and outputs its correction (``object_estimate_steps`` is an
+    integer from 1 to 100; more is refused as a damaged or mistyped setting);
+    ``generator_input='diffraction'`` with ``generator_output='object'`` is PtychoPINN's generator. ``base_filters`` (16) is the
     U-Net's first width at ``n_filters_scale=1``; PtychoPINN's is 32.
     The generator (``architecture``, ``fno_*``, ...) and object/probe fields (``object_big``,
     ``probe_mask_sigma``, ...) are inherited, keyword-only, from ``ptycho.config.config``'s

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "load_network", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS", "SETTINGS_BEFORE_THEY_EXISTED",
-           "upgrade_legacy_settings"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "load_network", "network_configs", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS",
+           "require_weights_fit", "SETTINGS_BEFORE_THEY_EXISTED", "upgrade_legacy_settings"]
 
 REQUIRED_CONFIGS = ("model_config", "data_config")  # what rebuilds the network; training/inference default if absent
 # What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
@@ -95,25 +98,81 @@ def network_state(state_dict: dict) -> dict:
     return {key[len(NETWORK_PREFIX):] if key.startswith(NETWORK_PREFIX) else key: value for key, value in state_dict.items()}
 
 
-def load_network(path, map_location="cpu", **overrides):
-    """The plain :class:`~ptycho_torch.model.pinn.PtychoPINN` of a checkpoint, in eval mode, without Lightning.
+def network_configs(path, hparams: dict, overrides: dict | None = None) -> dict:
+    """The configs (``CONFIG_NAMES`` -> dataclass) a checkpoint's network is rebuilt from.
 
-    Reads with ``weights_only=True`` (:func:`read_checkpoint`); keyword configs (``model_config``,
-    ``data_config``, ``training_config``, ``inference_config``) override the stored ones. Weights that do
-    not fit the network of the configs raise :class:`CheckpointError`.
+    Keyword ``overrides`` replace the stored configs; settings the stored ``model_config`` predates
+    are set to their old behaviour (:func:`upgrade_legacy_settings`).
     """
     from dataclasses import replace
 
     from ptycho_torch.config_file import as_config
     from ptycho_torch.config_params import ModelConfig
+
+    overrides = overrides or {}
+    configs = {name: as_config(overrides[name], config_type) if overrides.get(name) is not None
+               else as_config(hparams.get(name), config_type)
+               for name, config_type in _config_types().items()}
+    legacy = upgrade_legacy_settings(hparams.get("model_config"))
+    if legacy:
+        configs["model_config"] = replace(as_config(configs["model_config"], ModelConfig), **legacy)
+    return configs
+
+
+def _config_types() -> dict:
+    """``CONFIG_NAMES`` -> config dataclass (a function: this module imports no config module at import time)."""
+    from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
+
+    return {"model_config": ModelConfig, "data_config": DataConfig, "training_config": TrainingConfig, "inference_config": InferenceConfig}
+
+
+def require_weights_fit(path, configs: dict, state_dict: dict, *, overridden: bool = False, strict: bool = True) -> None:
+    """Refuse, before any memory is allocated for it, a network of ``configs`` that ``state_dict`` does not fit.
+
+    The network is built on the ``meta`` device (shapes only, no storage), so a damaged or edited
+    setting (``n_filters_scale=4096``) is a :class:`CheckpointError` naming the file, the first
+    differing key and both shapes, not an allocation of hundreds of GB; settings the network refuses
+    (e.g. ``object_estimate_steps`` beyond its bound) are a CheckpointError naming the file and the field.
+    """
+    from ptycho_torch.model.pinn import PtychoPINN
+
+    restore = f"restore the settings it was trained with (its hyper_parameters were edited or damaged?), or {_FIX}"
+    try:
+        with torch.device("meta"):
+            expected = {key: tuple(value.shape) for key, value in PtychoPINN(**configs).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"checkpoint {path}: the network of its configs cannot be built ({_first_line(exc)}); "
+                              + ("correct the configs given to override its own" if overridden else restore)) from None
+    stored = {key: tuple(getattr(value, "shape", ())) for key, value in network_state(state_dict).items()}
+    problem = next((f"{key!r} is {stored[key]} in the checkpoint but {shape} in the network" for key, shape in expected.items()
+                    if key in stored and stored[key] != shape), None)
+    if problem is None and strict:
+        problem = next((f"{key!r} of the network is missing from the checkpoint" for key in expected if key not in stored), None)
+        problem = problem or next((f"the checkpoint holds {key!r}, which the network has not" for key in stored if key not in expected), None)
+    if problem is not None:
+        mc, dc = configs["model_config"], configs["data_config"]
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the network of its configs ({problem}; network of "
+            f"model_config.n_filters_scale={getattr(mc, 'n_filters_scale', None)!r}, base_filters={getattr(mc, 'base_filters', None)!r}, "
+            f"generator_input={getattr(mc, 'generator_input', None)!r}, data_config.grid_size={getattr(dc, 'grid_size', None)!r}); "
+            + ("load it without overriding model_config/data_config, or train a model with these settings" if overridden else restore)
+        )
+
+
+def load_network(path, map_location="cpu", **overrides):
+    """The plain :class:`~ptycho_torch.model.pinn.PtychoPINN` of a checkpoint, in eval mode, without Lightning.
+
+    Reads with ``weights_only=True`` (:func:`read_checkpoint`); keyword configs (``model_config``,
+    ``data_config``, ``training_config``, ``inference_config``) override the stored ones. Weights that do
+    not fit the network of the configs, and configs the network refuses, raise :class:`CheckpointError`
+    before the network is built (:func:`require_weights_fit`).
+    """
     from ptycho_torch.model.pinn import CONFIG_NAMES, PtychoPINN
 
     checkpoint = read_checkpoint(path, map_location=map_location, overrides=overrides)
     hparams = checkpoint.get("hyper_parameters") or {}
-    configs = {name: overrides[name] if overrides.get(name) is not None else hparams.get(name) for name in CONFIG_NAMES}
-    legacy = upgrade_legacy_settings(hparams.get("model_config"))
-    if legacy:
-        configs["model_config"] = replace(as_config(configs["model_config"], ModelConfig), **legacy)
+    configs = network_configs(path, hparams, overrides)
+    require_weights_fit(path, configs, checkpoint["state_dict"], overridden=any(overrides.get(name) is not None for name in CONFIG_NAMES))
     network = PtychoPINN(**configs, seed=int(hparams.get("seed", 0) or 0))
     try:
         network.load_state_dict(network_state(checkpoint["state_dict"]))

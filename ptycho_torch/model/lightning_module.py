@@ -86,7 +86,8 @@ class PtychoPINN_Lightning(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, weights_only=True, **kwargs):
         """Lightning's loader, always with ``weights_only=True`` (nothing is unpickled), after checking the file.
 
-        An empty, truncated or foreign file, or one without the configs of its network, raises
+        An empty, truncated or foreign file, one without the configs of its network, or weights that do not fit
+        that network (checked before it is built: :func:`~ptycho_torch.model.checkpoints.require_weights_fit`) raises
         :class:`~ptycho_torch.model.checkpoints.CheckpointError` naming it; keyword configs override the stored ones.
         A weights-only export (``state_dict`` and configs, as the shipped models of :mod:`ptycho_torch.pretrained`) loads too.
         """
@@ -95,6 +96,9 @@ class PtychoPINN_Lightning(L.LightningModule):
         if isinstance(checkpoint_path, (str, Path)):
             data = checkpoints.read_checkpoint_bytes(checkpoint_path)
             checkpoint = checkpoints.read_checkpoint(checkpoint_path, data, overrides=kwargs)
+            configs = checkpoints.network_configs(checkpoint_path, checkpoint.get("hyper_parameters") or {}, kwargs)
+            checkpoints.require_weights_fit(checkpoint_path, configs, checkpoint["state_dict"], strict=strict is not False,
+                                            overridden=any(kwargs.get(name) is not None for name in configs))
             if LIGHTNING_VERSION_KEY not in checkpoint:  # weights and configs only (a shipped model): not Lightning's own file
                 checkpoint[LIGHTNING_VERSION_KEY] = L.__version__
                 data = io.BytesIO()

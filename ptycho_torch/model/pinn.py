@@ -14,11 +14,12 @@ from ptycho_torch.model import physics
 from ptycho_torch.model.forward_model import FarFieldPtychography
 from ptycho_torch.model.networks import build_generator
 
-__all__ = ["CONFIG_NAMES", "choose_precision", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "PRECISIONS", "PtychoPINN", "plain_config"]
+__all__ = ["CONFIG_NAMES", "choose_precision", "GENERATOR_OUTPUTS", "INPUT_IMAGES_PER_MEMBER", "MAX_OBJECT_ESTIMATE_STEPS", "PRECISIONS", "PtychoPINN", "plain_config"]
 
 PRECISIONS = ("fp32", "bf16")
 
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
+MAX_OBJECT_ESTIMATE_STEPS = 100  # default 2, 40 the documented hybrid (docs/findings.md); each step is an FFT pair per pattern
 GENERATOR_OUTPUTS = ("correction", "object")
 CONFIG_NAMES = ("model_config", "data_config", "training_config", "inference_config")
 
@@ -53,8 +54,8 @@ class PtychoPINN(torch.nn.Module):
     kept as given (dataclasses or checkpoint dicts); ``seed`` seeds the initialisation without
     touching the global RNG. Refused (ValueError naming the field): an unknown ``generator_input`` or
     ``generator_output``, ``generator_output='correction'`` with ``generator_input='diffraction'``,
-    ``object_estimate_steps`` < 1, a non-square ``grid_size``, ``N`` not divisible by 8 and generator
-    options the U-Net does not implement.
+    ``object_estimate_steps`` not an integer from 1 to ``MAX_OBJECT_ESTIMATE_STEPS`` (100), a
+    non-square ``grid_size``, ``N`` not divisible by 8 and generator options the U-Net does not implement.
     """
 
     def __init__(self, model_config=None, data_config=None, training_config=None, inference_config=None, seed: int = 0):
@@ -87,8 +88,11 @@ class PtychoPINN(torch.nn.Module):
         grid_side(self.data_config.grid_size)
         if mc.generator_input not in INPUT_IMAGES_PER_MEMBER:
             raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
-        if mc.generator_input == "object_estimate" and (int(mc.object_estimate_steps) != mc.object_estimate_steps or mc.object_estimate_steps < 1):
-            raise ValueError(f"ModelConfig.object_estimate_steps={mc.object_estimate_steps!r} must be an integer >= 1 (or set generator_input='diffraction')")
+        steps = mc.object_estimate_steps
+        if mc.generator_input == "object_estimate" and not (isinstance(steps, (int, float)) and not isinstance(steps, bool) and math.isfinite(steps)
+                                                            and int(steps) == steps and 1 <= steps <= MAX_OBJECT_ESTIMATE_STEPS):
+            raise ValueError(f"ModelConfig.object_estimate_steps={steps!r} must be an integer from 1 to {MAX_OBJECT_ESTIMATE_STEPS} "
+                             "(the default is 2; or set generator_input='diffraction')")
         if mc.generator_output not in GENERATOR_OUTPUTS:
             raise ValueError(f"ModelConfig.generator_output={mc.generator_output!r}; use one of {GENERATOR_OUTPUTS}")
         if mc.generator_output == "correction" and mc.generator_input != "object_estimate":

@@ -315,6 +315,36 @@ def test_a_checkpoint_of_another_pattern_size_names_both_sizes_not_a_config_fiel
     assert "model.N" not in line
 
 
+def edited_shipped_checkpoint(path: Path, **model_settings) -> Path:
+    """The shipped model's checkpoint with ``model_settings`` written over its stored model_config."""
+    from ptycho_torch.pretrained import resolve_checkpoint
+
+    checkpoint = torch.load(resolve_checkpoint("pretrained"), map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["model_config"].update(model_settings)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("setting, value, phrases", [
+    ("n_filters_scale", 4096, ("'generator.encoder.0.0.weight' is (16, 8, 3, 3) in the checkpoint but (65536, 8, 3, 3)", "n_filters_scale=4096")),
+    ("object_estimate_steps", 10**9, ("object_estimate_steps=1000000000 must be an integer from 1 to 100",)),
+])
+def test_a_checkpoint_with_an_edited_setting_is_refused_before_its_network_is_built(tmp_path, setting, value, phrases):
+    """n_filters_scale=4096 tried to allocate 154 GB (exit 3); object_estimate_steps=1e9 made the reconstruction hang."""
+    from ptycho_torch.model.checkpoints import CheckpointError, load_network
+    from ptycho_torch.model.lightning_module import PtychoPINN_Lightning
+
+    edited = edited_shipped_checkpoint(tmp_path / "edited.ckpt", **{setting: value})
+    for load in (load_network, lambda path: PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu")):
+        with pytest.raises(CheckpointError) as refused:
+            load(edited)
+        assert str(edited) in str(refused.value) and "restore the settings it was trained with" in str(refused.value)
+        assert all(phrase in str(refused.value) for phrase in phrases), str(refused.value)
+    result = reconstruct(edited, NPZ, "--quiet", "--output", tmp_path / "out.npz", timeout=120)
+    assert_one_line_error(result, str(edited), *phrases)
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_torch_floor_loads_weights_only_by_default():
     tomllib = pytest.importorskip("tomllib")
 

@@ -122,6 +122,8 @@ def test_dict_and_dataclass_configs_build_the_same_model():
     ("generator_input", "fft", "ModelConfig.generator_input"),
     ("object_estimate_steps", 0, "ModelConfig.object_estimate_steps"),
     ("object_estimate_steps", 2.5, "ModelConfig.object_estimate_steps"),
+    ("object_estimate_steps", 101, r"ModelConfig.object_estimate_steps=101 must be an integer from 1 to 100"),
+    ("object_estimate_steps", float("inf"), "ModelConfig.object_estimate_steps"),
     ("generator_output", "region", "ModelConfig.generator_output"),
     ("truth_loss_weight", -1.0, "ModelConfig.truth_loss_weight"),
 ])
