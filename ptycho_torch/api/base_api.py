@@ -81,9 +81,9 @@ class PtychoModel:
 
         Read with ``weights_only=True`` on the CPU, so a GPU checkpoint opens anywhere and nothing is unpickled.
         """
-        from ptycho_torch.model.checkpoints import read_checkpoint
+        from ptycho_torch.model.checkpoints import known_hyper_parameters, read_checkpoint
 
-        hparams = read_checkpoint(Path(path))["hyper_parameters"]
+        hparams = known_hyper_parameters(path, read_checkpoint(Path(path))["hyper_parameters"])  # unknown keys: one WARNING naming the file
         classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
         return tuple(as_config(hparams[name], cls, unknown="drop") if hparams.get(name) is not None else None for name, cls in classes)
 

@@ -11,12 +11,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "load_network", "network_configs", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS",
+__all__ = ["CheckpointError", "known_hyper_parameters", "load_network", "network_configs", "read_checkpoint", "read_checkpoint_bytes", "REQUIRED_CONFIGS",
            "require_weights_fit", "SETTINGS_BEFORE_THEY_EXISTED", "upgrade_legacy_settings"]
 
 REQUIRED_CONFIGS = ("model_config", "data_config")  # what rebuilds the network; training/inference default if absent
 # What a checkpoint written before a ModelConfig field existed was trained with (checked in this order).
 SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"), ("base_filters", 32))
+HYPER_PARAMETERS = ("seed",)  # stored beside the configs (REQUIRED_CONFIGS and the others of pinn.CONFIG_NAMES)
 NETWORK_PREFIX = "network."  # state-dict keys of PtychoPINN_Lightning's PtychoPINN; checkpoints of 0b10270 and before have none
 _FIX = "use a .ckpt written by ptycho-train (or PtychoPINN_Lightning training), e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"
 
@@ -102,7 +103,8 @@ def network_configs(path, hparams: dict, overrides: dict | None = None) -> dict:
     """The configs (``CONFIG_NAMES`` -> dataclass) a checkpoint's network is rebuilt from.
 
     Keyword ``overrides`` replace the stored configs; settings the stored ``model_config`` predates
-    are set to their old behaviour (:func:`upgrade_legacy_settings`).
+    are set to their old behaviour (:func:`upgrade_legacy_settings`). A stored config that is not one
+    (not a dict, or with fields :func:`known_hyper_parameters` did not drop) is a :class:`CheckpointError`.
     """
     from dataclasses import replace
 
@@ -110,9 +112,15 @@ def network_configs(path, hparams: dict, overrides: dict | None = None) -> dict:
     from ptycho_torch.config_params import ModelConfig
 
     overrides = overrides or {}
-    configs = {name: as_config(overrides[name], config_type) if overrides.get(name) is not None
-               else as_config(hparams.get(name), config_type)
-               for name, config_type in _config_types().items()}
+    configs = {}
+    for name, config_type in _config_types().items():
+        if overrides.get(name) is not None:
+            configs[name] = as_config(overrides[name], config_type)  # the caller's: an unknown field is refused
+            continue
+        try:
+            configs[name] = as_config(hparams.get(name), config_type)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its hyper_parameters' {name} is not usable ({_first_line(exc)}); {_FIX}") from None
     legacy = upgrade_legacy_settings(hparams.get("model_config"))
     if legacy:
         configs["model_config"] = replace(as_config(configs["model_config"], ModelConfig), **legacy)
@@ -124,6 +132,39 @@ def _config_types() -> dict:
     from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 
     return {"model_config": ModelConfig, "data_config": DataConfig, "training_config": TrainingConfig, "inference_config": InferenceConfig}
+
+
+def known_hyper_parameters(path, hparams) -> dict:
+    """A checkpoint's ``hyper_parameters`` without what this version does not know (the same object if nothing is dropped).
+
+    A checkpoint written by another version may store config fields (or hyper-parameters) this one
+    lacks: they are dropped with one WARNING naming the file and the keys, and the network is rebuilt
+    from the rest (a field this version lacks is a behaviour it does not have). Config *files* and
+    configs given in Python still refuse unknown fields (:func:`~ptycho_torch.config_file.as_config`).
+    """
+    from dataclasses import fields
+
+    if not isinstance(hparams, dict):
+        return hparams
+    types = _config_types()
+    cleaned, unknown = {}, []
+    for key, value in hparams.items():
+        if key not in types:
+            if key in HYPER_PARAMETERS:
+                cleaned[key] = value
+            else:
+                unknown.append(str(key))
+            continue
+        if isinstance(value, dict):
+            known = {field.name for field in fields(types[key])}
+            unknown += [f"{key}.{name}" for name in sorted(map(str, value)) if name not in known]
+            value = {name: item for name, item in value.items() if name in known}
+        cleaned[key] = value
+    if not unknown:
+        return hparams  # the same object: nothing was dropped
+    logger.warning("checkpoint %s: ignoring unknown key(s) %s in its hyper_parameters (written by another version?); "
+                   "the network is rebuilt from the others", path, ", ".join(unknown))
+    return cleaned
 
 
 def require_weights_fit(path, configs: dict, state_dict: dict, *, overridden: bool = False, strict: bool = True) -> None:
@@ -163,14 +204,16 @@ def load_network(path, map_location="cpu", **overrides):
     """The plain :class:`~ptycho_torch.model.pinn.PtychoPINN` of a checkpoint, in eval mode, without Lightning.
 
     Reads with ``weights_only=True`` (:func:`read_checkpoint`); keyword configs (``model_config``,
-    ``data_config``, ``training_config``, ``inference_config``) override the stored ones. Weights that do
+    ``data_config``, ``training_config``, ``inference_config``) override the stored ones; unknown fields
+    of the stored ones (a checkpoint of another version) are dropped with a WARNING
+    (:func:`known_hyper_parameters`). Weights that do
     not fit the network of the configs, and configs the network refuses, raise :class:`CheckpointError`
     before the network is built (:func:`require_weights_fit`).
     """
     from ptycho_torch.model.pinn import CONFIG_NAMES, PtychoPINN
 
     checkpoint = read_checkpoint(path, map_location=map_location, overrides=overrides)
-    hparams = checkpoint.get("hyper_parameters") or {}
+    hparams = known_hyper_parameters(path, checkpoint.get("hyper_parameters")) or {}
     configs = network_configs(path, hparams, overrides)
     require_weights_fit(path, configs, checkpoint["state_dict"], overridden=any(overrides.get(name) is not None for name in CONFIG_NAMES))
     network = PtychoPINN(**configs, seed=int(hparams.get("seed", 0) or 0))

@@ -89,6 +89,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         An empty, truncated or foreign file, one without the configs of its network, or weights that do not fit
         that network (checked before it is built: :func:`~ptycho_torch.model.checkpoints.require_weights_fit`) raises
         :class:`~ptycho_torch.model.checkpoints.CheckpointError` naming it; keyword configs override the stored ones.
+        Stored fields this version does not know (a checkpoint of another version) are dropped with a WARNING.
         A weights-only export (``state_dict`` and configs, as the shipped models of :mod:`ptycho_torch.pretrained`) loads too.
         """
         if weights_only is not True:
@@ -96,11 +97,14 @@ class PtychoPINN_Lightning(L.LightningModule):
         if isinstance(checkpoint_path, (str, Path)):
             data = checkpoints.read_checkpoint_bytes(checkpoint_path)
             checkpoint = checkpoints.read_checkpoint(checkpoint_path, data, overrides=kwargs)
-            configs = checkpoints.network_configs(checkpoint_path, checkpoint.get("hyper_parameters") or {}, kwargs)
+            stored = checkpoint.get("hyper_parameters")
+            hparams = checkpoints.known_hyper_parameters(checkpoint_path, stored)
+            configs = checkpoints.network_configs(checkpoint_path, hparams or {}, kwargs)
             checkpoints.require_weights_fit(checkpoint_path, configs, checkpoint["state_dict"], strict=strict is not False,
                                             overridden=any(kwargs.get(name) is not None for name in configs))
-            if LIGHTNING_VERSION_KEY not in checkpoint:  # weights and configs only (a shipped model): not Lightning's own file
-                checkpoint[LIGHTNING_VERSION_KEY] = L.__version__
+            if LIGHTNING_VERSION_KEY not in checkpoint or hparams is not stored:  # weights and configs only (a shipped model), or keys dropped
+                checkpoint[LIGHTNING_VERSION_KEY] = checkpoint.get(LIGHTNING_VERSION_KEY, L.__version__)
+                checkpoint["hyper_parameters"] = hparams
                 data = io.BytesIO()
                 torch.save(checkpoint, data)
                 data = data.getvalue()

@@ -345,6 +345,29 @@ def test_a_checkpoint_with_an_edited_setting_is_refused_before_its_network_is_bu
     assert not (tmp_path / "out.npz").exists()
 
 
+def test_a_checkpoint_of_another_version_with_unknown_keys_loads_with_a_warning_naming_the_file_and_keys(tmp_path, caplog):
+    """docs/troubleshooting.md: unknown keys a checkpoint stores are ignored with a warning; a config file's are refused."""
+    import logging
+
+    from ptycho_torch.model.checkpoints import load_network
+    from ptycho_torch.model.lightning_module import PtychoPINN_Lightning
+
+    newer = edited_shipped_checkpoint(tmp_path / "newer.ckpt", foo=1)
+    expected = "ignoring unknown key(s) model_config.foo in its hyper_parameters"
+    for load in (load_network, lambda path: PtychoPINN_Lightning.load_from_checkpoint(path, map_location="cpu").network):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            network = load(newer)
+        assert network.model_config.n_filters_scale == 1 and not hasattr(network.model_config, "foo")
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len([message for message in warnings if expected in message and str(newer) in message]) == 1, warnings
+    result = reconstruct(newer, NPZ, "--quiet", "--n-groups", 16, "--output", tmp_path / "out.npz", "--no-png", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stderr and str(newer) in result.stderr
+    typo = write_config(tmp_path / "typo.json", {**FAST, "model": {**FAST["model"], "foo": 1}})
+    assert_one_line_error(train(NPZ, "--config", typo, "--output-dir", tmp_path / "runs"), str(typo), "foo")
+
+
 def test_torch_floor_loads_weights_only_by_default():
     tomllib = pytest.importorskip("tomllib")
 
