@@ -24,6 +24,8 @@ logger = logging.getLogger("ptycho_torch.reconstruct")
 PROG = "ptycho-reconstruct"
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 GROUP_SELECTIONS = ("cover", "all")  # ptycho_torch.model.stitching.GROUP_SELECTIONS, without importing torch to parse
+DEFAULT_GROUPS = "cover"
+DEFAULT_BATCH_SIZE = 64  # groups per inference batch
 REFINE_POINTS, REFINE_MOMENTUM, REFINE_PLATEAU = 64, 0.5, 0.002  # refine.RefinementUpdate's defaults, without importing torch to parse
 DEFAULT_DATA_DIR = Path("data/memmap")  # ptycho-memmap's default: caches shared with it and with PtychoDataset's examples
 DIRECTORY_FIX = {"scan": "pass one of its .npz files (reconstruct each scan separately)",
@@ -41,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--canvas", choices=["scan", "object"], default="scan",
                         help="'scan': ceil(scan span + N) centred on the scan's bounding box (Ptychodus's rule, default); "
                              "'object': the grid of the scan's objectGuess (positions are its pixels)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="groups per inference batch (default: 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help=f"groups per inference batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--n-groups", type=positive_int, help="groups to build (default: one per scan point)")
-    parser.add_argument("--groups", choices=GROUP_SELECTIONS, default="cover",
+    parser.add_argument("--groups", choices=GROUP_SELECTIONS, default=None,
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
     parser.add_argument("--start", choices=STARTS, default="network",
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"with --refine (3 or more): once one of the first 20 sweeps lowers the data misfit by less than this "
                              f"fraction of the previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
                              f"they average the noise of low-dose scans; in [0, 1) (default {REFINE_PLATEAU}; 0: never)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
@@ -104,6 +106,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     from ptycho.scan_file import read_scan, scan_files
     from ptycho.scan_geometry import check_scan_geometry
 
+    check_start_options(args)
     check_refine_options(args)
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
@@ -141,7 +144,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                        test_data_file=str(args.scan))
     dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
-    settings = ReconstructionSettings(device=str(device), precision=args.precision, batch_size=args.batch_size, groups=args.groups,
+    settings = ReconstructionSettings(device=str(device), precision=args.precision or "auto", batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+                                      groups=args.groups or DEFAULT_GROUPS,
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
                                       refine_update=refine_update(args) if args.refine else None, start=args.start)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
@@ -170,6 +174,17 @@ def fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
     return value
+
+
+def check_start_options(args: argparse.Namespace) -> None:
+    """Options of a network that ``--start`` does not run would do nothing: refused (``--start physics`` runs no U-Net,
+    ``--start flat`` no network at all)."""
+    unused = {"flat": ("--precision", "--batch-size", "--groups"), "physics": ("--precision",)}.get(args.start, ())
+    given = [option for option in unused if getattr(args, option[2:].replace("-", "_")) is not None]
+    if given:
+        runs = "runs no network" if args.start == "flat" else "does not run the U-Net, whose arithmetic --precision sets"
+        raise UsageError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} nothing with --start {args.start}, which {runs}; "
+                         "leave it out")
 
 
 def check_refine_options(args: argparse.Namespace) -> None:

@@ -152,6 +152,19 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("start, options, named", [
+    ("flat", ("--precision", "bf16"), "--precision does nothing with --start flat"),
+    ("flat", ("--batch-size", 8, "--groups", "all"), "--batch-size and --groups do nothing with --start flat"),
+    ("physics", ("--precision", "fp32"), "--precision does nothing with --start physics"),
+])
+def test_network_options_a_start_does_not_run_are_refused_before_any_work(checkpoint, tmp_path, start, options, named):
+    """A setting is honoured or refused: --start flat runs no network, --start physics no U-Net."""
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--start", start, "--refine", 2, *options,
+                         "--data-dir", tmp_path / "memmap", "--quiet")
+    assert_one_line_error(result, named, "leave it out")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_start_physics_with_a_network_without_physics_input_is_refused_before_the_memory_map(tmp_path):
     from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
     from ptycho_torch.model.pinn import PtychoPINN
