@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "bf16")
 INPUT_IMAGES_PER_MEMBER = {"object_estimate": 2, "diffraction": 1}  # real and imaginary part / amplitude
 MAX_OBJECT_ESTIMATE_STEPS = 100  # default 2, 40 the documented hybrid (docs/findings.md); each step is an FFT pair per pattern
 GENERATOR_OUTPUTS = ("correction", "object")
+FLOAT32_WORDS_PER_TRAINED_WEIGHT = 4  # the weight, its gradient and Adam's two moments
 CONFIG_NAMES = ("model_config", "data_config", "training_config", "inference_config")
 
 
@@ -73,11 +74,28 @@ class PtychoPINN(torch.nn.Module):
         self.log_gain = torch.nn.Parameter(torch.zeros(()), requires_grad=bool(self.model_config.intensity_scale_trainable))
 
     def new_generator(self) -> torch.nn.Module:
-        """The generator of the current ``model_config``, initialised from ``seed`` (the global RNG is left alone)."""
+        """The generator of the current ``model_config``, initialised from ``seed`` (the global RNG is left alone).
+
+        Refused (ValueError) before any memory is taken: widths whose weights, with their gradients and Adam's two
+        moments, would need more than half of this machine's memory (shapes counted on the ``meta`` device)."""
+        self._check_generator_size()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             generator = build_generator(self.model_config, self.C, in_channels=self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input])
         return generator.to(memory_format=torch.channels_last)  # measured faster on CPU (docs/performance.md)
+
+    def _check_generator_size(self) -> None:
+        from ptycho_torch.model.footprint import memory_bytes
+
+        in_channels = self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input]
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in build_generator(self.model_config, self.C, in_channels=in_channels).parameters())
+        needed = parameters * 4 * FLOAT32_WORDS_PER_TRAINED_WEIGHT  # bytes
+        if needed > memory_bytes() // 2:
+            mc = self.model_config
+            raise ValueError(f"ModelConfig.n_filters_scale={mc.n_filters_scale!r} with base_filters={mc.base_filters!r}: the U-Net would hold "
+                             f"{parameters:,} weights ({needed / 2**30:.1f} GiB with their gradients and Adam's moments), more than half "
+                             f"of this machine's memory ({memory_bytes() / 2**30:.1f} GiB); lower n_filters_scale or base_filters")
 
     def configs(self) -> dict:
         """The four configs as plain dicts (what a checkpoint stores)."""

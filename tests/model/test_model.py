@@ -126,6 +126,8 @@ def test_dict_and_dataclass_configs_build_the_same_model():
     ("object_estimate_steps", float("inf"), "ModelConfig.object_estimate_steps"),
     ("generator_output", "region", "ModelConfig.generator_output"),
     ("truth_loss_weight", -1.0, "ModelConfig.truth_loss_weight"),
+    ("n_filters_scale", 4096, r"ModelConfig.n_filters_scale=4096 with base_filters=\d+: the U-Net would hold .* more than half of this "
+                              r"machine's memory .*; lower n_filters_scale or base_filters"),
 ])
 def test_unsupported_options_are_refused_by_name(field, value, message):
     data, model_config, training, inference = configs()
