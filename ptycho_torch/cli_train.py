@@ -161,22 +161,28 @@ def check_memory(files: list[Path], data: DataConfig, training: TrainingConfig) 
 
 def set_torch_threads(requested: int | None, training: TrainingConfig) -> int:
     """Compute with the threads :func:`choose_threads` picks for this process and return the loader workers it may
-    start: none beside ``--threads N`` (N is all the process computes with), else at most the cores it leaves free.
+    start: none beside ``--threads N`` (N is all the process computes with), else at most the cores its threads
+    (``OMP_NUM_THREADS`` when set, else one) leave free.
     Each choice is logged once (INFO)."""
     import os
 
     import torch
 
-    from ptycho_torch.threads import choose_threads, spare_loader_workers
+    from ptycho_torch.threads import choose_threads, environment_threads, spare_loader_workers
 
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     asked = int(training.num_workers)
-    workers = 0 if requested is not None else spare_loader_workers(asked, processes)
+    omp = environment_threads() if requested is None else None
+    if requested is not None:
+        workers, why = 0, f"as --threads {requested} is all this process computes with"
+    elif omp is not None:
+        workers, why = spare_loader_workers(asked, processes, threads=omp), f"the cores OMP_NUM_THREADS={omp} leaves free"
+    else:
+        workers, why = spare_loader_workers(asked, processes), "the cores this machine has to spare"
     choice = choose_threads(requested, workers, processes)
     torch.set_num_threads(choice.threads)
     logger.info("torch computes with %d thread(s) (%s); --threads N to change", torch.get_num_threads(), choice.reason)
     if workers < asked:
-        why = f"as --threads {requested} is all this process computes with" if requested is not None else "the cores this machine has to spare"
         logger.info("TrainingConfig.num_workers=%d: using %d loader worker(s), %s", asked, workers, why)
     return workers
 

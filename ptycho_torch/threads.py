@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["ThreadChoice", "available_cores", "choose_threads", "spare_loader_workers"]
+__all__ = ["ThreadChoice", "available_cores", "choose_threads", "environment_threads", "spare_loader_workers"]
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,16 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def spare_loader_workers(requested: int, processes: int = 1, cores: int | None = None) -> int:
-    """The loader workers training starts (``model.training.loader_workers``'s rule): at most the cores a process leaves free."""
+def spare_loader_workers(requested: int, processes: int = 1, cores: int | None = None, threads: int = 1) -> int:
+    """The loader workers training starts (``model.training.loader_workers``'s rule): at most the cores a process leaves
+    free beside its ``threads`` compute threads (1 when torch's threads follow the cores)."""
     cores = available_cores() if cores is None else cores
-    return min(int(requested), max(0, cores // max(1, processes) - 1))
+    return min(int(requested), max(0, cores // max(1, processes) - int(threads)))
+
+
+def environment_threads(environ: Mapping[str, str] | None = None) -> int | None:
+    """``OMP_NUM_THREADS`` when it is set to a positive integer, else None."""
+    return _positive_int((os.environ if environ is None else environ).get("OMP_NUM_THREADS"))
 
 
 def choose_threads(requested: int | None = None, loader_workers: int = 0, processes: int = 1,
@@ -36,8 +42,7 @@ def choose_threads(requested: int | None = None, loader_workers: int = 0, proces
     cores (``cores // processes``) less its ``loader_workers``, at least 1."""
     if requested is not None:
         return ThreadChoice(int(requested), "--threads")
-    environ = os.environ if environ is None else environ
-    omp = _positive_int(environ.get("OMP_NUM_THREADS"))
+    omp = environment_threads(environ)
     if omp is not None:
         return ThreadChoice(omp, f"OMP_NUM_THREADS={omp}")
     cores = available_cores() if cores is None else cores

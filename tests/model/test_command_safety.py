@@ -539,6 +539,35 @@ def test_train_threads_start_no_loader_worker_beyond_them_and_say_so_once(tmp_pa
     assert lines == ["TrainingConfig.num_workers=4: using 0 loader worker(s), as --threads 1 is all this process computes with"], lines
 
 
+@pytest.mark.parametrize("omp, cores, workers, why", [
+    ("2", 2, 0, "the cores OMP_NUM_THREADS=2 leaves free"),
+    ("1", 4, 3, "the cores OMP_NUM_THREADS=1 leaves free"),
+    ("3", 8, 4, None),
+    (None, 2, 1, "the cores this machine has to spare"),
+])
+def test_train_loader_workers_fit_beside_the_threads_omp_num_threads_sets(monkeypatch, caplog, omp, cores, workers, why):
+    """OMP_NUM_THREADS=2 on 2 cores once still started a loader worker beside the 2 compute threads."""
+    import logging
+
+    from ptycho_torch import cli_train, threads
+    from ptycho_torch.config_params import TrainingConfig
+
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="ptycho_torch.train"):
+            assert cli_train.set_torch_threads(None, TrainingConfig(num_workers=4)) == workers
+    finally:
+        torch.set_num_threads(before)
+    lines = [r.getMessage() for r in caplog.records if "TrainingConfig.num_workers" in r.getMessage()]
+    assert lines == ([] if why is None else [f"TrainingConfig.num_workers=4: using {workers} loader worker(s), {why}"]), lines
+
+
 # ---- issue 29 item 7: a directory is not a scan; the memory map goes to the cache directory, not beside the output ------
 
 def test_reconstruct_a_directory_says_it_takes_one_scan_file(checkpoint, tmp_path):
