@@ -123,7 +123,7 @@ def test_start_physics_writes_the_physics_input_without_the_network(tmp_path):
     from ptycho_torch.pretrained import load_pretrained
 
     result, _ = _reconstruct("pretrained", NPZ, "--output", tmp_path / "p.npz", "--data-dir", tmp_path / "memmap", "--start", "physics",
-                             "--canvas", "object", "--precision", "fp32", "--no-png", "--quiet", cwd=tmp_path)
+                             "--canvas", "object", "--no-png", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     network = load_pretrained()
     training = replace(network.training_config, n_groups=512)
