@@ -149,6 +149,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
                                       refine_update=refine_update(args) if args.refine else None, start=args.start)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
+    from ptycho.scan_file import is_reconstruction
+    from ptycho_torch.plot import is_reconstruction_png
+
+    for path, option, ours in ((output, "--output", is_reconstruction), (png, "the PNG (--no-png to skip it)", is_reconstruction_png)):
+        if path is not None:  # again: another program may have put a file there while this one computed
+            refuse_foreign_output(path, option, ours)
     write_reconstruction(output, result)
     print(output)
     reference = None
@@ -247,12 +253,23 @@ def check_output_path(path: Path, option: str, inputs: tuple[Path, ...], replace
             raise UsageError(f"{option} {path} is the input {source}; {PROG} never overwrites an input; choose another path")
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {path / 'reconstruction.npz'}")
-    if replaceable is not None and path.exists() and not replaceable(path):
-        raise UsageError(f"{option} {path} exists and is not an earlier output of {PROG}, which replaces only its own files; "
-                         "move it away or choose another path")
+    refuse_foreign_output(path, option, replaceable)
     fix = f"choose another {option} in a directory you can write"
     make_directory(path.parent, "output directory", fix)
     require_writable_directory(path.parent, fix)
+
+
+def refuse_foreign_output(path: Path, option: str, replaceable=None) -> None:
+    """Refuse an existing ``path`` that is not a regular file (a FIFO or a device is never opened) or that
+    ``replaceable`` does not recognise as this command's own earlier output."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise UsageError(f"{option} {path} exists and is not a regular file; choose another path")
+    if replaceable is not None and not replaceable(path):
+        raise UsageError(f"{option} {path} exists and is not recognisably an output of {PROG} (an NPZ with its "
+                         f"'{RECONSTRUCTION_MARKER}' member, or a PNG with its panel titles), and {PROG} replaces only those; "
+                         "move it away or choose another path")
 
 
 def choose_device(requested: str, cuda_available: bool | None = None):

@@ -195,7 +195,7 @@ def is_reconstruction_png(path) -> bool:
     try:
         with Image.open(path) as picture:
             return picture.format == "PNG" and PNG_INFO_KEY in getattr(picture, "text", {})
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return False
 
 

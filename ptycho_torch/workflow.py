@@ -63,6 +63,13 @@ def _settings_device(requested):
         device = None
     if device is None or device.type not in DEVICE_TYPES:
         raise ValueError(f"ReconstructionSettings.device={requested!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    if device.type == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"ReconstructionSettings.device={requested!r}: torch sees {count} CUDA device(s) here; use 'cpu' or 'auto'"
+                             + (f", or 'cuda:0' to 'cuda:{count - 1}'" if count else ""))
     return device
 
 

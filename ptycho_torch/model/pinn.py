@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict
 
 import torch
@@ -107,7 +108,7 @@ class PtychoPINN(torch.nn.Module):
         if mc.generator_input not in INPUT_IMAGES_PER_MEMBER:
             raise ValueError(f"ModelConfig.generator_input={mc.generator_input!r}; use one of {sorted(INPUT_IMAGES_PER_MEMBER)}")
         steps = mc.object_estimate_steps
-        if mc.generator_input == "object_estimate" and not (isinstance(steps, (int, float)) and not isinstance(steps, bool) and math.isfinite(steps)
+        if mc.generator_input == "object_estimate" and not (isinstance(steps, numbers.Real) and not isinstance(steps, bool) and math.isfinite(steps)
                                                             and int(steps) == steps and 1 <= steps <= MAX_OBJECT_ESTIMATE_STEPS):
             raise ValueError(f"ModelConfig.object_estimate_steps={steps!r} must be an integer from 1 to {MAX_OBJECT_ESTIMATE_STEPS} "
                              "(the default is 2; or set generator_input='diffraction')")

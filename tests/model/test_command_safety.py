@@ -112,10 +112,10 @@ def test_reconstruct_replaces_only_its_own_earlier_outputs(checkpoint, tmp_path)
 
     Image.new("L", (4, 4)).save(picture)
     kept = {path: sha256(path) for path in (other_scan, notes, picture)}
-    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", other_scan, "--quiet"), str(other_scan), "not an earlier output")
-    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", notes, "--no-png", "--quiet"), str(notes), "not an earlier output")
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", other_scan, "--quiet"), str(other_scan), "not recognisably an output")
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", notes, "--no-png", "--quiet"), str(notes), "not recognisably an output")
     assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", tmp_path / "figure.npz", "--quiet"), str(picture),
-                          "not an earlier output")
+                          "not recognisably an output")
     assert {path: sha256(path) for path in kept} == kept
     assert not (tmp_path / "other_scan.png").exists() and not (tmp_path / "figure.npz").exists()
     output = tmp_path / "recon.npz"
@@ -123,6 +123,54 @@ def test_reconstruct_replaces_only_its_own_earlier_outputs(checkpoint, tmp_path)
         result = reconstruct(checkpoint, NPZ, "--output", output, "--quiet")
         assert result.returncode == 0, result.stderr
     assert output.is_file() and output.with_suffix(".png").is_file()
+
+
+def test_an_output_that_is_a_fifo_or_a_huge_picture_is_refused_without_reading_it(checkpoint, tmp_path):
+    """The check of an existing output once opened a FIFO (and waited for a writer forever) and let Pillow's
+    decompression-bomb error escape as an internal error."""
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", fifo, "--no-png", "--quiet", timeout=120), str(fifo), "not a regular file")
+    os.mkfifo(tmp_path / "pipe2.png")
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", tmp_path / "pipe2.npz", "--quiet", timeout=120), "pipe2.png",
+                          "not a regular file")
+    assert time.monotonic() - started < 100
+    from PIL import Image
+
+    import io
+    import struct
+    import zlib
+
+    small = io.BytesIO()
+    Image.new("L", (4, 4)).save(small, format="PNG")
+    data = bytearray(small.getvalue())  # its IHDR made to claim 30000 x 30000 pixels (bytes 16-28, CRC 29-32)
+    data[16:24] = struct.pack(">II", 30000, 30000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    assert_one_line_error(reconstruct(checkpoint, NPZ, "--output", tmp_path / "bomb.npz", "--quiet"), str(bomb), "not recognisably an output")
+
+
+def test_a_file_put_at_the_output_while_the_command_computes_is_kept(checkpoint, tmp_path, monkeypatch):
+    """The output is checked again just before it is written: the check before the work alone left minutes for another program."""
+    from ptycho_torch import cli_reconstruct, workflow
+
+    output = tmp_path / "recon.npz"
+    real = workflow.reconstruct_scan
+
+    def computing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        output.write_text("written by another program meanwhile")
+        return result
+
+    monkeypatch.setattr(workflow, "reconstruct_scan", computing)
+    status = cli_reconstruct.main([str(checkpoint), str(NPZ), "--output", str(output), "--n-groups", "16", "--no-png", "--quiet",
+                                   "--data-dir", str(tmp_path / "memmap")])
+    assert status == 2
+    assert output.read_text() == "written by another program meanwhile"
 
 
 def test_reconstruct_refuses_an_output_named_like_its_png(checkpoint, tmp_path):

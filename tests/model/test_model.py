@@ -137,6 +137,13 @@ def test_unsupported_options_are_refused_by_name(field, value, message):
         PtychoPINN_Lightning({"n_filter_scale": 1}, data, training, inference)
 
 
+def test_numpy_integers_are_accepted_as_estimate_steps():
+    """A bound check written with isinstance(int) refused np.int64(2), which configs read from arrays hold."""
+    data, model_config, training, inference = configs()
+    network = PtychoPINN_Lightning(replace(model_config, object_estimate_steps=np.int64(2)), data, training, inference).network
+    assert network.model_config.object_estimate_steps == 2
+
+
 def test_the_warm_up_cosine_schedule_is_one_the_data_pipeline_accepts_too(memmap_dir):
     """The model offered 'Cosine', which the dataset's config refused; both now take PtychoPINN's 'WarmupCosine'."""
     data, model_config, training, inference = configs(n_groups=16, epochs=3, scheduler="WarmupCosine", lr_warmup_epochs=1, lr_min_ratio=0.0)

@@ -104,6 +104,7 @@ def test_the_workflow_honours_every_reconstruction_setting(setup):
     (dict(batch_size=-5), "batch_size=-5 must be an integer >= 1"), (dict(batch_size=0), "batch_size=0"),
     (dict(batch_size=2.5), "batch_size=2.5"), (dict(batch_size=True), "batch_size=True"),
     (dict(device="meta"), "device='meta' is not supported"), (dict(device="tpu"), "device='tpu' is not supported"),
+    (dict(device="cuda:99"), "device='cuda:99': torch sees"),
     (dict(precision="fp16"), "precision='fp16'"), (dict(groups="some"), "groups='some'"),
     (dict(refine_iterations=-1), "refine_iterations=-1"), (dict(refine_iterations=2.5), "refine_iterations=2.5"),
 ])
