@@ -8,7 +8,7 @@ seed 1, written to ``--corpus`` when absent) after each of ``--ks`` sweeps (``re
 update), on its objectGuess's grid, against that objectGuess; random ``--crop`` crops, loss ``physics.phase_invariant_error``
 weighted by the probe coverage. The network multiplies the object (divided by its mean covered amplitude) by
 ``A exp(i phi)`` (``--phase-only``: by ``exp(i phi)``). ``eval`` scores ``flat+k`` and ``flat+k -> network`` (``--after N``: then N
-more sweeps) on ``bench_pretrained``'s held-out scans of ``--heldout-seed`` and the embedded scan (``bench_ptychi.score_reconstruction``).
+more sweeps; ``--gate``: the network's output kept only where the summed modulus misfit of one parallel update does not rise) on ``bench_pretrained``'s held-out scans of ``--heldout-seed`` and the embedded scan (``bench_ptychi.score_reconstruction``).
 benchmarks/RESULTS.md, "A network over the whole refined object", has the runs.
 """
 import argparse, json, logging, sys, time
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.experiments.report import print_scan, write_record
 from ptycho_torch.model import physics
 from ptycho_torch.model.networks import UNetGenerator
 from ptycho_torch.model.refine import flat_start, refine
@@ -26,6 +27,13 @@ from ptycho.scan_file import read_scan
 def sweep(ds, canvas, k):
     s = flat_start(ds, canvas)
     return refine(s, ds, k, progress=False) if k else s
+
+def misfit(ds, rec, obj):
+    """Sum over scan points of the modulus misfit of ``obj`` (H, W complex, sweep units) on ``rec``'s canvas."""
+    from ptycho_torch.model.refine import _sweep_factory, PARALLEL
+    sw = _sweep_factory(ds, rec.canvas, 0, 256)(PARALLEL, track_misfit=True)
+    sw(torch.from_numpy(np.ascontiguousarray(obj)).to(torch.complex64).reshape(-1))
+    return float(sw.misfit)
 
 def normalise(obj, coverage):
     covered = coverage > 0.05 * coverage.max()
@@ -142,6 +150,15 @@ def evaluate(args):
                         y = np.where(covered | (r.object != 0), y, 0)
                     tc = ts + time.process_time() - t
                     rec[f"flat+{k} -> {name}"] = {**bench_ptychi.score_reconstruction(y, loaded), "cpu_s": tc}
+                    if args.gate:
+                        t = time.process_time()
+                        scale = np.abs(r.object[covered]).mean() if covered.any() else 1
+                        y_units = (y * scale).astype(np.complex64)
+                        m0, m1 = misfit(ds, r, r.object), misfit(ds, r, y_units)
+                        chosen = y if m1 <= m0 else r.object
+                        rec[f"flat+{k} -> {name} gated"] = {**bench_ptychi.score_reconstruction(chosen, loaded),
+                                                             "cpu_s": tc + time.process_time() - t, "misfit_in": m0, "misfit_out": m1,
+                                                             "accepted": bool(m1 <= m0)}
                     for extra in args.after:
                         import dataclasses
                         t = time.process_time()
@@ -149,15 +166,8 @@ def evaluate(args):
                         rr = refine(start, ds, extra, progress=False)
                         rec[f"flat+{k} -> {name} +{extra}"] = {**bench_ptychi.score_reconstruction(rr.object, loaded), "cpu_s": tc + time.process_time() - t}
             out[scan.stem] = {"kind": kind, "ways": rec}
-            print(scan.stem, kind, {w: (round(v["amplitude_r"], 3), round(v["phase_r"], 3), round(v["cpu_s"], 2)) for w, v in rec.items()}, flush=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
-    kinds = {}
-    for e in out.values():
-        kinds.setdefault(e["kind"], []).append(e["ways"])
-    for kind, entries in kinds.items():
-        for w in entries[0]:
-            m = lambda key: np.mean([x[w][key] for x in entries])
-            print(f"{kind:11s} {w:24s} {m('amplitude_r'):.3f} / {m('phase_r'):.3f}  {m('cpu_s'):.2f} s")
+            print_scan(scan.stem, kind, rec)
+    write_record(out, args.json)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -168,6 +178,6 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=2e-3); p.add_argument("--seed", type=int, default=0); p.add_argument("--heldout-seed", type=int, default=1000); p.add_argument("--phase-only", action="store_true"); p.add_argument("--out", default="data/experiments/canvas.pt")
     p.add_argument("--model", action="append", default=[]); p.add_argument("--heldout", default="data/experiments/heldout1000"); p.add_argument("--work", default="data/experiments/canvas-eval")
     p.add_argument("--sweeps", type=int, nargs="+", default=[3, 5, 8, 10, 15, 20]); p.add_argument("--k-net", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--json", default="data/experiments/canvas_eval.json"); p.add_argument("--after", type=int, nargs="*", default=[])
+    p.add_argument("--json", default="data/experiments/canvas_eval.json"); p.add_argument("--after", type=int, nargs="*", default=[]); p.add_argument("--gate", action="store_true")
     a = p.parse_args()
     train(a) if a.mode == "train" else evaluate(a)

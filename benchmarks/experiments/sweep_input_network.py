@@ -15,6 +15,7 @@ import numpy as np
 import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.experiments.report import print_scan, write_record
 from ptycho_torch.model import physics
 from ptycho_torch.model.pinn import PtychoPINN
 from ptycho_torch.model.refine import flat_start, refine, RefinementUpdate
@@ -126,15 +127,8 @@ def evaluate(args):
                     rec[f"flat+{k} -> stitched windows"] = {**bench_ptychi.score_reconstruction(r2.object, loaded), "cpu_s": ts + time.process_time() - t}
                 PtychoPINN.generator_input = orig
             out[scan.stem] = {"kind": kind, "ways": rec}
-            print(scan.stem, kind, {w: (round(v["amplitude_r"], 3), round(v["phase_r"], 3), round(v["cpu_s"], 2)) for w, v in rec.items()}, flush=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
-    kinds = {}
-    for e in out.values():
-        kinds.setdefault(e["kind"], []).append(e["ways"])
-    for kind, entries in kinds.items():
-        for w in entries[0]:
-            m = lambda key: np.mean([x[w][key] for x in entries])
-            print(f"{kind:11s} {w:34s} {m('amplitude_r'):.3f} / {m('phase_r'):.3f}  {m('cpu_s'):.2f} s")
+            print_scan(scan.stem, kind, rec)
+    write_record(out, args.json)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
