@@ -88,6 +88,9 @@ class PtychoPINN(torch.nn.Module):
     def _check_generator_size(self) -> None:
         from ptycho_torch.model.footprint import memory_bytes
 
+        if torch.get_default_device().type == "meta":
+            return  # shapes only (checkpoints.require_weights_fit compares them with the weights): nothing is allocated
+
         in_channels = self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input]
         with torch.device("meta"):
             parameters = sum(p.numel() for p in build_generator(self.model_config, self.C, in_channels=in_channels).parameters())
