@@ -117,9 +117,10 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     from ptycho.scan_file import is_reconstruction
     from ptycho_torch.plot import is_reconstruction_png
 
-    for path, option, ours in ((output, "--output", is_reconstruction), (png, "the PNG (--no-png to skip it)", is_reconstruction_png)):
-        if path is not None:
-            check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
+    outputs = [(path, option, ours) for path, option, ours in ((output, "--output", is_reconstruction),
+                                                               (png, "the PNG (--no-png to skip it)", is_reconstruction_png)) if path is not None]
+    for path, option, ours in outputs:
+        check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
     try:
@@ -149,12 +150,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
                                       refine_update=refine_update(args) if args.refine else None, start=args.start)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
-    from ptycho.scan_file import is_reconstruction
-    from ptycho_torch.plot import is_reconstruction_png
-
-    for path, option, ours in ((output, "--output", is_reconstruction), (png, "the PNG (--no-png to skip it)", is_reconstruction_png)):
-        if path is not None:  # again: another program may have put a file there while this one computed
-            refuse_foreign_output(path, option, ours)
+    for path, option, ours in outputs:  # again: another program may have put a file there while this one computed
+        refuse_foreign_output(path, option, ours)
     write_reconstruction(output, result)
     print(output)
     reference = None

@@ -172,7 +172,7 @@ def set_torch_threads(requested: int | None, training: TrainingConfig) -> int:
 
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     asked = int(training.num_workers)
-    omp = environment_threads() if requested is None else None
+    omp = environment_threads()
     if requested is not None:
         workers, why = 0, f"as --threads {requested} is all this process computes with"
     elif omp is not None:

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReconstructionSettings", "STARTS", "reconstruct_scan", "resolve_device", "train_model"]
 
 STARTS = ("network", "physics", "flat")  # what the object (and its refinement) starts from
-PRECISION_CHOICES = ("auto", "fp32", "bf16")  # ReconstructionSettings.precision (pinn.choose_precision)
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -80,7 +79,7 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     predicted and stitched (:func:`~ptycho_torch.model.stitching.reconstruct`) and, with
     ``refine_iterations``, refined. Returns the :class:`~ptycho_torch.model.stitching.Reconstruction`.
     """
-    from ptycho_torch.model.pinn import choose_precision
+    from ptycho_torch.model.pinn import PRECISIONS, choose_precision
     from ptycho_torch.model.stitching import GROUP_SELECTIONS, check_batch_size, reconstruct
 
     if settings.start not in STARTS:
@@ -90,8 +89,8 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     if settings.refine_update is not None and not settings.refine_iterations:
         raise ValueError("ReconstructionSettings.refine_update says how refinement updates the object, but refine_iterations is 0: "
                          "give refine_iterations >= 1, or leave refine_update out")
-    if settings.precision not in PRECISION_CHOICES:
-        raise ValueError(f"ReconstructionSettings.precision={settings.precision!r}; use one of {PRECISION_CHOICES}")
+    if settings.precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"ReconstructionSettings.precision={settings.precision!r}; use one of {('auto', *PRECISIONS)}")
     check_batch_size(settings.batch_size, "ReconstructionSettings.batch_size")
     if settings.groups not in GROUP_SELECTIONS:
         raise ValueError(f"ReconstructionSettings.groups={settings.groups!r}; use one of {GROUP_SELECTIONS}")

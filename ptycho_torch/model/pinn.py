@@ -94,12 +94,12 @@ class PtychoPINN(torch.nn.Module):
         in_channels = self.C * INPUT_IMAGES_PER_MEMBER[self.model_config.generator_input]
         with torch.device("meta"):
             parameters = sum(p.numel() for p in build_generator(self.model_config, self.C, in_channels=in_channels).parameters())
-        needed = parameters * 4 * FLOAT32_WORDS_PER_TRAINED_WEIGHT  # bytes
-        if needed > memory_bytes() // 2:
+        needed, memory = parameters * 4 * FLOAT32_WORDS_PER_TRAINED_WEIGHT, memory_bytes()  # bytes
+        if needed > memory // 2:
             mc = self.model_config
             raise ValueError(f"ModelConfig.n_filters_scale={mc.n_filters_scale!r} with base_filters={mc.base_filters!r}: the U-Net would hold "
                              f"{parameters:,} weights ({needed / 2**30:.1f} GiB with their gradients and Adam's moments), more than half "
-                             f"of this machine's memory ({memory_bytes() / 2**30:.1f} GiB); lower n_filters_scale or base_filters")
+                             f"of this machine's memory ({memory / 2**30:.1f} GiB); lower n_filters_scale or base_filters")
 
     def configs(self) -> dict:
         """The four configs as plain dicts (what a checkpoint stores)."""
