@@ -6,7 +6,7 @@ EXTRAS ?= torch,train,test,plot,ptychodus
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test bench bench-ptychi dataset pretrained clean-venv
+.PHONY: demo test bench bench-ptychi dataset pretrained object-network clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,8 @@ clean-venv:
 # About an hour of one CPU core (the record beside the weights says how long it took).
 pretrained: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m ptycho_torch.pretrained.build --threads 1
+
+# The shipped whole-object network (ptycho_torch/pretrained/build_object_network.py: the same corpus refined, then trained);
+# rerun to resume.
+object-network: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m ptycho_torch.pretrained.build_object_network --threads 1

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"with --refine (3 or more): once one of the first 20 sweeps lowers the data misfit by less than this "
                              f"fraction of the previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
                              f"they average the noise of low-dose scans; in [0, 1) (default {REFINE_PLATEAU}; 0: never)")
+    parser.add_argument("--object-network", type=positive_int, default=None, metavar="SWEEP",
+                        help="with --start flat and --refine N: after sweep SWEEP (below N) the shipped whole-object network "
+                             "corrects the object; the remaining sweeps run from its correction and from the object without it, "
+                             "and the one that fits the measured patterns better is kept (those sweeps cost twice; "
+                             "benchmarks/RESULTS.md has where it helps)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -127,6 +132,13 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         model_for_pattern_size(args.checkpoint, scan.N)
     except UnknownModelError as exc:
         raise UsageError(f"{args.scan}: {exc}") from None
+    if args.object_network:
+        from ptycho_torch.pretrained import object_network_for_pattern_size
+
+        try:
+            object_network_for_pattern_size(scan.N)
+        except UnknownModelError as exc:
+            raise UsageError(f"{args.scan}: --object-network: {exc}") from None
     canvas = _canvas(args, scan)
     device = choose_device(args.device)
 
@@ -148,7 +160,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     settings = ReconstructionSettings(device=str(device), precision=args.precision or "auto", batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
                                       groups=args.groups or DEFAULT_GROUPS,
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
-                                      refine_update=refine_update(args) if args.refine else None, start=args.start)
+                                      refine_update=refine_update(args) if args.refine else None, start=args.start,
+                                      object_network_after=args.object_network or 0)
     result = reconstruct_scan(model, dataset, settings, canvas=canvas)
     for path, option, ours in outputs:  # again: another program may have put a file there while this one computed
         refuse_foreign_output(path, option, ours)
@@ -182,7 +195,8 @@ def fraction(text: str) -> float:
 def check_start_options(args: argparse.Namespace) -> None:
     """Options of a network that ``--start`` does not run would do nothing: refused (``--start physics`` runs no U-Net,
     ``--start flat`` no network at all)."""
-    unused = {"flat": ("--precision", "--batch-size", "--groups"), "physics": ("--precision",)}.get(args.start, ())
+    unused = {"flat": ("--batch-size", "--groups") + (() if args.object_network else ("--precision",)),
+              "physics": ("--precision",)}.get(args.start, ())
     given = [option for option in unused if getattr(args, option[2:].replace("-", "_")) is not None]
     if given:
         runs = "runs no network" if args.start == "flat" else "does not run the U-Net, whose arithmetic --precision sets"
@@ -196,6 +210,13 @@ def check_refine_options(args: argparse.Namespace) -> None:
                                           ("--refine-plateau", args.refine_plateau)) if value is not None]
     if args.start == "flat" and args.refine == 0:
         raise UsageError("--start flat is a unit object: give --refine ITERATIONS (e.g. 10) to reconstruct from it")
+    if args.object_network is not None:
+        if args.start != "flat":
+            raise UsageError(f"--object-network corrects an object refined from a unit object, as it was trained: give --start flat "
+                             f"(got --start {args.start})")
+        if args.refine <= args.object_network:
+            raise UsageError(f"--object-network {args.object_network} runs after that sweep and the sweeps after it decide whether its "
+                             f"correction is kept: give --refine above {args.object_network} (got {args.refine})")
     if given and args.refine == 0:
         raise UsageError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} how --refine updates the object; "
                          "give --refine ITERATIONS too, or leave it out")

@@ -31,7 +31,10 @@ class ReconstructionSettings:
     the object as ``refine_update`` says (:class:`~ptycho_torch.model.refine.RefinementUpdate`; None: its defaults);
     ``start``: what refinement starts from, ``'network'`` (the single pass), ``'physics'`` (the network's physics input
     alone, the U-Net not run) or ``'flat'`` (a unit object, :func:`~ptycho_torch.model.refine.flat_start`: no
-    prediction at all; needs ``refine_iterations``).
+    prediction at all; needs ``refine_iterations``); ``object_network_after``: with ``start='flat'``, the refinement sweep
+    after which the shipped whole-object network corrects the object (0: never; :mod:`~ptycho_torch.model.object_network`):
+    the remaining sweeps run from its correction and from the object without it, and the one that fits the data better is
+    kept (so those sweeps cost twice).
     """
 
     device: str = "auto"
@@ -43,6 +46,7 @@ class ReconstructionSettings:
     progress: bool = True
     refine_update: "RefinementUpdate | None" = None
     start: str = "network"
+    object_network_after: int = 0
 
 
 def resolve_device(requested="auto"):
@@ -97,7 +101,19 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     iterations = settings.refine_iterations
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
         raise ValueError(f"ReconstructionSettings.refine_iterations={iterations!r} must be an integer >= 0 (0: no refinement)")
+    after = settings.object_network_after
+    if isinstance(after, bool) or not isinstance(after, numbers.Integral) or after < 0:
+        raise ValueError(f"ReconstructionSettings.object_network_after={after!r} must be an integer >= 0 (0: no object network)")
+    if after and (settings.start != "flat" or after >= iterations):
+        raise ValueError(f"ReconstructionSettings.object_network_after={after!r} needs start='flat' (the object network was trained on "
+                         f"objects refined from a unit object) and refine_iterations above it (the sweeps after it decide whether its "
+                         f"correction is kept); got start={settings.start!r}, refine_iterations={iterations!r}")
     device = _settings_device(settings.device)
+    if after:
+        from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
+
+        object_network_for_pattern_size(dataset.N)
+        object_network = load_object_network().to(device)
     network = getattr(network, "network", network)
     network.to(device)
     network.precision = choose_precision(settings.precision, device)
@@ -116,8 +132,13 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     if settings.refine_iterations:
         from ptycho_torch.model.refine import RefinementUpdate, refine
 
-        result = refine(result, dataset, settings.refine_iterations, update=settings.refine_update or RefinementUpdate(),
-                        progress=settings.progress)
+        update = settings.refine_update or RefinementUpdate()
+        result = refine(result, dataset, after or iterations, update=update, progress=settings.progress)
+        if after:
+            from ptycho_torch.model.object_network import refine_with_object_network
+
+            result, _ = refine_with_object_network(result, dataset, object_network, iterations - after, update=update,
+                                                   bf16=choose_precision(settings.precision, device) == "bf16", progress=settings.progress)
     return result
 
 

@@ -165,6 +165,19 @@ def evaluate(args):
                         start = dataclasses.replace(r, object=(y * (np.abs(r.object[covered]).mean() if covered.any() else 1)).astype(np.complex64))
                         rr = refine(start, ds, extra, progress=False)
                         rec[f"flat+{k} -> {name} +{extra}"] = {**bench_ptychi.score_reconstruction(rr.object, loaded), "cpu_s": tc + time.process_time() - t}
+                    for extra in args.gate_after:
+                        import dataclasses
+                        t = time.process_time()
+                        scale = np.abs(r.object[covered]).mean() if covered.any() else 1
+                        from_net = refine(dataclasses.replace(r, object=(y * scale).astype(np.complex64)), ds, extra, progress=False)
+                        from_sweeps = refine(r, ds, extra, progress=False)
+                        m_net, m_sweeps = misfit(ds, r, from_net.object), misfit(ds, r, from_sweeps.object)
+                        chosen = from_net.object if m_net <= m_sweeps else from_sweeps.object
+                        rec[f"flat+{k} -> {name} gate+{extra}"] = {**bench_ptychi.score_reconstruction(chosen, loaded),
+                                                                   "cpu_s": tc + time.process_time() - t, "misfit_net": m_net,
+                                                                   "misfit_sweeps": m_sweeps, "accepted": bool(m_net <= m_sweeps),
+                                                                   "net": bench_ptychi.score_reconstruction(from_net.object, loaded),
+                                                                   "sweeps": bench_ptychi.score_reconstruction(from_sweeps.object, loaded)}
             out[scan.stem] = {"kind": kind, "ways": rec}
             print_scan(scan.stem, kind, rec)
     write_record(out, args.json)
@@ -179,5 +192,6 @@ if __name__ == "__main__":
     p.add_argument("--model", action="append", default=[]); p.add_argument("--heldout", default="data/experiments/heldout1000"); p.add_argument("--work", default="data/experiments/canvas-eval")
     p.add_argument("--sweeps", type=int, nargs="+", default=[3, 5, 8, 10, 15, 20]); p.add_argument("--k-net", type=int, nargs="+", default=[5, 10])
     p.add_argument("--json", default="data/experiments/canvas_eval.json"); p.add_argument("--after", type=int, nargs="*", default=[]); p.add_argument("--gate", action="store_true")
+    p.add_argument("--gate-after", type=int, nargs="*", default=[])
     a = p.parse_args()
     train(a) if a.mode == "train" else evaluate(a)

@@ -18,7 +18,7 @@ from ptycho_torch.model.stitching import COVERAGE_FLOOR, Canvas, Reconstruction,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RefinementUpdate", "flat_start", "refine"]
+__all__ = ["RefinementUpdate", "data_misfit", "flat_start", "refine"]
 
 PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit waves are held at once (memory, not the result)
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
@@ -137,6 +137,15 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s%s)", exp.scan.path, iterations,
                 n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum, step, switch)
     return replace(result, object=refined)
+
+
+@torch.inference_mode()
+def data_misfit(result: Reconstruction, dataset, *, experiment: int = 0, batch_size: int = PATTERNS_PER_BATCH) -> float:
+    """How far ``result.object`` is from the measured patterns: :func:`physics.modulus_misfit` of every scan point from
+    this one object (the parallel update's), summed, in the units :func:`refine` works in."""
+    sweep = _sweep_factory(dataset, result.canvas, experiment, batch_size)(PARALLEL, track_misfit=True)
+    sweep(torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1))
+    return float(sweep.misfit)
 
 
 def flat_start(dataset, canvas: Canvas | None = None, *, experiment: int = 0, batch_size: int = PATTERNS_PER_BATCH) -> Reconstruction:

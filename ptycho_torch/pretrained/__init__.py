@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "MODELS_DIR", "UnknownModelError", "available_models", "load_pretrained", "resolve_checkpoint"]
+__all__ = ["DEFAULT_MODEL", "MODELS_DIR", "UnknownModelError", "available_models", "load_object_network", "load_pretrained",
+           "resolve_checkpoint"]
 
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "pretrained"
 # name -> (weights file, pattern size N); each has a training record <stem>.json beside it (python -m ptycho_torch.pretrained.build)
 SHIPPED = {"pretrained": ("pinn64.ckpt", 64)}
+# The whole-object network (ptycho_torch.model.object_network): weights file and the pattern size of the scans it was trained
+# on; its training record <stem>.json beside it (python -m ptycho_torch.pretrained.build_object_network)
+OBJECT_NETWORK = ("object64.pt", 64)
 
 
 class UnknownModelError(ValueError):
@@ -50,6 +54,28 @@ def load_pretrained(name: str = DEFAULT_MODEL, map_location="cpu"):
     if name not in SHIPPED:
         raise UnknownModelError(f"no shipped model is called {name!r}; shipped models: {_listing()}")
     return load_network(resolve_checkpoint(name), map_location=map_location)
+
+
+def load_object_network(map_location="cpu"):
+    """The shipped whole-object network (:class:`~ptycho_torch.model.object_network.ObjectNetwork`) in eval mode."""
+    import torch
+
+    from ptycho_torch.model.object_network import ObjectNetwork
+
+    path = MODELS_DIR / OBJECT_NETWORK[0]
+    if not path.is_file():
+        raise UnknownModelError(f"the shipped object network is missing from this installation ({path}); rebuild it with "
+                                "`make object-network`")
+    network = ObjectNetwork()
+    network.unet.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return network.eval()
+
+
+def object_network_for_pattern_size(N: int) -> None:
+    """Refuse the object network for a scan of patterns of another size than its training scans had."""
+    if OBJECT_NETWORK[1] != int(N):
+        raise UnknownModelError(f"the shipped object network was trained on scans of {OBJECT_NETWORK[1]} x {OBJECT_NETWORK[1]} patterns, "
+                                f"not {N} x {N}; reconstruct without it")
 
 
 def training_record(name: str = DEFAULT_MODEL) -> dict:

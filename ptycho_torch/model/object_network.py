@@ -1,0 +1,95 @@
+"""A network over the whole refined object: one correction, kept only when the sweeps after it fit the data better."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ptycho_torch.model.networks import UNetGenerator
+from ptycho_torch.model.stitching import COVERAGE_FLOOR, Reconstruction
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ObjectNetwork", "correct_object", "refine_with_object_network"]
+
+MULTIPLE_PX = 8  # the U-Net pools three times: its input's sides are multiples of this
+TILE_PX = 512  # the object is corrected in tiles of this side (memory), each read with MARGIN_PX more on every side
+MARGIN_PX = 64
+COVERED_FRACTION = 0.05  # of the coverage's maximum: the pixels whose mean amplitude sets the network's input scale
+
+
+class ObjectNetwork(torch.nn.Module):
+    """The U-Net of the group network (base width 16, batch norm, shared decoder) on a whole object.
+
+    Its input is the object divided by its mean covered amplitude, as ``Re - 1`` and ``Im``; its output
+    multiplies that object by ``A exp(i phi)``. Trained on objects after 5 and 10 refinement sweeps from a unit
+    object (:mod:`ptycho_torch.pretrained.build_object_network`).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.unet = UNetGenerator(1, 1, base_filters=16, in_channels=2, batch_norm=True, use_shared_decoder=True)
+        self.unet.to(memory_format=torch.channels_last)
+
+    def forward(self, obj: torch.Tensor, *, bf16: bool = False) -> torch.Tensor:
+        """``(B, H, W)`` complex object in units of its mean amplitude (``H``, ``W`` multiples of 8) -> corrected, same shape."""
+        x = torch.stack([obj.real - 1, obj.imag], dim=1).contiguous(memory_format=torch.channels_last)
+        if bf16:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                amp_features, phase_features = self.unet.features(x)
+            amplitude, phase = self.unet.heads(amp_features.float(), phase_features.float())
+        else:
+            amplitude, phase = self.unet(x)
+        return obj * torch.polar(amplitude[:, 0].float(), phase[:, 0].float())
+
+
+def mean_covered_amplitude(obj: np.ndarray, coverage: np.ndarray) -> tuple[float, np.ndarray]:
+    """The object's mean amplitude where the probe weight is at least ``COVERED_FRACTION`` of its maximum, and that mask."""
+    covered = coverage > COVERED_FRACTION * coverage.max()
+    scale = float(np.abs(obj[covered]).mean()) if covered.any() else 1.0
+    return (scale if scale > 0 else 1.0), covered
+
+
+@torch.inference_mode()
+def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool = False) -> Reconstruction:
+    """``result`` with its object corrected by ``network``, tile by tile (``TILE_PX`` plus ``MARGIN_PX``); pixels the
+    scan never saw stay as they were."""
+    scale, covered = mean_covered_amplitude(result.object, result.coverage)
+    obj = result.object / scale
+    H, W = obj.shape
+    corrected = obj.astype(np.complex64, copy=True)
+    device = next(network.parameters()).device
+    for top in range(0, H, TILE_PX):
+        for left in range(0, W, TILE_PX):
+            y0, x0 = max(top - MARGIN_PX, 0), max(left - MARGIN_PX, 0)
+            y1, x1 = min(top + TILE_PX + MARGIN_PX, H), min(left + TILE_PX + MARGIN_PX, W)
+            h, w = y1 - y0, x1 - x0
+            tile = torch.ones(1, -(-h // MULTIPLE_PX) * MULTIPLE_PX, -(-w // MULTIPLE_PX) * MULTIPLE_PX, dtype=torch.complex64)
+            tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(obj[y0:y1, x0:x1]))
+            out = network(tile.to(device), bf16=bf16)[0, :h, :w].cpu().numpy()
+            ty1, tx1 = min(top + TILE_PX, H), min(left + TILE_PX, W)
+            corrected[top:ty1, left:tx1] = out[top - y0:ty1 - y0, left - x0:tx1 - x0]
+    seen = covered | (result.object != 0)
+    return replace(result, object=np.where(seen, corrected * scale, result.object).astype(np.complex64))
+
+
+def refine_with_object_network(result: Reconstruction, dataset, network: ObjectNetwork, sweeps_after: int, *, update=None,
+                               bf16: bool = False, progress: bool = True) -> tuple[Reconstruction, bool]:
+    """``sweeps_after`` refinement sweeps from the network's correction of ``result`` and from ``result`` itself; the one
+    whose object fits the measured patterns better (:func:`~ptycho_torch.model.refine.data_misfit`) is returned, with
+    True when it is the network's. Costs the network, ``2 * sweeps_after`` sweeps and two misfits."""
+    from ptycho_torch.model.refine import data_misfit, refine
+
+    if isinstance(sweeps_after, bool) or not isinstance(sweeps_after, int) or sweeps_after < 1:
+        raise ValueError(f"sweeps after the object network must be an integer >= 1 (they decide whether its correction is kept), "
+                         f"got {sweeps_after!r}")
+    from_network = refine(correct_object(network, result, bf16=bf16), dataset, sweeps_after, update=update, progress=progress)
+    from_sweeps = refine(result, dataset, sweeps_after, update=update, progress=progress)
+    misfit_network, misfit_sweeps = data_misfit(from_network, dataset), data_misfit(from_sweeps, dataset)
+    kept = misfit_network <= misfit_sweeps
+    logger.info("object network: %s (data misfit after %d more sweeps %.4g from its correction, %.4g without it)",
+                "its correction kept" if kept else "its correction dropped", sweeps_after, misfit_network, misfit_sweeps)
+    return (from_network if kept else from_sweeps), kept

@@ -1,0 +1,179 @@
+"""Rebuild the shipped whole-object network from nothing: the shipped model's corpus, refined, then trained (resumable).
+
+    python -m ptycho_torch.pretrained.build_object_network              # `make object-network`: ptycho_torch/pretrained/object64.pt
+    python -m ptycho_torch.pretrained.build_object_network --work DIR   # scratch in DIR; rerun with it to resume
+
+Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) after each of
+``RECIPE['sweeps']`` refinement sweeps from a unit object, on its true object's grid, against that object; random crops,
+loss :func:`~ptycho_torch.model.physics.phase_invariant_error` weighted by the probe coverage, Adam with a one-cycle
+learning rate. The record beside the weights holds the recipe, the command, the commit and the CPU seconds of every session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ptycho_torch.pretrained import MODELS_DIR, OBJECT_NETWORK
+
+logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
+
+RECIPE = {"sweeps": [5, 10], "steps": 3000, "batch": 16, "crop_px": 64, "learning_rate": 1e-3, "warmup_fraction": 0.1,
+          "centre_weight_min": 0.3, "seed": 0, "checkpoint_every": 250}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("data") / "object-network-build", help="scratch directory; rerun with it to resume")
+    parser.add_argument("--corpus", type=Path, help="the shipped model's training corpus, if already written (else written to --work)")
+    parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
+    parser.add_argument("--steps", type=int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
+    parser.add_argument("--n-scans", type=int, help="use only the first N scans of the corpus (a shorter rebuild)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    recipe = dict(RECIPE)
+    if args.steps:
+        recipe["steps"] = args.steps
+    command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
+    build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
+    return 0
+
+
+def refined_pairs(corpus: Path, sweeps: list[int], work: Path, n_scans: int | None = None) -> list[Path]:
+    """``work/<scan>-k<k>.npz`` (object after ``k`` sweeps from a unit object, its coverage, the truth) for every corpus scan."""
+    import dataclasses
+
+    import numpy as np
+
+    from ptycho.scan_file import read_scan
+    from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
+    from ptycho_torch.model.refine import flat_start, refine
+    from ptycho_torch.model.stitching import Canvas
+    from ptycho_torch.pretrained import load_pretrained
+
+    shipped = load_pretrained()
+    files = []
+    scans = sorted(corpus.glob("*.npz"))[:n_scans]
+    for scan in scans:
+        truth = read_scan(scan, load_diffraction=False).objectGuess
+        wanted = {k: work / f"{scan.stem}-k{k}.npz" for k in sweeps}
+        missing = [k for k, path in wanted.items() if not path.is_file()]
+        if missing:
+            training = dataclasses.replace(shipped.training_config, n_groups=len(read_scan(scan, load_diffraction=False).xcoords))
+            dataset = PtychoDataset(scan, shipped.data_config, shipped.model_config, training, data_dir=work / "memmap" / scan.stem,
+                                    progress=False)
+            for k in missing:
+                result = refine(flat_start(dataset, Canvas(truth.shape, (0, 0))), dataset, k, progress=False)
+                tmp = wanted[k].with_suffix(".tmp.npz")
+                np.savez(tmp, obj=result.object, coverage=result.coverage, truth=truth)
+                os.replace(tmp, wanted[k])
+        files += list(wanted.values())
+    return files
+
+
+def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None, n_scans: int | None = None, threads: int = 1,
+          command=()) -> Path:
+    import numpy as np
+    import torch
+
+    from ptycho.corpus import write_training_corpus
+    from ptycho_torch.model import physics
+    from ptycho_torch.model.object_network import ObjectNetwork, mean_covered_amplitude
+    from ptycho_torch.pretrained.build import RECIPE as SHIPPED_RECIPE, _commit
+
+    torch.set_num_threads(threads)
+    work.mkdir(parents=True, exist_ok=True)
+    started_cpu, started_wall = time.process_time(), time.perf_counter()
+    shipped_corpus = SHIPPED_RECIPE["corpus"]
+    if corpus is None:
+        corpus = work / f"corpus-{shipped_corpus['n_scans']}-seed{shipped_corpus['seed']}"
+        if len(list(corpus.glob("*.npz"))) != shipped_corpus["n_scans"]:
+            write_training_corpus(corpus, shipped_corpus["n_scans"], shipped_corpus["seed"], n_points=shipped_corpus["n_points"],
+                                  N=shipped_corpus["N"])
+    files = refined_pairs(corpus, recipe["sweeps"], work / "refined", n_scans)
+    data = []
+    for path in files:
+        with np.load(path, allow_pickle=False) as z:
+            coverage = z["coverage"]
+            scale, covered = mean_covered_amplitude(z["obj"], coverage)
+            weight = (coverage / coverage.max()).astype(np.float32) * covered
+            data.append((torch.from_numpy((z["obj"] / scale).astype(np.complex64)), torch.from_numpy(z["truth"].astype(np.complex64)),
+                         torch.from_numpy(weight)))
+
+    state_path = work / "training-state.pt"
+    record_path = work / "sessions.json"
+    with torch.random.fork_rng():  # the network's initial weights from the recipe's seed, the caller's RNG untouched
+        torch.manual_seed(recipe["seed"])
+        network = ObjectNetwork()
+    network.train()
+    optimizer = torch.optim.Adam(network.unet.parameters(), lr=recipe["learning_rate"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=recipe["steps"],
+                                                   pct_start=recipe["warmup_fraction"])
+    crops = torch.Generator().manual_seed(recipe["seed"])
+    first_step = 0
+    sessions = json.loads(record_path.read_text()) if record_path.is_file() else []  # earlier sessions of this --work
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["recipe"] != json.dumps(recipe, sort_keys=True):
+            raise ValueError(f"{state_path} was written by another recipe; remove {work} or pass another --work")
+        network.unet.load_state_dict(state["network"]); optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"]); crops.set_state(state["crops"])
+        first_step = int(state["step"])
+        logger.info("resumed at step %d of %d from %s", first_step, recipe["steps"], state_path)
+    losses = []
+    try:
+        _train(network, optimizer, schedule, crops, data, recipe, first_step, state_path, losses)
+    finally:  # an interrupted session's CPU time is counted too
+        sessions.append({"from_step": first_step, "cpu_s": time.process_time() - started_cpu, "wall_s": time.perf_counter() - started_wall,
+                         "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
+        record_path.write_text(json.dumps(sessions, indent=1))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".tmp")
+    torch.save(network.unet.state_dict(), tmp)
+    os.replace(tmp, output)
+    record = {"name": output.stem, "recipe": recipe, "corpus": {**shipped_corpus, "n_scans_used": len(files) // len(recipe["sweeps"])},
+              "command": " ".join(map(str, command)), "commit": _commit(), "cpu_s": sum(s["cpu_s"] for s in sessions),
+              "sessions": sessions, "final_loss": float(np.mean(losses[-200:])) if losses else None, "torch": torch.__version__}
+    output.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    logger.info("wrote %s (%.1f MB) and its record; %.1f CPU s", output, output.stat().st_size / 1e6, record["cpu_s"])
+    return output
+
+
+def _train(network, optimizer, schedule, crops, data, recipe: dict, first_step: int, state_path: Path, losses: list) -> None:
+    """Steps ``first_step`` to the recipe's last, saving the whole training state every ``checkpoint_every`` steps."""
+    import numpy as np
+    import torch
+
+    from ptycho_torch.model import physics
+
+    P, B = recipe["crop_px"], recipe["batch"]
+    for step in range(first_step, recipe["steps"]):
+        xs, ys, ws = [], [], []
+        for _ in range(B):
+            obj, truth, weight = data[int(torch.randint(len(data), (1,), generator=crops))]
+            H, W = obj.shape
+            for _attempt in range(20):  # a crop centred on a well-covered pixel
+                i = int(torch.randint(H - P + 1, (1,), generator=crops)); j = int(torch.randint(W - P + 1, (1,), generator=crops))
+                if weight[i + P // 2, j + P // 2] > recipe["centre_weight_min"]:
+                    break
+            xs.append(obj[i:i + P, j:j + P]); ys.append(truth[i:i + P, j:j + P]); ws.append(weight[i:i + P, j:j + P])
+        loss = physics.phase_invariant_error(network(torch.stack(xs), bf16=True), torch.stack(ys), torch.stack(ws)).mean()
+        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % recipe["checkpoint_every"] == 0 or done == recipe["steps"]:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"network": network.unet.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "crops": crops.get_state(), "step": done, "recipe": json.dumps(recipe, sort_keys=True)}, tmp)
+            os.replace(tmp, state_path)
+            logger.info("step %d of %d: loss %.4f (mean of the last %d)", done, recipe["steps"], np.mean(losses[-200:]), min(len(losses), 200))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
