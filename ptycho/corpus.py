@@ -14,7 +14,9 @@ Families (parameters in pixels of an ``N x N`` pattern; ranges scale with ``N``,
   different defocus in x and y, 1-D figure errors per mirror).
 * objects (complex64, amplitude in (0, 1]): ``islands`` (:func:`ptycho.simulate.make_object`), ``fine_texture``,
   ``dead_leaves``, ``lines_edges`` (bars, polygons, Siemens stars), ``smooth_phase`` (weak to strong phase, up to
-  2 pi: wraps, weak amplitude); held out: ``particles`` (cell-like domes with nuclei on an empty background).
+  2 pi: wraps, weak amplitude); held out: ``particles`` (cell-like domes with nuclei on an empty background); added later
+  (``MORE_TRAIN_OBJECTS``, not in the shipped model's corpus): ``circuit`` (layers of axis-aligned wires and pads on a
+  uniform substrate), ``grains`` (polycrystalline cells of constant phase and amplitude), ``porous`` (a solid with voids).
 * trajectories: ``raster`` (rotated, jittered), ``random`` (uniform with a minimum distance); held out:
   ``fermat`` (Fermat spiral, golden angle). The step (mean nearest-neighbour distance) is
   ``(1 - overlap) * probe_width(probe)``, overlap 0.5 to 0.85.
@@ -55,7 +57,7 @@ ENCIRCLED_ENERGY = 0.9
 MAX_PROBE_WIDTH = 0.5  # of N: drawn probes are at most N / 2 wide (probe_width), so the patterns stay oversampled
 
 PROBE_FAMILIES = ("pinhole", "zone_plate", "aberrated", "kb_mirror")
-OBJECT_FAMILIES = ("islands", "fine_texture", "dead_leaves", "lines_edges", "smooth_phase", "particles")
+OBJECT_FAMILIES = ("islands", "fine_texture", "dead_leaves", "lines_edges", "smooth_phase", "particles", "circuit", "grains", "porous")
 TRAJECTORIES = ("raster", "random", "fermat")
 # Built from images that ship with a package (scikit-image): for evaluation only, never in a training corpus.
 EVALUATION_OBJECT_FAMILIES = ("photograph",)
@@ -63,6 +65,9 @@ PHOTOGRAPHS = ("camera", "astronaut", "moon", "brick", "grass", "gravel", "coffe
 
 TRAIN_PROBES = ("pinhole", "zone_plate", "aberrated")
 TRAIN_OBJECTS = ("islands", "fine_texture", "dead_leaves", "lines_edges", "smooth_phase")
+# Families added after the shipped model was trained (so its recipe, TRAIN_OBJECTS, is unchanged); the object network's
+# corpus may use them. Never the held-out family.
+MORE_TRAIN_OBJECTS = ("circuit", "grains", "porous")
 TRAIN_TRAJECTORIES = ("raster", "random")
 HELD_OUT_PROBE, HELD_OUT_OBJECT, HELD_OUT_TRAJECTORY = "kb_mirror", "particles", "fermat"
 # Held-out kinds: which of the three draws comes from a family training never saw ("seen": none, fresh seeds).
@@ -305,6 +310,14 @@ def _draw_object_params(family: str, N: int, rng: np.random.Generator) -> Params
     if family == "smooth_phase":
         return _params(correlation_px=rng.uniform(N / 16, N / 4), phase_range_rad=_log_uniform(rng, 0.2, 2 * math.pi),
                        amplitude_contrast=rng.uniform(0, 0.1))
+    if family == "circuit":
+        return _params(wire_width_px=rng.uniform(1.5, 6.0), wires_per_area=rng.uniform(4, 16), layers=int(rng.integers(1, 4)),
+                       phase_per_layer_rad=rng.uniform(0.3, 2.0), absorption_per_layer=rng.uniform(0.02, 0.4))
+    if family == "grains":
+        return _params(grain_px=rng.uniform(3, N / 3), phase_max_rad=rng.uniform(0.3, 2.5), amplitude_contrast=rng.uniform(0.02, 0.5))
+    if family == "porous":
+        return _params(correlation_px=rng.uniform(1.5, 8.0), void_fraction=rng.uniform(0.2, 0.6), phase_rad=rng.uniform(0.3, 2.5),
+                       absorption=rng.uniform(0.02, 0.5))
     if family == "photograph":
         first, second = rng.choice(len(PHOTOGRAPHS), size=2, replace=False)
         return _params(amplitude_image=PHOTOGRAPHS[first], phase_image=PHOTOGRAPHS[second],
@@ -346,6 +359,12 @@ def make_family_object(family: str, params: dict, size: int, rng: np.random.Gene
         return _finish(amplitude, params["phase_range_rad"] * thickness)
     if family == "particles":
         return _particles(size, params, rng)
+    if family == "circuit":
+        return _circuit(size, params, rng)
+    if family == "grains":
+        return _grains(size, params, rng)
+    if family == "porous":
+        return _porous(size, params, rng)
     if family == "photograph":
         amplitude = _photograph(params["amplitude_image"], size, params["crop_x"], params["crop_y"])
         phase = _photograph(params["phase_image"], size, 1 - params["crop_x"], 1 - params["crop_y"])
@@ -471,6 +490,55 @@ def _particles(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
     phase = p["phase_rad"] * thickness / 1.6 + texture
     amplitude = np.exp(-p["absorption"] * thickness / 1.6)
     return _finish(amplitude, phase)
+
+
+def _circuit(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
+    """Layers of axis-aligned wires (runs between random points of a routing grid) and square pads; each layer adds its
+    thickness where it lies, on a uniform substrate."""
+    width = p["wire_width_px"]
+    pitch = max(2 * width, 3.0)
+    thickness_phase = np.zeros((size, size))
+    thickness_absorption = np.zeros((size, size))
+    n_wires = max(2, int(round(p["wires_per_area"] * (size / 64) ** 2)))
+    for _ in range(int(p["layers"])):
+        layer = np.zeros((size, size))
+        for _ in range(n_wires):
+            y, x = (np.round(rng.uniform(0, size, size=2) / pitch) * pitch).astype(int)
+            length = int(rng.uniform(size / 8, size / 2))
+            half = max(int(round(width / 2)), 1)
+            if rng.uniform() < 0.5:
+                layer[max(y - half, 0):y + half, max(x, 0):x + length] = 1
+            else:
+                layer[max(y, 0):y + length, max(x - half, 0):x + half] = 1
+            if rng.uniform() < 0.3:  # a pad at the wire's start
+                pad = int(rng.uniform(2 * width, 4 * width))
+                layer[max(y - pad // 2, 0):y + pad // 2, max(x - pad // 2, 0):x + pad // 2] = 1
+        layer = scipy.ndimage.gaussian_filter(layer, 0.5)
+        thickness_phase += rng.uniform(0.5, 1.0) * p["phase_per_layer_rad"] * layer
+        thickness_absorption += rng.uniform(0.5, 1.0) * p["absorption_per_layer"] * layer
+    return _finish(np.exp(-thickness_absorption), thickness_phase)
+
+
+def _grains(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
+    """Voronoi cells of mean side ``grain_px``, each of one phase and amplitude; boundaries slightly smoothed."""
+    n_cells = max(2, int(round((size / p["grain_px"]) ** 2)))
+    centres = rng.uniform(0, size, size=(n_cells, 2))
+    yy, xx = np.indices((size, size), dtype=np.float64)
+    _, label = scipy.spatial.cKDTree(centres).query(np.column_stack([yy.ravel(), xx.ravel()]))
+    label = label.reshape(size, size)
+    phase = scipy.ndimage.gaussian_filter(p["phase_max_rad"] * rng.uniform(size=n_cells)[label], 0.7)
+    amplitude = scipy.ndimage.gaussian_filter(1 - p["amplitude_contrast"] * rng.uniform(size=n_cells)[label], 0.7)
+    return _finish(amplitude, phase)
+
+
+def _porous(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
+    """A solid (smooth noise above the ``void_fraction`` quantile) with empty voids; its thickness rises away from the voids."""
+    field = scipy.ndimage.gaussian_filter(rng.standard_normal((size, size)), p["correlation_px"])
+    solid = field > np.quantile(field, p["void_fraction"])
+    depth = scipy.ndimage.distance_transform_edt(solid)
+    thickness = np.tanh(depth / max(p["correlation_px"], 1.0))
+    thickness = scipy.ndimage.gaussian_filter(thickness, 0.5)
+    return _finish(np.exp(-p["absorption"] * thickness), p["phase_rad"] * thickness)
 
 
 # ---------------------------------------------------------------- trajectories

@@ -133,8 +133,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     except UnknownModelError as exc:
         raise UsageError(f"{args.scan}: {exc}") from None
     if args.object_network:
-        from ptycho_torch.pretrained import object_network_for_pattern_size
+        from ptycho_torch.pretrained import object_network_file, object_network_for_pattern_size
 
+        try:
+            object_network_file()
+        except UnknownModelError as exc:
+            raise UsageError(f"--object-network: {exc}") from None
         try:
             object_network_for_pattern_size(scan.N)
         except UnknownModelError as exc:

@@ -62,13 +62,19 @@ def load_object_network(map_location="cpu"):
 
     from ptycho_torch.model.object_network import ObjectNetwork
 
+    path = object_network_file()
+    network = ObjectNetwork()
+    network.unet.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return network.eval()
+
+
+def object_network_file() -> Path:
+    """The shipped object network's weights file, refused (UnknownModelError) when it is missing."""
     path = MODELS_DIR / OBJECT_NETWORK[0]
     if not path.is_file():
         raise UnknownModelError(f"the shipped object network is missing from this installation ({path}); rebuild it with "
                                 "`make object-network`")
-    network = ObjectNetwork()
-    network.unet.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
-    return network.eval()
+    return path
 
 
 def object_network_for_pattern_size(N: int) -> None:

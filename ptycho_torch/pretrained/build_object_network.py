@@ -24,7 +24,9 @@ from ptycho_torch.pretrained import MODELS_DIR, OBJECT_NETWORK
 logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
 
 RECIPE = {"sweeps": [5, 10], "steps": 3000, "batch": 16, "crop_px": 64, "learning_rate": 1e-3, "warmup_fraction": 0.1,
-          "centre_weight_min": 0.3, "seed": 0, "checkpoint_every": 250}
+          "centre_weight_min": 0.3, "seed": 0, "checkpoint_every": 250,
+          # scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the shipped model's corpus (0: none)
+          "more_objects": {"n_scans": 0, "seed": 2}}
 
 
 def main(argv=None) -> int:
@@ -34,12 +36,15 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
     parser.add_argument("--steps", type=int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
     parser.add_argument("--n-scans", type=int, help="use only the first N scans of the corpus (a shorter rebuild)")
+    parser.add_argument("--more-objects", type=int, help="add this many scans of ptycho.corpus.MORE_TRAIN_OBJECTS to the corpus")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = dict(RECIPE)
     if args.steps:
         recipe["steps"] = args.steps
+    if args.more_objects:
+        recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
     build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
     return 0
@@ -97,6 +102,15 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
             write_training_corpus(corpus, shipped_corpus["n_scans"], shipped_corpus["seed"], n_points=shipped_corpus["n_points"],
                                   N=shipped_corpus["N"])
     files = refined_pairs(corpus, recipe["sweeps"], work / "refined", n_scans)
+    more = recipe.get("more_objects", {"n_scans": 0})
+    if more["n_scans"]:
+        from ptycho.corpus import MORE_TRAIN_OBJECTS
+
+        extra = work / f"corpus-more-{more['n_scans']}-seed{more['seed']}"
+        if len(list(extra.glob("*.npz"))) != more["n_scans"]:
+            write_training_corpus(extra, more["n_scans"], more["seed"], n_points=shipped_corpus["n_points"], N=shipped_corpus["N"],
+                                  object_families=MORE_TRAIN_OBJECTS)
+        files += refined_pairs(extra, recipe["sweeps"], work / "refined-more")
     data = []
     for path in files:
         with np.load(path, allow_pickle=False) as z:
@@ -137,7 +151,7 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     tmp = output.with_suffix(".tmp")
     torch.save(network.unet.state_dict(), tmp)
     os.replace(tmp, output)
-    record = {"name": output.stem, "recipe": recipe, "corpus": {**shipped_corpus, "n_scans_used": len(files) // len(recipe["sweeps"])},
+    record = {"name": output.stem, "recipe": recipe, "corpus": {**shipped_corpus, "n_scans_used": len(files) // len(recipe["sweeps"]) - more["n_scans"]},
               "command": " ".join(map(str, command)), "commit": _commit(), "cpu_s": sum(s["cpu_s"] for s in sessions),
               "sessions": sessions, "final_loss": float(np.mean(losses[-200:])) if losses else None, "torch": torch.__version__}
     output.with_suffix(".json").write_text(json.dumps(record, indent=1))

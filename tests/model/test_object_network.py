@@ -180,3 +180,17 @@ def test_the_build_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     record = json.loads((tmp_path / "cut.json").read_text())
     assert [s["from_step"] for s in record["sessions"]] == [0, 2]
+
+
+def test_missing_object_network_weights_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """A removed weights file is named, with its rebuild command, before the memory map is written."""
+    import ptycho_torch.pretrained as pretrained
+    from ptycho_torch import cli_reconstruct
+
+    monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setattr(pretrained, "resolve_checkpoint", lambda argument: MODELS_DIR / "pinn64.ckpt")
+    status = cli_reconstruct.main(["pretrained", str(NPZ), "--output", str(tmp_path / "r.npz"), "--data-dir", str(tmp_path / "memmap"),
+                                   "--start", "flat", "--refine", "7", "--object-network", "5", "--no-png", "--quiet"])
+    assert status == 2
+    assert "the shipped object network is missing" in capsys.readouterr().err
+    assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
