@@ -2,6 +2,7 @@
 
     python -m ptycho_torch.pretrained.build_object_network              # `make object-network`: ptycho_torch/pretrained/object64.pt
     python -m ptycho_torch.pretrained.build_object_network --work DIR   # scratch in DIR; rerun with it to resume
+    python -m ptycho_torch.pretrained.build_object_network --more-objects 48 --output FILE   # plus ptycho.corpus.MORE_TRAIN_OBJECTS
 
 Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) after each of
 ``RECIPE['sweeps']`` refinement sweeps from a unit object, on its true object's grid, against that object; random crops,
