@@ -2,9 +2,10 @@
 
     python -m ptycho_torch.pretrained.build_object_network              # `make object-network`: ptycho_torch/pretrained/object64.pt
     python -m ptycho_torch.pretrained.build_object_network --work DIR   # scratch in DIR; rerun with it to resume
-    python -m ptycho_torch.pretrained.build_object_network --more-objects 48 --output FILE   # plus ptycho.corpus.MORE_TRAIN_OBJECTS
+    python -m ptycho_torch.pretrained.build_object_network --more-objects 0 --output FILE    # without ptycho.corpus.MORE_TRAIN_OBJECTS
 
-Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) after each of
+Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) and of
+``RECIPE['more_objects']`` scans of :data:`ptycho.corpus.MORE_TRAIN_OBJECTS` (circuit, grains, porous) after each of
 ``RECIPE['sweeps']`` refinement sweeps from a unit object, on its true object's grid, against that object; random crops,
 loss :func:`~ptycho_torch.model.physics.phase_invariant_error` weighted by the probe coverage, Adam with a one-cycle
 learning rate. The record beside the weights holds the recipe, the command, the commit and the CPU seconds of every session.
@@ -26,8 +27,9 @@ logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
 
 RECIPE = {"sweeps": [5, 10], "steps": 3000, "batch": 16, "crop_px": 64, "learning_rate": 1e-3, "warmup_fraction": 0.1,
           "centre_weight_min": 0.3, "seed": 0, "checkpoint_every": 250,
-          # scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the shipped model's corpus (0: none)
-          "more_objects": {"n_scans": 0, "seed": 2}}
+          # scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the shipped model's corpus (0: none; 48 since 2026-12-07,
+          # benchmarks/RESULTS.md "More object families in the object network's corpus")
+          "more_objects": {"n_scans": 48, "seed": 2}}
 
 
 def main(argv=None) -> int:
@@ -37,14 +39,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
     parser.add_argument("--steps", type=int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
     parser.add_argument("--n-scans", type=int, help="use only the first N scans of the corpus (a shorter rebuild)")
-    parser.add_argument("--more-objects", type=int, help="add this many scans of ptycho.corpus.MORE_TRAIN_OBJECTS to the corpus")
+    parser.add_argument("--more-objects", type=int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = dict(RECIPE)
     if args.steps:
         recipe["steps"] = args.steps
-    if args.more_objects:
+    if args.more_objects is not None:
         recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
     build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
