@@ -133,10 +133,10 @@ def reconstruct_command(args: argparse.Namespace) -> int:
     except UnknownModelError as exc:
         raise UsageError(f"{args.scan}: {exc}") from None
     if args.object_network:
-        from ptycho_torch.pretrained import object_network_file, object_network_for_pattern_size
+        from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
 
         try:
-            object_network_file()
+            load_object_network()  # missing, unreadable or another network's weights: refused before the memory map
         except UnknownModelError as exc:
             raise UsageError(f"--object-network: {exc}") from None
         try:

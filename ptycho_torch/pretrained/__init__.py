@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 __all__ = ["DEFAULT_MODEL", "MODELS_DIR", "UnknownModelError", "available_models", "load_object_network", "load_pretrained",
@@ -18,7 +19,8 @@ OBJECT_NETWORK = ("object64.pt", 64)
 
 
 class UnknownModelError(ValueError):
-    """A model name that no shipped model has, or a pattern size no shipped model was trained on."""
+    """A model name that no shipped model has, a pattern size no shipped model was trained on, or a shipped weights file
+    that is missing or unreadable."""
 
 
 def available_models() -> dict[str, int]:
@@ -63,8 +65,26 @@ def load_object_network(map_location="cpu"):
     from ptycho_torch.model.object_network import ObjectNetwork
 
     path = object_network_file()
+    fix = "restore it from the package, or rebuild it with `make object-network`"
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # no object refused: not a torch pickle at all (random bytes, another format)
+            raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (corrupt or another "
+                                    f"format); {fix}") from None
+        raise UnknownModelError(f"the shipped object network {path} holds Python objects a weights-only load refuses (nothing in "
+                                f"it was run): it is not the network's weights; {fix}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (truncated or another "
+                                f"format: {type(exc).__name__}: {_first_line(exc)}); {fix}") from None
     network = ObjectNetwork()
-    network.unet.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        network.unet.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise UnknownModelError(f"the shipped object network {path} holds weights of another network ({_first_line(exc, 2)}); "
+                                f"{fix}") from None
     return network.eval()
 
 
@@ -87,6 +107,11 @@ def object_network_for_pattern_size(N: int) -> None:
 def training_record(name: str = DEFAULT_MODEL) -> dict:
     """The training record of a shipped model: corpus recipe and seeds, settings, commit and CPU time."""
     return json.loads((MODELS_DIR / Path(SHIPPED[name][0]).with_suffix(".json")).read_text())
+
+
+def _first_line(exc: BaseException, n: int = 1) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:n])[:300] if lines else type(exc).__name__
 
 
 def _listing() -> str:

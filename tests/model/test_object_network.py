@@ -207,3 +207,41 @@ def test_missing_object_network_weights_are_refused_before_any_work(tmp_path, mo
     assert status == 2
     assert "the shipped object network is missing" in capsys.readouterr().err
     assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
+
+
+class _Executed:
+    def __reduce__(self):
+        return (print, ("unpickled and run",))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("random", "is not a readable torch weights file"),
+    ("empty", "is not a readable torch weights file"),
+    ("pickle", "holds Python objects a weights-only load refuses"),
+    ("other", "holds weights of another network"),
+])
+def test_unusable_object_network_weights_are_refused_before_any_work(tmp_path, monkeypatch, capsys, content, words):
+    """A corrupt, emptied, pickled or other network's weights file is named with its fix, before the memory map is written."""
+    import ptycho_torch.pretrained as pretrained
+    from ptycho_torch import cli_reconstruct
+
+    models = tmp_path / "models"
+    models.mkdir()
+    weights = models / OBJECT_NETWORK[0]
+    if content == "random":
+        weights.write_bytes(np.random.default_rng(0).bytes(1000))
+    elif content == "empty":
+        weights.write_bytes(b"")
+    elif content == "pickle":
+        torch.save({"x": _Executed()}, weights)
+    else:
+        torch.save({"conv.weight": torch.zeros(1, 1)}, weights)
+    monkeypatch.setattr(pretrained, "MODELS_DIR", models)
+    monkeypatch.setattr(pretrained, "resolve_checkpoint", lambda argument: MODELS_DIR / "pinn64.ckpt")
+    status = cli_reconstruct.main(["pretrained", str(NPZ), "--output", str(tmp_path / "r.npz"), "--data-dir", str(tmp_path / "memmap"),
+                                   "--start", "flat", "--refine", "7", "--object-network", "5", "--no-png", "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert words in captured.err and str(weights) in captured.err and "make object-network" in captured.err
+    assert "unpickled and run" not in captured.out
+    assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
