@@ -133,12 +133,14 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
         from ptycho_torch.model.refine import RefinementUpdate, refine
 
         update = settings.refine_update or RefinementUpdate()
-        result = refine(result, dataset, after or iterations, update=update, progress=settings.progress)
-        if after:
+        if after:  # one refinement of `iterations` sweeps, the network's branch forked from it after sweep `after`
             from ptycho_torch.model.object_network import refine_with_object_network
 
-            result, _ = refine_with_object_network(result, dataset, object_network, iterations - after, update=update,
-                                                   bf16=choose_precision(settings.precision, device) == "bf16", progress=settings.progress)
+            result, _ = refine_with_object_network(result, dataset, object_network, int(iterations) - int(after), update=update,
+                                                   bf16=choose_precision(settings.precision, device) == "bf16", progress=settings.progress,
+                                                   sweeps_before=int(after))
+        else:
+            result = refine(result, dataset, iterations, update=update, progress=settings.progress)
     return result
 
 

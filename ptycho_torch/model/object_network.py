@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import replace
 
 import numpy as np
@@ -77,17 +78,31 @@ def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool
 
 
 def refine_with_object_network(result: Reconstruction, dataset, network: ObjectNetwork, sweeps_after: int, *, update=None,
-                               bf16: bool = False, progress: bool = True) -> tuple[Reconstruction, bool]:
-    """``sweeps_after`` refinement sweeps from the network's correction of ``result`` and from ``result`` itself; the one
-    whose object fits the measured patterns better (:func:`~ptycho_torch.model.refine.data_misfit`) is returned, with
-    True when it is the network's. Costs the network, ``2 * sweeps_after`` sweeps and two misfits."""
-    from ptycho_torch.model.refine import data_misfit, refine
+                               bf16: bool = False, progress: bool = True, sweeps_before: int = 0) -> tuple[Reconstruction, bool]:
+    """``sweeps_before`` refinement sweeps from ``result``, then ``sweeps_after`` more from the network's correction of that
+    object and from that object itself; the one whose object fits the measured patterns better
+    (:func:`~ptycho_torch.model.refine.data_misfit`) is returned, with True when it is the network's. Both branches go on
+    as one refinement of ``sweeps_before + sweeps_after`` sweeps (:meth:`~ptycho_torch.model.refine.Refinement.fork`):
+    the sweep count, the plateau looked for in the first ``update.plateau_sweeps`` of them and a switch to parallel
+    updates already made carry over; each branch starts without momentum (so the branch without the network is
+    ``refine(result, sweeps_before + sweeps_after)`` only up to its momentum after sweep ``sweeps_before``). Costs the
+    network, ``sweeps_before + 2 * sweeps_after`` sweeps and two misfits."""
+    from ptycho_torch.model.refine import Refinement, data_misfit
 
-    if isinstance(sweeps_after, bool) or not isinstance(sweeps_after, int) or sweeps_after < 1:
+    if isinstance(sweeps_after, bool) or not isinstance(sweeps_after, numbers.Integral) or sweeps_after < 1:
         raise ValueError(f"sweeps after the object network must be an integer >= 1 (they decide whether its correction is kept), "
                          f"got {sweeps_after!r}")
-    from_network = refine(correct_object(network, result, bf16=bf16), dataset, sweeps_after, update=update, progress=progress)
-    from_sweeps = refine(result, dataset, sweeps_after, update=update, progress=progress)
+    if isinstance(sweeps_before, bool) or not isinstance(sweeps_before, numbers.Integral) or sweeps_before < 0:
+        raise ValueError(f"sweeps before the object network must be an integer >= 0, got {sweeps_before!r}")
+    sweeps_before, sweeps_after = int(sweeps_before), int(sweeps_after)
+    refinement = Refinement(result, dataset, sweeps_before + sweeps_after, update=update)
+    if sweeps_before:
+        refinement.run(sweeps_before, progress=progress)
+    before = refinement.result()
+    with_network, without = refinement.fork(correct_object(network, before, bf16=bf16)), refinement.fork(before)
+    with_network.run(sweeps_after, progress=progress)
+    without.run(sweeps_after, progress=progress)
+    from_network, from_sweeps = with_network.result(), without.result()
     misfit_network, misfit_sweeps = data_misfit(from_network, dataset), data_misfit(from_sweeps, dataset)
     kept = misfit_network <= misfit_sweeps
     logger.info("object network: %s (data misfit after %d more sweeps %.4g from its correction, %.4g without it)",

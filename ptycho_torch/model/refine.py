@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import numbers
@@ -18,7 +19,7 @@ from ptycho_torch.model.stitching import COVERAGE_FLOOR, Canvas, Reconstruction,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RefinementUpdate", "data_misfit", "flat_start", "refine"]
+__all__ = ["Refinement", "RefinementUpdate", "data_misfit", "flat_start", "refine"]
 
 PATTERNS_PER_BATCH = 256  # parallel updates: patterns whose windows and exit waves are held at once (memory, not the result)
 PLAN_BYTES = 1 << 30  # window indices and step sizes kept across iterations up to this size; above it, rebuilt per iteration
@@ -109,34 +110,77 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
         raise ValueError(f"refinement iterations must be an integer >= 0, got {iterations!r}")
     if iterations == 0:
         return result
-    update = RefinementUpdate() if update is None else update
-    exp = dataset.experiments[experiment]
-    H, W = result.canvas.shape_px
-    n_points = len(exp.scan.xcoords)
-    sweep_over_scan = _sweep_factory(dataset, result.canvas, experiment, batch_size)
-    settled = replace(update, patterns=None, momentum=0.0, plateau=0.0, step=1.0)  # the update after the misfit's plateau
-    already_parallel = (update.patterns is None or update.patterns >= n_points) and update.momentum == 0
-    may_switch = update.plateau > 0 and not already_parallel and iterations >= 3 and update.plateau_sweeps >= 2
-    sweep = sweep_over_scan(update, track_misfit=may_switch)
-    obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
-    previous, misfit, switched = obj, math.inf, None
-    for iteration in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
-        start = obj + sweep.update.momentum * (obj - previous) if sweep.update.momentum else obj
-        previous, obj = obj, sweep(start)
-        if (may_switch and switched is None and iteration < update.plateau_sweeps and iteration + 1 < iterations
-                and misfit - sweep.misfit < update.plateau * misfit):
-            switched = iteration + 1
-            del sweep  # its window plans (up to PLAN_BYTES) go before the parallel update's are built
-            sweep = sweep_over_scan(settled, track_misfit=False)
-        misfit = sweep.misfit
-    covered = (sweep.coverage > COVERAGE_FLOOR * sweep.coverage.max()).numpy()
-    refined = np.where(covered, obj.reshape(H, W).numpy(), 0).astype(np.complex64)
-    step = "" if update.step == 1 else f", step {update.step:g}"
-    switch = "" if switched is None else (f"; iteration {switched} lowered the data misfit by less than {100 * update.plateau:g} % of the "
-                                          f"previous one's: parallel updates without momentum{' and a unit step' if step else ''} after it")
-    logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s%s)", exp.scan.path, iterations,
-                n_points, "all" if update.patterns is None or update.patterns >= n_points else update.patterns, update.momentum, step, switch)
-    return replace(result, object=refined)
+    refinement = Refinement(result, dataset, int(iterations), update=update, experiment=experiment, batch_size=batch_size)
+    refinement.run(int(iterations), progress=progress)
+    return refinement.result()
+
+
+class Refinement:
+    """The sweeps of :func:`refine` (``iterations`` in all) run in parts: :meth:`run` goes on where the last part stopped,
+    as one call of :func:`refine` would (momentum, the misfit's plateau and the switch to parallel updates carry over);
+    :meth:`fork` goes on from another object instead (no momentum into it; the sweep count and a switch already made
+    carry over). :meth:`result` is the object so far, as :func:`refine` returns it."""
+
+    @torch.inference_mode()
+    def __init__(self, result: Reconstruction, dataset, iterations: int, *, update: RefinementUpdate | None = None,
+                 experiment: int = 0, batch_size: int = PATTERNS_PER_BATCH):
+        update = RefinementUpdate() if update is None else update
+        exp = dataset.experiments[experiment]
+        self.start, self.update, self.total, self.path = result, update, int(iterations), exp.scan.path
+        self.n_points = len(exp.scan.xcoords)
+        self.make = _sweep_factory(dataset, result.canvas, experiment, batch_size)
+        already_parallel = (update.patterns is None or update.patterns >= self.n_points) and update.momentum == 0
+        self.may_switch = update.plateau > 0 and not already_parallel and self.total >= 3 and update.plateau_sweeps >= 2
+        self.sweep = self.make(update, track_misfit=self.may_switch)
+        self.obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
+        self.previous, self.misfit, self.switched, self.done = self.obj, math.inf, None, 0
+
+    @torch.inference_mode()
+    def run(self, iterations: int, *, progress: bool = True) -> None:
+        """``iterations`` more sweeps (at most the ``iterations`` given at the start, in all)."""
+        if self.done + iterations > self.total:
+            raise ValueError(f"{iterations} more sweeps after {self.done} exceed the refinement's {self.total}")
+        update, first, switched_before = self.update, self.done, self.switched
+        for i in tqdm(range(int(iterations)), desc="refining", unit="iteration", disable=not progress):
+            iteration = first + i
+            start = self.obj + self.sweep.update.momentum * (self.obj - self.previous) if self.sweep.update.momentum else self.obj
+            self.previous, self.obj = self.obj, self.sweep(start)
+            if (self.may_switch and self.switched is None and iteration < update.plateau_sweeps and iteration + 1 < self.total
+                    and self.misfit - self.sweep.misfit < update.plateau * self.misfit):
+                self.switched = iteration + 1
+                settled = replace(update, patterns=None, momentum=0.0, plateau=0.0, step=1.0)  # the update after the plateau
+                self.sweep = None  # its window plans (up to PLAN_BYTES) go before the parallel update's are built (unless a fork holds them)
+                self.sweep = self.make(settled, track_misfit=False)
+            self.misfit = self.sweep.misfit
+        self.done += int(iterations)
+        step = "" if update.step == 1 else f", step {update.step:g}"
+        if self.switched is None:
+            switch = ""
+        elif self.switched != switched_before:
+            switch = (f"; iteration {self.switched} lowered the data misfit by less than {100 * update.plateau:g} % of the "
+                      f"previous one's: parallel updates without momentum{' and a unit step' if step else ''} after it")
+        else:  # a later part of a refinement that switched in an earlier one
+            switch = f"; parallel updates without momentum since iteration {self.switched}"
+        logger.info("refined %s: %d iterations over %d patterns (%s points per update, momentum %g%s%s)", self.path, iterations,
+                    self.n_points, "all" if update.patterns is None or update.patterns >= self.n_points else update.patterns,
+                    update.momentum, step, switch)
+
+    def fork(self, result: Reconstruction) -> "Refinement":
+        """A refinement that goes on from ``result.object`` (same canvas) where this one stands: no momentum into the new
+        object and no plateau judged on its first sweep; the sweep count and a switch to parallel updates carry over."""
+        fork = copy.copy(self)
+        fork.start = result
+        fork.obj = torch.from_numpy(np.ascontiguousarray(result.object)).to(torch.complex64).reshape(-1)
+        fork.previous, fork.misfit = fork.obj, math.inf
+        return fork
+
+    @torch.inference_mode()
+    def result(self) -> Reconstruction:
+        """The object so far, 0 where the probe weight is below ``COVERAGE_FLOOR`` of its maximum."""
+        H, W = self.start.canvas.shape_px
+        covered = (self.sweep.coverage > COVERAGE_FLOOR * self.sweep.coverage.max()).numpy()
+        refined = np.where(covered, self.obj.reshape(H, W).numpy(), 0).astype(np.complex64)
+        return replace(self.start, object=refined)
 
 
 @torch.inference_mode()

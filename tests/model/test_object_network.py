@@ -245,3 +245,45 @@ def test_unusable_object_network_weights_are_refused_before_any_work(tmp_path, m
     assert words in captured.err and str(weights) in captured.err and "make object-network" in captured.err
     assert "unpickled and run" not in captured.out
     assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
+
+
+def test_a_plateau_switch_before_the_network_holds_in_the_sweeps_after_it(tmp_path, monkeypatch, caplog):
+    """--refine-plateau: once the sweeps turned into parallel updates, the remaining sweeps stay so, network or not
+    (they used to restart as momentum sweeps after the network)."""
+    import ptycho_torch.model.refine as refine_module
+    from ptycho_torch.model.refine import RefinementUpdate
+
+    dataset = _dataset(NPZ, tmp_path)
+    start = flat_start(dataset)
+    update = RefinementUpdate(plateau=0.5)  # reached within the first 5 sweeps of the embedded scan
+    after_five = refine(start, dataset, 5, update=update, progress=False)
+    misfits = iter([float("inf"), 0.0])  # the network's branch first: dropped, so the branch without it is returned
+    monkeypatch.setattr(refine_module, "data_misfit", lambda result, dataset: next(misfits))
+    settings = ReconstructionSettings(start="flat", refine_iterations=7, object_network_after=5, refine_update=update, progress=False)
+    with caplog.at_level("INFO", logger="ptycho_torch.model.refine"):
+        gated = reconstruct_scan(load_pretrained(), dataset, settings)
+    assert caplog.text.count("lowered the data misfit") == 1 and "since iteration" in caplog.text
+    settled = RefinementUpdate(patterns=None, momentum=0.0, plateau=0.0, regularisation=update.regularisation)
+    np.testing.assert_array_equal(gated.object, refine(after_five, dataset, 2, update=settled, progress=False).object)
+
+
+def test_a_refinement_in_parts_is_refine_in_one(tmp_path):
+    from ptycho_torch.model.refine import Refinement, RefinementUpdate
+
+    dataset = _dataset(NPZ, tmp_path)
+    start, update = flat_start(dataset), RefinementUpdate(plateau=0.5)
+    parts = Refinement(start, dataset, 7, update=update)
+    parts.run(3, progress=False)
+    parts.run(4, progress=False)
+    np.testing.assert_array_equal(parts.result().object, refine(start, dataset, 7, update=update, progress=False).object)
+
+
+def test_numpy_integer_settings_run_the_object_network(tmp_path):
+    """numpy integers pass the settings' checks, so they must not fail after the first sweeps (they did, in the gate)."""
+    dataset = _dataset(NPZ, tmp_path)
+    network = load_pretrained()
+    plain = reconstruct_scan(network, dataset, ReconstructionSettings(start="flat", refine_iterations=7, object_network_after=5,
+                                                                      progress=False))
+    numpy = reconstruct_scan(network, dataset, ReconstructionSettings(start="flat", refine_iterations=np.int64(7),
+                                                                      object_network_after=np.int32(5), progress=False))
+    np.testing.assert_array_equal(plain.object, numpy.object)
