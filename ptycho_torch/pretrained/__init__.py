@@ -74,7 +74,7 @@ def load_object_network(map_location="cpu"):
                                     f"format); {fix}") from None
         raise UnknownModelError(f"the shipped object network {path} holds Python objects a weights-only load refuses (nothing in "
                                 f"it was run): it is not the network's weights; {fix}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load of a damaged file raises many kinds (KeyError for some)
         raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (truncated or another "
                                 f"format: {type(exc).__name__}: {_first_line(exc)}); {fix}") from None
     network = ObjectNetwork()

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ptycho_torch.cli import non_negative_int, positive_int
 from ptycho_torch.pretrained import MODELS_DIR, OBJECT_NETWORK
 
 logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
@@ -37,19 +38,22 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("data") / "object-network-build", help="scratch directory; rerun with it to resume")
     parser.add_argument("--corpus", type=Path, help="the shipped model's training corpus, if already written (else written to --work)")
     parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
-    parser.add_argument("--steps", type=int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
-    parser.add_argument("--n-scans", type=int, help="use only the first N scans of the corpus (a shorter rebuild)")
-    parser.add_argument("--more-objects", type=int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--steps", type=positive_int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
+    parser.add_argument("--n-scans", type=positive_int, help="use only the first N scans of the corpus (a shorter rebuild)")
+    parser.add_argument("--more-objects", type=non_negative_int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = dict(RECIPE)
-    if args.steps:
+    if args.steps is not None:
         recipe["steps"] = args.steps
     if args.more_objects is not None:
         recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
-    build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
+    try:
+        build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
+    except ValueError as exc:  # a state of another recipe, or unreadable: one line, before any work
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0
 
 
@@ -87,6 +91,8 @@ def refined_pairs(corpus: Path, sweeps: list[int], work: Path, n_scans: int | No
 
 def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None, n_scans: int | None = None, threads: int = 1,
           command=()) -> Path:
+    if n_scans is not None and (isinstance(n_scans, bool) or not isinstance(n_scans, int) or n_scans < 1):
+        raise ValueError(f"n_scans={n_scans!r}: the number of corpus scans to use, an integer >= 1 (None: all)")
     import numpy as np
     import torch
 
@@ -96,6 +102,9 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     from ptycho_torch.pretrained.build import RECIPE as SHIPPED_RECIPE, _commit
 
     torch.set_num_threads(threads)
+    state_path = work / "training-state.pt"
+    record_path = work / "sessions.json"
+    state = _read_state(state_path, recipe, n_scans, work)  # before the corpus is written or refined
     work.mkdir(parents=True, exist_ok=True)
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     shipped_corpus = SHIPPED_RECIPE["corpus"]
@@ -123,8 +132,6 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
             data.append((torch.from_numpy((z["obj"] / scale).astype(np.complex64)), torch.from_numpy(z["truth"].astype(np.complex64)),
                          torch.from_numpy(weight)))
 
-    state_path = work / "training-state.pt"
-    record_path = work / "sessions.json"
     with torch.random.fork_rng():  # the network's initial weights from the recipe's seed, the caller's RNG untouched
         torch.manual_seed(recipe["seed"])
         network = ObjectNetwork()
@@ -135,17 +142,14 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     crops = torch.Generator().manual_seed(recipe["seed"])
     first_step = 0
     sessions = json.loads(record_path.read_text()) if record_path.is_file() else []  # earlier sessions of this --work
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["recipe"] != json.dumps(recipe, sort_keys=True):
-            raise ValueError(f"{state_path} was written by another recipe; remove {work} or pass another --work")
+    if state is not None:
         network.unet.load_state_dict(state["network"]); optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"]); crops.set_state(state["crops"])
         first_step = int(state["step"])
         logger.info("resumed at step %d of %d from %s", first_step, recipe["steps"], state_path)
     losses = []
     try:
-        _train(network, optimizer, schedule, crops, data, recipe, first_step, state_path, losses)
+        _train(network, optimizer, schedule, crops, data, recipe, first_step, state_path, losses, n_scans)
     finally:  # an interrupted session's CPU time is counted too
         sessions.append({"from_step": first_step, "cpu_s": time.process_time() - started_cpu, "wall_s": time.perf_counter() - started_wall,
                          "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
@@ -162,7 +166,29 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     return output
 
 
-def _train(network, optimizer, schedule, crops, data, recipe: dict, first_step: int, state_path: Path, losses: list) -> None:
+def _read_state(state_path: Path, recipe: dict, n_scans: int | None, work: Path) -> dict | None:
+    """The training state an earlier session of ``work`` left, refused (ValueError naming it and the fix) when it is
+    unreadable or was written by another recipe or another ``n_scans``; None when there is none."""
+    import torch
+
+    if not state_path.is_file():
+        return None
+    fix = f"remove {state_path} (or all of {work}) to start again, or pass another --work"
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load of a damaged file raises many kinds (KeyError for some)
+        raise ValueError(f"{state_path} is not a readable training state ({type(exc).__name__}); {fix}") from None
+    if not isinstance(state, dict) or not {"network", "optimizer", "schedule", "crops", "step", "recipe"} <= set(state):
+        raise ValueError(f"{state_path} is not a training state of this build; {fix}")
+    if state["recipe"] != json.dumps(recipe, sort_keys=True):
+        raise ValueError(f"{state_path} was written by another recipe; {fix}")
+    if state.get("n_scans") != n_scans:
+        raise ValueError(f"{state_path} was written with --n-scans {state.get('n_scans')}, not {n_scans}; {fix}")
+    return state
+
+
+def _train(network, optimizer, schedule, crops, data, recipe: dict, first_step: int, state_path: Path, losses: list,
+           n_scans: int | None = None) -> None:
     """Steps ``first_step`` to the recipe's last, saving the whole training state every ``checkpoint_every`` steps."""
     import numpy as np
     import torch
@@ -187,7 +213,7 @@ def _train(network, optimizer, schedule, crops, data, recipe: dict, first_step: 
         if done % recipe["checkpoint_every"] == 0 or done == recipe["steps"]:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"network": network.unet.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "crops": crops.get_state(), "step": done, "recipe": json.dumps(recipe, sort_keys=True)}, tmp)
+                        "crops": crops.get_state(), "step": done, "recipe": json.dumps(recipe, sort_keys=True), "n_scans": n_scans}, tmp)
             os.replace(tmp, state_path)
             logger.info("step %d of %d: loss %.4f (mean of the last %d)", done, recipe["steps"], np.mean(losses[-200:]), min(len(losses), 200))
 

@@ -287,3 +287,40 @@ def test_numpy_integer_settings_run_the_object_network(tmp_path):
     numpy = reconstruct_scan(network, dataset, ReconstructionSettings(start="flat", refine_iterations=np.int64(7),
                                                                       object_network_after=np.int32(5), progress=False))
     np.testing.assert_array_equal(plain.object, numpy.object)
+
+
+@pytest.mark.parametrize("state, n_scans, words", [
+    (b"junk\n", None, "is not a readable training state"),
+    ("another recipe", None, "was written by another recipe"),
+    ("all scans", 1, "was written with --n-scans None, not 1"),
+])
+def test_the_build_refuses_a_state_it_cannot_resume_before_any_work(tmp_path, state, n_scans, words):
+    """A damaged state, or one of another recipe or another --n-scans, is named with its fix before the corpus is refined."""
+    from ptycho_torch.pretrained import build_object_network as build
+
+    work, corpus = tmp_path / "work", tmp_path / "corpus"
+    work.mkdir()
+    corpus.mkdir()
+    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    recipe_ = {**build.RECIPE, "steps": 6}
+    if isinstance(state, bytes):
+        (work / "training-state.pt").write_bytes(state)
+    else:
+        written = {**build.RECIPE, "steps": 7} if state == "another recipe" else recipe_
+        torch.save({"network": {}, "optimizer": {}, "schedule": {}, "crops": torch.zeros(1), "step": 2,
+                    "recipe": json.dumps(written, sort_keys=True), "n_scans": None}, work / "training-state.pt")
+    with pytest.raises(ValueError, match=words) as refused:
+        build.build(recipe_, work, tmp_path / "out.pt", corpus=corpus, n_scans=n_scans)
+    assert "training-state.pt" in str(refused.value) and "--work" in str(refused.value)
+    assert sorted(p.name for p in work.iterdir()) == ["training-state.pt"] and not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("option", [("--steps", "0"), ("--steps", "-5"), ("--n-scans", "0"), ("--threads", "0")])
+def test_the_build_refuses_counts_it_would_ignore_or_choke_on(tmp_path, option, capsys):
+    """--steps 0 used to run the recipe's 3000 steps; --n-scans 0 an empty corpus."""
+    from ptycho_torch.pretrained import build_object_network as build
+
+    with pytest.raises(SystemExit) as exited:
+        build.main(["--work", str(tmp_path / "work"), "--output", str(tmp_path / "out.pt"), *option])
+    assert exited.value.code == 2 and option[0] in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
