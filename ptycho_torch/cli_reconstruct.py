@@ -199,7 +199,7 @@ def fraction(text: str) -> float:
 def check_start_options(args: argparse.Namespace) -> None:
     """Options of a network that ``--start`` does not run would do nothing: refused (``--start physics`` runs no U-Net,
     ``--start flat`` no network at all)."""
-    unused = {"flat": ("--batch-size", "--groups") + (() if args.object_network else ("--precision",)),
+    unused = {"flat": ("--batch-size", "--n-groups", "--groups") + (() if args.object_network else ("--precision",)),
               "physics": ("--precision",)}.get(args.start, ())
     given = [option for option in unused if getattr(args, option[2:].replace("-", "_")) is not None]
     if given:

@@ -203,6 +203,7 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
 @pytest.mark.parametrize("start, options, named", [
     ("flat", ("--precision", "bf16"), "--precision does nothing with --start flat"),
     ("flat", ("--batch-size", 8, "--groups", "all"), "--batch-size and --groups do nothing with --start flat"),
+    ("flat", ("--n-groups", 10), "--n-groups does nothing with --start flat"),
     ("physics", ("--precision", "fp32"), "--precision does nothing with --start physics"),
 ])
 def test_network_options_a_start_does_not_run_are_refused_before_any_work(checkpoint, tmp_path, start, options, named):
