@@ -16,6 +16,7 @@ from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REFINE_ITERATIONS = 20
+OBJECT_NETWORK_SWEEPS = (5, 2)  # sweeps before the whole-object network and after it (both branches)
 
 
 def build(args, remake: bool) -> tuple[PtychoDataset, float]:
@@ -107,10 +108,22 @@ def reconstruct_with_shipped_model(args) -> None:
     flat_s = time.process_time() - started
     flat_png = args.reconstruction.with_name(args.reconstruction.stem + "_flat_start.png")
     write_reconstruction_png(flat.object, reference, flat_png)
+    from ptycho_torch.model.object_network import refine_with_object_network
+    from ptycho_torch.pretrained import load_object_network
+
+    started = time.process_time()
+    gated, kept = refine_with_object_network(flat_start(dataset, result.canvas), dataset, load_object_network(), OBJECT_NETWORK_SWEEPS[1],
+                                             sweeps_before=OBJECT_NETWORK_SWEEPS[0], bf16=network.precision == "bf16", progress=False)
+    gated_s = time.process_time() - started
+    gated_png = args.reconstruction.with_name(args.reconstruction.stem + "_object_network.png")
+    write_reconstruction_png(gated.object, reference, gated_png)
+    before, after = OBJECT_NETWORK_SWEEPS
     for who, what, obj, seconds, png in (
             ("shipped model", f"one pass ({network.precision})", result.object, cpu_s, args.reconstruction),
             ("shipped model", f"one pass + {REFINE_ITERATIONS} refinement sweeps", refined.object, cpu_s + refine_s, refined_png),
-            ("no network", f"unit object + {REFINE_ITERATIONS} refinement sweeps (--start flat)", flat.object, dataset_s + flat_s, flat_png)):
+            ("no network", f"unit object + {REFINE_ITERATIONS} refinement sweeps (--start flat)", flat.object, dataset_s + flat_s, flat_png),
+            ("object network", f"unit object + {before} sweeps, the object network, {after} more ({'kept' if kept else 'dropped'}; "
+             f"--start flat --refine {before + after} --object-network {before})", gated.object, dataset_s + gated_s, gated_png)):
         quality = reconstruction_quality(obj, np.nan_to_num(reference), covered)
         print(f"{who:17s} {what} (1 thread, grouping included): {seconds:.2f} CPU s; against the scan's object: amplitude r "
               f"{quality.amplitude_r:.4f}, phase r {quality.phase_r:.4f}, NRMSE {quality.nrmse:.4f}; {png}")
