@@ -53,7 +53,7 @@ def way_name(start: str, sweeps: int, plateau: float, step: float = RefinementUp
 
 
 def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STARTS, plateaus=(RefinementUpdate().plateau,),
-                 steps=(RefinementUpdate().step,)) -> dict:
+                 steps=(RefinementUpdate().step,), object_network_after=()) -> dict:
     loaded = bench_ptychi.load_scan(scan)
     canvas = Canvas(read_scan(scan, load_diffraction=False).objectGuess.shape, (0, 0))
     dataset, _, _ = build_dataset(network, scan, work / f"memmap-{scan.stem}", 512)
@@ -71,6 +71,18 @@ def scan_records(network, scan: Path, sweeps: list[int], work: Path, starts=STAR
                     refined = refine(first, dataset, n, update=RefinementUpdate(plateau=plateau, step=step), progress=False)
                     records[way_name(start, n, plateau, step)] = {**bench_ptychi.score_reconstruction(refined.object, loaded),
                                                                   "cpu_s": start_s + time.process_time() - began}
+    if object_network_after:
+        from ptycho_torch.model.object_network import refine_with_object_network
+        from ptycho_torch.pretrained import load_object_network
+
+        object_network = load_object_network()
+        for after in object_network_after:
+            for n in (n for n in sweeps if n > after):
+                began = time.process_time()  # as `--start flat --refine n --object-network after` runs it
+                result, kept = refine_with_object_network(flat_start(dataset, canvas), dataset, object_network, n - after,
+                                                          sweeps_before=after, bf16=True, progress=False)
+                records[f"flat>net{after} + {n}"] = {**bench_ptychi.score_reconstruction(result.object, loaded),
+                                                     "cpu_s": time.process_time() - began, "kept": kept}
     return records
 
 
@@ -163,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="RefinementUpdate.plateau values, each a way of its own (0: never switch to parallel updates)")
     parser.add_argument("--steps", nargs="+", type=float, default=[RefinementUpdate().step],
                         help="RefinementUpdate.step values, each a way of its own (the factor on each update)")
+    parser.add_argument("--object-network", nargs="*", type=int, default=[], metavar="K",
+                        help="also `--start flat --refine N --object-network K` for every N of --sweeps above K (way 'flat>netK + N')")
     parser.add_argument("--lsqml-epochs", nargs="*", type=int, default=[1, 3, 5, 10, 20])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "figures" / "starts_heldout.json")
     parser.add_argument("--figure", type=Path, default=None, help="time-to-quality PNG (default: --json with .png)")
@@ -176,6 +190,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         if len({f"{value:g}" for value in values}) < len(values):
             parser.error(f"{option}: {values} name the same way twice at 6 significant digits; give values that differ there")
         setattr(args, field + "s", values)
+    for after in args.object_network:
+        if after < 1 or not any(n > after for n in args.sweeps):
+            parser.error(f"--object-network {after}: the sweep after which the object network runs, >= 1 and below one of "
+                         f"--sweeps {args.sweeps}")
+    args.object_network = list(dict.fromkeys(args.object_network))
     return args
 
 
@@ -204,7 +223,7 @@ def main(argv=None) -> int:
             bench_ptychi.warm_up(first, "lsqml", settings)
         for kind, paths in scans.items():
             for scan in paths:
-                records = scan_records(network, scan, args.sweeps, work, args.starts, args.plateaus, args.steps)
+                records = scan_records(network, scan, args.sweeps, work, args.starts, args.plateaus, args.steps, args.object_network)
                 if args.lsqml_epochs:
                     records.update(lsqml_records(scan, sorted(args.lsqml_epochs), settings, work / "lsqml"))
                 ways = list(dict.fromkeys([*ways, *records]))
@@ -220,7 +239,8 @@ def main(argv=None) -> int:
     meta = {"started_utc": started, "commit": git_commit(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "wall_s": time.perf_counter() - wall, "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "torch": torch.__version__, "threads": 1, "heldout": str(heldout), "sweeps": args.sweeps,
-            "starts": args.starts, "plateaus": args.plateaus, "steps": args.steps, "lsqml_epochs": args.lsqml_epochs}
+            "starts": args.starts, "plateaus": args.plateaus, "steps": args.steps, "lsqml_epochs": args.lsqml_epochs,
+            "object_network": args.object_network}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "summary_markdown": table, "per_scan": per_scan}, indent=1))
     time_to_quality_figure(json.loads(args.json.read_text()), figure)

@@ -12,6 +12,7 @@ from benchmarks import bench_starts  # noqa: E402
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "RefinementUpdate.step"), (["--steps", "nan"], "RefinementUpdate.step"), (["--steps", "2.5"], "RefinementUpdate.step"),
     (["--plateaus", "nan"], "RefinementUpdate.plateau"),
+    (["--object-network", "0"], "--object-network 0"), (["--sweeps", "3", "5", "--object-network", "5"], "below one of --sweeps"),
     (["--steps", "1.5", "1.5000001"], "same way twice"), (["--plateaus", "0.002", "0.0020000001"], "same way twice"),
 ])
 def test_bad_or_unnameable_ways_are_refused_before_any_work(argv, message, capsys):
