@@ -500,12 +500,12 @@ def _circuit(size: int, p: dict, rng: np.random.Generator) -> np.ndarray:
     thickness_phase = np.zeros((size, size))
     thickness_absorption = np.zeros((size, size))
     n_wires = max(2, int(round(p["wires_per_area"] * (size / 64) ** 2)))
+    half = max(int(round(width / 2)), 1)
     for _ in range(int(p["layers"])):
         layer = np.zeros((size, size))
         for _ in range(n_wires):
             y, x = (np.round(rng.uniform(0, size, size=2) / pitch) * pitch).astype(int)
             length = int(rng.uniform(size / 8, size / 2))
-            half = max(int(round(width / 2)), 1)
             if rng.uniform() < 0.5:
                 layer[max(y - half, 0):y + half, max(x, 0):x + length] = 1
             else:

@@ -137,7 +137,7 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
             from ptycho_torch.model.object_network import refine_with_object_network
 
             result, _ = refine_with_object_network(result, dataset, object_network, int(iterations) - int(after), update=update,
-                                                   bf16=choose_precision(settings.precision, device) == "bf16", progress=settings.progress,
+                                                   bf16=network.precision == "bf16", progress=settings.progress,
                                                    sweeps_before=int(after))
         else:
             result = refine(result, dataset, iterations, update=update, progress=settings.progress)

@@ -11,7 +11,7 @@ weighted by the probe coverage. The network multiplies the object (divided by it
 more sweeps; ``--gate``: the network's output kept only where the summed modulus misfit of one parallel update does not rise) on ``bench_pretrained``'s held-out scans of ``--heldout-seed`` and the embedded scan (``bench_ptychi.score_reconstruction``).
 benchmarks/RESULTS.md, "A network over the whole refined object", has the runs.
 """
-import argparse, json, logging, sys, time
+import argparse, dataclasses, json, logging, sys, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.experiments.report import print_scan, write_record
 from ptycho_torch.model import physics
 from ptycho_torch.model.networks import UNetGenerator
-from ptycho_torch.model.refine import flat_start, refine
+from ptycho_torch.model.object_network import mean_covered_amplitude
+from ptycho_torch.model.refine import data_misfit, flat_start, refine
 from ptycho_torch.model.stitching import Canvas
 from ptycho.scan_file import read_scan
 
@@ -30,15 +31,12 @@ def sweep(ds, canvas, k):
 
 def misfit(ds, rec, obj):
     """Sum over scan points of the modulus misfit of ``obj`` (H, W complex, sweep units) on ``rec``'s canvas."""
-    from ptycho_torch.model.refine import _sweep_factory, PARALLEL
-    sw = _sweep_factory(ds, rec.canvas, 0, 256)(PARALLEL, track_misfit=True)
-    sw(torch.from_numpy(np.ascontiguousarray(obj)).to(torch.complex64).reshape(-1))
-    return float(sw.misfit)
+    return data_misfit(dataclasses.replace(rec, object=obj), ds)
 
 def normalise(obj, coverage):
-    covered = coverage > 0.05 * coverage.max()
-    scale = np.abs(obj[covered]).mean() if covered.any() else 1.0
-    return (obj / scale).astype(np.complex64), covered
+    """``obj`` in units of its mean covered amplitude, the covered mask and that amplitude."""
+    scale, covered = mean_covered_amplitude(obj, coverage)
+    return (obj / scale).astype(np.complex64), covered, scale
 
 def prepare(scans, ks, out: Path, shipped):
     from benchmarks.bench_pretrained import build_dataset
@@ -85,7 +83,7 @@ def train(args):
     data = []
     for f in files:
         z = np.load(f)
-        o, covered = normalise(z["obj"], z["coverage"])
+        o, covered, _ = normalise(z["obj"], z["coverage"])
         w = (z["coverage"] / z["coverage"].max()).astype(np.float32) * covered
         data.append((torch.from_numpy(o), torch.from_numpy(z["truth"].astype(np.complex64)), torch.from_numpy(w)))
     gen = torch.Generator().manual_seed(args.seed)
@@ -143,33 +141,28 @@ def evaluate(args):
                 for name, m in models.items():
                     t = time.process_time()
                     with torch.inference_mode():
-                        o, covered = normalise(r.object, r.coverage)
+                        o, covered, scale = normalise(r.object, r.coverage)
                         H, W = o.shape; Hp, Wp = -(-H // 8) * 8, -(-W // 8) * 8
                         x = torch.ones(1, Hp, Wp, dtype=torch.complex64); x[0, :H, :W] = torch.from_numpy(o)
                         y = apply(m, x, phase_only=m.phase_only)[0, :H, :W].numpy()
                         y = np.where(covered | (r.object != 0), y, 0)
+                        y_units = (y * scale).astype(np.complex64)  # back in the sweeps' units
                     tc = ts + time.process_time() - t
                     rec[f"flat+{k} -> {name}"] = {**bench_ptychi.score_reconstruction(y, loaded), "cpu_s": tc}
                     if args.gate:
                         t = time.process_time()
-                        scale = np.abs(r.object[covered]).mean() if covered.any() else 1
-                        y_units = (y * scale).astype(np.complex64)
                         m0, m1 = misfit(ds, r, r.object), misfit(ds, r, y_units)
                         chosen = y if m1 <= m0 else r.object
                         rec[f"flat+{k} -> {name} gated"] = {**bench_ptychi.score_reconstruction(chosen, loaded),
                                                              "cpu_s": tc + time.process_time() - t, "misfit_in": m0, "misfit_out": m1,
                                                              "accepted": bool(m1 <= m0)}
                     for extra in args.after:
-                        import dataclasses
                         t = time.process_time()
-                        start = dataclasses.replace(r, object=(y * (np.abs(r.object[covered]).mean() if covered.any() else 1)).astype(np.complex64))
-                        rr = refine(start, ds, extra, progress=False)
+                        rr = refine(dataclasses.replace(r, object=y_units), ds, extra, progress=False)
                         rec[f"flat+{k} -> {name} +{extra}"] = {**bench_ptychi.score_reconstruction(rr.object, loaded), "cpu_s": tc + time.process_time() - t}
                     for extra in args.gate_after:
-                        import dataclasses
                         t = time.process_time()
-                        scale = np.abs(r.object[covered]).mean() if covered.any() else 1
-                        from_net = refine(dataclasses.replace(r, object=(y * scale).astype(np.complex64)), ds, extra, progress=False)
+                        from_net = refine(dataclasses.replace(r, object=y_units), ds, extra, progress=False)
                         from_sweeps = refine(r, ds, extra, progress=False)
                         m_net, m_sweeps = misfit(ds, r, from_net.object), misfit(ds, r, from_sweeps.object)
                         chosen = from_net.object if m_net <= m_sweeps else from_sweeps.object

@@ -58,7 +58,7 @@ def read_checkpoint(path, data: bytes | None = None, map_location="cpu", overrid
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable torch checkpoint (truncated or another format: "
-                              f"{type(exc).__name__}: {_first_line(exc)}); {_FIX}") from None
+                              f"{type(exc).__name__}: {first_lines(exc)}); {_FIX}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} holds no 'state_dict' (network weights); {_FIX}")
     hparams = checkpoint.get("hyper_parameters")
@@ -78,9 +78,10 @@ def _refused_global(exc: BaseException) -> str:
     return reasons[0][:200] if reasons else "an object other than tensors and plain values"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+def first_lines(exc: BaseException, n: int = 1, limit: int = 200) -> str:
+    """The first ``n`` non-blank lines of ``exc``'s message, joined and cut at ``limit`` characters (its type when empty)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:n])[:limit] if lines else type(exc).__name__
 
 
 def upgrade_legacy_settings(stored_model_config) -> dict:
@@ -120,7 +121,7 @@ def network_configs(path, hparams: dict, overrides: dict | None = None) -> dict:
         try:
             configs[name] = as_config(hparams.get(name), config_type)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path}: its hyper_parameters' {name} is not usable ({_first_line(exc)}); {_FIX}") from None
+            raise CheckpointError(f"checkpoint {path}: its hyper_parameters' {name} is not usable ({first_lines(exc)}); {_FIX}") from None
     legacy = upgrade_legacy_settings(hparams.get("model_config"))
     if legacy:
         configs["model_config"] = replace(as_config(configs["model_config"], ModelConfig), **legacy)
@@ -182,7 +183,7 @@ def require_weights_fit(path, configs: dict, state_dict: dict, *, overridden: bo
         with torch.device("meta"):
             expected = {key: tuple(value.shape) for key, value in PtychoPINN(**configs).state_dict().items()}
     except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
-        raise CheckpointError(f"checkpoint {path}: the network of its configs cannot be built ({_first_line(exc)}); "
+        raise CheckpointError(f"checkpoint {path}: the network of its configs cannot be built ({first_lines(exc)}); "
                               + ("correct the configs given to override its own" if overridden else restore)) from None
     stored = {key: tuple(getattr(value, "shape", ())) for key, value in network_state(state_dict).items()}
     problem = next((f"{key!r} is {stored[key]} in the checkpoint but {shape} in the network" for key, shape in expected.items()
@@ -221,7 +222,7 @@ def load_network(path, map_location="cpu", **overrides):
         network.load_state_dict(network_state(checkpoint["state_dict"]))
     except RuntimeError as exc:
         raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit the network of its configs ({_first_line(exc)}); "
+            f"checkpoint {path}: its weights do not fit the network of its configs ({first_lines(exc)}); "
             "load it without overriding model_config/data_config, or train a model with these settings"
         ) from None
     return network.to(map_location).eval()

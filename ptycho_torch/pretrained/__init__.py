@@ -62,6 +62,7 @@ def load_object_network(map_location="cpu"):
     """The shipped whole-object network (:class:`~ptycho_torch.model.object_network.ObjectNetwork`) in eval mode."""
     import torch
 
+    from ptycho_torch.model.checkpoints import first_lines
     from ptycho_torch.model.object_network import ObjectNetwork
 
     path = object_network_file()
@@ -76,14 +77,14 @@ def load_object_network(map_location="cpu"):
                                 f"it was run): it is not the network's weights; {fix}") from None
     except Exception as exc:  # torch.load of a damaged file raises many kinds (KeyError for some)
         raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (truncated or another "
-                                f"format: {type(exc).__name__}: {_first_line(exc)}); {fix}") from None
+                                f"format: {type(exc).__name__}: {first_lines(exc, limit=300)}); {fix}") from None
     network = ObjectNetwork()
     try:
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
         network.unet.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise UnknownModelError(f"the shipped object network {path} holds weights of another network ({_first_line(exc, 2)}); "
+        raise UnknownModelError(f"the shipped object network {path} holds weights of another network ({first_lines(exc, 2, limit=300)}); "
                                 f"{fix}") from None
     return network.eval()
 
@@ -107,11 +108,6 @@ def object_network_for_pattern_size(N: int) -> None:
 def training_record(name: str = DEFAULT_MODEL) -> dict:
     """The training record of a shipped model: corpus recipe and seeds, settings, commit and CPU time."""
     return json.loads((MODELS_DIR / Path(SHIPPED[name][0]).with_suffix(".json")).read_text())
-
-
-def _first_line(exc: BaseException, n: int = 1) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return " ".join(lines[:n])[:300] if lines else type(exc).__name__
 
 
 def _listing() -> str:

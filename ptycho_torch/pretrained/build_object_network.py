@@ -73,11 +73,12 @@ def refined_pairs(corpus: Path, sweeps: list[int], work: Path, n_scans: int | No
     files = []
     scans = sorted(corpus.glob("*.npz"))[:n_scans]
     for scan in scans:
-        truth = read_scan(scan, load_diffraction=False).objectGuess
+        arrays = read_scan(scan, load_diffraction=False)
+        truth = arrays.objectGuess
         wanted = {k: work / f"{scan.stem}-k{k}.npz" for k in sweeps}
         missing = [k for k, path in wanted.items() if not path.is_file()]
         if missing:
-            training = dataclasses.replace(shipped.training_config, n_groups=len(read_scan(scan, load_diffraction=False).xcoords))
+            training = dataclasses.replace(shipped.training_config, n_groups=len(arrays.xcoords))
             dataset = PtychoDataset(scan, shipped.data_config, shipped.model_config, training, data_dir=work / "memmap" / scan.stem,
                                     progress=False)
             for k in missing:
@@ -97,7 +98,6 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     import torch
 
     from ptycho.corpus import write_training_corpus
-    from ptycho_torch.model import physics
     from ptycho_torch.model.object_network import ObjectNetwork, mean_covered_amplitude
     from ptycho_torch.pretrained.build import RECIPE as SHIPPED_RECIPE, _commit
 
