@@ -25,19 +25,31 @@ COVERED_FRACTION = 0.05  # of the coverage's maximum: the pixels whose mean ampl
 class ObjectNetwork(torch.nn.Module):
     """The U-Net of the group network (base width 16, batch norm, shared decoder) on a whole object.
 
-    Its input is the object divided by its mean covered amplitude, as ``Re - 1`` and ``Im``; its output
-    multiplies that object by ``A exp(i phi)``. Trained on objects after 5 and 10 refinement sweeps from a unit
-    object (:mod:`ptycho_torch.pretrained.build_object_network`).
+    Its input is the object divided by its mean covered amplitude, as ``Re - 1`` and ``Im`` (and, with
+    ``illumination``, the scan's probe coverage over its maximum as a third channel); its output multiplies that
+    object by ``A exp(i phi)``. Trained on objects after 5 and 10 refinement sweeps from a unit object
+    (:mod:`ptycho_torch.pretrained.build_object_network`).
     """
 
-    def __init__(self):
+    def __init__(self, *, illumination: bool = False):
         super().__init__()
-        self.unet = UNetGenerator(1, 1, base_filters=16, in_channels=2, batch_norm=True, use_shared_decoder=True)
+        self.illumination = bool(illumination)
+        self.unet = UNetGenerator(1, 1, base_filters=16, in_channels=3 if self.illumination else 2, batch_norm=True,
+                                  use_shared_decoder=True)
         self.unet.to(memory_format=torch.channels_last)
 
-    def forward(self, obj: torch.Tensor, *, bf16: bool = False) -> torch.Tensor:
-        """``(B, H, W)`` complex object in units of its mean amplitude (``H``, ``W`` multiples of 8) -> corrected, same shape."""
-        x = torch.stack([obj.real - 1, obj.imag], dim=1).contiguous(memory_format=torch.channels_last)
+    def forward(self, obj: torch.Tensor, illumination: torch.Tensor | None = None, *, bf16: bool = False) -> torch.Tensor:
+        """``(B, H, W)`` complex object in units of its mean amplitude (``H``, ``W`` multiples of 8), and for a network with
+        ``illumination`` the ``(B, H, W)`` coverage over its maximum -> corrected object, same shape."""
+        channels = [obj.real - 1, obj.imag]
+        if self.illumination:
+            if illumination is None or illumination.shape != obj.shape:
+                raise ValueError(f"this object network reads the scan's coverage: pass illumination of shape {tuple(obj.shape)}, "
+                                 f"got {None if illumination is None else tuple(illumination.shape)}")
+            channels.append(illumination.to(obj.real.dtype))
+        elif illumination is not None:
+            raise ValueError("this object network was trained without the coverage input: call it without illumination")
+        x = torch.stack(channels, dim=1).contiguous(memory_format=torch.channels_last)
         if bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 amp_features, phase_features = self.unet.features(x)
@@ -60,6 +72,8 @@ def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool
     scan never saw stay as they were."""
     scale, covered = mean_covered_amplitude(result.object, result.coverage)
     obj = result.object / scale
+    peak = float(result.coverage.max())
+    illumination = (result.coverage / (peak if peak > 0 else 1.0)).astype(np.float32)
     H, W = obj.shape
     corrected = obj.astype(np.complex64, copy=True)
     device = next(network.parameters()).device
@@ -70,7 +84,12 @@ def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool
             h, w = y1 - y0, x1 - x0
             tile = torch.ones(1, -(-h // MULTIPLE_PX) * MULTIPLE_PX, -(-w // MULTIPLE_PX) * MULTIPLE_PX, dtype=torch.complex64)
             tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(obj[y0:y1, x0:x1]))
-            out = network(tile.to(device), bf16=bf16)[0, :h, :w].cpu().numpy()
+            seen_tile = None
+            if network.illumination:
+                seen_tile = torch.zeros(tile.shape, dtype=torch.float32)
+                seen_tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(illumination[y0:y1, x0:x1]))
+                seen_tile = seen_tile.to(device)
+            out = network(tile.to(device), seen_tile, bf16=bf16)[0, :h, :w].cpu().numpy()
             ty1, tx1 = min(top + TILE_PX, H), min(left + TILE_PX, W)
             corrected[top:ty1, left:tx1] = out[top - y0:ty1 - y0, left - x0:tx1 - x0]
     seen = covered | (result.object != 0)

@@ -78,10 +78,11 @@ def load_object_network(map_location="cpu"):
     except Exception as exc:  # torch.load of a damaged file raises many kinds (KeyError for some)
         raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (truncated or another "
                                 f"format: {type(exc).__name__}: {first_lines(exc, limit=300)}); {fix}") from None
-    network = ObjectNetwork()
     try:
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        first = state.get("encoder.0.0.weight")
+        network = ObjectNetwork(illumination=getattr(first, "ndim", 0) == 4 and first.shape[1] == 3)  # its inputs, from its first layer
         network.unet.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
         raise UnknownModelError(f"the shipped object network {path} holds weights of another network ({first_lines(exc, 2, limit=300)}); "

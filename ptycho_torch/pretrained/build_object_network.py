@@ -42,11 +42,14 @@ def main(argv=None) -> int:
     parser.add_argument("--n-scans", type=positive_int, help="use only the first N scans of the corpus (a shorter rebuild)")
     parser.add_argument("--more-objects", type=non_negative_int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--illumination", action="store_true", help="give the network the scan's coverage as a third input (an ablation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = dict(RECIPE)
     if args.steps is not None:
         recipe["steps"] = args.steps
+    if args.illumination:
+        recipe["illumination"] = True
     if args.more_objects is not None:
         recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
@@ -128,13 +131,13 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
         with np.load(path, allow_pickle=False) as z:
             coverage = z["coverage"]
             scale, covered = mean_covered_amplitude(z["obj"], coverage)
-            weight = (coverage / coverage.max()).astype(np.float32) * covered
+            illumination = (coverage / coverage.max()).astype(np.float32)
             data.append((torch.from_numpy((z["obj"] / scale).astype(np.complex64)), torch.from_numpy(z["truth"].astype(np.complex64)),
-                         torch.from_numpy(weight)))
+                         torch.from_numpy(illumination * covered), torch.from_numpy(illumination)))
 
     with torch.random.fork_rng():  # the network's initial weights from the recipe's seed, the caller's RNG untouched
         torch.manual_seed(recipe["seed"])
-        network = ObjectNetwork()
+        network = ObjectNetwork(illumination=recipe.get("illumination", False))
     network.train()
     optimizer = torch.optim.Adam(network.unet.parameters(), lr=recipe["learning_rate"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=recipe["steps"],
@@ -197,16 +200,18 @@ def _train(network, optimizer, schedule, crops, data, recipe: dict, first_step: 
 
     P, B = recipe["crop_px"], recipe["batch"]
     for step in range(first_step, recipe["steps"]):
-        xs, ys, ws = [], [], []
+        xs, ys, ws, ls = [], [], [], []
         for _ in range(B):
-            obj, truth, weight = data[int(torch.randint(len(data), (1,), generator=crops))]
+            obj, truth, weight, illumination = data[int(torch.randint(len(data), (1,), generator=crops))]
             H, W = obj.shape
             for _attempt in range(20):  # a crop centred on a well-covered pixel
                 i = int(torch.randint(H - P + 1, (1,), generator=crops)); j = int(torch.randint(W - P + 1, (1,), generator=crops))
                 if weight[i + P // 2, j + P // 2] > recipe["centre_weight_min"]:
                     break
             xs.append(obj[i:i + P, j:j + P]); ys.append(truth[i:i + P, j:j + P]); ws.append(weight[i:i + P, j:j + P])
-        loss = physics.phase_invariant_error(network(torch.stack(xs), bf16=True), torch.stack(ys), torch.stack(ws)).mean()
+            ls.append(illumination[i:i + P, j:j + P])
+        corrected = network(torch.stack(xs), torch.stack(ls) if network.illumination else None, bf16=True)
+        loss = physics.phase_invariant_error(corrected, torch.stack(ys), torch.stack(ws)).mean()
         optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
         losses.append(loss.item())
         done = step + 1

@@ -324,3 +324,31 @@ def test_the_build_refuses_counts_it_would_ignore_or_choke_on(tmp_path, option, 
         build.main(["--work", str(tmp_path / "work"), "--output", str(tmp_path / "out.pt"), *option])
     assert exited.value.code == 2 and option[0] in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_of_a_network_that_reads_the_coverage_load_as_one_and_are_given_it(tmp_path, monkeypatch):
+    """The build's ``--illumination`` ablation: its weights (3 input channels) load as a network that reads the scan's
+    coverage, and its correction changes with that coverage; the shipped (2-channel) weights load without it."""
+    import ptycho_torch.pretrained as pretrained
+    from ptycho_torch.model.object_network import ObjectNetwork
+
+    assert not load_object_network().illumination
+    _, result, _ = _after_sweeps(NPZ, tmp_path, 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reading = ObjectNetwork(illumination=True)
+    for p in reading.unet.parameters():  # heads start at zero (identity): give them weights so the input matters
+        torch.nn.init.normal_(p, std=0.1) if p.ndim > 1 else None
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(reading.unet.state_dict(), models / OBJECT_NETWORK[0])
+    monkeypatch.setattr(pretrained, "MODELS_DIR", models)
+    loaded = load_object_network()
+    assert loaded.illumination
+    corrected = correct_object(loaded, result).object
+    dimmer = correct_object(loaded, replace(result, coverage=result.coverage ** 2)).object
+    assert np.abs(corrected - dimmer).max() > 1e-3 * np.abs(corrected).max()
+    with pytest.raises(ValueError, match="pass illumination"):
+        loaded(torch.ones(1, 8, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="without the coverage input"):
+        ObjectNetwork()(torch.ones(1, 8, 8, dtype=torch.complex64), torch.ones(1, 8, 8))
