@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.experiments.report import print_scan, write_record
 from ptycho_torch.model import physics
 from ptycho_torch.model.networks import UNetGenerator
-from ptycho_torch.model.object_network import mean_covered_amplitude
+from ptycho_torch.model.object_network import correct_object, mean_covered_amplitude
+from ptycho_torch.pretrained import load_object_network
 from ptycho_torch.model.refine import data_misfit, flat_start, refine
 from ptycho_torch.model.stitching import Canvas
 from ptycho.scan_file import read_scan
@@ -123,7 +124,11 @@ def evaluate(args):
     for spec in args.model:
         name, path = spec.split("=")
         phase_only = path.endswith(":phase"); path = path.removesuffix(":phase")
-        m = net(); m.load_state_dict(torch.load(path, weights_only=True)); m.eval(); m.phase_only = phase_only; models[name] = m
+        if phase_only:
+            m = net(); m.load_state_dict(torch.load(path, weights_only=True)); m.eval()
+        else:  # the package's network (its inputs from its weights), applied as the package does (correct_object)
+            m = load_object_network(path=path)
+        m.phase_only = phase_only; models[name] = m
     scans = held_out_scans(Path(args.heldout), 2, args.heldout_seed, 512)
     scans["embedded"] = [ROOT / "datasets" / "sim_small.npz"]
     out = {}
@@ -142,11 +147,15 @@ def evaluate(args):
                     t = time.process_time()
                     with torch.inference_mode():
                         o, covered, scale = normalise(r.object, r.coverage)
-                        H, W = o.shape; Hp, Wp = -(-H // 8) * 8, -(-W // 8) * 8
-                        x = torch.ones(1, Hp, Wp, dtype=torch.complex64); x[0, :H, :W] = torch.from_numpy(o)
-                        y = apply(m, x, phase_only=m.phase_only)[0, :H, :W].numpy()
-                        y = np.where(covered | (r.object != 0), y, 0)
-                        y_units = (y * scale).astype(np.complex64)  # back in the sweeps' units
+                        if m.phase_only:
+                            H, W = o.shape; Hp, Wp = -(-H // 8) * 8, -(-W // 8) * 8
+                            x = torch.ones(1, Hp, Wp, dtype=torch.complex64); x[0, :H, :W] = torch.from_numpy(o)
+                            y = apply(m, x, phase_only=True)[0, :H, :W].numpy()
+                            y = np.where(covered | (r.object != 0), y, 0)
+                            y_units = (y * scale).astype(np.complex64)  # back in the sweeps' units
+                        else:
+                            y_units = correct_object(m, r, bf16=True).object
+                            y = y_units / scale
                     tc = ts + time.process_time() - t
                     rec[f"flat+{k} -> {name}"] = {**bench_ptychi.score_reconstruction(y, loaded), "cpu_s": tc}
                     if args.gate:

@@ -58,25 +58,32 @@ def load_pretrained(name: str = DEFAULT_MODEL, map_location="cpu"):
     return load_network(resolve_checkpoint(name), map_location=map_location)
 
 
-def load_object_network(map_location="cpu"):
-    """The shipped whole-object network (:class:`~ptycho_torch.model.object_network.ObjectNetwork`) in eval mode."""
+def load_object_network(map_location="cpu", path=None):
+    """The shipped whole-object network (:class:`~ptycho_torch.model.object_network.ObjectNetwork`) in eval mode, or the one
+    whose weights ``path`` holds (written by ``build_object_network --output``)."""
     import torch
 
     from ptycho_torch.model.checkpoints import first_lines
     from ptycho_torch.model.object_network import ObjectNetwork
 
-    path = object_network_file()
-    fix = "restore it from the package, or rebuild it with `make object-network`"
+    if path is None:
+        path = object_network_file()
+        fix = "restore it from the package, or rebuild it with `make object-network`"
+    else:
+        path = Path(path)
+        fix = "rebuild it with `python -m ptycho_torch.pretrained.build_object_network --output FILE`"
+        if not path.is_file():
+            raise UnknownModelError(f"no object network weights at {path}; {fix}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # no object refused: not a torch pickle at all (random bytes, another format)
-            raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (corrupt or another "
+            raise UnknownModelError(f"the object network {path} is not a readable torch weights file (corrupt or another "
                                     f"format); {fix}") from None
-        raise UnknownModelError(f"the shipped object network {path} holds Python objects a weights-only load refuses (nothing in "
+        raise UnknownModelError(f"the object network {path} holds Python objects a weights-only load refuses (nothing in "
                                 f"it was run): it is not the network's weights; {fix}") from None
     except Exception as exc:  # torch.load of a damaged file raises many kinds (KeyError for some)
-        raise UnknownModelError(f"the shipped object network {path} is not a readable torch weights file (truncated or another "
+        raise UnknownModelError(f"the object network {path} is not a readable torch weights file (truncated or another "
                                 f"format: {type(exc).__name__}: {first_lines(exc, limit=300)}); {fix}") from None
     try:
         if not isinstance(state, dict):
@@ -85,7 +92,7 @@ def load_object_network(map_location="cpu"):
         network = ObjectNetwork(illumination=getattr(first, "ndim", 0) == 4 and first.shape[1] == 3)  # its inputs, from its first layer
         network.unet.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise UnknownModelError(f"the shipped object network {path} holds weights of another network ({first_lines(exc, 2, limit=300)}); "
+        raise UnknownModelError(f"the object network {path} holds weights of another network ({first_lines(exc, 2, limit=300)}); "
                                 f"{fix}") from None
     return network.eval()
 

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ptycho_torch.cli import positive_int
 from ptycho_torch.pretrained import MODELS_DIR, SHIPPED
 
 logger = logging.getLogger("ptycho_torch.pretrained.build")
@@ -39,28 +40,34 @@ CORPUS_FAMILY_KEYS = ("probe_families", "object_families", "trajectories")  # ab
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else __name__}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="pretrained", choices=sorted(SHIPPED))
     parser.add_argument("--work", type=Path, default=Path("data") / "pretrained-build", help="scratch directory; rerun with it to resume")
     parser.add_argument("--output", type=Path, help="weights file (default: the shipped model's file in the package)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter rebuild, e.g. for a test)")
-    parser.add_argument("--n-scans", type=int, help="override the recipe's corpus size")
+    parser.add_argument("--epochs", type=positive_int, help="override the recipe's epochs (a shorter rebuild, e.g. for a test)")
+    parser.add_argument("--n-scans", type=positive_int, help="override the recipe's corpus size")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="override the recipe's U-Net arithmetic")
     parser.add_argument("--probes", nargs="+", help="override the corpus's probe families (an ablation, e.g. --probes pinhole)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: cheapest in CPU time on a shared machine)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: cheapest in CPU time on a shared machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = json.loads(json.dumps(RECIPE))
-    if args.epochs:
+    if args.epochs is not None:
         recipe["training"]["epochs"] = args.epochs
-    if args.n_scans:
+    if args.n_scans is not None:
         recipe["corpus"]["n_scans"] = args.n_scans
     if args.precision:
         recipe["precision"] = args.precision
     if args.probes:
         recipe["corpus"]["probe_families"] = list(args.probes)
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
-    build(recipe, args.work, output, threads=args.threads, command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
+    try:
+        build(recipe, args.work, output, threads=args.threads,
+              command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
+    except KeyboardInterrupt as exc:  # Ctrl-C or a job's time limit: the sessions record and the last checkpoint stay
+        print(f"{parser.prog}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0  # build() logged the path it wrote
 
 
@@ -99,13 +106,18 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     trainer = build_trainer(training, run_dir, progress=False)
     started_cpu, started_wall, load_before = time.process_time(), time.perf_counter(), os.getloadavg()
     logger.info("training %s (%s)", "resumed from " + resume if resume else "from the start", recipe)
-    trainer.fit(model, datamodule=module, ckpt_path=resume)
-    sessions.append({"resumed_from_epoch": _epoch_of(resume), "cpu_s": time.process_time() - started_cpu,
-                     "wall_s": time.perf_counter() - started_wall, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                     "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
-    record_path.write_text(json.dumps(sessions, indent=1))
+    try:
+        trainer.fit(model, datamodule=module, ckpt_path=resume)
+    except SystemExit as exc:  # Lightning 2.6 ends a fit stopped by Ctrl-C with sys.exit(1)
+        if not (trainer.interrupted and isinstance(exc.__context__, KeyboardInterrupt)):
+            raise
+    finally:  # an interrupted session's CPU time is counted too
+        sessions.append({"resumed_from_epoch": _epoch_of(resume), "cpu_s": time.process_time() - started_cpu,
+                         "wall_s": time.perf_counter() - started_wall, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                         "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
+        record_path.write_text(json.dumps(sessions, indent=1))
     if trainer.interrupted:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(f"the build in {work} was interrupted; run the same command again to resume from its last checkpoint")
     best, last = run_dir / "checkpoints" / "best-checkpoint.ckpt", run_dir / "checkpoints" / LAST_CHECKPOINT
     checkpoint = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)
     output.parent.mkdir(parents=True, exist_ok=True)

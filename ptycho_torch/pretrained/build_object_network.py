@@ -34,7 +34,8 @@ RECIPE = {"sweeps": [5, 10], "steps": 3000, "batch": 16, "crop_px": 64, "learnin
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else __name__}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("data") / "object-network-build", help="scratch directory; rerun with it to resume")
     parser.add_argument("--corpus", type=Path, help="the shipped model's training corpus, if already written (else written to --work)")
     parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
@@ -57,6 +58,10 @@ def main(argv=None) -> int:
         build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
     except ValueError as exc:  # a state of another recipe, or unreadable: one line, before any work
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:  # Ctrl-C or a job's time limit: the last saved state and the sessions record stay
+        print(f"{parser.prog}: the build in {args.work} was interrupted; run the same command again to resume from its last saved "
+              f"step (every {recipe['checkpoint_every']})", file=sys.stderr)
+        return 130
     return 0
 
 

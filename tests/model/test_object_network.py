@@ -352,3 +352,43 @@ def test_weights_of_a_network_that_reads_the_coverage_load_as_one_and_are_given_
         loaded(torch.ones(1, 8, 8, dtype=torch.complex64))
     with pytest.raises(ValueError, match="without the coverage input"):
         ObjectNetwork()(torch.ones(1, 8, 8, dtype=torch.complex64), torch.ones(1, 8, 8))
+
+
+def test_ctrl_c_during_the_build_exits_130_with_a_message_and_counts_the_session(tmp_path, monkeypatch, capsys):
+    from ptycho_torch.model import physics
+    from ptycho_torch.pretrained import build_object_network as build
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    calls, original = [], physics.phase_invariant_error
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(physics, "phase_invariant_error", interrupted)
+    work = tmp_path / "work"
+    status = build.main(["--corpus", str(corpus), "--work", str(work), "--output", str(tmp_path / "o.pt"), "--steps", "6",
+                         "--more-objects", "0"])
+    assert status == 130
+    assert capsys.readouterr().err.strip() == (f"python -m ptycho_torch.pretrained.build_object_network: the build in {work} was "
+                                               "interrupted; run the same command again to resume from its last saved step (every 250)")
+    (session,) = json.loads((work / "sessions.json").read_text())
+    assert session["cpu_s"] > 0 and not (tmp_path / "o.pt").exists()
+
+
+def test_weights_written_elsewhere_by_the_build_load_from_their_path(tmp_path):
+    from ptycho_torch.pretrained import UnknownModelError
+
+    torch.save(load_object_network().unet.state_dict(), tmp_path / "mine.pt")
+    mine = load_object_network(path=tmp_path / "mine.pt")
+    shipped = load_object_network()
+    assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(UnknownModelError, match=f"no object network weights at {tmp_path / 'none.pt'}; rebuild it with"):
+        load_object_network(path=tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not torch")
+    with pytest.raises(UnknownModelError, match=f"the object network {tmp_path / 'bad.pt'} is not a readable torch weights file"):
+        load_object_network(path=tmp_path / "bad.pt")

@@ -1,0 +1,53 @@
+"""``python -m ptycho_torch.pretrained.build`` stopped by Ctrl-C (or a job's time limit) exits 130 with a message, counts the
+stopped session's CPU time, and the same command resumes it to a finished model and record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lightning.pytorch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ctrl_c_exits_130_with_a_message_and_the_same_command_resumes(tmp_path):
+    work, output = tmp_path / "work", tmp_path / "model.ckpt"
+    command = [sys.executable, "-m", "ptycho_torch.pretrained.build", "--work", str(work), "--output", str(output), "--n-scans", "1",
+               "--epochs", "3", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(work.glob("run-00/checkpoints/last.ckpt")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (f"python -m ptycho_torch.pretrained.build: the build in {work} was interrupted; run the "
+                                               "same command again to resume from its last checkpoint"), stderr[-3000:]
+    assert "Traceback" not in stderr and not output.exists()
+    (stopped,) = json.loads((work / "sessions.json").read_text())
+    assert stopped["cpu_s"] > 0 and stopped["resumed_from_epoch"] is None
+
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert [s["resumed_from_epoch"] for s in record["sessions"]][0] is None and len(record["sessions"]) == 2
+    assert record["sessions"][1]["resumed_from_epoch"] >= 0
+    assert record["train_cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in record["sessions"]))
+    assert set(torch.load(output, weights_only=True)) == {"state_dict", "hyper_parameters"}
