@@ -48,6 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", choices=GROUP_SELECTIONS, default=None,
                         help="'cover': predict only the fewest groups that hold every pattern (default, about a third of them); "
                              "'all': every group built (slower; benchmarks/RESULTS.md has both)")
+    add_method_arguments(parser)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
+    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, default="auto",
+                        help="units of the scan's diffraction (default: auto: integer dtypes are photon counts, floats amplitudes)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: OMP_NUM_THREADS when set, else the cores "
+                        "this process may use)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
+    add_lock_timeout_argument(parser)
+    parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+    return parser
+
+
+METHOD_OPTIONS = ("--start", "--refine", "--refine-points", "--refine-momentum", "--refine-plateau", "--object-network", "--precision")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say how the object is reconstructed (:data:`METHOD_OPTIONS`), shared with :func:`method_settings`."""
     parser.add_argument("--start", choices=STARTS, default="network",
                         help="'network': the network's single pass (default); 'physics': its physics input alone, without "
                              "the U-Net (0.35-0.42 CPU s less per 512 points); 'flat': a unit object, neither (needs --refine); "
@@ -72,18 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "benchmarks/RESULTS.md has where it helps)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                         help="the network's arithmetic: 'auto' (default) is bf16 where the CPU or GPU computes it natively, else fp32")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"memory map and groups cache directory (default: {DEFAULT_DATA_DIR}, relative to the working directory)")
-    parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, default="auto",
-                        help="units of the scan's diffraction (default: auto: integer dtypes are photon counts, floats amplitudes)")
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: OMP_NUM_THREADS when set, else the cores "
-                        "this process may use)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, the GPU when torch sees one)")
-    add_lock_timeout_argument(parser)
-    parser.add_argument("--no-png", action="store_true", help="do not write the amplitude/phase PNG")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
-    return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -241,6 +249,31 @@ def refine_update(args: argparse.Namespace):
     return RefinementUpdate(patterns=points, momentum=REFINE_MOMENTUM if args.refine_momentum is None else args.refine_momentum,
                             plateau=REFINE_PLATEAU if args.refine_plateau is None else args.refine_plateau)
 
+
+
+class _MethodParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def method_settings(text: str, source: str) -> dict:
+    """:class:`~ptycho_torch.workflow.ReconstructionSettings` fields from ``ptycho-reconstruct``'s method options written as
+    one string (``source`` names where it came from, e.g. an environment variable), checked as the command checks them;
+    anything else is refused (UsageError naming ``source``, the option and the fix). Imports torch only for ``--refine``."""
+    import shlex
+
+    parser = _MethodParser(prog=source, add_help=False, allow_abbrev=False)
+    add_method_arguments(parser)
+    fix = f"it takes ptycho-reconstruct's options {', '.join(METHOD_OPTIONS)} (e.g. '--start flat --refine 7 --object-network 5')"
+    try:
+        args = parser.parse_args(shlex.split(text))
+        args.batch_size = args.n_groups = args.groups = None  # not method options: never set here
+        check_start_options(args)
+        check_refine_options(args)
+    except (UsageError, ValueError) as exc:  # shlex: unbalanced quotes
+        raise UsageError(f"{source}={text!r}: {exc}; {fix}") from None
+    return {"start": args.start, "refine_iterations": args.refine, "refine_update": refine_update(args) if args.refine else None,
+            "object_network_after": args.object_network or 0, **({"precision": args.precision} if args.precision else {})}
 
 def set_torch_threads(requested: int | None) -> None:
     """Compute with the threads :func:`choose_threads` picks (no loader workers here); logged once (INFO)."""

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigManager",
     "DataloaderFormats",
     "INIT_ENV",
+    "RECONSTRUCT_ENV",
     "InferenceEngine",
     "PtychoDataLoader",
     "PtychoModel",
@@ -30,6 +31,9 @@ ORCHESTRATION = "lightning"
 CPU_INFERENCE_BATCH = 128  # groups per inference batch on the CPU: a few hundred MB at N=64, C=4
 INIT_ENV = "PTYCHOPINN_INIT"  # what training starts from: unset (the shipped model of the pattern size, if any), 'random', a name or a .ckpt
 INIT_RANDOM = "random"
+# how Reconstruct reconstructs: unset, the network's single pass; else ptycho-reconstruct's method options, e.g.
+# '--start flat --refine 7 --object-network 5' (ptycho_torch.cli_reconstruct.METHOD_OPTIONS)
+RECONSTRUCT_ENV = "PTYCHOPINN_RECONSTRUCT"
 INFERENCE_PRECISION = "auto"  # Reconstruct's arithmetic, as ptycho-reconstruct's default: bf16 where the device computes it natively
 
 
@@ -255,10 +259,12 @@ class InferenceEngine:
 
         That is the grid of Ptychodus's default object for the same positions, so the result lands
         where the input object was. Runs on the GPU when torch sees one, else on the CPU with at
-        most ``CPU_INFERENCE_BATCH`` groups per batch; each group of the loader is predicted once.
+        most ``CPU_INFERENCE_BATCH`` groups per batch; each group of the loader is predicted once. With
+        :data:`RECONSTRUCT_ENV` set, the method it names instead (``ptycho-reconstruct``'s options, checked first).
         """
         from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan, resolve_device
 
+        method = _reconstruction_method()
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
         _require_same_patterns(loader.dataset, network)
@@ -267,6 +273,23 @@ class InferenceEngine:
         if device.type == "cpu" and batch_size > CPU_INFERENCE_BATCH:
             logger.info("inference batch %d capped at %d groups on the CPU to bound memory", batch_size, CPU_INFERENCE_BATCH)
             batch_size = CPU_INFERENCE_BATCH
-        settings = ReconstructionSettings(device=str(device), precision=INFERENCE_PRECISION, batch_size=batch_size, groups="all",
-                                          progress=progress)
+        settings = ReconstructionSettings(**{"device": str(device), "precision": INFERENCE_PRECISION, "batch_size": batch_size,
+                                             "groups": "all", "progress": progress, **method})
         return reconstruct_scan(network, loader.dataset, settings).object
+
+
+def _reconstruction_method() -> dict:
+    """The :class:`~ptycho_torch.workflow.ReconstructionSettings` fields :data:`RECONSTRUCT_ENV` asks for (none when unset)."""
+    from ptycho_torch.cli import UsageError
+    from ptycho_torch.cli_reconstruct import method_settings
+
+    text = os.environ.get(RECONSTRUCT_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        method = method_settings(text, RECONSTRUCT_ENV)
+    except UsageError as exc:
+        raise ValueError(f"{exc}; set {RECONSTRUCT_ENV} in the shell that starts Ptychodus, or unset it for the network's single "
+                         "pass") from None
+    logger.info("%s=%r: %s", RECONSTRUCT_ENV, text, ", ".join(f"{key}={value}" for key, value in method.items()))
+    return method

@@ -23,14 +23,16 @@ import torch  # noqa: E402
 from ptychodus.model.ptychopinn_torch._subprocess import run_reconstruct, run_train  # noqa: E402
 
 import ptycho_torch.pretrained as pretrained  # noqa: E402
-from ptycho_torch.api.base_api import INIT_ENV, ConfigManager, InferenceEngine, PtychoModel, load_model  # noqa: E402
+from ptycho_torch.api.base_api import INIT_ENV, RECONSTRUCT_ENV, ConfigManager, InferenceEngine, PtychoModel, load_model  # noqa: E402
 from ptycho_torch.model.checkpoints import load_network  # noqa: E402
 from tests.ptychodus.plugin_support import (  # noqa: E402
     build_configs,
+    complex_fit_quality,
     export_training_data,
     reconstruct_input,
     reconstruct_payload,
     run_in_process,
+    scanned_interior,
     train_payload,
 )
 from tests.standin_model import ship_standin, standin_network, write_standin  # noqa: E402
@@ -213,3 +215,49 @@ def test_the_guis_spawned_training_child_fine_tunes_the_model_ptychopinn_init_na
     results = list(reconstructor.reconstruct(parameters))
     assert len(results) == 1 and isinstance(results[0], ReconstructOutput)
     assert np.isfinite(results[0].product.object_.get_layer(0)).all()
+
+
+def _reconstructed(tmp_path, monkeypatch, parameters, method: str | None, caplog=None):
+    """Ptychodus's own run_reconstruct with the stand-in shipped model and the real object network, ``method`` in the environment."""
+    import shutil
+
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    shutil.copy(ROOT / "ptycho_torch" / "pretrained" / pretrained.OBJECT_NETWORK[0], tmp_path / "models")
+    if method is None:
+        monkeypatch.delenv(RECONSTRUCT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(RECONSTRUCT_ENV, method)
+    messages = run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, parameters))
+    assert [tag for tag, _ in messages] == ["output"]
+    array = pickle.loads(messages[0][1]).product.object_.get_layer(0)
+    source = parameters.product.object_
+    geometry = source.get_geometry()
+    x = geometry.map_probe_positions_to_object_x_px(parameters.product.probe_positions)
+    y = geometry.map_probe_positions_to_object_y_px(parameters.product.probe_positions)
+    return complex_fit_quality(array, source.get_layer(0), scanned_interior(array.shape, x, y, 64))
+
+
+def test_reconstruct_runs_the_method_ptychopinn_reconstruct_names(tmp_path, monkeypatch, parameters, caplog):
+    """Unset: the network's single pass (here a stand-in that knows nothing); set to ptycho-reconstruct's method options:
+    that reconstruction, on the same grid, its log saying so."""
+    _, single_pass = _reconstructed(tmp_path, monkeypatch, parameters, None)
+    with caplog.at_level(logging.INFO):
+        _, gated = _reconstructed(tmp_path, monkeypatch, parameters, "--start flat --refine 7 --object-network 5")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{RECONSTRUCT_ENV}='--start flat --refine 7 --object-network 5': start=flat, refine_iterations=7")
+               for m in messages), messages
+    assert any(m.startswith("object network: its correction") for m in messages), messages
+    assert gated > 0.6 and gated > single_pass + 0.15, (single_pass, gated)  # phase r 0.517 and 0.808 measured (64 points)
+
+
+@pytest.mark.parametrize("method, words", [("--output x.npz", "unrecognized arguments: --output x.npz"),
+                                           ("--start flat", "give --refine ITERATIONS"),
+                                           ("--refine 5 --object-network 5", "give --start flat")])
+def test_a_reconstruct_method_that_cannot_run_is_refused_naming_the_variable_before_any_prediction(tmp_path, monkeypatch, method, words):
+    ship_standin(monkeypatch, tmp_path / "models")
+    monkeypatch.setenv(RECONSTRUCT_ENV, method)
+    manager = ConfigManager(data_config={"N": 64})
+    engine = InferenceEngine(config_manager=manager, ptycho_model=PtychoModel())
+    with pytest.raises(ValueError, match=f"{RECONSTRUCT_ENV}=.*{words}.*unset it for the network's single pass") as raised:
+        engine.predict_and_stitch(None)  # refused before the loader is read
+    assert RECONSTRUCT_ENV in str(raised.value)
