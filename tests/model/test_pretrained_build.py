@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning.pytorch")
+
+from tests.interrupt import interrupt_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,20 +24,8 @@ def test_ctrl_c_exits_130_with_a_message_and_the_same_command_resumes(tmp_path):
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build", "--work", str(work), "--output", str(output), "--n-scans", "1",
                "--epochs", "3", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(work.glob("run-00/checkpoints/last.ckpt")):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130, stderr[-3000:]
+    returncode, stdout, stderr = interrupt_once(command, work, "run-00/checkpoints/last.ckpt", cwd=tmp_path, env=env)
+    assert returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == (f"python -m ptycho_torch.pretrained.build: the build in {work} was interrupted; run the "
                                                "same command again to resume from its last checkpoint"), stderr[-3000:]
     assert "Traceback" not in stderr and not output.exists()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 from ptycho_torch.run_dirs import INCOMPLETE, mark_incomplete  # noqa: E402
 from ptycho_torch.workflow import train_model  # noqa: E402
+from tests.interrupt import interrupt_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NPZ = ROOT / "datasets" / "sim_small.npz"
@@ -88,23 +87,12 @@ def test_sys_exit_inside_fit_stays_sys_exit(tmp_path):
 def test_ctrl_c_during_ptycho_train_exits_130_with_a_message_and_keeps_the_run_marked(tmp_path):
     output = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli_train", str(NPZ), "--n-groups", "32", "--epochs", "500",
-                                "--threads", "1", "--output-dir", str(output), "--data-dir", str(tmp_path / "memmap"), "--quiet"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(output.glob("run_*/checkpoints/*.ckpt")):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    returncode, stdout, stderr = interrupt_once(
+        [sys.executable, "-m", "ptycho_torch.cli_train", str(NPZ), "--n-groups", "32", "--epochs", "500", "--threads", "1",
+         "--output-dir", str(output), "--data-dir", str(tmp_path / "memmap"), "--quiet"], output, "run_*/checkpoints/*.ckpt",
+        cwd=ROOT, env=env, timeout_s=120)
     (run_dir,) = output.glob("run_*")
-    assert process.returncode == 130, stderr[-3000:]
+    assert returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == f"ptycho-train: training in {run_dir} was interrupted", stderr[-3000:]
     assert "Traceback" not in stderr and stdout == ""
     assert (run_dir / INCOMPLETE).is_file() and list(run_dir.glob("checkpoints/*.ckpt"))
