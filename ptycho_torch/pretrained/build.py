@@ -81,6 +81,7 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     from ptycho_torch.model.training import LAST_CHECKPOINT, PtychoDataModule, build_trainer
 
     torch.set_num_threads(threads)
+    commit = _commit()  # the code this session runs (the tree may change while it trains)
     work.mkdir(parents=True, exist_ok=True)
     families = {key: tuple(value) for key, value in recipe["corpus"].items() if key in CORPUS_FAMILY_KEYS}
     named = "".join("-" + "+".join(value) for value in families.values())
@@ -114,7 +115,7 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     finally:  # an interrupted session's CPU time is counted too
         sessions.append({"resumed_from_epoch": _epoch_of(resume), "cpu_s": time.process_time() - started_cpu,
                          "wall_s": time.perf_counter() - started_wall, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                         "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
+                         "threads": threads, "commit": commit, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
         record_path.write_text(json.dumps(sessions, indent=1))
     if trainer.interrupted:
         raise KeyboardInterrupt(f"the build in {work} was interrupted; run the same command again to resume from its last checkpoint")
@@ -126,7 +127,7 @@ def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=(
     os.replace(tmp, output)
     train_groups = len(module.train_indices)
     record = {
-        "name": output.stem, "recipe": recipe, "command": " ".join(map(str, command)), "commit": _commit(),
+        "name": output.stem, "recipe": recipe, "command": " ".join(map(str, command)), "commit": commit,
         "checkpoint_epoch": int(checkpoint.get("epoch", -1)), "train_groups_per_epoch": train_groups,
         "validation_groups": len(module.val_indices), "group_steps": train_groups * recipe["training"]["epochs"],
         "train_cpu_s": sum(s["cpu_s"] for s in sessions), "sessions": sessions,
@@ -147,11 +148,14 @@ def _epoch_of(checkpoint) -> int | None:
 
 
 def _commit() -> str:
+    """The repository's HEAD, with ``+changes`` when the package code differs from it (the run is then not that commit's)."""
+    root = Path(__file__).resolve().parents[2]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "ptycho", "ptycho_torch"], cwd=root, capture_output=True).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if changed else "")
 
 
 if __name__ == "__main__":

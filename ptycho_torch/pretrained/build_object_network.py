@@ -110,6 +110,7 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     from ptycho_torch.pretrained.build import RECIPE as SHIPPED_RECIPE, _commit
 
     torch.set_num_threads(threads)
+    commit = _commit()  # the code this session runs (the tree may change while it trains)
     state_path = work / "training-state.pt"
     record_path = work / "sessions.json"
     state = _read_state(state_path, recipe, n_scans, work)  # before the corpus is written or refined
@@ -160,14 +161,14 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
         _train(network, optimizer, schedule, crops, data, recipe, first_step, state_path, losses, n_scans)
     finally:  # an interrupted session's CPU time is counted too
         sessions.append({"from_step": first_step, "cpu_s": time.process_time() - started_cpu, "wall_s": time.perf_counter() - started_wall,
-                         "threads": threads, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
+                         "threads": threads, "commit": commit, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
         record_path.write_text(json.dumps(sessions, indent=1))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
     torch.save(network.unet.state_dict(), tmp)
     os.replace(tmp, output)
     record = {"name": output.stem, "recipe": recipe, "corpus": {**shipped_corpus, "n_scans_used": len(files) // len(recipe["sweeps"]) - more["n_scans"]},
-              "command": " ".join(map(str, command)), "commit": _commit(), "cpu_s": sum(s["cpu_s"] for s in sessions),
+              "command": " ".join(map(str, command)), "commit": commit, "cpu_s": sum(s["cpu_s"] for s in sessions),
               "sessions": sessions, "final_loss": float(np.mean(losses[-200:])) if losses else None, "torch": torch.__version__}
     output.with_suffix(".json").write_text(json.dumps(record, indent=1))
     logger.info("wrote %s (%.1f MB) and its record; %.1f CPU s", output, output.stat().st_size / 1e6, record["cpu_s"])

@@ -392,3 +392,19 @@ def test_weights_written_elsewhere_by_the_build_load_from_their_path(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not torch")
     with pytest.raises(UnknownModelError, match=f"the object network {tmp_path / 'bad.pt'} is not a readable torch weights file"):
         load_object_network(path=tmp_path / "bad.pt")
+
+
+def test_the_build_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A training runs for minutes to hours; the tree may be committed to meanwhile: the record names the code it ran."""
+    from ptycho_torch.pretrained import build as shipped_build
+    from ptycho_torch.pretrained import build_object_network as build
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    commits = iter(["started-here", "committed-later"])
+    monkeypatch.setattr(shipped_build, "_commit", lambda: next(commits))
+    recipe_ = {**build.RECIPE, "steps": 2, "batch": 2, "more_objects": {"n_scans": 0, "seed": 2}}
+    build.build(recipe_, tmp_path / "work", tmp_path / "o.pt", corpus=corpus)
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert record["commit"] == "started-here" and [s["commit"] for s in record["sessions"]] == ["started-here"]
