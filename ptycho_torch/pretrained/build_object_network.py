@@ -26,8 +26,9 @@ from ptycho_torch.pretrained import MODELS_DIR, OBJECT_NETWORK
 
 logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
 
-RECIPE = {"sweeps": [5, 10], "steps": 3000, "batch": 16, "crop_px": 64, "learning_rate": 1e-3, "warmup_fraction": 0.1,
+RECIPE = {"sweeps": [5, 10], "steps": 9000, "batch": 16, "crop_px": 64, "learning_rate": 1e-3, "warmup_fraction": 0.1,
           "centre_weight_min": 0.3, "seed": 0, "checkpoint_every": 250,
+          # steps: 9000 since 2026-12-07 (3000 before; benchmarks/RESULTS.md "Three times the training steps")
           # scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the shipped model's corpus (0: none; 48 since 2026-12-07,
           # benchmarks/RESULTS.md "More object families in the object network's corpus")
           "more_objects": {"n_scans": 48, "seed": 2}}
