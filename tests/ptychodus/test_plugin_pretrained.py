@@ -261,3 +261,41 @@ def test_a_reconstruct_method_that_cannot_run_is_refused_naming_the_variable_bef
     with pytest.raises(ValueError, match=f"{RECONSTRUCT_ENV}=.*{words}.*unset it for the network's single pass") as raised:
         engine.predict_and_stitch(None)  # refused before the loader is read
     assert RECONSTRUCT_ENV in str(raised.value)
+
+
+def _diffraction_reading_checkpoint(path: Path) -> Path:
+    """A checkpoint whose U-Net reads the diffraction itself (as every checkpoint written before generator_input did)."""
+    from ptycho_torch.config_params import DataConfig, ModelConfig
+    from ptycho_torch.model.pinn import PtychoPINN
+
+    model = ModelConfig(n_filters_scale=1, base_filters=16, cbam_encoder=False, use_shared_decoder=True, batch_norm=True,
+                        truth_loss_weight=0.0, generator_input="diffraction", generator_output="object")
+    network = PtychoPINN(model, DataConfig(N=64, grid_size=(2, 2), K=7), seed=1)
+    torch.save({"state_dict": network.state_dict(), "hyper_parameters": {**network.configs(), "seed": 1}}, path)
+    return path
+
+
+@pytest.mark.parametrize("checkpoint, method, words", [
+    ("32", "--start flat --refine 7 --object-network 5", "--object-network: the shipped object network was trained on scans of 64 x 64 "
+                                                          "patterns, not 32 x 32"),
+    ("diffraction", "--start physics --refine 3", "--start physics: the loaded model reads the diffraction itself"),
+    ("missing object network", "--start flat --refine 7 --object-network 5", "--object-network: the shipped object network is missing"),
+])
+def test_a_reconstruct_method_the_loaded_model_cannot_run_is_refused_naming_the_variable_before_any_prediction(
+        tmp_path, monkeypatch, checkpoint, method, words):
+    """What ptycho-reconstruct refuses for this model (the object network at another pattern size or without its weights,
+    --start physics with a network that has no physics input) is refused as the variable's other values are, before the
+    loader is read: not deep in the reconstruction, naming settings the user never set."""
+    ship_standin(monkeypatch, tmp_path / "models")  # the object network is not there: only "missing" reaches that check
+    if checkpoint == "32":
+        path = write_standin(tmp_path / "mine32.ckpt", N=32)
+        monkeypatch.setattr(pretrained, "MODELS_DIR", ROOT / "ptycho_torch" / "pretrained")
+    elif checkpoint == "diffraction":
+        path = _diffraction_reading_checkpoint(tmp_path / "diffraction.ckpt")
+    else:
+        path = tmp_path / "models" / pretrained.SHIPPED["pretrained"][0]
+    monkeypatch.setenv(RECONSTRUCT_ENV, method)
+    model, manager = load_model(path)
+    engine = InferenceEngine(config_manager=manager, ptycho_model=model)
+    with pytest.raises(ValueError, match=f"^{RECONSTRUCT_ENV}='{method}': {words}.*unset it for the network's single pass"):
+        engine.predict_and_stitch(None)  # refused before the loader is read
