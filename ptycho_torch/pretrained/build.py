@@ -66,7 +66,9 @@ def main(argv=None) -> int:
         build(recipe, args.work, output, threads=args.threads,
               command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
     except KeyboardInterrupt as exc:  # Ctrl-C or a job's time limit: the sessions record and the last checkpoint stay
-        print(f"{parser.prog}: {exc or 'interrupted'}", file=sys.stderr)
+        # before or after the training (corpus, memory maps) the interruption carries no message: one line all the same
+        print(f"{parser.prog}: {str(exc) or f'the build in {args.work} was interrupted; run the same command again to resume'}",
+              file=sys.stderr)
         return 130
     return 0  # build() logged the path it wrote
 

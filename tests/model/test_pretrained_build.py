@@ -39,3 +39,18 @@ def test_ctrl_c_exits_130_with_a_message_and_the_same_command_resumes(tmp_path):
     assert record["sessions"][1]["resumed_from_epoch"] >= 0
     assert record["train_cpu_s"] == pytest.approx(sum(s["cpu_s"] for s in record["sessions"]))
     assert set(torch.load(output, weights_only=True)) == {"state_dict", "hyper_parameters"}
+
+
+def test_ctrl_c_before_the_training_exits_130_with_a_message_too(tmp_path, monkeypatch, capsys):
+    """Writing the corpus (48 scans: minutes) is the first thing the build does; Ctrl-C there says what happened, not nothing."""
+    import ptycho.corpus
+    from ptycho_torch.pretrained import build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ptycho.corpus, "write_training_corpus", interrupted)
+    work = tmp_path / "work"
+    assert build.main(["--work", str(work), "--output", str(tmp_path / "model.ckpt"), "--n-scans", "1", "--epochs", "1"]) == 130
+    assert capsys.readouterr().err.strip() == (f"python -m ptycho_torch.pretrained.build: the build in {work} was interrupted; "
+                                               "run the same command again to resume")
