@@ -117,50 +117,49 @@ def build(recipe: dict, work: Path, output: Path, *, corpus: Path | None = None,
     state = _read_state(state_path, recipe, n_scans, work)  # before the corpus is written or refined
     work.mkdir(parents=True, exist_ok=True)
     started_cpu, started_wall = time.process_time(), time.perf_counter()
-    shipped_corpus = SHIPPED_RECIPE["corpus"]
-    if corpus is None:
-        corpus = work / f"corpus-{shipped_corpus['n_scans']}-seed{shipped_corpus['seed']}"
-        if len(list(corpus.glob("*.npz"))) != shipped_corpus["n_scans"]:
-            write_training_corpus(corpus, shipped_corpus["n_scans"], shipped_corpus["seed"], n_points=shipped_corpus["n_points"],
-                                  N=shipped_corpus["N"])
-    files = refined_pairs(corpus, recipe["sweeps"], work / "refined", n_scans)
-    more = recipe.get("more_objects", {"n_scans": 0})
-    if more["n_scans"]:
-        from ptycho.corpus import MORE_TRAIN_OBJECTS
-
-        extra = work / f"corpus-more-{more['n_scans']}-seed{more['seed']}"
-        if len(list(extra.glob("*.npz"))) != more["n_scans"]:
-            write_training_corpus(extra, more["n_scans"], more["seed"], n_points=shipped_corpus["n_points"], N=shipped_corpus["N"],
-                                  object_families=MORE_TRAIN_OBJECTS)
-        files += refined_pairs(extra, recipe["sweeps"], work / "refined-more")
-    data = []
-    for path in files:
-        with np.load(path, allow_pickle=False) as z:
-            coverage = z["coverage"]
-            scale, covered = mean_covered_amplitude(z["obj"], coverage)
-            illumination = (coverage / coverage.max()).astype(np.float32)
-            data.append((torch.from_numpy((z["obj"] / scale).astype(np.complex64)), torch.from_numpy(z["truth"].astype(np.complex64)),
-                         torch.from_numpy(illumination * covered), torch.from_numpy(illumination)))
-
-    with torch.random.fork_rng():  # the network's initial weights from the recipe's seed, the caller's RNG untouched
-        torch.manual_seed(recipe["seed"])
-        network = ObjectNetwork(illumination=recipe.get("illumination", False))
-    network.train()
-    optimizer = torch.optim.Adam(network.unet.parameters(), lr=recipe["learning_rate"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=recipe["steps"],
-                                                   pct_start=recipe["warmup_fraction"])
-    crops = torch.Generator().manual_seed(recipe["seed"])
-    first_step = 0
     sessions = json.loads(record_path.read_text()) if record_path.is_file() else []  # earlier sessions of this --work
-    if state is not None:
-        network.unet.load_state_dict(state["network"]); optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"]); crops.set_state(state["crops"])
-        first_step = int(state["step"])
-        logger.info("resumed at step %d of %d from %s", first_step, recipe["steps"], state_path)
+    first_step = 0 if state is None else int(state["step"])
     losses = []
-    try:
+    try:  # an interrupted session's CPU time is counted too, also while the corpus is written or refined (most of a short rebuild)
+        shipped_corpus = SHIPPED_RECIPE["corpus"]
+        if corpus is None:
+            corpus = work / f"corpus-{shipped_corpus['n_scans']}-seed{shipped_corpus['seed']}"
+            if len(list(corpus.glob("*.npz"))) != shipped_corpus["n_scans"]:
+                write_training_corpus(corpus, shipped_corpus["n_scans"], shipped_corpus["seed"], n_points=shipped_corpus["n_points"],
+                                      N=shipped_corpus["N"])
+        files = refined_pairs(corpus, recipe["sweeps"], work / "refined", n_scans)
+        more = recipe.get("more_objects", {"n_scans": 0})
+        if more["n_scans"]:
+            from ptycho.corpus import MORE_TRAIN_OBJECTS
+
+            extra = work / f"corpus-more-{more['n_scans']}-seed{more['seed']}"
+            if len(list(extra.glob("*.npz"))) != more["n_scans"]:
+                write_training_corpus(extra, more["n_scans"], more["seed"], n_points=shipped_corpus["n_points"], N=shipped_corpus["N"],
+                                      object_families=MORE_TRAIN_OBJECTS)
+            files += refined_pairs(extra, recipe["sweeps"], work / "refined-more")
+        data = []
+        for path in files:
+            with np.load(path, allow_pickle=False) as z:
+                coverage = z["coverage"]
+                scale, covered = mean_covered_amplitude(z["obj"], coverage)
+                illumination = (coverage / coverage.max()).astype(np.float32)
+                data.append((torch.from_numpy((z["obj"] / scale).astype(np.complex64)), torch.from_numpy(z["truth"].astype(np.complex64)),
+                             torch.from_numpy(illumination * covered), torch.from_numpy(illumination)))
+
+        with torch.random.fork_rng():  # the network's initial weights from the recipe's seed, the caller's RNG untouched
+            torch.manual_seed(recipe["seed"])
+            network = ObjectNetwork(illumination=recipe.get("illumination", False))
+        network.train()
+        optimizer = torch.optim.Adam(network.unet.parameters(), lr=recipe["learning_rate"])
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe["learning_rate"], total_steps=recipe["steps"],
+                                                       pct_start=recipe["warmup_fraction"])
+        crops = torch.Generator().manual_seed(recipe["seed"])
+        if state is not None:
+            network.unet.load_state_dict(state["network"]); optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"]); crops.set_state(state["crops"])
+            logger.info("resumed at step %d of %d from %s", first_step, recipe["steps"], state_path)
         _train(network, optimizer, schedule, crops, data, recipe, first_step, state_path, losses, n_scans)
-    finally:  # an interrupted session's CPU time is counted too
+    finally:
         sessions.append({"from_step": first_step, "cpu_s": time.process_time() - started_cpu, "wall_s": time.perf_counter() - started_wall,
                          "threads": threads, "commit": commit, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())})
         record_path.write_text(json.dumps(sessions, indent=1))

@@ -408,3 +408,27 @@ def test_the_build_records_the_commit_it_started_from(tmp_path, monkeypatch):
     build.build(recipe_, tmp_path / "work", tmp_path / "o.pt", corpus=corpus)
     record = json.loads((tmp_path / "o.json").read_text())
     assert record["commit"] == "started-here" and [s["commit"] for s in record["sessions"]] == ["started-here"]
+
+
+def test_ctrl_c_while_the_corpus_is_refined_counts_the_session_too(tmp_path, monkeypatch, capsys):
+    """Refining the corpus (every scan, every sweep count) is CPU time the build spends before its first step and keeps on disk
+    for the next session: stopped there, the session is recorded as one stopped during the training is."""
+    from ptycho_torch.model import refine as refine_module
+    from ptycho_torch.pretrained import build_object_network as build
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    original = refine_module.refine
+
+    def interrupted(*args, **kwargs):
+        original(*args, **kwargs)  # the sweeps are computed, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refine_module, "refine", interrupted)
+    work = tmp_path / "work"
+    status = build.main(["--corpus", str(corpus), "--work", str(work), "--output", str(tmp_path / "o.pt"), "--steps", "6",
+                         "--more-objects", "0"])
+    assert status == 130 and "was interrupted" in capsys.readouterr().err
+    (session,) = json.loads((work / "sessions.json").read_text())
+    assert session["cpu_s"] > 0 and session["from_step"] == 0 and not (tmp_path / "o.pt").exists()
