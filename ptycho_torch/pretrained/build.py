@@ -149,16 +149,20 @@ def _epoch_of(checkpoint) -> int | None:
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True).get("epoch", -1))
 
 
-def _commit() -> str:
-    """The repository's HEAD, with ``+changes`` when the package code differs from it (the run is then not that commit's)."""
-    root = Path(__file__).resolve().parents[2]
+PACKAGE_CODE = (":(glob)ptycho/**/*.py", ":(glob)ptycho_torch/**/*.py")  # what a build runs: not the weights and records beside it
+
+
+def _commit(root: Path | None = None) -> str:
+    """The repository's HEAD, with ``+changes`` when the package code differs from it (the run is then not that commit's):
+    a changed, added or untracked ``.py`` file of ``ptycho``/``ptycho_torch``; rebuilt weights and records are data."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "ptycho", "ptycho_torch"], cwd=root, capture_output=True).returncode
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *PACKAGE_CODE], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if changed else "")
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,3 +54,31 @@ def test_ctrl_c_before_the_training_exits_130_with_a_message_too(tmp_path, monke
     assert build.main(["--work", str(work), "--output", str(tmp_path / "model.ckpt"), "--n-scans", "1", "--epochs", "1"]) == 130
     assert capsys.readouterr().err.strip() == (f"python -m ptycho_torch.pretrained.build: the build in {work} was interrupted; "
                                                "run the same command again to resume")
+
+
+def test_the_commit_is_marked_changed_by_package_code_not_by_rebuilt_weights(tmp_path):
+    """``make object-network`` rewrites object64.pt and its record in the package: the next build's code is still the commit's.
+    A new module not yet added to git is a change of the code."""
+    from ptycho_torch.pretrained.build import _commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "ptycho_torch" / "pretrained").mkdir(parents=True)
+    (tmp_path / "ptycho").mkdir()
+    (tmp_path / "ptycho_torch" / "model.py").write_text("x = 1\n")
+    (tmp_path / "ptycho_torch" / "pretrained" / "object64.pt").write_bytes(b"weights")
+    (tmp_path / "ptycho_torch" / "pretrained" / "object64.json").write_text("{}")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert _commit(tmp_path) == head
+    (tmp_path / "ptycho_torch" / "pretrained" / "object64.pt").write_bytes(b"rebuilt weights")
+    (tmp_path / "ptycho_torch" / "pretrained" / "object64.json").write_text('{"cpu_s": 1}')
+    assert _commit(tmp_path) == head
+    (tmp_path / "ptycho" / "new_module.py").write_text("y = 2\n")
+    assert _commit(tmp_path) == head + "+changes"
+    (tmp_path / "ptycho" / "new_module.py").unlink()
+    (tmp_path / "ptycho_torch" / "model.py").write_text("x = 2\n")
+    assert _commit(tmp_path) == head + "+changes"
