@@ -4,6 +4,9 @@
     python -m ptycho_torch.pretrained.build_object_network --work DIR   # scratch in DIR; rerun with it to resume
     python -m ptycho_torch.pretrained.build_object_network --more-objects 0 --output FILE    # without ptycho.corpus.MORE_TRAIN_OBJECTS
 
+Any change to the recipe (``--steps``, ``--more-objects``, ``--illumination``, ``--n-scans``) builds another network than the
+shipped one and needs ``--output``: the shipped weights are replaced only by the shipped recipe.
+
 Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) and of
 ``RECIPE['more_objects']`` scans of :data:`ptycho.corpus.MORE_TRAIN_OBJECTS` (circuit, grains, porous) after each of
 ``RECIPE['sweeps']`` refinement sweeps from a unit object, on its true object's grid, against that object; random crops,
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("data") / "object-network-build", help="scratch directory; rerun with it to resume")
     parser.add_argument("--corpus", type=Path, help="the shipped model's training corpus, if already written (else written to --work)")
-    parser.add_argument("--output", type=Path, default=MODELS_DIR / OBJECT_NETWORK[0], help="weights file (default: the shipped one)")
+    parser.add_argument("--output", type=Path, help="weights file (default: the shipped one, for the shipped recipe only)")
     parser.add_argument("--steps", type=positive_int, help="override the recipe's steps (a shorter rebuild, e.g. for a test)")
     parser.add_argument("--n-scans", type=positive_int, help="use only the first N scans of the corpus (a shorter rebuild)")
     parser.add_argument("--more-objects", type=non_negative_int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
@@ -54,9 +57,16 @@ def main(argv=None) -> int:
         recipe["illumination"] = True
     if args.more_objects is not None:
         recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
+    changed = [option for option, given in (("--steps", args.steps is not None and args.steps != RECIPE["steps"]),
+                                            ("--more-objects", recipe["more_objects"] != RECIPE["more_objects"]),
+                                            ("--illumination", args.illumination), ("--n-scans", args.n_scans is not None)) if given]
+    if changed and args.output is None:  # the shipped file (and its record) stay the shipped recipe's
+        parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another network than the shipped one: give "
+                     f"--output FILE (the default is the shipped {MODELS_DIR / OBJECT_NETWORK[0]})")
+    output = args.output or MODELS_DIR / OBJECT_NETWORK[0]
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
     try:
-        build(recipe, args.work, args.output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
+        build(recipe, args.work, output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
     except ValueError as exc:  # a state of another recipe, or unreadable: one line, before any work
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except KeyboardInterrupt:  # Ctrl-C or a job's time limit: the last saved state and the sessions record stay

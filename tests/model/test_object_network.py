@@ -432,3 +432,16 @@ def test_ctrl_c_while_the_corpus_is_refined_counts_the_session_too(tmp_path, mon
     assert status == 130 and "was interrupted" in capsys.readouterr().err
     (session,) = json.loads((work / "sessions.json").read_text())
     assert session["cpu_s"] > 0 and session["from_step"] == 0 and not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("options", [["--illumination"], ["--steps", "100"], ["--more-objects", "0"], ["--n-scans", "2"]])
+def test_a_build_of_another_network_does_not_replace_the_shipped_weights_unless_given_output(tmp_path, options, capsys):
+    """An ablation (or a short test build) written over object64.pt would silently become what --object-network runs."""
+    from ptycho_torch.pretrained import build_object_network as build
+
+    shipped = (MODELS_DIR / OBJECT_NETWORK[0]).read_bytes()
+    with pytest.raises(SystemExit) as exited:
+        build.main(["--work", str(tmp_path / "work"), *options])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and options[0] in err and "give --output FILE" in err
+    assert (MODELS_DIR / OBJECT_NETWORK[0]).read_bytes() == shipped and not (tmp_path / "work").exists()
