@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ablate_probe_families.py \
         --model three-families=pretrained --model pinhole-only=/work/train/ablate-pinhole/pinn64-pinhole.ckpt
 
-The models differ only in their corpus's probe families (``ptycho_torch.pretrained.build --probes pinhole`` rebuilds
+The models differ only in their corpus's probe families (``ptycho_torch.pretrained.build --probes pinhole --output FILE`` rebuilds
 the pinhole-only one; the shipped model trained on pinhole, zone_plate and aberrated). Every scan is a held-out
 ``ptycho.corpus`` scan (odd seed, never a training seed) of one probe family, with the training object families and
 trajectories: ``--n-per-probe`` scans per family of ``ptycho.corpus.PROBE_FAMILIES`` (``kb_mirror`` is left out of

@@ -60,7 +60,18 @@ def main(argv=None) -> int:
     if args.precision:
         recipe["precision"] = args.precision
     if args.probes:
+        from ptycho.corpus import FILE_PROBE_PREFIX, PROBE_FAMILIES
+
+        unknown = [name for name in args.probes if name not in PROBE_FAMILIES and not name.startswith(FILE_PROBE_PREFIX)]
+        if unknown:  # before the work directory or the corpus is written
+            parser.error(f"--probes {' '.join(unknown)}: unknown probe famil{'y' if len(unknown) == 1 else 'ies'}; choose from "
+                         f"{', '.join(PROBE_FAMILIES)} or {FILE_PROBE_PREFIX}<path.npy|npz>")
         recipe["corpus"]["probe_families"] = list(args.probes)
+    changed = [option for option, value in (("--epochs", args.epochs), ("--n-scans", args.n_scans), ("--precision", args.precision),
+                                            ("--probes", args.probes)) if value is not None]
+    if recipe != json.loads(json.dumps(RECIPE)) and args.output is None:  # the shipped file and its record stay the shipped recipe's
+        parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another model than the shipped one: give "
+                     f"--output FILE (the default is the shipped {MODELS_DIR / SHIPPED[args.name][0]})")
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
     try:
         build(recipe, args.work, output, threads=args.threads,

@@ -82,3 +82,19 @@ def test_the_commit_is_marked_changed_by_package_code_not_by_rebuilt_weights(tmp
     (tmp_path / "ptycho" / "new_module.py").unlink()
     (tmp_path / "ptycho_torch" / "model.py").write_text("x = 2\n")
     assert _commit(tmp_path) == head + "+changes"
+
+
+@pytest.mark.parametrize("options, words", [(["--epochs", "3"], "--epochs builds another model than the shipped one: give --output FILE"),
+                                            (["--probes", "pinhole"], "--probes builds another model"),
+                                            (["--output", "X", "--probes", "nonsense", "pinhole"], "--probes nonsense: unknown probe family")])
+def test_the_build_refuses_before_any_work_what_would_replace_the_shipped_model_or_fail_later(tmp_path, options, words, capsys):
+    from ptycho_torch.pretrained import MODELS_DIR, SHIPPED
+    from ptycho_torch.pretrained import build
+
+    shipped = MODELS_DIR / SHIPPED["pretrained"][0]
+    before = shipped.stat().st_mtime_ns if shipped.exists() else None
+    options = [str(tmp_path / "x.ckpt") if option == "X" else option for option in options]
+    with pytest.raises(SystemExit) as exited:
+        build.main(["--work", str(tmp_path / "work"), *options])
+    assert exited.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and (shipped.stat().st_mtime_ns if shipped.exists() else None) == before
