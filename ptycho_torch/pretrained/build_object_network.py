@@ -4,7 +4,7 @@
     python -m ptycho_torch.pretrained.build_object_network --work DIR   # scratch in DIR; rerun with it to resume
     python -m ptycho_torch.pretrained.build_object_network --more-objects 0 --output FILE    # without ptycho.corpus.MORE_TRAIN_OBJECTS
 
-Any change to the recipe (``--steps``, ``--more-objects``, ``--illumination``, ``--n-scans``) builds another network than the
+Any change to the recipe (``--steps``, ``--more-objects``, ``--illumination``, ``--n-scans``, ``--seed``) builds another network than the
 shipped one and needs ``--output``: the shipped weights are replaced only by the shipped recipe.
 
 Training pairs: every scan of the shipped model's corpus (:data:`ptycho_torch.pretrained.build.RECIPE`) and of
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-scans", type=positive_int, help="use only the first N scans of the corpus (a shorter rebuild)")
     parser.add_argument("--more-objects", type=non_negative_int, help="scans of ptycho.corpus.MORE_TRAIN_OBJECTS added to the corpus (default 48; 0: none)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--seed", type=non_negative_int, help="the network's initial weights and the crops (default: the recipe's 0)")
     parser.add_argument("--illumination", action="store_true", help="give the network the scan's coverage as a third input (an ablation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -55,11 +56,14 @@ def main(argv=None) -> int:
         recipe["steps"] = args.steps
     if args.illumination:
         recipe["illumination"] = True
+    if args.seed is not None:
+        recipe["seed"] = args.seed
     if args.more_objects is not None:
         recipe["more_objects"] = {**recipe["more_objects"], "n_scans": args.more_objects}
     changed = [option for option, given in (("--steps", args.steps is not None and args.steps != RECIPE["steps"]),
                                             ("--more-objects", recipe["more_objects"] != RECIPE["more_objects"]),
-                                            ("--illumination", args.illumination), ("--n-scans", args.n_scans is not None)) if given]
+                                            ("--illumination", args.illumination), ("--n-scans", args.n_scans is not None),
+                                            ("--seed", args.seed is not None and args.seed != RECIPE["seed"])) if given]
     if changed and args.output is None:  # the shipped file (and its record) stay the shipped recipe's
         parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another network than the shipped one: give "
                      f"--output FILE (the default is the shipped {MODELS_DIR / OBJECT_NETWORK[0]})")

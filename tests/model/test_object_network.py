@@ -434,7 +434,7 @@ def test_ctrl_c_while_the_corpus_is_refined_counts_the_session_too(tmp_path, mon
     assert session["cpu_s"] > 0 and session["from_step"] == 0 and not (tmp_path / "o.pt").exists()
 
 
-@pytest.mark.parametrize("options", [["--illumination"], ["--steps", "100"], ["--more-objects", "0"], ["--n-scans", "2"]])
+@pytest.mark.parametrize("options", [["--illumination"], ["--steps", "100"], ["--more-objects", "0"], ["--n-scans", "2"], ["--seed", "1"]])
 def test_a_build_of_another_network_does_not_replace_the_shipped_weights_unless_given_output(tmp_path, options, capsys):
     """An ablation (or a short test build) written over object64.pt would silently become what --object-network runs."""
     from ptycho_torch.pretrained import build_object_network as build
