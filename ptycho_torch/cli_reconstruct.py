@@ -250,7 +250,6 @@ def refine_update(args: argparse.Namespace):
                             plateau=REFINE_PLATEAU if args.refine_plateau is None else args.refine_plateau)
 
 
-
 class _MethodParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(message)
@@ -274,6 +273,7 @@ def method_settings(text: str, source: str) -> dict:
         raise UsageError(f"{source}={text!r}: {exc}; {fix}") from None
     return {"start": args.start, "refine_iterations": args.refine, "refine_update": refine_update(args) if args.refine else None,
             "object_network_after": args.object_network or 0, **({"precision": args.precision} if args.precision else {})}
+
 
 def set_torch_threads(requested: int | None) -> None:
     """Compute with the threads :func:`choose_threads` picks (no loader workers here); logged once (INFO)."""
