@@ -72,6 +72,8 @@ def load_object_network(map_location="cpu", path=None):
     else:
         path = Path(path)
         fix = "rebuild it with `python -m ptycho_torch.pretrained.build_object_network --output FILE`"
+        if path.is_dir():
+            raise UnknownModelError(f"{path} is a directory: give the weights file the build wrote (its --output)")
         if not path.is_file():
             raise UnknownModelError(f"no object network weights at {path}; {fix}")
     try:

@@ -389,6 +389,8 @@ def test_weights_written_elsewhere_by_the_build_load_from_their_path(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(UnknownModelError, match=f"no object network weights at {tmp_path / 'none.pt'}; rebuild it with"):
         load_object_network(path=tmp_path / "none.pt")
+    with pytest.raises(UnknownModelError, match=f"{tmp_path} is a directory: give the weights file the build wrote"):
+        load_object_network(path=tmp_path)
     (tmp_path / "bad.pt").write_bytes(b"not torch")
     with pytest.raises(UnknownModelError, match=f"the object network {tmp_path / 'bad.pt'} is not a readable torch weights file"):
         load_object_network(path=tmp_path / "bad.pt")
