@@ -65,13 +65,19 @@ def parse_or_status(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
+def report_interrupted(label: str, exc: KeyboardInterrupt, default: str = "interrupted") -> int:
+    """One line on stderr for Ctrl-C (the interruption's own words, e.g. which training run it stopped, else ``default``);
+    returns the exit status 130."""
+    print(f"{label}: {str(exc) or default}", file=sys.stderr)
+    return 130
+
+
 def run_reporting_errors(label: str, handler, args, debug: bool = False) -> int:
     """``handler(args)``'s exit status; bad input is one line on stderr and exit 2, a bug a traceback and exit 3."""
     try:
         return handler(args)
     except KeyboardInterrupt as exc:  # Ctrl-C; training says which run it stopped
-        print(f"{label}: {exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        return report_interrupted(label, exc)
     except USER_ERRORS as exc:
         if debug:
             traceback.print_exc()

@@ -66,14 +66,24 @@ def mean_covered_amplitude(obj: np.ndarray, coverage: np.ndarray) -> tuple[float
     return (scale if scale > 0 else 1.0), covered
 
 
+def _padded_tile(part: np.ndarray, fill, dtype) -> torch.Tensor:
+    """``(1, H', W')`` tensor of ``part`` with ``H'``, ``W'`` rounded up to multiples of ``MULTIPLE_PX``, ``fill`` beyond it."""
+    h, w = part.shape
+    tile = torch.full((1, -(-h // MULTIPLE_PX) * MULTIPLE_PX, -(-w // MULTIPLE_PX) * MULTIPLE_PX), fill, dtype=dtype)
+    tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(part))
+    return tile
+
+
 @torch.inference_mode()
 def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool = False) -> Reconstruction:
     """``result`` with its object corrected by ``network``, tile by tile (``TILE_PX`` plus ``MARGIN_PX``); pixels the
     scan never saw stay as they were."""
     scale, covered = mean_covered_amplitude(result.object, result.coverage)
     obj = result.object / scale
-    peak = float(result.coverage.max())
-    illumination = (result.coverage / (peak if peak > 0 else 1.0)).astype(np.float32)
+    illumination = None
+    if network.illumination:  # its third input: the coverage over its maximum
+        peak = float(result.coverage.max())
+        illumination = (result.coverage / (peak if peak > 0 else 1.0)).astype(np.float32)
     H, W = obj.shape
     corrected = obj.astype(np.complex64, copy=True)
     device = next(network.parameters()).device
@@ -82,14 +92,9 @@ def correct_object(network: ObjectNetwork, result: Reconstruction, *, bf16: bool
             y0, x0 = max(top - MARGIN_PX, 0), max(left - MARGIN_PX, 0)
             y1, x1 = min(top + TILE_PX + MARGIN_PX, H), min(left + TILE_PX + MARGIN_PX, W)
             h, w = y1 - y0, x1 - x0
-            tile = torch.ones(1, -(-h // MULTIPLE_PX) * MULTIPLE_PX, -(-w // MULTIPLE_PX) * MULTIPLE_PX, dtype=torch.complex64)
-            tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(obj[y0:y1, x0:x1]))
-            seen_tile = None
-            if network.illumination:
-                seen_tile = torch.zeros(tile.shape, dtype=torch.float32)
-                seen_tile[0, :h, :w] = torch.from_numpy(np.ascontiguousarray(illumination[y0:y1, x0:x1]))
-                seen_tile = seen_tile.to(device)
-            out = network(tile.to(device), seen_tile, bf16=bf16)[0, :h, :w].cpu().numpy()
+            tile = _padded_tile(obj[y0:y1, x0:x1], 1, torch.complex64).to(device)  # unit object beyond the edge
+            coverage_tile = None if illumination is None else _padded_tile(illumination[y0:y1, x0:x1], 0, torch.float32).to(device)
+            out = network(tile, coverage_tile, bf16=bf16)[0, :h, :w].cpu().numpy()
             ty1, tx1 = min(top + TILE_PX, H), min(left + TILE_PX, W)
             corrected[top:ty1, left:tx1] = out[top - y0:ty1 - y0, left - x0:tx1 - x0]
     seen = covered | (result.object != 0)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptycho_torch.cli import positive_int
+from ptycho_torch.cli import positive_int, report_interrupted
 from ptycho_torch.pretrained import MODELS_DIR, SHIPPED
 
 logger = logging.getLogger("ptycho_torch.pretrained.build")
@@ -67,21 +67,26 @@ def main(argv=None) -> int:
             parser.error(f"--probes {' '.join(unknown)}: unknown probe famil{'y' if len(unknown) == 1 else 'ies'}; choose from "
                          f"{', '.join(PROBE_FAMILIES)} or {FILE_PROBE_PREFIX}<path.npy|npz>")
         recipe["corpus"]["probe_families"] = list(args.probes)
-    changed = [option for option, value in (("--epochs", args.epochs), ("--n-scans", args.n_scans), ("--precision", args.precision),
-                                            ("--probes", args.probes)) if value is not None]
-    if recipe != json.loads(json.dumps(RECIPE)) and args.output is None:  # the shipped file and its record stay the shipped recipe's
-        parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another model than the shipped one: give "
-                     f"--output FILE (the default is the shipped {MODELS_DIR / SHIPPED[args.name][0]})")
+    if recipe != json.loads(json.dumps(RECIPE)):
+        changed = [option for option, value in (("--epochs", args.epochs), ("--n-scans", args.n_scans), ("--precision", args.precision),
+                                                ("--probes", args.probes)) if value is not None]
+        require_output_for(changed, args.output, parser, "model", MODELS_DIR / SHIPPED[args.name][0])
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
     try:
         build(recipe, args.work, output, threads=args.threads,
               command=[sys.executable, "-m", "ptycho_torch.pretrained.build", *(argv or sys.argv[1:])])
     except KeyboardInterrupt as exc:  # Ctrl-C or a job's time limit: the sessions record and the last checkpoint stay
         # before or after the training (corpus, memory maps) the interruption carries no message: one line all the same
-        print(f"{parser.prog}: {str(exc) or f'the build in {args.work} was interrupted; run the same command again to resume'}",
-              file=sys.stderr)
-        return 130
+        return report_interrupted(parser.prog, exc, f"the build in {args.work} was interrupted; run the same command again to resume")
     return 0  # build() logged the path it wrote
+
+
+def require_output_for(changed: list[str], output: Path | None, parser: argparse.ArgumentParser, what: str, shipped: Path) -> None:
+    """Options that change the recipe build another network than the shipped one: refused (usage error) without ``--output``,
+    so the shipped file and its record stay the shipped recipe's."""
+    if changed and output is None:
+        parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another {what} than the shipped one: give "
+                     f"--output FILE (the default is the shipped {shipped})")
 
 
 def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=()) -> Path:

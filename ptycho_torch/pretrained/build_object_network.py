@@ -24,8 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from ptycho_torch.cli import non_negative_int, positive_int
+from ptycho_torch.cli import non_negative_int, positive_int, report_interrupted
 from ptycho_torch.pretrained import MODELS_DIR, OBJECT_NETWORK
+from ptycho_torch.pretrained.build import require_output_for
 
 logger = logging.getLogger("ptycho_torch.pretrained.build_object_network")
 
@@ -64,19 +65,16 @@ def main(argv=None) -> int:
                                             ("--more-objects", recipe["more_objects"] != RECIPE["more_objects"]),
                                             ("--illumination", args.illumination), ("--n-scans", args.n_scans is not None),
                                             ("--seed", args.seed is not None and args.seed != RECIPE["seed"])) if given]
-    if changed and args.output is None:  # the shipped file (and its record) stay the shipped recipe's
-        parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another network than the shipped one: give "
-                     f"--output FILE (the default is the shipped {MODELS_DIR / OBJECT_NETWORK[0]})")
+    require_output_for(changed, args.output, parser, "network", MODELS_DIR / OBJECT_NETWORK[0])
     output = args.output or MODELS_DIR / OBJECT_NETWORK[0]
     command = [sys.executable, "-m", "ptycho_torch.pretrained.build_object_network", *(argv if argv is not None else sys.argv[1:])]
     try:
         build(recipe, args.work, output, corpus=args.corpus, n_scans=args.n_scans, threads=args.threads, command=command)
     except ValueError as exc:  # a state of another recipe, or unreadable: one line, before any work
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    except KeyboardInterrupt:  # Ctrl-C or a job's time limit: the last saved state and the sessions record stay
-        print(f"{parser.prog}: the build in {args.work} was interrupted; run the same command again to resume from its last saved "
-              f"step (every {recipe['checkpoint_every']})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C or a job's time limit: the last saved state and the sessions record stay
+        return report_interrupted(parser.prog, exc, f"the build in {args.work} was interrupted; run the same command again to resume "
+                                                    f"from its last saved step (every {recipe['checkpoint_every']})")
     return 0
 
 

@@ -58,6 +58,29 @@ def particles_scan(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def one_scan_corpus(tmp_path) -> Path:
+    """A training corpus of one small scan, for builds of a few steps."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    return corpus
+
+
+def _interrupt_at_call(monkeypatch, module, name: str, n: int):
+    """``module.name`` raising KeyboardInterrupt (as Ctrl-C would) at its ``n``-th call; returns the original."""
+    original, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return original
+
+
 def test_the_object_network_ships_with_its_training_record():
     weights = MODELS_DIR / OBJECT_NETWORK[0]
     assert weights.stat().st_size < 20e6
@@ -165,25 +188,15 @@ def test_a_scan_of_another_pattern_size_is_refused_for_the_object_network(tmp_pa
         object_network_for_pattern_size(32)
 
 
-def test_the_build_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_the_build_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, one_scan_corpus, monkeypatch):
     from ptycho_torch.model import physics
     from ptycho_torch.pretrained import build_object_network as build
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    corpus = one_scan_corpus
     recipe_ = {**build.RECIPE, "steps": 6, "batch": 2, "checkpoint_every": 2, "more_objects": {"n_scans": 0, "seed": 2}}
     whole = build.build(recipe_, tmp_path / "whole", tmp_path / "whole.pt", corpus=corpus)
 
-    calls, original = [], physics.phase_invariant_error
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(physics, "phase_invariant_error", interrupted)
+    original = _interrupt_at_call(monkeypatch, physics, "phase_invariant_error", 4)
     with pytest.raises(KeyboardInterrupt):
         build.build(recipe_, tmp_path / "cut", tmp_path / "cut.pt", corpus=corpus)
     assert not (tmp_path / "cut.pt").exists()
@@ -294,14 +307,12 @@ def test_numpy_integer_settings_run_the_object_network(tmp_path):
     ("another recipe", None, "was written by another recipe"),
     ("all scans", 1, "was written with --n-scans None, not 1"),
 ])
-def test_the_build_refuses_a_state_it_cannot_resume_before_any_work(tmp_path, state, n_scans, words):
+def test_the_build_refuses_a_state_it_cannot_resume_before_any_work(tmp_path, one_scan_corpus, state, n_scans, words):
     """A damaged state, or one of another recipe or another --n-scans, is named with its fix before the corpus is refined."""
     from ptycho_torch.pretrained import build_object_network as build
 
-    work, corpus = tmp_path / "work", tmp_path / "corpus"
+    work, corpus = tmp_path / "work", one_scan_corpus
     work.mkdir()
-    corpus.mkdir()
-    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
     recipe_ = {**build.RECIPE, "steps": 6}
     if isinstance(state, bytes):
         (work / "training-state.pt").write_bytes(state)
@@ -354,22 +365,12 @@ def test_weights_of_a_network_that_reads_the_coverage_load_as_one_and_are_given_
         ObjectNetwork()(torch.ones(1, 8, 8, dtype=torch.complex64), torch.ones(1, 8, 8))
 
 
-def test_ctrl_c_during_the_build_exits_130_with_a_message_and_counts_the_session(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_during_the_build_exits_130_with_a_message_and_counts_the_session(tmp_path, one_scan_corpus, monkeypatch, capsys):
     from ptycho_torch.model import physics
     from ptycho_torch.pretrained import build_object_network as build
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
-    calls, original = [], physics.phase_invariant_error
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(physics, "phase_invariant_error", interrupted)
+    corpus = one_scan_corpus
+    _interrupt_at_call(monkeypatch, physics, "phase_invariant_error", 2)
     work = tmp_path / "work"
     status = build.main(["--corpus", str(corpus), "--work", str(work), "--output", str(tmp_path / "o.pt"), "--steps", "6",
                          "--more-objects", "0"])
@@ -396,14 +397,12 @@ def test_weights_written_elsewhere_by_the_build_load_from_their_path(tmp_path):
         load_object_network(path=tmp_path / "bad.pt")
 
 
-def test_the_build_records_the_commit_it_started_from(tmp_path, monkeypatch):
+def test_the_build_records_the_commit_it_started_from(tmp_path, one_scan_corpus, monkeypatch):
     """A training runs for minutes to hours; the tree may be committed to meanwhile: the record names the code it ran."""
     from ptycho_torch.pretrained import build as shipped_build
     from ptycho_torch.pretrained import build_object_network as build
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    corpus = one_scan_corpus
     commits = iter(["started-here", "committed-later"])
     monkeypatch.setattr(shipped_build, "_commit", lambda: next(commits))
     recipe_ = {**build.RECIPE, "steps": 2, "batch": 2, "more_objects": {"n_scans": 0, "seed": 2}}
@@ -412,15 +411,13 @@ def test_the_build_records_the_commit_it_started_from(tmp_path, monkeypatch):
     assert record["commit"] == "started-here" and [s["commit"] for s in record["sessions"]] == ["started-here"]
 
 
-def test_ctrl_c_while_the_corpus_is_refined_counts_the_session_too(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_while_the_corpus_is_refined_counts_the_session_too(tmp_path, one_scan_corpus, monkeypatch, capsys):
     """Refining the corpus (every scan, every sweep count) is CPU time the build spends before its first step and keeps on disk
     for the next session: stopped there, the session is recorded as one stopped during the training is."""
     from ptycho_torch.model import refine as refine_module
     from ptycho_torch.pretrained import build_object_network as build
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    save_scan_npz(corpus / "train000.npz", simulate_recipe(training_recipes(1, 5, n_points=96)[0]))
+    corpus = one_scan_corpus
     original = refine_module.refine
 
     def interrupted(*args, **kwargs):
