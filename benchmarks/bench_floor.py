@@ -14,7 +14,8 @@
 3. The floor per group = U-Net time at the micro-benchmarks' rate at its own layer shapes + FFT
    FLOPs / FFT rate + other bytes / copy bandwidth; achieved against it for (a) ``reconstruct()`` of
    ``datasets/sim_small.npz`` (every group predicted, and the 'cover' selection) and (b) a training step
-   (``PtychoPINN_Lightning.loss_of``, backward, Adam) at batch 8 and 16, fp32 and bf16.
+   (``PtychoPINN_Lightning.loss_of``, backward, Adam) at batch 8 and 16, fp32 and bf16, and within it the U-Net's own
+   forward and backward alone (against its convolutions' floor).
 
 Prints a Markdown table and writes JSON (default ``benchmarks/figures/floor.json``). CPU seconds are
 ``time.process_time()`` of this process; the load average is recorded with every timing.
@@ -329,6 +330,30 @@ def training_step_fn(module, optimizer, batch):
     return step
 
 
+def time_unet_alone(module, batch, rounds: int, steps: int) -> dict:
+    """CPU s per group of the U-Net's own forward and backward at ``batch`` (its batch norm, activations, pooling, upsampling,
+    concatenations and heads included; the physics input precomputed; no loss, merge, forward model or optimizer): what a
+    training step costs before any of the rest."""
+    td, probe, scale = batch
+    network = module.network
+    with torch.no_grad():
+        inputs = network.generator_input(td, probe, scale.reshape(-1))
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        torch.view_as_real(network.generator_output(inputs)).sum().backward()
+
+    for _ in range(3):
+        step()
+    per_round, load = [], load_average()
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(steps):
+            step()
+        per_round.append((time.process_time() - started) / (steps * len(inputs)))
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round, "load_1min": load}
+
+
 def count_training_step(module, optimizer, batch) -> WorkCounter:
     counter = WorkCounter()
     with counter:
@@ -472,7 +497,8 @@ def main(argv=None) -> int:
                 achieved = statistics.median(rounds)
                 entry[precision] = {"floor_per_group": floor, "s_per_group": {"median": achieved, "min": min(rounds), "max": max(rounds),
                                                                               "rounds": rounds, "load_1min": load},
-                                    "groups_per_cpu_s": 1 / achieved, "achieved_over_floor": achieved / floor["total_s"]}
+                                    "groups_per_cpu_s": 1 / achieved, "achieved_over_floor": achieved / floor["total_s"],
+                                    "unet_alone_s_per_group": time_unet_alone(timed, batch, args.rounds, args.steps)}
             record["training"][f"batch{batch_size}"] = entry
     record["load_1min_end"] = load_average()
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -535,6 +561,13 @@ def markdown(r: dict) -> str:
             lines.append(f"| training step {key}, {precision} (loss_of + backward + Adam) | {_ms(fl['total_s'])} ({_ms(fl['unet_conv_s'])} + "
                          f"{_ms(fl['fft_s'])} + {_ms(fl['bytes_s'])}) | {_ms(s['median'])} ({_ms(s['min'])}-{_ms(s['max'])}); "
                          f"{p['groups_per_cpu_s']:.1f} groups/CPU s | {p['achieved_over_floor']:.2f} |")
+    for key, entry in r["training"].items():
+        for precision in ("fp32", "bf16"):
+            u = entry[precision].get("unet_alone_s_per_group")
+            if u:
+                lines.append(f"| the U-Net alone in that step, {key}, {precision} (forward + backward, no physics, loss or Adam) | "
+                             f"{_ms(entry[precision]['floor_per_group']['unet_conv_s'])} (its convolutions) | "
+                             f"{_ms(u['median'])} ({_ms(u['min'])}-{_ms(u['max'])}) | {u['median'] / entry[precision]['floor_per_group']['unet_conv_s']:.2f} |")
     return "\n".join(lines)
 
 
