@@ -77,13 +77,23 @@ def measure_geometry(xcoords, ycoords, probe, pattern_size_px: int) -> ScanGeome
 
 
 def check_scan_geometry(where: str, xcoords, ycoords, probe, pattern_size_px: int, *, refuse: bool = True) -> ScanGeometry:
-    """Refuse positions spanning less than a pixel; warn when neighbours lie farther apart than the probe is wide.
+    """Refuse positions that are all one point or span less than a pixel; warn when neighbours lie farther apart than the probe is wide.
 
     ``where`` names the scan in the messages. Raises ValueError (with ``refuse=False``, as the Python
     dataset path does to keep PtychoPINN's behaviour on any positions, it warns instead); warns through logging.
     """
     geometry = measure_geometry(xcoords, ycoords, probe, pattern_size_px)
-    if geometry.n_points > 1 and geometry.span_px < MIN_SPAN_PX:
+    if geometry.n_points > 1 and geometry.span_px == 0:
+        x, y = float(np.asarray(xcoords).flat[0]), float(np.asarray(ycoords).flat[0])
+        message = (f"{where}: all {geometry.n_points} scan positions (xcoords, ycoords) are the same point ({x:.6g}, {y:.6g}): "
+                   "a ptychographic scan moves the probe across the object; check that the positions were exported "
+                   "(not a placeholder or one position repeated)")
+        if refuse:
+            raise ValueError(message)
+        if geometry not in _warned:
+            _warned.add(geometry)
+            logger.warning("%s", message)
+    elif geometry.n_points > 1 and geometry.span_px < MIN_SPAN_PX:
         message = (f"{where}: the {geometry.n_points} scan positions (xcoords, ycoords) span only {geometry.span_px:.3g} pixels, "
                    f"less than one pixel of the {pattern_size_px} x {pattern_size_px} patterns; {UNITS_HINT}")
         if refuse:

@@ -26,6 +26,15 @@ def test_positions_in_metres_are_refused_with_the_span_and_the_units(small_scan,
     assert "scan.npz" in message and "span only" in message and "metres" in message and "25 scan positions" in message
 
 
+def test_positions_that_are_all_one_point_are_refused_as_such_not_as_metres(small_scan):
+    x, y = np.full(25, 12.5), np.full(25, -3.0)
+    with pytest.raises(ValueError) as error:
+        check_scan_geometry("same.npz", x, y, small_scan["probeGuess"], 32)
+    message = str(error.value)
+    assert "same.npz" in message and "all 25 scan positions" in message and "same point (12.5, -3)" in message
+    assert "metres" not in message  # dividing identical positions by a pixel size would not help
+
+
 def test_a_scan_whose_neighbours_do_not_overlap_is_warned_about_with_the_numbers(small_scan, caplog):
     x, y = small_scan["xcoords"] * 10, small_scan["ycoords"] * 10
     with caplog.at_level(logging.WARNING, logger="ptycho.scan_geometry"):
