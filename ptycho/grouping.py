@@ -84,10 +84,40 @@ def sample_groups(xcoords: np.ndarray, ycoords: np.ndarray, settings: GroupingSe
 
     Uses a private ``np.random.RandomState``; NumPy's global generator is never touched.
     """
-    settings.validate()
+    check_group_request(len(xcoords), settings)
     if needs_oversampling(len(xcoords), settings):
         return _oversampled_groups(xcoords, ycoords, settings)
     return _standard_groups(xcoords, ycoords, settings)
+
+
+def check_group_request(n_points: int, settings: GroupingSettings) -> None:
+    """Refuse (ValueError) settings that cannot group ``n_points`` scan points, as :func:`sample_groups` would: the point
+    count is all it needs, so a caller can refuse before any work."""
+    settings.validate()
+    n, C = n_points, settings.C
+    if needs_oversampling(n, settings):
+        # "OVERSAMPLING-001" and "K choose C oversampling" below are PtychoPINN's own wording, which scripts
+        # match on (docs/migrating.md): kept on purpose, unlike this project's finding ids.
+        if not settings.enable_oversampling:
+            raise ValueError(
+                f"nsamples={settings.nsamples} groups asked for but the scan has only {n} points (gridsize={settings.gridsize}, C={C}); "
+                f"K choose C oversampling is required but not enabled (OVERSAMPLING-001): set enable_oversampling=True "
+                f"and neighbor_pool_size >= {C} to draw several groups per point, or ask for at most {n} groups"
+            )
+        K = settings.K if settings.neighbor_pool_size is None else settings.neighbor_pool_size
+        if K < C:
+            raise ValueError(
+                f"K choose C oversampling requires neighbor_pool_size >= C (gridsize**2): got neighbor_pool_size={K}, "
+                f"C={C} (OVERSAMPLING-001); set neighbor_pool_size (or K) to at least {C}"
+            )
+        return
+    if n < C:
+        raise ValueError(
+            f"only {n} scan points but gridsize {settings.gridsize} needs {C} per group; "
+            f"use a smaller gridsize or a scan with at least {C} points"
+        )
+    if settings.K < C:
+        raise ValueError(f"K={settings.K} neighbours cannot fill groups of gridsize**2 = {C}; set K >= {C}")
 
 
 def needs_oversampling(n_points: int, settings: GroupingSettings) -> bool:
@@ -96,14 +126,7 @@ def needs_oversampling(n_points: int, settings: GroupingSettings) -> bool:
 
 
 def _standard_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettings) -> np.ndarray:
-    n, C, K = len(xcoords), s.C, s.K
-    if n < C:
-        raise ValueError(
-            f"only {n} scan points but gridsize {s.gridsize} needs {C} per group; "
-            f"use a smaller gridsize or a scan with at least {C} points"
-        )
-    if K < C:
-        raise ValueError(f"K={K} neighbours cannot fill groups of gridsize**2 = {C}; set K >= {C}")
+    n, C, K = len(xcoords), s.C, s.K  # checked by check_group_request
     rng = np.random.RandomState(SEQUENTIAL_SEED if s.sequential_sampling else s.seed)
     m = min(s.nsamples, n)
     if s.sequential_sampling:
@@ -131,20 +154,7 @@ def groups_around_seeds(xcoords: np.ndarray, ycoords: np.ndarray, seeds: np.ndar
 
 def _oversampled_groups(xcoords: np.ndarray, ycoords: np.ndarray, s: GroupingSettings) -> np.ndarray:
     n, C = len(xcoords), s.C
-    # "OVERSAMPLING-001" and "K choose C oversampling" below are PtychoPINN's own wording, which scripts
-    # match on (docs/migrating.md): kept on purpose, unlike this project's finding ids.
-    if not s.enable_oversampling:
-        raise ValueError(
-            f"nsamples={s.nsamples} groups asked for but the scan has only {n} points (gridsize={s.gridsize}, C={C}); "
-            f"K choose C oversampling is required but not enabled (OVERSAMPLING-001): set enable_oversampling=True "
-            f"and neighbor_pool_size >= {C} to draw several groups per point, or ask for at most {n} groups"
-        )
-    K = s.K if s.neighbor_pool_size is None else s.neighbor_pool_size
-    if K < C:
-        raise ValueError(
-            f"K choose C oversampling requires neighbor_pool_size >= C (gridsize**2): got neighbor_pool_size={K}, "
-            f"C={C} (OVERSAMPLING-001); set neighbor_pool_size (or K) to at least {C}"
-        )
+    K = s.K if s.neighbor_pool_size is None else s.neighbor_pool_size  # enough: checked by check_group_request
     sequential = np.arange(min(s.nsamples, n)) if s.sequential_sampling else None
     return oversampled_groups(xcoords, ycoords, s.nsamples, K, C, np.random.RandomState(s.seed), sequential)
 

@@ -16,7 +16,7 @@ from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, 
 from ptycho_torch.config_file import DEFAULT_PRESET, PRESETS, ConfigFile, apply_preset, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.config_resolve import grid_side, require_supported
-from ptycho_torch.store.atomic import require_writable_directory
+from ptycho_torch.store.atomic import missing_directories, remove_empty_directories, require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
 
@@ -214,11 +214,22 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
     files = scan_files(args.data)
-    data, model_config, training, inference, units = build_configs(args, files[0])
-    check_memory(files, data, training)
+    configs = build_configs(args, files[0])
+    check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"
+    new_directories = sorted({*missing_directories(data_dir), *missing_directories(args.output_dir)}, key=lambda p: len(p.parts),
+                             reverse=True)
     require_writable_directory(data_dir)
+    try:
+        return _train_with(args, configs, data_dir)
+    except BaseException:  # e.g. a scan refused while its memory map was built: no empty data or output directory is left
+        remove_empty_directories(new_directories)
+        raise
 
+
+def _train_with(args: argparse.Namespace, configs: TrainConfigs, data_dir: Path) -> int:
+    """Train into a new run directory of ``args.output_dir``, the memory maps in ``data_dir``."""
+    data, model_config, training, inference, units = configs
     workers = set_torch_threads(args.threads, training)
 
     from lightning.pytorch.utilities import rank_zero_only

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ptycho.grouping import check_group_request
 from ptycho.raw_data import Grouping
 from ptycho.scan_file import Scan, ScanFile, ScanFileError
 from ptycho.scan_geometry import check_scan_geometry
 from ptycho.validation import probe_size_problem, probe_value_problem, require_complex_image
 from ptycho_torch.raw_data_bridge import RawDataTorch
-from ptycho_torch.store.atomic import ensure_directory, remove_stale_temporaries
+from ptycho_torch.store.atomic import ensure_directory, missing_directories, remove_empty_directories, remove_stale_temporaries
 from ptycho_torch.store.fingerprint import Fingerprint, fingerprint_file
 from ptycho_torch.store.groups_cache import GroupingKey, cache_path, read_cache, write_cache
-from ptycho_torch.store.locks import directory_lock
-from ptycho_torch.store.memmap import DiffractionMemmap, resolve_counts
+from ptycho_torch.store.inventory import is_ours
+from ptycho_torch.store.locks import LOCK_NAME, directory_lock
+from ptycho_torch.store.memmap import DiffractionMemmap, check_ground_truth_header, resolve_counts
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ def prepare_experiment(
         scan = scan_file.read_scan(load_diffraction=False, load_object=False)
         object_guess = LazyObjectGuess(npz_path, "objectGuess" in scan_file.headers)
         counts = resolve_counts(scan_file, diffraction_units)
+        check_ground_truth_header(scan_file, scan.n, scan.N)
     if key.N != scan.N:
         raise ValueError(
             f"{npz_path}: N={key.N} does not match the {scan.N} x {scan.N} diffraction patterns of key {scan.diffraction_key!r}; "
@@ -111,6 +114,10 @@ def prepare_experiment(
     check_scan_geometry(str(npz_path), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N, refuse=False)  # the commands refuse
     if key.settings.nsamples is None:
         key = GroupingKey(key.N, replace(key.settings, nsamples=scan.n))
+    try:
+        check_group_request(scan.n, key.settings)
+    except ValueError as exc:
+        raise ValueError(f"{npz_path}: {exc}") from exc
     fingerprint = fingerprint_file(npz_path, (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start))
     directory = dataset_directory(data_dir, npz_path)
     path = cache_path(directory, key)
@@ -122,6 +129,7 @@ def prepare_experiment(
             return ready
     if not build:
         raise RuntimeError(f"no valid groups cache at {path} after rank 0 prepared it; check that every rank sees the same data_dir")
+    new_directories = missing_directories(directory)
     ensure_directory(directory)
     with directory_lock(directory, lock_timeout):
         remove_stale_temporaries(directory)
@@ -131,7 +139,7 @@ def prepare_experiment(
                 logger.info("another process built %s meanwhile; reusing it", path)
                 return ready
         return _build(npz_path, scan, directory, path, key, fingerprint, counts, remake, progress, object_guess,
-                      units_given=diffraction_units != "auto")
+                      units_given=diffraction_units != "auto", new_directories=new_directories)
 
 
 def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report: bool = True) -> Experiment | None:
@@ -145,22 +153,41 @@ def _reuse(scan, directory, path, key, fingerprint, counts, object_guess, report
 
 
 def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, counts, remake, progress, object_guess,
-           units_given: bool = False) -> Experiment:
+           units_given: bool = False, new_directories: list[Path] = ()) -> Experiment:
+    """Build what is missing under the lock. When this run created ``directory`` (``new_directories``: it and the parents it
+    made) and builds its memory map, a failure removes them again: a refused scan (ValueError) leaves nothing behind, and
+    any other failure (a full disk, an interruption) nothing half-made; a map completed before such a failure is kept."""
     # checked (and reported) just before by _reuse under the same lock
     store = None if remake else DiffractionMemmap.open_valid(
         directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
     )
-    if store is None:
-        settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
-        with ScanFile(npz_path, settled) as scan_file:
-            store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress, units_given=units_given)
+    built_here = bool(new_directories) and store is None  # never a map another process completed meanwhile
     try:
-        grouping = group_with_raw_data(scan, store, key)
-    except ValueError as exc:
-        raise ValueError(f"{npz_path}: {exc}") from exc
-    write_cache(path, grouping, key, fingerprint, str(npz_path), store.identity)
+        if store is None:
+            settled = "NNn" if scan.layout.legacy else "nNN"  # decided (and any ambiguity warned about) when the scan was read
+            with ScanFile(npz_path, settled) as scan_file:
+                store = DiffractionMemmap.build(directory, scan_file, fingerprint, counts, progress=progress, units_given=units_given)
+        try:
+            grouping = group_with_raw_data(scan, store, key)
+        except ValueError as exc:
+            raise ValueError(f"{npz_path}: {exc}") from exc
+        write_cache(path, grouping, key, fingerprint, str(npz_path), store.identity)
+    except BaseException as exc:
+        if built_here and (store is None or isinstance(exc, ValueError)):
+            _remove_failed_build(directory, new_directories)
+        raise
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True, object_guess=object_guess)
+
+
+def _remove_failed_build(directory: Path, new_directories: list[Path]) -> None:
+    """Remove the files of ours a failed build left in ``directory``, which this run created (call while holding its lock:
+    the lock file goes last, and a process waiting for it locks a new one), then ``new_directories`` where empty."""
+    for path in sorted(directory.iterdir(), key=lambda p: p.name == LOCK_NAME):
+        if is_ours(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+    remove_empty_directories(new_directories)
+    logger.info("removed what this run wrote in %s, which it created for a scan it could not prepare", directory)
 
 
 def group_with_raw_data(scan: Scan, store: DiffractionMemmap, key: GroupingKey) -> Grouping:

@@ -117,6 +117,21 @@ def make_directory(directory: Path, what: str = "data directory", fix: str = DAT
     return directory
 
 
+def missing_directories(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist, deepest first: what creating it makes, and what
+    :func:`remove_empty_directories` removes again after a failure."""
+    directory = Path(directory).absolute()
+    return [path for path in (directory, *directory.parents) if not path.exists() and not path.is_symlink()]
+
+
+def remove_empty_directories(directories: list[Path]) -> None:
+    """Remove each of ``directories`` (deepest first) that is empty; one holding anything, or a link, is kept."""
+    for directory in directories:
+        if not directory.is_symlink():
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only succeeds when empty
+
+
 def require_writable_directory(directory: Path, fix: str | None = None) -> Path:
     """Create ``directory`` if needed (it may be a link to a directory, as a data_dir may) and prove a file can be
     created there, before any long work; the error says what to do (``fix``: instead of pointing data_dir= elsewhere)."""

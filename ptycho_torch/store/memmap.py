@@ -323,13 +323,22 @@ def _to_amplitude(part: np.ndarray, first: int, counts: bool, name: str, pixel_o
     return amplitude
 
 
-def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Path, progress: bool) -> None:
-    header = scan_file.headers["Y"]
+def check_ground_truth_header(scan_file: ScanFile, n: int, N: int) -> None:
+    """Refuse (ScanFileError) a ``Y`` that is not ``(n, N, N)`` like the diffraction, or not complex; a file without ``Y``
+    passes. Its header is all this reads, so callers check before any work."""
+    header = scan_file.headers.get("Y")
+    if header is None:
+        return
     where = f"{scan_file.path} key 'Y'"
-    if header.shape != (layout.n, layout.N, layout.N):
-        raise ScanFileError(f"{where} has shape {header.shape}; it must be ({layout.n}, {layout.N}, {layout.N}) like the diffraction")
+    if header.shape != (n, N, N):
+        raise ScanFileError(f"{where} has shape {header.shape}; it must be ({n}, {N}, {N}) like the diffraction")
     if header.dtype.kind != "c":
         raise ScanFileError(f"{where} has real dtype {header.dtype}; ground truth must be complex (store the complex patches)")
+
+
+def _copy_ground_truth(scan_file: ScanFile, layout: PatternLayout, directory: Path, progress: bool) -> None:
+    check_ground_truth_header(scan_file, layout.n, layout.N)
+    header = scan_file.headers["Y"]
     perm = (2, 1, 0) if header.fortran_order else (0, 1, 2)
     with atomic_path(directory / GROUND_TRUTH, header.nbytes) as tmp:
         if perm == (0, 1, 2):

@@ -344,6 +344,23 @@ def test_positions_in_the_wrong_units_are_refused_before_the_memory_map(tmp_path
     assert not (tmp_path / "out_memmap").exists()
 
 
+def test_a_scan_refused_while_its_memory_map_is_built_leaves_no_directory(tmp_path):
+    """Its bad pattern is found while the memory map is copied: the directories made for it go, lock included."""
+    with np.load(NPZ, allow_pickle=False) as source:
+        diffraction = source["diffraction"].copy()
+    diffraction[100, 3, 3] = np.nan
+    scan = scan_copy(tmp_path / "scans" / "nan.npz", diffraction=diffraction)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = reconstruct("pretrained", scan, "--output", work / "r.npz", "--quiet", cwd=work, timeout=120)  # default data/memmap
+    assert_one_line_error(result, str(scan), "key 'diffraction'[100]", "not finite value nan")
+    assert list(work.iterdir()) == []
+    result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", work / "runs", "--n-groups", 16,
+                   "--quiet", timeout=120)
+    assert_one_line_error(result, str(scan), "key 'diffraction'[100]", "not finite value nan")
+    assert list(work.iterdir()) == []
+
+
 # ---- item 9 and 10: checkpoints read safely, clear errors naming the file -----------------------------------------------
 
 def test_empty_or_foreign_checkpoints_are_one_line_errors_naming_the_file(tmp_path):

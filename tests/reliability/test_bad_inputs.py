@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ptycho_torch.store.groups_cache import SUFFIX
 from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 from ptycho_torch.store.memmap import DIFFRACTION, MANIFEST
 from ptycho_torch.torch_support import TORCH_AVAILABLE
-from tests.reliability.support import CACHE_GLOB, copy_embedded, file_identity, scan_directory, temporaries
+from tests.reliability.support import CACHE_GLOB, copy_embedded, file_identity, scan_directory, temporaries, tree_state
 from tests.torch.test_data_pipeline import assert_same_grouped_data, baseline_grouped, embedded_arrays, memmap_config, save_variant
 
 ENTRIES = ["bridge", pytest.param("dataset", marks=pytest.mark.skipif(not TORCH_AVAILABLE, reason="torch is not installed"))]
@@ -354,6 +355,60 @@ def test_N_not_matching_the_patterns_fails_before_copying(tmp_path, entry):
     config = TrainingConfig(model=ModelConfig(N=32, gridsize=2), train_data_file=npz, n_groups=200, neighbor_count=7, subsample_seed=42, nphotons=1e6)
     assert_refused(entry, npz, tmp_path / "data", ValueError, str(npz), "N=32 does not match the 64 x 64 diffraction patterns of key 'diffraction'", "set N=64", config=config)
     assert not scan_directory(tmp_path / "data", npz).exists()  # refused before any copy
+
+
+# --- a refused scan leaves nothing behind ---------------------------------------------------------
+
+LEFT_BEHIND = {  # scan changes, config changes, message fragment; refused while (or before) its memory map is built
+    "nan pattern": (dict(diffraction=with_value((123, 5, 6), np.nan)), {}, "not finite value nan"),
+    "every pattern zero": (dict(diffraction=np.zeros_like(DIFF)), {}, "every grouped diffraction pattern is zero"),
+    "real Y": (dict(Y=np.zeros(DIFF.shape, np.float32)), {}, "key 'Y' has real dtype float32"),
+    "more groups than points": ({}, dict(n_groups=1000), "nsamples=1000"),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("case", sorted(LEFT_BEHIND))
+def test_a_refused_scan_leaves_no_memory_map_directory(tmp_path, entry, case):
+    """The scan's directory, its lock and the data directory this run created are all removed again."""
+    changes, config_changes, fragment = LEFT_BEHIND[case]
+    npz = save_variant(tmp_path / "scan.npz", **changes)
+    data_dir = tmp_path / "data" / "memmap"
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        serve(entry, npz, data_dir, config=memmap_config(npz, **config_changes))
+    assert not (tmp_path / "data").exists(), sorted(p.name for p in (tmp_path / "data").rglob("*"))
+
+
+@pytest.mark.parametrize("case", ["real Y", "more groups than points"])
+def test_what_the_headers_and_positions_show_is_refused_before_the_memory_map(tmp_path, monkeypatch, case):
+    from ptycho_torch.store import memmap
+
+    def build(*args, **kwargs):
+        raise AssertionError("the memory map was built for a scan refused by its headers or positions")
+
+    monkeypatch.setattr(memmap.DiffractionMemmap, "build", staticmethod(build))
+    changes, config_changes, fragment = LEFT_BEHIND[case]
+    npz = save_variant(tmp_path / "scan.npz", **changes)
+    with pytest.raises((ValueError, ScanFileError), match=re.escape(fragment)):
+        serve("bridge", npz, tmp_path / "data", config=memmap_config(npz, **config_changes))
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_refusal_keeps_a_complete_memory_map_and_a_directory_that_existed(tmp_path):
+    npz = copy_embedded(tmp_path / "scan.npz")
+    data_dir = tmp_path / "data"
+    serve("bridge", npz, data_dir)
+    before = tree_state(data_dir)
+    with pytest.raises(ValueError, match="nsamples=1000"):
+        serve("bridge", npz, data_dir, config=memmap_config(npz, n_groups=1000))
+    assert tree_state(data_dir) == before  # the complete map and its groups cache, untouched
+    directory = scan_directory(data_dir, tmp_path / "other.npz")
+    directory.mkdir()
+    (directory / "notes.txt").write_text("mine")
+    other = save_variant(tmp_path / "other.npz", diffraction=with_value((7, 0, 0), np.nan))
+    with pytest.raises(ValueError, match="not finite value nan"):
+        serve("bridge", other, data_dir)
+    assert (directory / "notes.txt").read_text() == "mine" and not (directory / DIFFRACTION).exists()  # existed before: kept
 
 
 # --- paths --------------------------------------------------------------------------------------
