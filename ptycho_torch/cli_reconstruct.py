@@ -140,11 +140,12 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         model_for_pattern_size(args.checkpoint, scan.N)
     except UnknownModelError as exc:
         raise UsageError(f"{args.scan}: {exc}") from None
+    object_network = None
     if args.object_network:
         from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
 
         try:
-            load_object_network()  # missing, unreadable or another network's weights: refused before the memory map
+            object_network = load_object_network()  # missing, unreadable or another network's weights: refused before the memory map
         except UnknownModelError as exc:
             raise UsageError(f"--object-network: {exc}") from None
         try:
@@ -174,7 +175,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
                                       whole_scan=args.n_groups is None, refine_iterations=args.refine, progress=not args.quiet,
                                       refine_update=refine_update(args) if args.refine else None, start=args.start,
                                       object_network_after=args.object_network or 0)
-    result = reconstruct_scan(model, dataset, settings, canvas=canvas)
+    result = reconstruct_scan(model, dataset, settings, canvas=canvas, object_network=object_network)
     for path, option, ours in outputs:  # again: another program may have put a file there while this one computed
         refuse_foreign_output(path, option, ours)
     write_reconstruction(output, result)

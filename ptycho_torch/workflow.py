@@ -76,12 +76,15 @@ def _settings_device(requested):
     return device
 
 
-def reconstruct_scan(network, dataset, settings: ReconstructionSettings = ReconstructionSettings(), *, canvas=None):
+def reconstruct_scan(network, dataset, settings: ReconstructionSettings = ReconstructionSettings(), *, canvas=None,
+                     object_network=None):
     """The stitched object of ``dataset``'s scan through ``network`` (a plain ``PtychoPINN``; Lightning is not needed).
 
     The network is moved to the settings' device and given its arithmetic, then every chosen group is
     predicted and stitched (:func:`~ptycho_torch.model.stitching.reconstruct`) and, with
     ``refine_iterations``, refined. Returns the :class:`~ptycho_torch.model.stitching.Reconstruction`.
+    ``object_network``: with ``object_network_after``, the whole-object network a caller already loaded (and so checked)
+    with :func:`~ptycho_torch.pretrained.load_object_network`; None: the shipped one, loaded here.
     """
     from ptycho_torch.model.pinn import PRECISIONS, choose_precision
     from ptycho_torch.model.stitching import GROUP_SELECTIONS, check_batch_size, reconstruct
@@ -108,12 +111,15 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
         raise ValueError(f"ReconstructionSettings.object_network_after={after!r} needs start='flat' (the object network was trained on "
                          f"objects refined from a unit object) and refine_iterations above it (the sweeps after it decide whether its "
                          f"correction is kept); got start={settings.start!r}, refine_iterations={iterations!r}")
+    if object_network is not None and not after:
+        raise ValueError("an object_network was given but ReconstructionSettings.object_network_after is 0, so it would not run; "
+                         "set object_network_after (with start='flat'), or leave object_network out")
     device = _settings_device(settings.device)
     if after:
         from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
 
         object_network_for_pattern_size(dataset.N)
-        object_network = load_object_network().to(device)
+        object_network = (load_object_network() if object_network is None else object_network).to(device)
     network = getattr(network, "network", network)
     network.to(device)
     network.precision = choose_precision(settings.precision, device)

@@ -267,7 +267,7 @@ class InferenceEngine:
         method = _reconstruction_method()
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
-        _check_method_fits(method, network)
+        object_network = _check_method_fits(method, network)
         _require_same_patterns(loader.dataset, network)
         device = resolve_device("auto")
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))
@@ -276,32 +276,34 @@ class InferenceEngine:
             batch_size = CPU_INFERENCE_BATCH
         settings = ReconstructionSettings(**{"device": str(device), "precision": INFERENCE_PRECISION, "batch_size": batch_size,
                                              "groups": "all", "progress": progress, **method})
-        return reconstruct_scan(network, loader.dataset, settings).object
+        return reconstruct_scan(network, loader.dataset, settings, object_network=object_network).object
 
 
 _RECONSTRUCT_FIX = f"set {RECONSTRUCT_ENV} in the shell that starts Ptychodus, or unset it for the network's single pass"
 
 
-def _check_method_fits(method: dict, network) -> None:
+def _check_method_fits(method: dict, network):
     """What ``ptycho-reconstruct`` refuses for this network, refused naming :data:`RECONSTRUCT_ENV` before the loader is read:
     ``--start physics`` with a network that reads the diffraction itself, ``--object-network`` for patterns of another size
-    than the object network's, or with its weights missing or unreadable."""
+    than the object network's, or with its weights missing or unreadable. Returns the object network the method runs,
+    loaded once here (None without ``--object-network``)."""
     from ptycho_torch.pretrained import UnknownModelError, load_object_network, object_network_for_pattern_size
 
     plain = getattr(network, "network", network)  # a PtychoPINN_Lightning's plain network
-    reason = None
+    reason = object_network = None
     if method.get("start") == "physics" and plain.model_config.generator_input != "object_estimate":
         reason = (f"--start physics: the loaded model reads the diffraction itself (generator_input="
                   f"{plain.model_config.generator_input!r}), it has no physics input; use --start network")
     elif method.get("object_network_after"):
         try:
             object_network_for_pattern_size(plain.N)
-            load_object_network()
+            object_network = load_object_network()
         except UnknownModelError as exc:
             reason = f"--object-network: {exc}"
     if reason is not None:
         text = os.environ.get(RECONSTRUCT_ENV, "").strip()
         raise ValueError(f"{RECONSTRUCT_ENV}={text!r}: {reason}; {_RECONSTRUCT_FIX}")
+    return object_network
 
 
 def _reconstruction_method() -> dict:

@@ -222,6 +222,50 @@ def test_missing_object_network_weights_are_refused_before_any_work(tmp_path, mo
     assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
 
 
+def _counting_object_network_reads(monkeypatch) -> list:
+    """``load_object_network``, which reads the weights file, wrapped to record each call."""
+    import ptycho_torch.pretrained as pretrained
+
+    calls, original = [], pretrained.load_object_network
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pretrained, "load_object_network", counted)
+    return calls
+
+
+def test_ptycho_reconstruct_reads_the_object_network_once(tmp_path, monkeypatch):
+    from ptycho_torch import cli_reconstruct
+
+    reads = _counting_object_network_reads(monkeypatch)
+    status = cli_reconstruct.main(["pretrained", str(NPZ), "--output", str(tmp_path / "r.npz"), "--data-dir", str(tmp_path / "memmap"),
+                                   "--start", "flat", "--refine", "2", "--object-network", "1", "--no-png", "--quiet"])
+    assert status == 0 and (tmp_path / "r.npz").is_file()
+    assert len(reads) == 1
+
+
+def test_the_ptychodus_api_reads_the_object_network_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ptycho_torch.api.base_api import RECONSTRUCT_ENV, InferenceEngine, load_model
+
+    reads = _counting_object_network_reads(monkeypatch)
+    monkeypatch.setenv(RECONSTRUCT_ENV, "--start flat --refine 2 --object-network 1")
+    model, manager = load_model(MODELS_DIR / "pinn64.ckpt")
+    engine = InferenceEngine(config_manager=manager, ptycho_model=model)
+    obj = engine.predict_and_stitch(SimpleNamespace(dataset=_dataset(NPZ, tmp_path)), progress=False)
+    assert np.isfinite(obj).all()
+    assert len(reads) == 1
+
+
+def test_an_object_network_given_without_its_sweep_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="object_network_after is 0, so it would not run"):
+        reconstruct_scan(load_pretrained(), _dataset(NPZ, tmp_path), ReconstructionSettings(start="flat", refine_iterations=2),
+                         object_network=load_object_network())
+
+
 class _Executed:
     def __reduce__(self):
         return (print, ("unpickled and run",))
