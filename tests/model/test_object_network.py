@@ -117,14 +117,17 @@ def test_the_gate_does_not_lose_phase_on_the_left_out_object_family(particles_sc
 
 
 def test_a_correction_the_data_do_not_support_is_dropped(tmp_path, caplog):
-    """An untrained network scrambles the object: after 2 sweeps it must still fit worse, and the sweeps' own object is
-    returned bit for bit (with the gate removed, the scrambled branch would be returned)."""
+    """An untrained network with random heads scrambles the object: after 2 sweeps it must still fit worse, and the sweeps'
+    own object is returned bit for bit (with the gate removed, the scrambled branch would be returned). Its heads are drawn
+    at random because a fresh network's are zero, an exact identity whose tie with the sweeps rounding alone would decide."""
     from ptycho_torch.model.object_network import ObjectNetwork
 
     dataset, result, _ = _after_sweeps(NPZ, tmp_path, 5)
     with torch.random.fork_rng():
         torch.manual_seed(3)
         untrained = ObjectNetwork().eval()
+        for head in (untrained.unet.amp_head, untrained.unet.phase_head):
+            torch.nn.init.normal_(head.weight, std=2.0)
     with caplog.at_level("INFO", logger="ptycho_torch.model.object_network"):
         gated, kept = refine_with_object_network(result, dataset, untrained, 2, progress=False)
     assert not kept and "its correction dropped" in caplog.text
