@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
 def reconstruct_command(args: argparse.Namespace) -> int:
     """Check the inputs, the outputs and the sizes, then predict, stitch and write atomically."""
-    from ptycho_torch.pretrained import UnknownModelError, model_for_pattern_size, resolve_checkpoint
+    from ptycho_torch.pretrained import UnknownModelError, resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
@@ -116,13 +116,24 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     for path, what in ((checkpoint, "checkpoint"), (args.scan, "scan")):
         _require_input_file(path, what)
-    from ptycho.scan_file import read_scan, scan_files
-    from ptycho.scan_geometry import check_scan_geometry
+    from ptycho.scan_file import scan_files
 
     check_start_options(args)
     check_refine_options(args)
     scan_files(args.scan)  # refuses a reconstruction given as the scan
     output = args.output or args.scan.with_name(f"{args.scan.stem}_reconstruction.npz")
+    from ptycho_torch.store.atomic import removed_if_left_empty
+
+    with removed_if_left_empty(output.parent):  # made for the output by the checks below: removed again if the scan is refused
+        return _reconstruct(args, checkpoint, output)
+
+
+def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> int:
+    """:func:`reconstruct_command` once its options, checkpoint and scan file are known good."""
+    from ptycho.scan_file import read_scan
+    from ptycho.scan_geometry import check_scan_geometry
+    from ptycho_torch.pretrained import UnknownModelError, model_for_pattern_size
+
     png = None if args.no_png else output.with_suffix(".png")
     if png == output:
         raise UsageError(f"--output {output} ends in .png, where the amplitude/phase picture goes; give the NPZ another "

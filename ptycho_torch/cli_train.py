@@ -16,7 +16,7 @@ from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, 
 from ptycho_torch.config_file import DEFAULT_PRESET, PRESETS, ConfigFile, apply_preset, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_torch.config_resolve import grid_side, require_supported
-from ptycho_torch.store.atomic import missing_directories, remove_empty_directories, require_writable_directory
+from ptycho_torch.store.atomic import removed_if_left_empty, require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
 
@@ -217,14 +217,9 @@ def train(args: argparse.Namespace) -> int:
     configs = build_configs(args, files[0])
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"
-    new_directories = sorted({*missing_directories(data_dir), *missing_directories(args.output_dir)}, key=lambda p: len(p.parts),
-                             reverse=True)
-    require_writable_directory(data_dir)
-    try:
+    with removed_if_left_empty(data_dir, args.output_dir):  # e.g. a scan refused while its memory map was built
+        require_writable_directory(data_dir)
         return _train_with(args, configs, data_dir)
-    except BaseException:  # e.g. a scan refused while its memory map was built: no empty data or output directory is left
-        remove_empty_directories(new_directories)
-        raise
 
 
 def _train_with(args: argparse.Namespace, configs: TrainConfigs, data_dir: Path) -> int:

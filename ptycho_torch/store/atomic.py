@@ -132,6 +132,19 @@ def remove_empty_directories(directories: list[Path]) -> None:
                 directory.rmdir()  # only succeeds when empty
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(*directories: Path) -> Iterator[None]:
+    """Run the block; if it raises (or is interrupted), remove what it created of ``directories`` and their parents
+    where that is still empty: a refused command leaves no empty output or data directory behind."""
+    created = sorted({path for directory in directories for path in missing_directories(directory)}, key=lambda p: len(p.parts),
+                     reverse=True)
+    try:
+        yield
+    except BaseException:
+        remove_empty_directories(created)
+        raise
+
+
 def require_writable_directory(directory: Path, fix: str | None = None) -> Path:
     """Create ``directory`` if needed (it may be a link to a directory, as a data_dir may) and prove a file can be
     created there, before any long work; the error says what to do (``fix``: instead of pointing data_dir= elsewhere)."""

@@ -352,7 +352,8 @@ def test_a_scan_refused_while_its_memory_map_is_built_leaves_no_directory(tmp_pa
     scan = scan_copy(tmp_path / "scans" / "nan.npz", diffraction=diffraction)
     work = tmp_path / "work"
     work.mkdir()
-    result = reconstruct("pretrained", scan, "--output", work / "r.npz", "--quiet", cwd=work, timeout=120)  # default data/memmap
+    result = reconstruct("pretrained", scan, "--output", work / "out" / "deeper" / "r.npz", "--quiet", cwd=work,
+                         timeout=120)  # default data/memmap; the output's directories are made by its checks
     assert_one_line_error(result, str(scan), "key 'diffraction'[100]", "not finite value nan")
     assert list(work.iterdir()) == []
     result = train(scan, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", work / "runs", "--n-groups", 16,
