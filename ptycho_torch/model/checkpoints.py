@@ -19,6 +19,8 @@ REQUIRED_CONFIGS = ("model_config", "data_config")  # what rebuilds the network;
 SETTINGS_BEFORE_THEY_EXISTED = (("generator_input", "diffraction"), ("generator_output", "object"), ("base_filters", 32))
 HYPER_PARAMETERS = ("seed",)  # stored beside the configs (REQUIRED_CONFIGS and the others of pinn.CONFIG_NAMES)
 NETWORK_PREFIX = "network."  # state-dict keys of PtychoPINN_Lightning's PtychoPINN; checkpoints of 0b10270 and before have none
+# What the weights-only unpickler says when it refuses an object (a global, a class, a call), not damaged bytes.
+_OBJECT_REFUSALS = ("GLOBAL", "Can only", "reduce for", "add_safe_globals", "persistent_load", "must be imported")
 _FIX = "use a .ckpt written by ptycho-train (or PtychoPINN_Lightning training), e.g. RUN_DIR/checkpoints/best-checkpoint.ckpt"
 
 
@@ -52,11 +54,14 @@ def read_checkpoint(path, data: bytes | None = None, map_location="cpu", overrid
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not any(sign in str(exc) for sign in _OBJECT_REFUSALS):  # no object was refused: not a torch pickle at all (text, ...)
+            raise CheckpointError(f"checkpoint {path} is not a readable torch checkpoint (corrupt or another format: "
+                                  f"{_refused_global(exc, 'not a pickle of tensors and plain values')}); {_FIX}") from None
         raise CheckpointError(
             f"checkpoint {path} holds Python objects a weights-only load refuses ({_refused_global(exc)}; nothing in "
             f"it was run); it was not written by PtychoPINN training; {_FIX}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load of arbitrary bytes raises many kinds (KeyError, IndexError, RuntimeError, ...)
         raise CheckpointError(f"checkpoint {path} is not a readable torch checkpoint (truncated or another format: "
                               f"{type(exc).__name__}: {first_lines(exc)}); {_FIX}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -72,10 +77,11 @@ def read_checkpoint(path, data: bytes | None = None, map_location="cpu", overrid
     return checkpoint
 
 
-def _refused_global(exc: BaseException) -> str:
+def _refused_global(exc: BaseException, default: str = "an object other than tensors and plain values") -> str:
     """The weights-only unpickler's own reason (e.g. ``Unsupported global: GLOBAL posix.system``), not its advice to bypass it."""
     reasons = [line.split("error:", 1)[-1].strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
-    return reasons[0][:200] if reasons else "an object other than tensors and plain values"
+    reasons = [reason for reason in reasons if reason]
+    return reasons[0][:200] if reasons else default
 
 
 def first_lines(exc: BaseException, n: int = 1, limit: int = 200) -> str:

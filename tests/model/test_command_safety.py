@@ -387,6 +387,20 @@ def test_a_crafted_checkpoint_never_runs_its_payload_even_when_torch_is_told_to_
     assert_one_line_error(result, str(crafted), "weights-only load refuses")
 
 
+@pytest.mark.parametrize("content", [b"hello world", b"h", b"garbage\n", b'{"data": {"N": 64}}'], ids=["text", "one-byte", "line", "json"])
+def test_a_checkpoint_of_arbitrary_bytes_is_a_clear_error_not_an_internal_one(tmp_path, content):
+    """torch's weights-only unpickler raises KeyError or IndexError for some bytes (a text file starting with 'h'), and an
+    UnpicklingError without a refused object for others: each is 'not a readable torch checkpoint', not exit 3 and not
+    'holds Python objects'."""
+    from ptycho_torch.model.checkpoints import CheckpointError, read_checkpoint
+
+    path = tmp_path / "notes.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="is not a readable torch checkpoint") as caught:
+        read_checkpoint(path)
+    assert "()" not in str(caught.value) and "(;" not in str(caught.value)
+
+
 def test_a_checkpoint_of_another_pattern_size_names_both_sizes_not_a_config_field(checkpoint, tmp_path):
     with np.load(NPZ, allow_pickle=False) as source:
         cropped = {"diffraction": source["diffraction"][:, 16:48, 16:48], "probeGuess": source["probeGuess"][16:48, 16:48]}
