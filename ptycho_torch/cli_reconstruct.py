@@ -353,6 +353,10 @@ def choose_device(requested: str, cuda_available: bool | None = None):
         raise UsageError(f"--device {requested!r} is not a device; use {DEVICE_CHOICES}") from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {requested!r} is not supported; use {DEVICE_CHOICES}")
+    if device.type == "cpu":  # torch.load cannot map to 'cpu:0' (nor 'cpu:1'): one CPU device, named without an index
+        if device.index not in (None, 0):
+            raise UsageError(f"--device {requested}: there is one CPU device; use --device cpu")
+        return torch.device("cpu")
     if device.type == "cuda" and not cuda_available:
         raise UsageError(f"--device {requested}: torch sees no CUDA device here; use --device cpu (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -534,6 +534,21 @@ def test_device_choice_follows_what_torch_sees():
         choose_device("cuda", cuda_available=False)
 
 
+def test_device_cpu_with_an_index_is_the_cpu_or_a_usage_error_never_blamed_on_the_checkpoint(tmp_path):
+    """'cpu:0' is a torch device, but torch.load cannot map a checkpoint to it: the command said the shipped model was
+    'not a readable torch checkpoint (truncated or another format ...)'."""
+    from ptycho_torch.cli import UsageError
+    from ptycho_torch.cli_reconstruct import choose_device
+    from ptycho_torch.model.checkpoints import load_network
+    from ptycho_torch.pretrained import resolve_checkpoint
+
+    device = choose_device("cpu:0", cuda_available=False)
+    assert str(device) == "cpu"
+    load_network(resolve_checkpoint("pretrained"), map_location=device)  # loads
+    with pytest.raises(UsageError, match="--device cpu:1: there is one CPU device; use --device cpu"):
+        choose_device("cpu:1", cuda_available=False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_reconstruct_device_cuda_without_cuda_is_one_line(checkpoint, tmp_path):
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--device", "cuda", "--quiet")
