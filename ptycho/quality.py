@@ -41,6 +41,9 @@ def reconstruction_quality(reconstruction: np.ndarray, truth: np.ndarray, covere
     """
     if reconstruction.shape != truth.shape or covered.shape != truth.shape:
         raise ValueError(f"reconstruction {reconstruction.shape}, truth {truth.shape} and covered {covered.shape} must share one grid")
+    interior = int(binary_erosion(covered, erode_px).sum())  # what any shift leaves, before registering on an empty region
+    if interior < 16:
+        raise ValueError(f"only {interior} pixels remain after eroding the covered region by {erode_px} px")
     shift = _register(reconstruction, truth, covered, max_shift_px)
     rec = np.roll(reconstruction, shift, axis=(0, 1))
     mask = binary_erosion(np.roll(covered, shift, axis=(0, 1)), erode_px)
@@ -63,6 +66,8 @@ def reconstruction_quality(reconstruction: np.ndarray, truth: np.ndarray, covere
 def _register(rec: np.ndarray, truth: np.ndarray, covered: np.ndarray, max_shift: int) -> tuple[int, int]:
     best, best_shift = -np.inf, (0, 0)
     interior = binary_erosion(covered, max_shift)
+    if not interior.any():  # nothing to correlate over (a region thinner than the shifts tried): no shift
+        return best_shift
     t = np.abs(truth)[interior]
     t = t - t.mean()
     amplitude = np.abs(rec)

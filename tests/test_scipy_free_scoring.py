@@ -64,6 +64,35 @@ def test_quality_scores_are_unchanged():
     assert quality.amplitude_r == pytest.approx(1.0, abs=1e-5) and quality.phase_r == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("rows", [slice(0, 0), slice(20, 30)], ids=["nothing covered", "a thin strip"])
+def test_a_region_too_small_to_score_is_refused_without_numpy_warnings(rows):
+    """An objectGuess that does not overlap the scan's canvas (NaN there, so nothing is covered) made ptycho-reconstruct
+    log three numpy RuntimeWarnings ('Mean of empty slice'), even with --quiet, before 'not scored against its objectGuess'."""
+    import warnings
+
+    truth = complex_object(64)
+    covered = np.zeros((64, 64), bool)
+    covered[rows, 4:60] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="only 0 pixels remain after eroding the covered region by 8 px"):
+            reconstruction_quality(truth, truth, covered)
+        with pytest.raises(ValueError, match="only 0 pixels remain"):
+            reconstruction_quality(truth, truth, covered, erode_px=8, max_shift_px=20)
+
+
+def test_a_region_thinner_than_the_registration_shifts_is_scored_unshifted_without_numpy_warnings():
+    import warnings
+
+    truth = complex_object(64)
+    covered = np.zeros((64, 64), bool)
+    covered[20:40, 4:60] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quality = reconstruction_quality(truth, truth, covered, erode_px=2, max_shift_px=12)
+    assert quality.shift_px == (0, 0) and quality.phase_r == pytest.approx(1.0, abs=1e-5)
+
+
 def test_scoring_geometry_and_png_import_no_scipy(tmp_path):
     code = ("import sys, numpy as np\n"
             "from ptycho.quality import reconstruction_quality, resample_onto_canvas\n"
