@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def build_configs(args: argparse.Namespace, first_scan: Path):
-    """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work."""
+def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] | None = None):
+    """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work
+    (and, for the default of one group per scan point, against the point counts of every scan of ``files``)."""
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile.defaults(SECTIONS)
     preset = args.preset or DEFAULT_PRESET
     apply_preset(preset, read.configs, read.given)
@@ -105,9 +106,42 @@ def build_configs(args: argparse.Namespace, first_scan: Path):
         training.n_groups = args.n_groups
     elif training.n_groups is None:
         training.n_groups = n_points
+        _require_one_count(first_scan, n_points, files or [])
     training.train_data_file = training.train_data_file or str(first_scan)
     training.test_data_file = training.test_data_file or str(first_scan)
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
+
+
+def _require_one_count(first_scan: Path, n_points: int, files: list[Path]) -> None:
+    """One group per scan point is one ``n_groups`` for every file only when the scans hold as many points: refused otherwise
+    (the first scan's count was used for all, so a longer scan lost points and a shorter one failed after the memory maps)."""
+    counts = {}
+    for path in files:
+        with ScanFile(path) as scan_file:
+            counts[path] = len(scan_file.load("xcoords"))
+    others = {path: count for path, count in counts.items() if count != n_points}
+    if others:
+        fewest = min([n_points, *others.values()])
+        listed = ", ".join(f"{path.name} {count}" for path, count in [(first_scan, n_points), *others.items()][:6])
+        raise UsageError(f"the scans hold different numbers of points ({listed}), and training draws one number of groups per scan "
+                         f"file (by default the first scan's {n_points}); pass --n-groups G (groups per scan file, at most {fewest}), "
+                         "or train on scans of one length")
+
+
+def check_scans(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
+    """Every scan has the first one's pattern size and at least ``training.n_groups`` points (``ptycho-train`` draws at most
+    one group per scan point): refused naming the file, before any memory map is written."""
+    for path in files:
+        with ScanFile(path) as scan_file:
+            N = scan_file.pattern_layout(scan_file.diffraction_key()).N
+            n_points = len(scan_file.load("xcoords"))
+        if N != data.N:
+            raise UsageError(f"{path}: its patterns are {N} x {N} but the other scans' (and data.N) are {data.N} x {data.N}; "
+                             "train on scans of one pattern size (move the others out of the directory)")
+        if n_points < int(training.n_groups):
+            raise UsageError(f"{path}: holds {n_points} scan points, fewer than the {training.n_groups} groups per scan file asked "
+                             f"for (training.n_groups, --n-groups); ptycho-train draws at most one group per point: pass --n-groups "
+                             f"{n_points} or fewer")
 
 
 def _adopt_initial_architecture(init: str, model: ModelConfig, data: DataConfig, read: ConfigFile, args):
@@ -214,7 +248,8 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
     files = scan_files(args.data)
-    configs = build_configs(args, files[0])
+    configs = build_configs(args, files[0], files)
+    check_scans(files, configs.data, configs.training)
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     with removed_if_left_empty(data_dir, args.output_dir):  # e.g. a scan refused while its memory map was built

@@ -78,3 +78,54 @@ def test_ptycho_train_reads_upstream_section_names_and_quotes_them(tmp_path, cap
 def test_the_ptychodus_config_manager_honours_its_group_counting_fields():
     manager = ConfigManager(data_config=replace(DATA, n_subsample=2, x_bounds=(0.2, 0.8)), model_config=MODEL)
     assert manager.data_config.n_subsample == 2
+
+
+def _scan_directory(directory: Path, **scans: dict) -> Path:
+    """A directory of cuts of the embedded scan: name -> {"points": n, "crop": side or None}."""
+    import numpy as np
+
+    directory.mkdir(parents=True)
+    with np.load(NPZ, allow_pickle=False) as source:
+        arrays = {name: source[name] for name in source.files}
+    for name, cut in scans.items():
+        n, crop = cut["points"], cut.get("crop")
+        scan = {key: (value[:n] if key in ("diffraction", "xcoords", "ycoords", "xcoords_start", "ycoords_start", "scan_index") else value)
+                for key, value in arrays.items()}
+        if crop:
+            lo = (64 - crop) // 2
+            scan["diffraction"] = scan["diffraction"][:, lo:lo + crop, lo:lo + crop]
+            scan["probeGuess"] = scan["probeGuess"][lo:lo + crop, lo:lo + crop]
+        np.savez(directory / f"{name}.npz", **scan)
+    return directory
+
+
+@pytest.mark.parametrize("first, second", [(300, 200), (200, 300)], ids=["shorter second", "longer second"])
+def test_ptycho_train_refuses_scans_of_different_lengths_without_n_groups_before_any_work(tmp_path, capsys, first, second):
+    """One group per scan point (the default) was the first scan's count for every file: a shorter scan after it failed
+    after both memory maps were written, a longer one silently lost its last points."""
+    scans = _scan_directory(tmp_path / "scans", a={"points": first}, b={"points": second})
+    status = train_main([str(scans), "--output-dir", str(tmp_path / "runs"), "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"the scans hold different numbers of points (a.npz {first}, b.npz {second})" in err
+    assert f"pass --n-groups G (groups per scan file, at most {min(first, second)})" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ptycho_train_refuses_more_groups_than_a_scan_has_points_naming_the_option_before_any_work(tmp_path, capsys):
+    scans = _scan_directory(tmp_path / "scans", a={"points": 300}, b={"points": 200})
+    status = train_main([str(scans), "--output-dir", str(tmp_path / "runs"), "--epochs", "1", "--n-groups", "250", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"{scans / 'b.npz'}: holds 200 scan points, fewer than the 250 groups per scan file" in err and "--n-groups 200 or fewer" in err
+    assert "enable_oversampling" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ptycho_train_refuses_a_directory_of_two_pattern_sizes_naming_the_odd_file_before_any_work(tmp_path, capsys):
+    scans = _scan_directory(tmp_path / "scans", a={"points": 200}, b={"points": 200, "crop": 32})
+    status = train_main([str(scans), "--output-dir", str(tmp_path / "runs"), "--epochs", "1", "--n-groups", "16", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"{scans / 'b.npz'}: its patterns are 32 x 32 but the other scans' (and data.N) are 64 x 64" in err
+    assert not (tmp_path / "runs").exists()
