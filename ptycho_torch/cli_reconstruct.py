@@ -147,6 +147,9 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
         check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
+    if args.n_groups is not None and args.n_groups > len(scan.xcoords):
+        raise UsageError(f"{args.scan}: --n-groups {args.n_groups} asks for more groups than its {len(scan.xcoords)} scan points; "
+                         f"give at most {len(scan.xcoords)}, or leave it out (one group per scan point)")
     try:
         model_for_pattern_size(args.checkpoint, scan.N)
     except UnknownModelError as exc:

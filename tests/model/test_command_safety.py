@@ -722,3 +722,12 @@ def test_float_counts_are_flagged_and_the_units_settable_from_both_commands(chec
     assert trained.returncode == 0 and "photon counts" not in trained.stderr, trained.stderr[-3000:]
     (manifest,) = (tmp_path / "train").glob("*/manifest.json")
     assert json.loads(manifest.read_text())["counts_to_amplitude"] is True
+
+
+def test_reconstruct_refuses_more_groups_than_scan_points_before_the_memory_map(tmp_path):
+    """Refused after the whole scan was memory-mapped, with PtychoPINN's fix 'set enable_oversampling=True', which
+    ptycho-reconstruct has no option for."""
+    result = reconstruct("pretrained", NPZ, "--n-groups", 600, "--output", tmp_path / "r.npz", "--data-dir", tmp_path / "memmap", "--quiet")
+    line = assert_one_line_error(result, str(NPZ), "--n-groups 600 asks for more groups than its 512 scan points", "at most 512")
+    assert "enable_oversampling" not in line
+    assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
