@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nphotons", type=positive_float, help="override data.nphotons (photons per pattern of the scan)")
     parser.add_argument("--diffraction-units", choices=DIFFRACTION_UNITS, help="units of the scans' diffraction (default: "
                         "data.diffraction_units, else auto: integer dtypes are photon counts, floats amplitudes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the network initialisation (default: 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the network initialisation (default: 0; refused with --init, "
+                        "whose weights are the initial model's)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                         help="the U-Net's arithmetic in training (default fp32; bf16 is faster on CPUs with native bfloat16 and was "
                              "used for the shipped model; auto: bf16 where the device computes it natively)")
@@ -95,6 +96,9 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
                          f"set data.N to {layout.N} or leave it out (it defaults to the pattern size)")
     data.N = layout.N
     init = getattr(args, "init", None)
+    if init and getattr(args, "seed", None) is not None:
+        raise UsageError(f"--seed {args.seed} seeds the network's random initialisation, which --init {init} replaces by its weights "
+                         "(the run would be the same with any seed); leave --seed out, or train from random weights without --init")
     if init:
         model, data = _adopt_initial_architecture(init, model, data, read, args)
     _settle_channels(data, read.given["data"], where)
@@ -276,7 +280,7 @@ def _train_with(args: argparse.Namespace, configs: TrainConfigs, data_dir: Path)
     try:
         module = data_module(units)(args.data, data, model_config, training, data_dir=data_dir, progress=not args.quiet,
                                     lock_timeout=args.lock_timeout, max_loader_workers=workers)
-        model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed)
+        model = PtychoPINN_Lightning(model_config, data, training, inference, seed=args.seed or 0)
         from ptycho_torch.model.pinn import choose_precision
         from ptycho_torch.model.training import choose_accelerator
 

@@ -129,3 +129,14 @@ def test_ptycho_train_refuses_a_directory_of_two_pattern_sizes_naming_the_odd_fi
     assert status == 2, err
     assert f"{scans / 'b.npz'}: its patterns are 32 x 32 but the other scans' (and data.N) are 64 x 64" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ptycho_train_refuses_seed_with_init_which_replaces_the_initialisation_it_seeds(tmp_path, capsys):
+    """--seed seeds only the network's random initialisation; with --init the weights are the checkpoint's, so two runs with
+    different seeds were bit for bit the same: a setting silently ignored."""
+    status = train_main([str(NPZ), "--init", "pretrained", "--seed", "7", "--output-dir", str(tmp_path / "runs"), "--epochs", "1",
+                         "--n-groups", "16", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "ptycho-train: error: --seed 7 seeds the network's random initialisation, which --init pretrained replaces" in err
+    assert not (tmp_path / "runs").exists()
