@@ -453,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args = parser.parse_args(argv)
+    _check_out(parser, args.out, corpus=args.corpus is not None)
     if args.corpus is not None:
         return _write_corpus_from_args(parser, args)
     try:
@@ -470,6 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, settings.n_points, settings.N, settings.N, args.diffraction_key, path.stat().st_size / 1e6,
     )
     return 0
+
+
+def _check_out(parser: argparse.ArgumentParser, out: Path, *, corpus: bool) -> None:
+    """Refuse, before any simulation, an ``--out`` that cannot be written: a directory for one scan, a file for a corpus,
+    or a path below a file."""
+    if not corpus and out.is_dir():
+        parser.error(f"--out {out} is a directory; give the scan's file name, e.g. {out / 'scan.npz'} (or --corpus N to write N scans into it)")
+    if corpus and out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; --corpus writes its scans into a directory: choose another --out")
+    for parent in (out if corpus else out.parent, *(out if corpus else out.parent).parents):
+        if parent.exists() and not parent.is_dir():
+            parser.error(f"--out {out}: {parent} is a file, not a directory; choose another --out")
 
 
 def _write_corpus_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

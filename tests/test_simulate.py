@@ -266,6 +266,20 @@ def test_command_line_reports_bad_options(tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "corpus into a file", "below a file"])
+def test_command_line_refuses_an_out_it_cannot_write_as_a_usage_error(tmp_path, kind):
+    """--out an existing directory was simulated, then failed with an IsADirectoryError traceback and exit status 1."""
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "notes.txt").write_text("kept")
+    options = {"directory": ["--out", str(tmp_path / "existing")],
+               "corpus into a file": ["--corpus", "1", "--out", str(tmp_path / "notes.txt")],
+               "below a file": ["--out", str(tmp_path / "notes.txt" / "x.npz")]}[kind]
+    completed = _run_command_line("--n-points", "4", "--N", "16", *options)
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr and "error: --out" in completed.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "notes.txt").read_text() == "kept" and not any((tmp_path / "existing").iterdir())
+
+
 def test_corpus_settings_vary_objects_doses_and_positions_reproducibly():
     base = PRESETS["embedded"]
     corpus = corpus_settings(6, seed=11)
