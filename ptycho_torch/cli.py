@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -244,9 +245,30 @@ def _plot(args) -> int:
     output = args.output
     if not output.parent.is_dir():
         raise UsageError(f"directory {output.parent} for -o does not exist; create it or choose another path")
+    _require_replaceable_png(output, files[0])
     bridge = _bridge(files[0], args, remake=False)
     print(write_groups_plot(bridge, output, max_groups=args.max_groups))
     return EXIT_OK
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _require_replaceable_png(output: Path, scan: Path) -> None:
+    """``plot -o`` replaces only a PNG: never the scan it draws, a link, a directory or any other file (before any build)."""
+    if output.is_symlink():
+        raise UsageError(f"-o {output} is a symbolic link; ptycho-memmap never writes through a link; choose another path")
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a directory; give a file name, e.g. {output / 'groups.png'}")
+    if not output.exists():
+        return
+    if os.path.samefile(output, scan):
+        raise UsageError(f"-o {output} is the scan {scan} itself; plot never overwrites its input; choose another path, e.g. groups.png")
+    if not output.is_file():
+        raise UsageError(f"-o {output} exists and is not a regular file; choose another path")
+    with open(output, "rb") as handle:
+        if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            raise UsageError(f"-o {output} exists and is not a PNG; plot replaces only PNG files: move it away or choose another path")
 
 
 def _clean(args) -> int:

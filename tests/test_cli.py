@@ -188,6 +188,22 @@ def test_plot_writes_a_png_of_the_groups_and_builds_the_cache(scan, data_dir, tm
     assert only_cache(data_dir).exists()
 
 
+@needs_matplotlib
+@pytest.mark.parametrize("target", ["the scan", "a text file", "a directory"])
+def test_plot_never_overwrites_its_scan_or_a_file_that_is_not_a_png(scan, data_dir, tmp_path, target):
+    """`plot SCAN -o SCAN` replaced the scan itself by the PNG (and -o NOTES.txt any file): the input was lost."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept")
+    (tmp_path / "pictures").mkdir()
+    output = {"the scan": scan, "a text file": notes, "a directory": tmp_path / "pictures"}[target]
+    before = scan.read_bytes()
+    result = run("plot", scan, *GROUPING, "--data-dir", data_dir, "-o", output, "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ptycho-memmap plot: error: -o {output} ")
+    assert scan.read_bytes() == before and notes.read_text() == "kept" and not any((tmp_path / "pictures").iterdir())
+    assert not data_dir.exists()  # refused before the build
+
+
 def test_plot_without_matplotlib_names_the_plot_extra(scan, data_dir, tmp_path):
     blocker = tmp_path / "no_matplotlib" / "matplotlib"
     blocker.mkdir(parents=True)
