@@ -15,7 +15,7 @@ import numpy as np
 from ptycho.quality import REFERENCE_LABEL, reconstruction_quality, resample_onto_canvas
 from ptycho.scan_file import RECONSTRUCTION_MARKER
 from ptycho.validation import DIFFRACTION_UNITS
-from ptycho_torch.workflow import STARTS  # torch-free
+from ptycho_torch.workflow import MAX_SWEEPS, STARTS  # torch-free
 from ptycho_torch.cli import (EXIT_OK, UsageError, UsageParser, add_lock_timeout_argument, configure_logging, non_negative_int, parse_or_status,
                               positive_int, run_reporting_errors)
 
@@ -72,7 +72,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'network': the network's single pass (default); 'physics': its physics input alone, without "
                              "the U-Net (0.35-0.42 CPU s less per 512 points); 'flat': a unit object, neither (needs --refine); "
                              "benchmarks/RESULTS.md compares them")
-    parser.add_argument("--refine", type=non_negative_int, default=0, metavar="ITERATIONS",
+    parser.add_argument("--refine", type=sweep_count, default=0, metavar="ITERATIONS",
                         help="error-reduction sweeps over the whole object after the network's pass (or the physics input, "
                              "--start physics), with the known probe (default 0; benchmarks/RESULTS.md has quality against CPU s)")
     parser.add_argument("--refine-points", type=points_per_update, default=None, metavar="K|all",
@@ -85,7 +85,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"with --refine (3 or more): once one of the first 20 sweeps lowers the data misfit by less than this "
                              f"fraction of the previous sweep's, the remaining sweeps correct every point from the same object, without momentum: "
                              f"they average the noise of low-dose scans; in [0, 1) (default {REFINE_PLATEAU}; 0: never)")
-    parser.add_argument("--object-network", type=positive_int, default=None, metavar="SWEEP",
+    parser.add_argument("--object-network", type=sweep_number, default=None, metavar="SWEEP",
                         help="with --start flat and --refine N: after sweep SWEEP (below N) the shipped whole-object network "
                              "corrects the object; the remaining sweeps run from its correction and from the object without it, "
                              "and the one that fits the measured patterns better is kept (those sweeps cost twice; "
@@ -201,6 +201,22 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
     if png is not None:
         print(write_png(result.object, reference, png))
     return EXIT_OK
+
+
+def sweep_count(text: str) -> int:
+    """argparse type of ``--refine``: an integer from 0 to :data:`~ptycho_torch.workflow.MAX_SWEEPS`."""
+    value = non_negative_int(text)
+    if value > MAX_SWEEPS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEPS:,} sweeps, got {text!r}")
+    return value
+
+
+def sweep_number(text: str) -> int:
+    """argparse type of ``--object-network``: a sweep from 1 to :data:`~ptycho_torch.workflow.MAX_SWEEPS`."""
+    value = positive_int(text)
+    if value > MAX_SWEEPS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEPS:,}, got {text!r}")
+    return value
 
 
 def points_per_update(text: str) -> int | str:

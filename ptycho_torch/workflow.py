@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReconstructionSettings", "STARTS", "reconstruct_scan", "resolve_device", "train_model"]
+__all__ = ["MAX_SWEEPS", "ReconstructionSettings", "STARTS", "reconstruct_scan", "resolve_device", "train_model"]
 
 STARTS = ("network", "physics", "flat")  # what the object (and its refinement) starts from
+MAX_SWEEPS = 100_000  # refinement sweeps one reconstruction may ask for (about 2 CPU-hours per 512 points); beyond it, a typo
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -102,8 +103,9 @@ def reconstruct_scan(network, dataset, settings: ReconstructionSettings = Recons
     if settings.groups not in GROUP_SELECTIONS:
         raise ValueError(f"ReconstructionSettings.groups={settings.groups!r}; use one of {GROUP_SELECTIONS}")
     iterations = settings.refine_iterations
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise ValueError(f"ReconstructionSettings.refine_iterations={iterations!r} must be an integer >= 0 (0: no refinement)")
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or not 0 <= iterations <= MAX_SWEEPS:
+        raise ValueError(f"ReconstructionSettings.refine_iterations={iterations!r} must be an integer from 0 (no refinement) "
+                         f"to {MAX_SWEEPS:,}")
     after = settings.object_network_after
     if isinstance(after, bool) or not isinstance(after, numbers.Integral) or after < 0:
         raise ValueError(f"ReconstructionSettings.object_network_after={after!r} must be an integer >= 0 (0: no object network)")

@@ -16,6 +16,7 @@ from ptycho_torch.model import physics
 from ptycho_torch.model.forward_model import FarFieldPtychography
 from ptycho_torch.model import footprint
 from ptycho_torch.model.stitching import COVERAGE_FLOOR, Canvas, Reconstruction, default_canvas
+from ptycho_torch.workflow import MAX_SWEEPS
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ def refine(result: Reconstruction, dataset, iterations: int, *, update: Refineme
     at a time (an update of more points is corrected in parts of that size, then applied), and each
     point's window indices and step sizes up to ``PLAN_BYTES``.
     """
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"refinement iterations must be an integer >= 0, got {iterations!r}")
+    if int(iterations) != iterations or not 0 <= iterations <= MAX_SWEEPS:
+        raise ValueError(f"refinement iterations must be an integer from 0 to {MAX_SWEEPS:,}, got {iterations!r}")
     if iterations == 0:
         return result
     refinement = Refinement(result, dataset, int(iterations), update=update, experiment=experiment, batch_size=batch_size)

@@ -404,3 +404,25 @@ def test_the_plateau_is_looked_for_in_the_first_plateau_sweeps_only(setup, caplo
         default = refine(start, dataset, 40, progress=False)
     assert "lowered the data misfit" not in caplog.text and RefinementUpdate().plateau_sweeps == 20
     np.testing.assert_array_equal(default.object, refine(start, dataset, 40, update=replace(RefinementUpdate(), plateau=0.0), progress=False).object)
+
+
+def test_a_sweep_count_beyond_the_bound_is_refused_before_any_work(tmp_path):
+    """A typo like --refine 99999999999999999999 was an internal error (an overflow in the progress bar) after the network's
+    pass; it is refused by the parser, the settings, refine() and the Ptychodus variable, naming the bound."""
+    from ptycho_torch.cli_reconstruct import build_parser, method_settings
+    from ptycho_torch.cli import UsageError
+    from ptycho_torch.workflow import MAX_SWEEPS, ReconstructionSettings, reconstruct_scan
+
+    huge = "99999999999999999999"
+    for options in (["--refine", huge], ["--start", "flat", "--refine", "5", "--object-network", huge],
+                    ["--refine", str(MAX_SWEEPS + 1)]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["pretrained", "scan.npz", *options])
+        assert exit_.value.code == 2
+    assert build_parser().parse_args(["pretrained", "scan.npz", "--refine", str(MAX_SWEEPS)]).refine == MAX_SWEEPS
+    with pytest.raises(UsageError, match="at most 100,000"):
+        method_settings(f"--start flat --refine {huge}", "PTYCHOPINN_RECONSTRUCT")
+    with pytest.raises(ValueError, match="refine_iterations=.* from 0 .* to 100,000"):
+        reconstruct_scan(None, None, ReconstructionSettings(start="flat", refine_iterations=int(huge)))
+    with pytest.raises(ValueError, match="from 0 to 100,000"):
+        refine(None, None, int(huge))
