@@ -33,7 +33,7 @@ bench-ptychi: $(STAMP)
 		--epochs 1 3 5 10 20 50 --epie-epochs 10 50 200 --json benchmarks/results/bench_ptychi.json
 
 dataset: $(STAMP)
-	$(BIN)/python -m ptycho.simulate --preset embedded --out datasets/sim_small.npz
+	$(BIN)/python -m ptycho.simulate --preset embedded --out datasets/sim_small.npz --overwrite
 
 clean-venv:
 	rm -rf $(VENV)

@@ -396,7 +396,10 @@ def corpus_settings(n_scans: int, seed: int, base: SimulationSettings = PRESETS[
     ]
 
 
-def write_corpus(directory: str | os.PathLike[str], settings: Sequence[SimulationSettings], *, prefix: str = "scan") -> list[Path]:
+CORPUS_PREFIX = "scan"  # write_corpus's file names: scan000.npz, scan001.npz, ...
+
+
+def write_corpus(directory: str | os.PathLike[str], settings: Sequence[SimulationSettings], *, prefix: str = CORPUS_PREFIX) -> list[Path]:
     """Write one NPZ per settings as ``directory/<prefix><index:03d>.npz``; returns the paths."""
     directory = Path(directory)
     return [write_scan_npz(directory / f"{prefix}{index:03d}.npz", one) for index, one in enumerate(settings)]
@@ -426,6 +429,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diffraction-key", choices=DIFFRACTION_KEYS, default="diffraction")
     parser.add_argument("--uncompressed", action="store_true", help="write with np.savez")
     parser.add_argument("--out", required=True, type=Path, help="output .npz path (a directory with --corpus)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the file(s) at --out (refused without it)")
     return parser
 
 
@@ -454,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     _check_out(parser, args.out, corpus=args.corpus is not None)
+    _check_not_replacing(parser, args)
     if args.corpus is not None:
         return _write_corpus_from_args(parser, args)
     try:
@@ -483,6 +488,17 @@ def _check_out(parser: argparse.ArgumentParser, out: Path, *, corpus: bool) -> N
     for parent in (out if corpus else out.parent, *(out if corpus else out.parent).parents):
         if parent.exists() and not parent.is_dir():
             parser.error(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+
+
+def _check_not_replacing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any simulation, to replace an existing file (a measured scan, say) without ``--overwrite``."""
+    if args.overwrite:
+        return
+    targets = [args.out / f"{CORPUS_PREFIX}{index:03d}.npz" for index in range(args.corpus)] if args.corpus is not None else [args.out]
+    existing = [path for path in targets if path.exists() or path.is_symlink()]
+    if existing:
+        listed = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        parser.error(f"--out: {listed} exists; pass --overwrite to replace it with a simulated scan, or choose another --out")
 
 
 def _write_corpus_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

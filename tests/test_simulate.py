@@ -280,6 +280,24 @@ def test_command_line_refuses_an_out_it_cannot_write_as_a_usage_error(tmp_path, 
     assert (tmp_path / "notes.txt").read_text() == "kept" and not any((tmp_path / "existing").iterdir())
 
 
+def test_command_line_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    """--out a measured scan (or any file) silently replaced it with a simulated one."""
+    measured = tmp_path / "measured.npz"
+    measured.write_bytes(b"a measured scan")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "scan001.npz").write_bytes(b"an earlier scan")
+    for options in (["--out", str(measured)], ["--corpus", "2", "--out", str(tmp_path / "corpus")]):
+        completed = _run_command_line("--n-points", "4", "--N", "16", *options)
+        assert completed.returncode == 2, completed.stderr
+        assert "exists; pass --overwrite" in completed.stderr.strip().splitlines()[-1]
+    assert measured.read_bytes() == b"a measured scan" and (tmp_path / "corpus" / "scan001.npz").read_bytes() == b"an earlier scan"
+    assert not (tmp_path / "corpus" / "scan000.npz").exists()  # refused before any scan was written
+    completed = _run_command_line("--n-points", "4", "--N", "16", "--seed", "5", "--out", str(measured), "--overwrite")
+    assert completed.returncode == 0, completed.stderr
+    with np.load(measured, allow_pickle=False) as data:
+        np.testing.assert_array_equal(data["xcoords"], simulate_scan(SimulationSettings(n_points=4, N=16, seed=5))["xcoords"])
+
+
 def test_corpus_settings_vary_objects_doses_and_positions_reproducibly():
     base = PRESETS["embedded"]
     corpus = corpus_settings(6, seed=11)
