@@ -309,6 +309,7 @@ def _verify_one(path: Path, args) -> bool:
 
     n_points, N = _pattern_count_and_size(path, args.layout)
     key = grouping_key(_training_config(path, args, N))
+    _check_grouping(path, args, key.settings, n_points)
     if _draw_is_random(key.settings, n_points):
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
                          "build and verify with the same --seed S")
@@ -388,8 +389,11 @@ def _draw_is_random(settings, n_points: int) -> bool:
 
 
 def _bridge(path: Path, args, remake: bool):
+    from ptycho_torch.data_settings import grouping_key
     from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 
+    n_points, N = _pattern_count_and_size(path, args.layout)
+    _check_grouping(path, args, grouping_key(_training_config(path, args, N)).settings, n_points)
     return MemmapDatasetBridge(
         path.resolve(),
         _training_config(path, args),
@@ -400,6 +404,33 @@ def _bridge(path: Path, args, remake: bool):
         progress=not args.quiet,
         lock_timeout=args.lock_timeout,
     )
+
+
+def _check_grouping(path: Path, args, settings, n_points: int) -> None:
+    """Grouping settings that cannot group the scan's ``n_points``, refused before any work naming the file and, when the
+    grouping options (not ``--config``) set them, this command's options."""
+    from ptycho.grouping import check_group_request, needs_oversampling
+
+    try:
+        check_group_request(n_points, settings)
+    except ValueError as exc:
+        if args.config is not None:
+            raise UsageError(f"{path}: {exc}") from None
+        C = settings.C
+        if needs_oversampling(n_points, settings) and not settings.enable_oversampling:
+            default = " (the default)" if getattr(args, "n_groups", None) is None else ""
+            problem = (f"--n-groups {settings.nsamples}{default} asks for more groups than its {n_points} scan points; "
+                       f"give --n-groups {n_points} or fewer, or pass --oversampling (with --K or --pool-size of at least {C}) "
+                       "to draw several groups per point")
+        elif needs_oversampling(n_points, settings):
+            problem = f"--oversampling draws groups of {C} from each point's neighbour pool: give --pool-size (or --K) of at least {C}"
+        elif n_points < C:
+            problem = f"only {n_points} scan points but --gridsize {settings.gridsize} needs {C} per group; give a smaller --gridsize"
+        elif settings.K < C:
+            problem = f"--K {settings.K} neighbours cannot fill groups of {C} (--gridsize {settings.gridsize}); give --K {C} or more"
+        else:
+            problem = str(exc)
+        raise UsageError(f"{path}: {problem}") from None
 
 
 def _training_config(path: Path, args, pattern_size: int | None = None):

@@ -294,7 +294,11 @@ def test_library_errors_exit_2_with_their_message_and_a_traceback_only_with_debu
     [
         (["build", "missing.npz"], "scan file missing.npz does not exist"),
         (["build", EMBEDDED, "--gridsize", "0"], "argument --gridsize: must be a positive integer"),
-        (["build", EMBEDDED, "--n-groups", "600", "--quiet"], "only 512 points"),
+        (["build", EMBEDDED, "--n-groups", "600", "--quiet"], "--n-groups 600 asks for more groups than its 512 scan points; give "
+                                                             "--n-groups 512 or fewer, or pass --oversampling"),
+        (["verify", EMBEDDED, "--seed", "1", "--n-groups", "600"], f"{EMBEDDED}: --n-groups 600 asks for more groups"),
+        (["build", EMBEDDED, "--oversampling", "--pool-size", "3", "--n-groups", "600"], "give --pool-size (or --K) of at least 4"),
+        (["build", EMBEDDED, "--K", "3", "--quiet"], f"{EMBEDDED}: --K 3 neighbours cannot fill groups of 4 (--gridsize 2); give --K 4"),
         (["verify", EMBEDDED], "build and verify with the same --seed"),
         (["info", "no/such/dir"], "data directory no/such/dir does not exist"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
