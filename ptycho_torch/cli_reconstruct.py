@@ -393,10 +393,22 @@ def _canvas(args: argparse.Namespace, scan):
         if scan.objectGuess is None:
             raise UsageError(f"{args.scan}: --canvas object needs an objectGuess in the scan")
         canvas = Canvas(scan.objectGuess.shape, (0.0, 0.0))
+        _warn_positions_off_the_object(args.scan, scan, canvas.shape_px)
     else:
         canvas = default_canvas(scan.xcoords, scan.ycoords, scan.N)
     footprint.check_canvas(canvas.shape_px, str(args.scan))
     return canvas
+
+
+def _warn_positions_off_the_object(path: Path, scan, shape_px: tuple[int, int]) -> None:
+    """``--canvas object`` crops to the objectGuess grid: say so when scan positions (patch centres) lie off it."""
+    H, W = shape_px
+    x, y = np.asarray(scan.xcoords, np.float64), np.asarray(scan.ycoords, np.float64)
+    off = int(np.count_nonzero((x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)))
+    if off:
+        logger.warning("%s: %d of %d scan positions lie off the %d x %d objectGuess grid (x %.1f to %.1f, y %.1f to %.1f pixels): "
+                       "--canvas object cuts their patches off; use --canvas scan to keep the whole scan", path, off, len(x), H, W,
+                       x.min(), x.max(), y.min(), y.max())
 
 
 def _require_pattern_size(model, checkpoint: Path, scan) -> None:

@@ -731,3 +731,27 @@ def test_reconstruct_refuses_more_groups_than_scan_points_before_the_memory_map(
     line = assert_one_line_error(result, str(NPZ), "--n-groups 600 asks for more groups than its 512 scan points", "at most 512")
     assert "enable_oversampling" not in line
     assert not (tmp_path / "memmap").exists() and not (tmp_path / "r.npz").exists()
+
+
+def test_canvas_object_says_when_scan_positions_lie_off_the_object_grid(caplog):
+    """A 40 x 40 objectGuess under a scan spanning 150 pixels was stitched onto it without a word about the cut-off points."""
+    import argparse
+    import logging
+
+    from ptycho.scan_file import read_scan
+    from ptycho_torch.cli_reconstruct import _canvas
+
+    scan = read_scan(NPZ, load_diffraction=False)
+    args = argparse.Namespace(canvas="object", scan=NPZ)
+    with caplog.at_level(logging.WARNING, logger="ptycho_torch.reconstruct"):
+        assert _canvas(args, scan).shape_px == scan.objectGuess.shape
+    assert not caplog.records  # the embedded scan lies on its object
+    from dataclasses import replace
+
+    scan = replace(scan, objectGuess=scan.objectGuess[:40, :40])
+    with caplog.at_level(logging.WARNING, logger="ptycho_torch.reconstruct"):
+        assert _canvas(args, scan).shape_px == (40, 40)
+    (record,) = caplog.records
+    off = int(np.count_nonzero((scan.xcoords > 39) | (scan.ycoords > 39) | (scan.xcoords < 0) | (scan.ycoords < 0)))
+    assert f"{off} of {len(scan.xcoords)} scan positions lie off the 40 x 40 objectGuess grid" in record.getMessage()
+    assert "--canvas scan" in record.getMessage() and off > 0
