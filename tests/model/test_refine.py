@@ -44,7 +44,7 @@ def test_zero_iterations_return_the_start_and_bad_counts_are_refused(setup):
     dataset, _, start = setup
     assert refine(start, dataset, 0) is start
     for bad in (-1, 1.5):
-        with pytest.raises(ValueError, match="integer >= 0"):
+        with pytest.raises(ValueError, match="integer from 0 to 100,000"):
             refine(start, dataset, bad)
 
 
