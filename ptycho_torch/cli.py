@@ -414,16 +414,20 @@ def _check_grouping(path: Path, args, settings, n_points: int) -> None:
     try:
         check_group_request(n_points, settings)
     except ValueError as exc:
-        if args.config is not None:
-            raise UsageError(f"{path}: {exc}") from None
         C = settings.C
+        if args.config is not None:
+            if needs_oversampling(n_points, settings) and not settings.enable_oversampling:
+                raise UsageError(f"{path}: {args.config} asks for {settings.nsamples} groups (training.n_groups), more than its "
+                                 f"{n_points} scan points; set n_groups to {n_points} or fewer") from None
+            raise UsageError(f"{path}: {exc}") from None
         if needs_oversampling(n_points, settings) and not settings.enable_oversampling:
             default = " (the default)" if getattr(args, "n_groups", None) is None else ""
             problem = (f"--n-groups {settings.nsamples}{default} asks for more groups than its {n_points} scan points; "
                        f"give --n-groups {n_points} or fewer, or pass --oversampling (with --K or --pool-size of at least {C}) "
                        "to draw several groups per point")
         elif needs_oversampling(n_points, settings):
-            problem = f"--oversampling draws groups of {C} from each point's neighbour pool: give --pool-size (or --K) of at least {C}"
+            pool = "--pool-size" if settings.neighbor_pool_size is not None else "--K (or --pool-size)"
+            problem = f"--oversampling draws groups of {C} from each point's neighbour pool: give {pool} of at least {C}"
         elif n_points < C:
             problem = f"only {n_points} scan points but --gridsize {settings.gridsize} needs {C} per group; give a smaller --gridsize"
         elif settings.K < C:

@@ -147,9 +147,6 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
         check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
-    if args.n_groups is not None and args.n_groups > len(scan.xcoords):
-        raise UsageError(f"{args.scan}: --n-groups {args.n_groups} asks for more groups than its {len(scan.xcoords)} scan points; "
-                         f"give at most {len(scan.xcoords)}, or leave it out (one group per scan point)")
     try:
         model_for_pattern_size(args.checkpoint, scan.N)
     except UnknownModelError as exc:
@@ -177,6 +174,9 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
     gc.freeze()  # the imports' objects (torch's above all) live to the end: the collector's full passes skip them (about 0.05 CPU s)
     model = load_network(checkpoint, map_location=device)
     _require_pattern_size(model, checkpoint, scan)
+    if args.n_groups is not None and args.n_groups > len(scan.xcoords) and model.C > 1:  # groups of one are capped at the points
+        raise UsageError(f"{args.scan}: --n-groups {args.n_groups} asks for more groups than its {len(scan.xcoords)} scan points; "
+                         f"give at most {len(scan.xcoords)}, or leave it out (one group per scan point)")
     if args.start == "physics" and model.model_config.generator_input != "object_estimate":
         raise UsageError(f"--start physics: the network of {checkpoint} reads the diffraction itself "
                          f"(generator_input={model.model_config.generator_input!r}), it has no physics input; use --start network")
@@ -192,6 +192,9 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
     result = reconstruct_scan(model, dataset, settings, canvas=canvas, object_network=object_network)
     for path, option, ours in outputs:  # again: another program may have put a file there while this one computed
         refuse_foreign_output(path, option, ours)
+    from ptycho_torch.store.atomic import make_directory
+
+    make_directory(output.parent, "output directory", "choose another --output")  # a refused run beside this one may have removed it
     write_reconstruction(output, result)
     print(output)
     reference = None

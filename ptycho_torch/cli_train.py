@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from ptycho.scan_file import ScanFile, scan_files
+from ptycho.scan_file import ScanFile, read_scan, scan_files
 from ptycho.validation import DIFFRACTION_UNITS
 from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, add_lock_timeout_argument, adopt_library_loggers, configure_logging, parse_or_status,
                               positive_int, run_reporting_errors)
@@ -116,13 +116,17 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
 
 
+def _scan_size(path: Path) -> tuple[int, int]:
+    """``(points, pattern side)`` of a scan, its arrays checked against the NPZ contract (a malformed file is refused
+    naming its key); neither the diffraction nor the object is read."""
+    scan = read_scan(path, load_diffraction=False, load_object=False)
+    return len(scan.xcoords), scan.N
+
+
 def _require_one_count(first_scan: Path, n_points: int, files: list[Path]) -> None:
     """One group per scan point is one ``n_groups`` for every file only when the scans hold as many points: refused otherwise
     (the first scan's count was used for all, so a longer scan lost points and a shorter one failed after the memory maps)."""
-    counts = {}
-    for path in files:
-        with ScanFile(path) as scan_file:
-            counts[path] = len(scan_file.load("xcoords"))
+    counts = {path: _scan_size(path)[0] for path in files}
     others = {path: count for path, count in counts.items() if count != n_points}
     if others:
         fewest = min([n_points, *others.values()])
@@ -133,19 +137,19 @@ def _require_one_count(first_scan: Path, n_points: int, files: list[Path]) -> No
 
 
 def check_scans(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
-    """Every scan has the first one's pattern size and at least ``training.n_groups`` points (``ptycho-train`` draws at most
-    one group per scan point): refused naming the file, before any memory map is written."""
+    """Every scan has the first one's pattern size and, for groups of several patterns, at least ``training.n_groups`` points
+    (``ptycho-train`` does not oversample; groups of one pattern are capped at the points, as in PtychoPINN): refused naming
+    the file, before any memory map is written."""
+    C = int(data.grid_size[0]) * int(data.grid_size[1])
     for path in files:
-        with ScanFile(path) as scan_file:
-            N = scan_file.pattern_layout(scan_file.diffraction_key()).N
-            n_points = len(scan_file.load("xcoords"))
+        n_points, N = _scan_size(path)
         if N != data.N:
             raise UsageError(f"{path}: its patterns are {N} x {N} but the other scans' (and data.N) are {data.N} x {data.N}; "
                              "train on scans of one pattern size (move the others out of the directory)")
-        if n_points < int(training.n_groups):
+        if C > 1 and n_points < int(training.n_groups):
             raise UsageError(f"{path}: holds {n_points} scan points, fewer than the {training.n_groups} groups per scan file asked "
-                             f"for (training.n_groups, --n-groups); ptycho-train draws at most one group per point: pass --n-groups "
-                             f"{n_points} or fewer")
+                             f"for (training.n_groups, --n-groups); ptycho-train draws at most one group of {C} per point: pass "
+                             f"--n-groups {n_points} or fewer")
 
 
 def _adopt_initial_architecture(init: str, model: ModelConfig, data: DataConfig, read: ConfigFile, args):

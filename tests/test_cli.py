@@ -297,7 +297,8 @@ def test_library_errors_exit_2_with_their_message_and_a_traceback_only_with_debu
         (["build", EMBEDDED, "--n-groups", "600", "--quiet"], "--n-groups 600 asks for more groups than its 512 scan points; give "
                                                              "--n-groups 512 or fewer, or pass --oversampling"),
         (["verify", EMBEDDED, "--seed", "1", "--n-groups", "600"], f"{EMBEDDED}: --n-groups 600 asks for more groups"),
-        (["build", EMBEDDED, "--oversampling", "--pool-size", "3", "--n-groups", "600"], "give --pool-size (or --K) of at least 4"),
+        (["build", EMBEDDED, "--oversampling", "--pool-size", "3", "--n-groups", "600"], "give --pool-size of at least 4"),
+        (["build", EMBEDDED, "--oversampling", "--K", "3", "--n-groups", "600"], "give --K (or --pool-size) of at least 4"),
         (["build", EMBEDDED, "--K", "3", "--quiet"], f"{EMBEDDED}: --K 3 neighbours cannot fill groups of 4 (--gridsize 2); give --K 4"),
         (["verify", EMBEDDED], "build and verify with the same --seed"),
         (["info", "no/such/dir"], "data directory no/such/dir does not exist"),
@@ -435,3 +436,13 @@ def test_errors_name_the_field_as_the_file_spells_its_section(tmp_path):
 
     with pytest.raises(ConfigFileError, match=r"training_config\.epochs must be > 0"):
         load_torch_configs(_write_config(tmp_path / "run.json", json.dumps({"training_config": {"epochs": 0}})))
+
+
+def test_a_config_asking_too_many_groups_names_its_field_not_one_it_refuses(tmp_path, data_dir):
+    config = tmp_path / "many.json"
+    config.write_text(json.dumps({"training": {"n_groups": 600}}))
+    result = run("build", EMBEDDED, "--config", config, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{config} asks for 600 groups (training.n_groups), more than its 512 scan points; set n_groups to 512" in line, line
+    assert "enable_oversampling" not in line

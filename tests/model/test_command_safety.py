@@ -755,3 +755,51 @@ def test_canvas_object_says_when_scan_positions_lie_off_the_object_grid(caplog):
     off = int(np.count_nonzero((scan.xcoords > 39) | (scan.ycoords > 39) | (scan.xcoords < 0) | (scan.ycoords < 0)))
     assert f"{off} of {len(scan.xcoords)} scan positions lie off the 40 x 40 objectGuess grid" in record.getMessage()
     assert "--canvas scan" in record.getMessage() and off > 0
+
+
+def test_groups_of_one_pattern_are_not_refused_for_asking_more_groups_than_points(tmp_path):
+    """ptycho-train's check before the memory maps refused gridsize 1 with n_groups above the points, which PtychoPINN caps."""
+    from ptycho_torch.cli import UsageError
+    from ptycho_torch.cli_train import check_scans
+    from ptycho_torch.config_params import DataConfig, TrainingConfig
+
+    check_scans([NPZ], DataConfig(N=64, grid_size=(1, 1), C=1), TrainingConfig(n_groups=600))
+    with pytest.raises(UsageError, match="holds 512 scan points, fewer than the 600 groups"):
+        check_scans([NPZ], DataConfig(N=64, grid_size=(2, 2)), TrainingConfig(n_groups=600))
+
+
+def test_a_malformed_later_scan_is_refused_naming_its_key_before_any_memory_map(tmp_path):
+    """A scalar xcoords in the second scan was 'len() of unsized object', no file named; a short one was called a scan
+    with fewer points."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    scan_copy(scans / "a.npz")
+    with np.load(NPZ, allow_pickle=False) as source:
+        short = source["xcoords"][:50]
+    for name, xcoords in (("b.npz", np.float64(3.0)), ("c.npz", short)):
+        (scans / "b.npz").unlink(missing_ok=True)
+        (scans / "c.npz").unlink(missing_ok=True)
+        scan_copy(scans / name, xcoords=xcoords)
+        result = train(scans, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", tmp_path / "runs",
+                       "--quiet", timeout=120)
+        assert_one_line_error(result, name, "'xcoords'")
+        assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_beside_this_one_cannot_take_its_output_directory(tmp_path, monkeypatch):
+    """Two reconstructions into one new directory: the other's refusal removed it (empty) while this one computed, and this
+    one failed to write after its work."""
+    from ptycho_torch import cli_reconstruct, workflow
+
+    output = tmp_path / "out" / "r.npz"
+    original = workflow.reconstruct_scan
+
+    def meanwhile_removed(*args, **kwargs):
+        result = original(*args, **kwargs)
+        output.parent.rmdir()  # what the refused run beside it does to the empty directory it also "made"
+        return result
+
+    monkeypatch.setattr(workflow, "reconstruct_scan", meanwhile_removed)
+    status = cli_reconstruct.main(["pretrained", str(NPZ), "--output", str(output), "--data-dir", str(tmp_path / "memmap"),
+                                   "--start", "flat", "--refine", "1", "--no-png", "--quiet"])
+    assert status == 0 and output.is_file()
