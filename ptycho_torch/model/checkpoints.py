@@ -61,6 +61,8 @@ def read_checkpoint(path, data: bytes | None = None, map_location="cpu", overrid
             f"checkpoint {path} holds Python objects a weights-only load refuses ({_refused_global(exc)}; nothing in "
             f"it was run); it was not written by PtychoPINN training; {_FIX}"
         ) from None
+    except MemoryError:
+        raise  # the machine's state, not the file's
     except Exception as exc:  # torch.load of arbitrary bytes raises many kinds (KeyError, IndexError, RuntimeError, ...)
         raise CheckpointError(f"checkpoint {path} is not a readable torch checkpoint (truncated or another format: "
                               f"{type(exc).__name__}: {first_lines(exc)}); {_FIX}") from None

@@ -803,3 +803,18 @@ def test_a_refused_run_beside_this_one_cannot_take_its_output_directory(tmp_path
     status = cli_reconstruct.main(["pretrained", str(NPZ), "--output", str(output), "--data-dir", str(tmp_path / "memmap"),
                                    "--start", "flat", "--refine", "1", "--no-png", "--quiet"])
     assert status == 0 and output.is_file()
+
+
+def test_running_out_of_memory_while_reading_a_checkpoint_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    import torch
+
+    from ptycho_torch.model.checkpoints import read_checkpoint
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(torch, "load", out_of_memory)
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"PK")
+    with pytest.raises(MemoryError):
+        read_checkpoint(path)
