@@ -266,6 +266,8 @@ def _require_replaceable_png(output: Path, scan: Path) -> None:
         raise UsageError(f"-o {output} is the scan {scan} itself; plot never overwrites its input; choose another path, e.g. groups.png")
     if not output.is_file():
         raise UsageError(f"-o {output} exists and is not a regular file; choose another path")
+    if output.stat().st_size == 0:
+        return  # an empty file (e.g. from mktemp --suffix .png) holds nothing to lose
     with open(output, "rb") as handle:
         if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
             raise UsageError(f"-o {output} exists and is not a PNG; plot replaces only PNG files: move it away or choose another path")

@@ -204,6 +204,16 @@ def test_plot_never_overwrites_its_scan_or_a_file_that_is_not_a_png(scan, data_d
     assert not data_dir.exists()  # refused before the build
 
 
+@needs_matplotlib
+def test_plot_replaces_an_empty_file_such_as_mktemp_makes(scan, data_dir, tmp_path):
+    """The check that keeps other files refused an empty one too, which `mktemp --suffix .png` scripts hand to -o."""
+    output = tmp_path / "tmp.X1b2.png"
+    output.touch()
+    result = run("plot", scan, *GROUPING, "--data-dir", data_dir, "-o", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_plot_without_matplotlib_names_the_plot_extra(scan, data_dir, tmp_path):
     blocker = tmp_path / "no_matplotlib" / "matplotlib"
     blocker.mkdir(parents=True)
