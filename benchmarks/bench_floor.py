@@ -343,6 +343,11 @@ def time_unet_alone(module, batch, rounds: int, steps: int) -> dict:
         module.zero_grad(set_to_none=True)
         torch.view_as_real(network.generator_output(inputs)).sum().backward()
 
+    return steps_cpu_time(step, rounds, steps, len(inputs))
+
+
+def steps_cpu_time(step, rounds: int, steps: int, groups_per_step: int) -> dict:
+    """CPU s per group of ``step()``: 3 warm-up steps, then ``rounds`` rounds of ``steps`` steps; median and range."""
     for _ in range(3):
         step()
     per_round, load = [], load_average()
@@ -350,7 +355,7 @@ def time_unet_alone(module, batch, rounds: int, steps: int) -> dict:
         started = time.process_time()
         for _ in range(steps):
             step()
-        per_round.append((time.process_time() - started) / (steps * len(inputs)))
+        per_round.append((time.process_time() - started) / (steps * groups_per_step))
     return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round), "rounds": per_round, "load_1min": load}
 
 
@@ -485,18 +490,9 @@ def main(argv=None) -> int:
                 timed.network.precision = precision
                 timed.train()
                 optimizer = torch.optim.Adam(timed.parameters(), lr=2e-3)
-                step = training_step_fn(timed, optimizer, batch)
-                for _ in range(3):
-                    step()
-                rounds, load = [], load_average()
-                for _ in range(args.rounds):
-                    started = time.process_time()
-                    for _ in range(args.steps):
-                        step()
-                    rounds.append((time.process_time() - started) / (args.steps * batch_size))
-                achieved = statistics.median(rounds)
-                entry[precision] = {"floor_per_group": floor, "s_per_group": {"median": achieved, "min": min(rounds), "max": max(rounds),
-                                                                              "rounds": rounds, "load_1min": load},
+                timing = steps_cpu_time(training_step_fn(timed, optimizer, batch), args.rounds, args.steps, batch_size)
+                achieved = timing["median"]
+                entry[precision] = {"floor_per_group": floor, "s_per_group": timing,
                                     "groups_per_cpu_s": 1 / achieved, "achieved_over_floor": achieved / floor["total_s"],
                                     "unet_alone_s_per_group": time_unet_alone(timed, batch, args.rounds, args.steps)}
             record["training"][f"batch{batch_size}"] = entry

@@ -399,10 +399,14 @@ def corpus_settings(n_scans: int, seed: int, base: SimulationSettings = PRESETS[
 CORPUS_PREFIX = "scan"  # write_corpus's file names: scan000.npz, scan001.npz, ...
 
 
+def corpus_paths(directory: str | os.PathLike[str], n_scans: int, prefix: str = CORPUS_PREFIX) -> list[Path]:
+    """The files :func:`write_corpus` writes for ``n_scans`` scans: ``directory/<prefix><index:03d>.npz``."""
+    return [Path(directory) / f"{prefix}{index:03d}.npz" for index in range(n_scans)]
+
+
 def write_corpus(directory: str | os.PathLike[str], settings: Sequence[SimulationSettings], *, prefix: str = CORPUS_PREFIX) -> list[Path]:
-    """Write one NPZ per settings as ``directory/<prefix><index:03d>.npz``; returns the paths."""
-    directory = Path(directory)
-    return [write_scan_npz(directory / f"{prefix}{index:03d}.npz", one) for index, one in enumerate(settings)]
+    """Write one NPZ per settings at :func:`corpus_paths`; returns the paths."""
+    return [write_scan_npz(path, one) for path, one in zip(corpus_paths(directory, len(settings), prefix), settings)]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -494,7 +498,7 @@ def _check_not_replacing(parser: argparse.ArgumentParser, args: argparse.Namespa
     """Refuse, before any simulation, to replace an existing file (a measured scan, say) without ``--overwrite``."""
     if args.overwrite:
         return
-    targets = [args.out / f"{CORPUS_PREFIX}{index:03d}.npz" for index in range(args.corpus)] if args.corpus is not None else [args.out]
+    targets = corpus_paths(args.out, args.corpus) if args.corpus is not None else [args.out]
     existing = [path for path in targets if path.exists() or path.is_symlink()]
     if existing:
         listed = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")

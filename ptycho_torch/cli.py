@@ -395,10 +395,11 @@ def _bridge(path: Path, args, remake: bool):
     from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 
     n_points, N = _pattern_count_and_size(path, args.layout)
-    _check_grouping(path, args, grouping_key(_training_config(path, args, N)).settings, n_points)
+    config = _training_config(path, args, N)
+    _check_grouping(path, args, grouping_key(config).settings, n_points)
     return MemmapDatasetBridge(
         path.resolve(),
-        _training_config(path, args),
+        config,
         memmap_dir=args.data_dir,
         diffraction_units=args.units,
         layout=args.layout,

@@ -208,17 +208,17 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
 
 def sweep_count(text: str) -> int:
     """argparse type of ``--refine``: an integer from 0 to :data:`~ptycho_torch.workflow.MAX_SWEEPS`."""
-    value = non_negative_int(text)
-    if value > MAX_SWEEPS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEPS:,} sweeps, got {text!r}")
-    return value
+    return _at_most_max_sweeps(non_negative_int(text), text)
 
 
 def sweep_number(text: str) -> int:
     """argparse type of ``--object-network``: a sweep from 1 to :data:`~ptycho_torch.workflow.MAX_SWEEPS`."""
-    value = positive_int(text)
+    return _at_most_max_sweeps(positive_int(text), text)
+
+
+def _at_most_max_sweeps(value: int, text: str) -> int:
     if value > MAX_SWEEPS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEPS:,}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEPS:,} sweeps, got {text!r}")
     return value
 
 

@@ -76,9 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] | None = None):
+def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] | None = None, sizes: dict | None = None):
     """The four configs from ``--preset``, ``--config`` and the options (later ones win), checked against the first scan before any work
-    (and, for the default of one group per scan point, against the point counts of every scan of ``files``)."""
+    (and, for the default of one group per scan point, against the point counts of every scan of ``files``; ``sizes``: the
+    scans' sizes read so far, :func:`_scan_size`'s memo, filled here)."""
     read = read_config_file(args.config, SECTIONS) if args.config else ConfigFile.defaults(SECTIONS)
     preset = args.preset or DEFAULT_PRESET
     apply_preset(preset, read.configs, read.given)
@@ -110,23 +111,29 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
         training.n_groups = args.n_groups
     elif training.n_groups is None:
         training.n_groups = n_points
-        _require_one_count(first_scan, n_points, files or [])
+        _require_one_count(first_scan, n_points, {path: _scan_size(path, sizes)[0] for path in files or []})
     training.train_data_file = training.train_data_file or str(first_scan)
     training.test_data_file = training.test_data_file or str(first_scan)
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
 
 
-def _scan_size(path: Path) -> tuple[int, int]:
+def _scan_size(path: Path, known: dict | None = None) -> tuple[int, int]:
     """``(points, pattern side)`` of a scan, its arrays checked against the NPZ contract (a malformed file is refused
-    naming its key); neither the diffraction nor the object is read."""
+    naming its key); neither the diffraction nor the object is read. ``known``: sizes read before (and kept), so one
+    command reads each scan once."""
+    if known is not None and path in known:
+        return known[path]
     scan = read_scan(path, load_diffraction=False, load_object=False)
-    return len(scan.xcoords), scan.N
+    size = len(scan.xcoords), scan.N
+    if known is not None:
+        known[path] = size
+    return size
 
 
-def _require_one_count(first_scan: Path, n_points: int, files: list[Path]) -> None:
-    """One group per scan point is one ``n_groups`` for every file only when the scans hold as many points: refused otherwise
-    (the first scan's count was used for all, so a longer scan lost points and a shorter one failed after the memory maps)."""
-    counts = {path: _scan_size(path)[0] for path in files}
+def _require_one_count(first_scan: Path, n_points: int, counts: dict[Path, int]) -> None:
+    """One group per scan point is one ``n_groups`` for every file only when the scans (``counts``: points per file) hold as many
+    points: refused otherwise (the first scan's count was used for all, so a longer scan lost points and a shorter one failed
+    after the memory maps)."""
     others = {path: count for path, count in counts.items() if count != n_points}
     if others:
         fewest = min([n_points, *others.values()])
@@ -136,13 +143,13 @@ def _require_one_count(first_scan: Path, n_points: int, files: list[Path]) -> No
                          "or train on scans of one length")
 
 
-def check_scans(files: list[Path], data: DataConfig, training: TrainingConfig) -> None:
+def check_scans(files: list[Path], data: DataConfig, training: TrainingConfig, sizes: dict | None = None) -> None:
     """Every scan has the first one's pattern size and, for groups of several patterns, at least ``training.n_groups`` points
     (``ptycho-train`` does not oversample; groups of one pattern are capped at the points, as in PtychoPINN): refused naming
-    the file, before any memory map is written."""
+    the file, before any memory map is written. ``sizes``: :func:`_scan_size`'s memo."""
     C = int(data.grid_size[0]) * int(data.grid_size[1])
     for path in files:
-        n_points, N = _scan_size(path)
+        n_points, N = _scan_size(path, sizes)
         if N != data.N:
             raise UsageError(f"{path}: its patterns are {N} x {N} but the other scans' (and data.N) are {data.N} x {data.N}; "
                              "train on scans of one pattern size (move the others out of the directory)")
@@ -256,8 +263,9 @@ def main(argv=None) -> int:
 def train(args: argparse.Namespace) -> int:
     """Check everything that can be checked, then train; prints the best checkpoint of the new run directory."""
     files = scan_files(args.data)
-    configs = build_configs(args, files[0], files)
-    check_scans(files, configs.data, configs.training)
+    sizes = {}  # each scan's size, read once for both checks
+    configs = build_configs(args, files[0], files, sizes)
+    check_scans(files, configs.data, configs.training, sizes)
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     with removed_if_left_empty(data_dir, args.output_dir):  # e.g. a scan refused while its memory map was built
