@@ -147,10 +147,12 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
         check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
-    try:
-        model_for_pattern_size(args.checkpoint, scan.N)
-    except UnknownModelError as exc:
-        raise UsageError(f"{args.scan}: {exc}") from None
+    runs_a_network = args.start != "flat"  # a flat start runs no per-group network: any pattern size (the object network checks its own)
+    if runs_a_network:
+        try:
+            model_for_pattern_size(args.checkpoint, scan.N)
+        except UnknownModelError as exc:
+            raise UsageError(f"{args.scan}: {exc}") from None
     object_network = None
     if args.object_network:
         from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
@@ -173,7 +175,8 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
 
     gc.freeze()  # the imports' objects (torch's above all) live to the end: the collector's full passes skip them (about 0.05 CPU s)
     model = load_network(checkpoint, map_location=device)
-    _require_pattern_size(model, checkpoint, scan)
+    if runs_a_network:
+        _require_pattern_size(model, checkpoint, scan)
     if args.n_groups is not None and args.n_groups > len(scan.xcoords) and model.C > 1:  # groups of one are capped at the points
         raise UsageError(f"{args.scan}: --n-groups {args.n_groups} asks for more groups than its {len(scan.xcoords)} scan points; "
                          f"give at most {len(scan.xcoords)}, or leave it out (one group per scan point)")
@@ -182,7 +185,8 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
                          f"(generator_input={model.model_config.generator_input!r}), it has no physics input; use --start network")
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
-    dataset = PtychoDataset(args.scan, model.data_config, model.model_config, training, progress=not args.quiet,
+    data_config = replace(model.data_config, N=scan.N)  # the scan's size (the model's, where a network runs)
+    dataset = PtychoDataset(args.scan, data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision or "auto", batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
                                       groups=args.groups or DEFAULT_GROUPS,
