@@ -152,7 +152,7 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
         try:
             model_for_pattern_size(args.checkpoint, scan.N)
         except UnknownModelError as exc:
-            raise UsageError(f"{args.scan}: {exc}") from None
+            raise UsageError(f"{args.scan}: {exc}; or refine from a unit object, which needs no network: --start flat --refine 20") from None
     object_network = None
     if args.object_network:
         from ptycho_torch.pretrained import load_object_network, object_network_for_pattern_size
@@ -421,7 +421,8 @@ def _warn_positions_off_the_object(path: Path, scan, shape_px: tuple[int, int]) 
 def _require_pattern_size(model, checkpoint: Path, scan) -> None:
     if int(model.N) != scan.N:
         raise UsageError(f"checkpoint {checkpoint} was trained on {model.N} x {model.N} patterns but scan {scan.path} holds "
-                         f"{scan.N} x {scan.N} patterns; reconstruct with a model trained on {scan.N} x {scan.N} patterns")
+                         f"{scan.N} x {scan.N} patterns; reconstruct with a model trained on {scan.N} x {scan.N} patterns, or refine "
+                         "from a unit object, which needs no network: --start flat --refine 20")
 
 
 def write_reconstruction(output: Path, result) -> Path:

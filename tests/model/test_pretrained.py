@@ -94,6 +94,7 @@ def test_a_scan_of_another_pattern_size_is_refused_before_any_work(tmp_path):
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "reconstructs 64 x 64 patterns, not 32 x 32" in line and "pretrained (64 x 64 patterns)" in line, line
+    assert line.endswith("--start flat --refine 20"), line  # the way that needs no model of that size
     assert not (tmp_path / "memmap").exists() and not (tmp_path / "out" / "r.npz").exists()
 
 
@@ -109,6 +110,15 @@ def test_a_flat_start_runs_no_network_so_it_reconstructs_a_scan_of_any_pattern_s
     with np.load(tmp_path / "r.npz", allow_pickle=False) as out:
         scores = reconstruction_quality(out["object"], arrays["objectGuess"], out["coverage"] > 0.05 * out["coverage"].max())
     assert scores.amplitude_r > 0.8 and scores.phase_r > 0.8, scores  # 10 sweeps from a unit object (0.99 / 0.96 measured)
+    from tests.standin_model import write_standin
+
+    checkpoint = write_standin(tmp_path / "model64.ckpt")  # a user's checkpoint of another size: the same two ways
+    refused, _ = _reconstruct(checkpoint, scan, "--output", tmp_path / "n.npz", "--data-dir", tmp_path / "other", cwd=tmp_path)
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "was trained on 64 x 64 patterns but scan" in line and line.endswith("--start flat --refine 20"), line
+    flat, _ = _reconstruct(checkpoint, scan, "--start", "flat", "--refine", 2, "--output", tmp_path / "f.npz", "--no-png",
+                           "--data-dir", tmp_path / "memmap", "--quiet", cwd=tmp_path)
+    assert flat.returncode == 0 and (tmp_path / "f.npz").is_file(), flat.stderr[-3000:]
     refused, _ = _reconstruct("pretrained", scan, "--start", "flat", "--refine", 10, "--object-network", 5, "--output",
                               tmp_path / "o.npz", "--data-dir", tmp_path / "other", cwd=tmp_path)
     assert refused.returncode == 2 and "32 x 32" in refused.stderr.strip().splitlines()[-1], refused.stderr
