@@ -239,11 +239,15 @@ class InferenceEngine:
     data is read (:class:`~ptycho_torch.pretrained.UnknownModelError` naming the sizes there are).
     Inference runs through the plain network: Lightning is not imported.
 
+    :data:`RECONSTRUCT_ENV` is read and checked here, when the engine is built (``.method``), so a value that
+    cannot run is refused before Ptychodus writes and groups the scan for the loader (ValueError naming it).
+
     Refused (ValueError): configs whose architecture fields differ from the network's; loader data
     whose pattern size ``N`` or group size ``C`` differ from those the network was trained on.
     """
 
     def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
+        self.method = _reconstruction_method()  # refused here: Ptychodus builds the engine before it writes and groups the scan
         if ptycho_model.model is None:
             shipped, configs = load_model(None, pattern_size=config_manager.data_config.N)
             for name in ("model_config", "data_config", "training_config", "inference_config"):
@@ -253,6 +257,7 @@ class InferenceEngine:
             ptycho_model.model = shipped.model
         self.config_manager = config_manager
         self.ptycho_model = ptycho_model
+        self.object_network = _check_method_fits(self.method, ptycho_model.model)
 
     def predict_and_stitch(self, loader: PtychoDataLoader, *, progress: bool = True) -> np.ndarray:
         """Complex64 ``(H, W)`` object: ``ceil(scan span + N)`` pixels per axis, centred on the scan's bounding box.
@@ -260,14 +265,13 @@ class InferenceEngine:
         That is the grid of Ptychodus's default object for the same positions, so the result lands
         where the input object was. Runs on the GPU when torch sees one, else on the CPU with at
         most ``CPU_INFERENCE_BATCH`` groups per batch; each group of the loader is predicted once. With
-        :data:`RECONSTRUCT_ENV` set, the method it names instead (``ptycho-reconstruct``'s options, checked first).
+        :data:`RECONSTRUCT_ENV` set, the method it named when the engine was built (``ptycho-reconstruct``'s options).
         """
         from ptycho_torch.workflow import ReconstructionSettings, reconstruct_scan, resolve_device
 
-        method = _reconstruction_method()
+        method, object_network = self.method, self.object_network
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
-        object_network = _check_method_fits(method, network)
         _require_same_patterns(loader.dataset, network)
         device = resolve_device("auto")
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))

@@ -257,10 +257,25 @@ def test_a_reconstruct_method_that_cannot_run_is_refused_naming_the_variable_bef
     ship_standin(monkeypatch, tmp_path / "models")
     monkeypatch.setenv(RECONSTRUCT_ENV, method)
     manager = ConfigManager(data_config={"N": 64})
-    engine = InferenceEngine(config_manager=manager, ptycho_model=PtychoModel())
     with pytest.raises(ValueError, match=f"{RECONSTRUCT_ENV}=.*{words}.*unset it for the network's single pass") as raised:
-        engine.predict_and_stitch(None)  # refused before the loader is read
+        InferenceEngine(config_manager=manager, ptycho_model=PtychoModel())  # refused when built, before any loader
     assert RECONSTRUCT_ENV in str(raised.value)
+
+
+def test_a_reconstruct_method_that_cannot_run_is_refused_before_ptychodus_writes_and_groups_the_scan(tmp_path, monkeypatch, parameters):
+    """Ptychodus's run_reconstruct builds the engine, then the loader (which writes, memory-maps and groups every pattern),
+    then predicts: a value of the variable that cannot run is refused before the loader's work, not after it."""
+    from ptycho_torch.api.base_api import PtychoDataLoader
+
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    monkeypatch.setenv(RECONSTRUCT_ENV, "--start flat")
+
+    def no_loader(*args, **kwargs):
+        raise AssertionError("the scan was written and grouped before the variable was checked")
+
+    monkeypatch.setattr(PtychoDataLoader, "from_np", no_loader)
+    with pytest.raises(ValueError, match=f"{RECONSTRUCT_ENV}='--start flat': .*give --refine ITERATIONS"):
+        run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, parameters))
 
 
 def _diffraction_reading_checkpoint(path: Path) -> Path:
@@ -296,6 +311,5 @@ def test_a_reconstruct_method_the_loaded_model_cannot_run_is_refused_naming_the_
         path = tmp_path / "models" / pretrained.SHIPPED["pretrained"][0]
     monkeypatch.setenv(RECONSTRUCT_ENV, method)
     model, manager = load_model(path)
-    engine = InferenceEngine(config_manager=manager, ptycho_model=model)
     with pytest.raises(ValueError, match=f"^{RECONSTRUCT_ENV}='{method}': {words}.*unset it for the network's single pass"):
-        engine.predict_and_stitch(None)  # refused before the loader is read
+        InferenceEngine(config_manager=manager, ptycho_model=model)  # refused when built, before any loader
