@@ -158,7 +158,8 @@ def load_model(model_path=None, *, pattern_size: int | None = None) -> tuple[Pty
         if name is None:
             raise pretrained.UnknownModelError(
                 f"no model was trained or loaded, and no shipped model reconstructs {N} x {N} diffraction patterns "
-                f"({_shipped_listing()}); load a model trained on {N} x {N} patterns (Load Model) or train one (Train)"
+                f"({_shipped_listing()}); load a model trained on {N} x {N} patterns (Load Model) or train one (Train), or refine "
+                f"from a unit object, which needs no network: {RECONSTRUCT_ENV}='--start flat --refine 20'"
             )
         model_path = pretrained.resolve_checkpoint(name)
         logger.info("no model was trained or loaded: reconstructing with the shipped model %r (%s)", name, model_path)
@@ -213,9 +214,11 @@ class Trainer:
         return self.best_checkpoint
 
 
-def _require_same_patterns(dataset, network) -> None:
-    """The loader's patterns and groups must be those the network was built for (else it fails deep in a convolution)."""
+def _require_same_patterns(dataset, network, any_size: bool = False) -> None:
+    """The loader's patterns and groups must be those the network was built for (else it fails deep in a convolution);
+    ``any_size``: the network does not run on the patterns (a flat start), so only the group size must agree."""
     N, C = getattr(network, "N", dataset.N), getattr(network, "C", dataset.C)
+    N = dataset.N if any_size else N
     if dataset.N != N or dataset.C != C:
         raise ValueError(
             f"the loaded model was trained on groups of {C} patterns of {N} x {N} (data_config N={N}, grid_size {int(C ** 0.5)} x {int(C ** 0.5)}) but the data "
@@ -249,7 +252,7 @@ class InferenceEngine:
     def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
         self.method = _reconstruction_method()  # refused here: Ptychodus builds the engine before it writes and groups the scan
         if ptycho_model.model is None:
-            shipped, configs = load_model(None, pattern_size=config_manager.data_config.N)
+            shipped, configs = load_model(None, pattern_size=_shipped_size(config_manager.data_config.N, self.method))
             for name in ("model_config", "data_config", "training_config", "inference_config"):
                 setattr(ptycho_model, name, getattr(shipped, name))
                 setattr(config_manager, name, getattr(configs, name))
@@ -272,7 +275,10 @@ class InferenceEngine:
         method, object_network = self.method, self.object_network
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
-        _require_same_patterns(loader.dataset, network)
+        flat = method.get("start") == "flat"  # a unit object refined against the patterns: no network runs on them, any size
+        _require_same_patterns(loader.dataset, network, any_size=flat)
+        if object_network is not None and loader.dataset.N != int(getattr(network, "N", loader.dataset.N)):
+            _check_object_network_size(loader.dataset.N)
         device = resolve_device("auto")
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))
         if device.type == "cpu" and batch_size > CPU_INFERENCE_BATCH:
@@ -310,7 +316,35 @@ def _check_method_fits(method: dict, network):
     return object_network
 
 
-def _reconstruction_method() -> dict:
+def _shipped_size(N: int, method: dict) -> int:
+    """The pattern size of the shipped model to reconstruct with when none was loaded: ``N``'s, or, for a flat start
+    (which runs no network) at a size no shipped model has, any shipped model's (only its group size is used)."""
+    from ptycho_torch import pretrained
+
+    sizes = sorted(set(pretrained.available_models().values()))
+    if method.get("start") != "flat" or not sizes or int(N) in sizes:
+        return int(N)
+    logger.info("%s starts from a flat object, which runs no network: %d x %d patterns are refined with the shipped "
+                "%d x %d model's group size", RECONSTRUCT_ENV, N, N, sizes[0], sizes[0])
+    return sizes[0]
+
+
+def _check_object_network_size(N: int) -> None:
+    from ptycho_torch.pretrained import UnknownModelError, object_network_for_pattern_size
+
+    try:
+        object_network_for_pattern_size(N)
+    except UnknownModelError as exc:
+        text = os.environ.get(RECONSTRUCT_ENV, "").strip()
+        raise ValueError(f"{RECONSTRUCT_ENV}={text!r}: --object-network: {exc}; {_RECONSTRUCT_FIX}") from None
+
+
+def runs_no_network() -> bool:
+    """Whether :data:`RECONSTRUCT_ENV` starts from a flat object, so no network runs on the patterns (any pattern size)."""
+    return _reconstruction_method(log=False).get("start") == "flat"
+
+
+def _reconstruction_method(log: bool = True) -> dict:
     """The :class:`~ptycho_torch.workflow.ReconstructionSettings` fields :data:`RECONSTRUCT_ENV` asks for (none when unset)."""
     from ptycho_torch.cli import UsageError
     from ptycho_torch.cli_reconstruct import method_settings
@@ -322,5 +356,6 @@ def _reconstruction_method() -> dict:
         method = method_settings(text, RECONSTRUCT_ENV)
     except UsageError as exc:
         raise ValueError(f"{exc}; {_RECONSTRUCT_FIX}") from None
-    logger.info("%s=%r: %s", RECONSTRUCT_ENV, text, ", ".join(f"{key}={value}" for key, value in method.items()))
+    if log:
+        logger.info("%s=%r: %s", RECONSTRUCT_ENV, text, ", ".join(f"{key}={value}" for key, value in method.items()))
     return method

@@ -110,11 +110,13 @@ class PtychoDataLoader:
         with the loader (or by :meth:`close`).
 
         Refused (ValueError), before anything is written: patterns that are not an ``(n, N, N)`` stack of
-        real numbers, whose ``N`` is not ``DataConfig.N``, or that hold NaN, inf or negative counts; a probe of
+        real numbers, whose ``N`` is not ``DataConfig.N`` (any ``N`` when ``$PTYCHOPINN_RECONSTRUCT`` starts from a
+        flat object, which runs no network, as ``ptycho-reconstruct --start flat`` does), or that hold NaN, inf or negative counts; a probe of
         another shape, all zero or not finite; positions not ``(n, 2)``, not finite, or spanning less than a
         pixel (metres or microns instead of object pixels).
         """
-        patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, config_manager.data_config.N)
+        N = _inference_pattern_size(diff_patterns, config_manager.data_config.N)
+        patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, N)
         loader = cls.__new__(cls)
         loader.config_manager = config_manager
         loader.data_format = DataloaderFormats.TENSORDICT
@@ -127,7 +129,7 @@ class PtychoDataLoader:
         loader.data_dir = loader.output_dir = loader.cache_dir = root
         scan = root / "scan.npz"
         np.savez(scan, xcoords=positions[:, 1], ycoords=positions[:, 0], diff3d=patterns, probeGuess=probe_stack, scan_index=np.zeros(len(positions), dtype=np.int64))
-        loader.dataset = _inference_dataset(scan, config_manager, root / "memmap", progress)
+        loader.dataset = _inference_dataset(scan, config_manager, root / "memmap", progress, N)
         return loader
 
     def close(self) -> None:
@@ -184,10 +186,21 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
         )
 
 
-def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool):
+def _inference_pattern_size(diff_patterns, N: int) -> int:
+    """The pattern size the inference data is read at: the model's ``N``, or the patterns' own when the reconstruction
+    method (``$PTYCHOPINN_RECONSTRUCT``) starts from a flat object and so runs no network on them."""
+    shape = np.shape(diff_patterns)
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] == N:
+        return N
+    from ptycho_torch.api.base_api import runs_no_network
+
+    return int(shape[1]) if runs_no_network() else N
+
+
+def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool, N: int):
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 
-    data, model = config_manager.data_config, config_manager.model_config
+    data, model = replace(config_manager.data_config, N=N), config_manager.model_config
     _check_channels(data)
     config = to_inference_config(
         to_model_config(data, model),
@@ -299,7 +312,8 @@ def _checked_arrays(diff_patterns, probe, positions, N: int):
     if patterns.shape[1] != N:
         raise ValueError(
             f"the model was trained on {N} x {N} patterns but the data holds {patterns.shape[1]} x {patterns.shape[2]} patterns; "
-            "reconstruct with a model trained at this size (or crop/bin the patterns)"
+            "reconstruct with a model trained at this size (or crop/bin the patterns), or refine from a unit object, which needs no "
+            "network: set PTYCHOPINN_RECONSTRUCT='--start flat --refine 20' in the shell that starts Ptychodus"
         )
     if patterns.dtype.kind not in "iuf":
         raise ValueError(f"diff_patterns must be real counts (integer or float), got dtype {patterns.dtype}")

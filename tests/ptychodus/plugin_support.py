@@ -72,6 +72,11 @@ def reconstruct_input(n_points: int | None = None) -> ReconstructInput:
     """
     arrays = sim_small()
     index = np.arange(len(arrays["xcoords"])) if n_points is None else _central_points(arrays, n_points)
+    return as_reconstruct_input(arrays, index)
+
+
+def as_reconstruct_input(arrays: dict[str, np.ndarray], index: np.ndarray) -> ReconstructInput:
+    """The scan points ``index`` of a scan's NPZ arrays (amplitude ``diffraction``) as a Ptychodus product, as :func:`reconstruct_input`."""
     truth = arrays["objectGuess"]
     middle = (truth.shape[0] - 1) / 2
     x_m = (arrays["xcoords"][index] - middle) * PIXEL_M
@@ -96,7 +101,7 @@ def reconstruct_input(n_points: int | None = None) -> ReconstructInput:
     )
     counts = np.rint(arrays["diffraction"][index].astype(np.float64) ** 2).astype(np.uint16)
     mask = np.zeros(counts.shape[1:], dtype=bool)
-    mask[tuple(np.array(BAD_PIXELS).T)] = True
+    mask[tuple(np.array(BAD_PIXELS).T % counts.shape[-1])] = True
     return ReconstructInput(diffraction_patterns=counts, bad_pixels=mask, product=product)
 
 

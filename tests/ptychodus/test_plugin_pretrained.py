@@ -313,3 +313,42 @@ def test_a_reconstruct_method_the_loaded_model_cannot_run_is_refused_naming_the_
     model, manager = load_model(path)
     with pytest.raises(ValueError, match=f"^{RECONSTRUCT_ENV}='{method}': {words}.*unset it for the network's single pass"):
         InferenceEngine(config_manager=manager, ptycho_model=model)  # refused when built, before any loader
+
+
+def test_a_flat_start_reconstructs_a_pattern_size_without_a_model_in_ptychodus_as_the_command_line_does(tmp_path, monkeypatch):
+    """``--start flat --refine`` runs no network, so 32 x 32 patterns are refined with the loaded 64 x 64 model (Ptychodus 1.7.0
+    needs one loaded) or with none, as ``ptycho-reconstruct pretrained SCAN32 --start flat --refine 10`` does; without a
+    flat start the refusal names that way."""
+    from ptycho.simulate import SimulationSettings, simulate_scan
+
+    from tests.ptychodus.plugin_support import as_reconstruct_input
+
+    arrays = simulate_scan(SimulationSettings(N=32, n_points=200, object_size=112, step=4.0, probe_diameter=12.0, seed=3))
+    scan32 = as_reconstruct_input(arrays, np.arange(200))
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    monkeypatch.setenv(RECONSTRUCT_ENV, "--start flat --refine 10")
+    messages = run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan32))
+    assert [tag for tag, _ in messages] == ["output"]
+    array = pickle.loads(messages[0][1]).product.object_.get_layer(0)
+    source = scan32.product.object_
+    assert array.shape == source.get_layer(0).shape
+    geometry = source.get_geometry()
+    x = geometry.map_probe_positions_to_object_x_px(scan32.product.probe_positions)
+    y = geometry.map_probe_positions_to_object_y_px(scan32.product.probe_positions)
+    amplitude, phase = complex_fit_quality(array, source.get_layer(0), scanned_interior(array.shape, x, y, 32, erode_px=4))
+    assert amplitude > 0.8 and phase > 0.8, (amplitude, phase)
+
+    from ptychodus.api.preprocess.diffraction import inpaint_bad_pixels
+
+    from ptycho_torch.api.base_api import PtychoDataLoader
+
+    manager = ConfigManager(data_config={"N": 32})
+    engine = InferenceEngine(config_manager=manager, ptycho_model=PtychoModel())  # no model loaded: none is needed
+    loader = PtychoDataLoader.from_np(diff_patterns=inpaint_bad_pixels(scan32.diffraction_patterns, scan32.bad_pixels),
+                                      probe=scan32.product.probes.get_probe_no_opr().get_array(),
+                                      positions=np.column_stack((y, x)), config_manager=manager, progress=False)
+    assert np.array_equal(engine.predict_and_stitch(loader, progress=False), array)
+
+    monkeypatch.delenv(RECONSTRUCT_ENV)
+    with pytest.raises(ValueError, match=r"trained on 64 x 64 patterns but the data holds 32 x 32.*PTYCHOPINN_RECONSTRUCT='--start flat --refine 20'"):
+        run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan32))
