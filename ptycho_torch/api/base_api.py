@@ -66,7 +66,12 @@ class PtychoModel:
         updated); everything else (mode, loss, epochs, learning rate, ...) comes from ``config_manager``.
         """
         cm = config_manager
-        initial = _initial_network(init if init is not None else os.environ.get(INIT_ENV, "").strip() or None, cm)
+        if init is not None:
+            initial = _initial_network(init, cm)
+        else:
+            requested = initial_model_setting()
+            with _naming_init_env(requested):
+                initial = _initial_network(requested, cm)
         if initial is not None:
             from ptycho_torch.model.fine_tuning import adopt_architecture
 
@@ -90,6 +95,46 @@ class PtychoModel:
         hparams = known_hyper_parameters(path, read_checkpoint(Path(path))["hyper_parameters"])  # unknown keys: one WARNING naming the file
         classes = (("data_config", DataConfig), ("model_config", ModelConfig), ("training_config", TrainingConfig), ("inference_config", InferenceConfig))
         return tuple(as_config(hparams[name], cls, unknown="drop") if hparams.get(name) is not None else None for name, cls in classes)
+
+
+_INIT_FIX = (f"set {INIT_ENV} in the shell that starts Ptychodus to '{INIT_RANDOM}', a shipped model's name or a checkpoint file "
+             "(.ckpt), or unset it to fine-tune the shipped model of the pattern size")
+
+
+def initial_model_setting() -> str | None:
+    """The initial model :data:`INIT_ENV` names (stripped), or None when it is unset or blank."""
+    return os.environ.get(INIT_ENV, "").strip() or None
+
+
+class _naming_init_env:
+    """Re-raise an error about the initial model that :data:`INIT_ENV` named with the variable, its value and the fix first."""
+
+    def __init__(self, requested: str | None):
+        self.requested = requested
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, traceback):
+        if exc is None or self.requested is None or not isinstance(exc, (ValueError, OSError)) or INIT_ENV in str(exc):
+            return False
+        try:
+            renamed = type(exc)(f"{INIT_ENV}={self.requested!r}: {exc}; {_INIT_FIX}")
+        except TypeError:
+            renamed = ValueError(f"{INIT_ENV}={self.requested!r}: {exc}; {_INIT_FIX}")
+        raise renamed from None
+
+
+def check_initial_model_setting(N: int) -> None:
+    """Refuse a :data:`INIT_ENV` that names no usable model (an unknown name, a missing or unreadable file, a model of
+    another pattern size than ``N``), naming the variable, before any training data is read or any run directory is made."""
+    from ptycho_torch.model.fine_tuning import load_initial_network
+
+    requested = initial_model_setting()
+    if requested is None or requested == INIT_RANDOM:
+        return
+    with _naming_init_env(requested):
+        load_initial_network(requested, int(N))
 
 
 def _initial_network(requested: str | None, config_manager: ConfigManager):

@@ -68,13 +68,17 @@ class PtychoDataLoader:
     setting to change): a missing directory or one without ``.npz`` files; ``DataConfig.N`` other than
     the pattern size; a non-square grid or ``C`` other than its size; a directory mixing Ptychodus
     exports with other files; Supervised training without ``objectGuess`` in every file;
-    ``data_format='numpy'``. A refused run leaves no run directory.
+    ``data_format='numpy'``; a ``$PTYCHOPINN_INIT`` that names no model (an unknown name, a missing file, a shipped
+    model of another pattern size). A refused run leaves no run directory.
     """
 
     def __init__(self, data_dir, config_manager, data_format=DataloaderFormats.LIGHTNING_ONLY_MODULE, output_dir=None, *, cache_dir=None, progress: bool = True):
         self.data_dir = Path(data_dir)
         self.config_manager = config_manager
         self.data_format = DataloaderFormats(data_format)
+        from ptycho_torch.api.base_api import check_initial_model_setting
+
+        check_initial_model_setting(config_manager.data_config.N)  # a PTYCHOPINN_INIT naming no model: refused before any work
         self.output_dir = new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
         try:
             self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)

@@ -352,3 +352,29 @@ def test_a_flat_start_reconstructs_a_pattern_size_without_a_model_in_ptychodus_a
     monkeypatch.delenv(RECONSTRUCT_ENV)
     with pytest.raises(ValueError, match=r"trained on 64 x 64 patterns but the data holds 32 x 32.*PTYCHOPINN_RECONSTRUCT='--start flat --refine 20'"):
         run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan32))
+
+
+@pytest.mark.parametrize("value, error, words", [
+    ("nonexistent", pretrained.UnknownModelError, "'nonexistent' is neither a checkpoint file nor a shipped model"),
+    ("missing.ckpt", FileNotFoundError, "does not exist"),
+    ("n32.ckpt", ValueError, "trained on 32 x 32 diffraction patterns but the scan holds 64 x 64"),
+])
+def test_train_refuses_a_ptychopinn_init_naming_no_usable_model_naming_the_variable_before_any_work(tmp_path, monkeypatch, parameters,
+                                                                                                     value, error, words):
+    """Ptychodus's Train with PTYCHOPINN_INIT set to something that is not a usable model: the message says the value came from
+    that variable and how to fix it, and the refusal comes before the training data is memory-mapped or a run directory made."""
+    import ptycho_torch.api.data as api_data
+
+    ship_standin(monkeypatch, tmp_path / "models")
+    write_standin(tmp_path / "n32.ckpt", N=32)
+    directory = tmp_path / "train"
+    export_training_data(directory, parameters)
+    monkeypatch.setenv(INIT_ENV, str(tmp_path / value) if value.endswith(".ckpt") else value)
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the training data was read before the variable was checked")
+
+    monkeypatch.setattr(api_data, "_training_dataset", no_dataset)
+    with pytest.raises(error, match=f"^{INIT_ENV}='[^']*{value}': .*{words}.*set {INIT_ENV} in the shell that starts Ptychodus"):
+        run_in_process(run_train, train_payload(build_configs(**SMALL), directory, directory))
+    assert sorted(path.name for path in directory.iterdir()) == ["train_data.npz"], "a refused Train left a run directory"
