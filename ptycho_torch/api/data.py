@@ -114,13 +114,14 @@ class PtychoDataLoader:
         with the loader (or by :meth:`close`).
 
         Refused (ValueError), before anything is written: patterns that are not an ``(n, N, N)`` stack of
-        real numbers, whose ``N`` is not ``DataConfig.N`` (any ``N`` when ``$PTYCHOPINN_RECONSTRUCT`` starts from a
+        real numbers, fewer than a group's ``DataConfig.C`` points, whose ``N`` is not ``DataConfig.N`` (any ``N`` when ``$PTYCHOPINN_RECONSTRUCT`` starts from a
         flat object, which runs no network, as ``ptycho-reconstruct --start flat`` does), or that hold NaN, inf or negative counts; a probe of
         another shape, all zero or not finite; positions not ``(n, 2)``, not finite, or spanning less than a
         pixel (metres or microns instead of object pixels).
         """
         N = _inference_pattern_size(diff_patterns, config_manager.data_config.N)
         patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, N)
+        _check_enough_points(len(patterns), config_manager.data_config)
         loader = cls.__new__(cls)
         loader.config_manager = config_manager
         loader.data_format = DataloaderFormats.TENSORDICT
@@ -336,6 +337,16 @@ def _checked_arrays(diff_patterns, probe, positions, N: int):
     _check_pattern_values(patterns)
     check_scan_geometry("positions", points[:, 1], points[:, 0], stack, N)
     return patterns, stack.astype(np.complex64), points
+
+
+def _check_enough_points(n: int, data) -> None:
+    """A scan of fewer points than a group holds cannot be grouped: refused naming the model's group size and the fix."""
+    C = int(data.C)
+    if n < C:
+        raise ValueError(
+            f"the scan has {n} point(s) but the model reconstructs groups of {C} neighbouring points (grid_size {tuple(data.grid_size)}); "
+            f"reconstruct a scan of at least {C} points, or load a model trained with Grid Size 1 x 1 (Num Channels 1)"
+        )
 
 
 PATTERNS_PER_CHECK = 4096  # patterns whose values are checked at once (bounded memory for large scans)

@@ -378,3 +378,17 @@ def test_train_refuses_a_ptychopinn_init_naming_no_usable_model_naming_the_varia
     with pytest.raises(error, match=f"^{INIT_ENV}='[^']*{value}': .*{words}.*set {INIT_ENV} in the shell that starts Ptychodus"):
         run_in_process(run_train, train_payload(build_configs(**SMALL), directory, directory))
     assert sorted(path.name for path in directory.iterdir()) == ["train_data.npz"], "a refused Train left a run directory"
+
+
+def test_a_scan_of_fewer_points_than_a_group_is_refused_naming_the_group_size_not_a_temporary_file(tmp_path, monkeypatch):
+    """Ptychodus's Reconstruct of a scan with 3 points and a model of groups of 4: the refusal names what the user can change,
+    not the loader's private temporary file nor a 'gridsize' setting the loaded model fixes."""
+    from tests.ptychodus.plugin_support import reconstruct_input
+
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    with pytest.raises(ValueError) as raised:
+        run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, reconstruct_input(3)))
+    message = str(raised.value)
+    assert "the scan has 3 point(s) but the model reconstructs groups of 4" in message and "at least 4 points" in message, message
+    assert "Grid Size 1 x 1" in message and "ptychopinn-inference-" not in message, message
+    assert len(run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, reconstruct_input(4)))) == 1
