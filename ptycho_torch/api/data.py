@@ -66,7 +66,7 @@ class PtychoDataLoader:
 
     Refused before any work (ValueError or FileNotFoundError naming the file and the Ptychodus
     setting to change): a missing directory or one without ``.npz`` files; ``DataConfig.N`` other than
-    the pattern size; a non-square grid or ``C`` other than its size; a directory mixing Ptychodus
+    the pattern size; a non-square grid or ``C`` other than its size; a file of fewer scan points than ``C``; a directory mixing Ptychodus
     exports with other files; Supervised training without ``objectGuess`` in every file;
     ``data_format='numpy'``; a ``$PTYCHOPINN_INIT`` that names no model (an unknown name, a missing file, a shipped
     model of another pattern size). A refused run leaves no run directory.
@@ -173,6 +173,7 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
                 f"Supervised training needs the true object ('objectGuess') in every training file; missing in {', '.join(missing)}. "
                 "Export the training data from a product whose object is the ground truth, or use the Unsupervised reconstructor"
             )
+    _check_enough_training_points(data, files, headers)
     n_groups = _n_groups(data, headers)
     overrides = {
         "n_groups": n_groups,
@@ -259,6 +260,16 @@ def _check_pattern_size(N: int, files: list[Path], headers: list[dict]) -> None:
             raise ValueError(
                 f"model size {N} (DataConfig.N) does not match the {header['N']} x {header['N']} diffraction patterns in {path}; "
                 f"set Model Size to {header['N']} in the PtychoPINN-Torch data settings (or DataConfig(N={header['N']}))"
+            )
+
+
+def _check_enough_training_points(data, files: list[Path], headers: list[dict]) -> None:
+    C = int(data.C)
+    for path, header in zip(files, headers):
+        if header["n"] < C:
+            raise ValueError(
+                f"{path} holds {header['n']} scan point(s) but a group holds {C} (Grid Size {tuple(data.grid_size)}); export a scan "
+                f"with at least {C} points, or set Grid Size X and Y to 1 and Num Channels to 1 in the PtychoPINN-Torch data settings"
             )
 
 

@@ -180,6 +180,15 @@ def test_training_without_exported_data_names_the_directory_and_the_fix(tmp_path
         run_in_process(run_train, train_payload(configs, tmp_path, tmp_path))
 
 
+def test_training_on_fewer_points_than_a_group_names_the_file_and_ptychodus_settings_before_any_work(tmp_path, cache_dir):
+    export_training_data(tmp_path, reconstruct_input(3), name="few_points.npz")
+    configs = build_configs(**SMALL)
+    with pytest.raises(ValueError, match=r"few_points\.npz holds 3 scan point\(s\) but a group holds 4 \(Grid Size \(2, 2\)\); "
+                                         r"export a scan with at least 4 points, or set Grid Size X and Y to 1"):
+        run_in_process(run_train, train_payload(configs, tmp_path, tmp_path))
+    assert not list(tmp_path.glob("run_*")) and not list(cache_dir.glob("few_points-*")), "the refusal came after work"
+
+
 def test_supervised_needs_the_exported_object(tmp_path, cache_dir, parameters):
     path = export_training_data(tmp_path, parameters)
     with np.load(path, allow_pickle=False) as data:
