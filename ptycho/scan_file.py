@@ -210,7 +210,7 @@ class ScanFile:
             raise ScanFileError(f"{where} has dtype {dtype}; diffraction must be float amplitudes or integer counts")
         if len(shape) != 3:
             raise ScanFileError(f"{where} has shape {shape}; diffraction must be a 3-D stack (n, N, N) (or legacy (N, N, n))")
-        legacy = self._is_legacy(where, shape)
+        legacy = self._is_legacy(where, shape, ptychodus_export=key == "diff3d" and "bad_pixels" in self.headers)
         n, height, width = (shape[2], shape[0], shape[1]) if legacy else shape
         if height != width:
             raise ScanFileError(f"{where}: patterns are {height} x {width}; they must be square N x N (crop or pad them)")
@@ -222,12 +222,12 @@ class ScanFile:
             logger.info("%s: legacy (N, N, n) stack of %d patterns, transposed to (n, N, N)", where, n)
         return PatternLayout(n=int(n), N=int(height), legacy=legacy, perm=perm)
 
-    def _is_legacy(self, where: str, shape: tuple[int, ...]) -> bool:
+    def _is_legacy(self, where: str, shape: tuple[int, ...], ptychodus_export: bool = False) -> bool:
         if self.layout == "NNn":
             if shape[0] != shape[1]:
                 raise ScanFileError(f"{where} has shape {shape}, which cannot be a legacy (N, N, n) stack (layout='NNn'); drop layout= or fix the stack")
             return True
-        if self.layout == "nNN":
+        if self.layout == "nNN" or ptychodus_export:  # Ptychodus's Export Training Data writes (n, H, W) beside an (H, W) mask
             return False
         if shape[0] == shape[1] == shape[2]:
             logger.warning(

@@ -218,7 +218,7 @@ def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bo
             "subsample_seed": DEFAULT_SEED if data.subsample_seed is None else data.subsample_seed,
         },
     )
-    return PtychoDataset(scan, config=config, data_dir=cache_dir, diffraction_units="counts", progress=progress)
+    return PtychoDataset(scan, config=config, data_dir=cache_dir, diffraction_units="counts", progress=progress, layout="nNN")  # from_np wrote it so
 
 
 def _training_files(data_dir: Path) -> list[Path]:

@@ -392,3 +392,21 @@ def test_a_scan_of_fewer_points_than_a_group_is_refused_naming_the_group_size_no
     assert "the scan has 3 point(s) but the model reconstructs groups of 4" in message and "at least 4 points" in message, message
     assert "Grid Size 1 x 1" in message and "ptychopinn-inference-" not in message, message
     assert len(run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, reconstruct_input(4)))) == 1
+
+
+def test_a_scan_of_as_many_points_as_pattern_pixels_is_read_without_a_layout_warning_ptychodus_users_cannot_act_on(
+        tmp_path, monkeypatch, caplog):
+    """64 points of 64 x 64 patterns: Ptychodus's export and the inference loader's own file are (n, N, N) by construction, so
+    neither Train nor Reconstruct warns that the stack could be a legacy (N, N, n) one and asks for a layout= no panel has."""
+    from tests.ptychodus.plugin_support import reconstruct_input
+
+    from ptycho_torch.api.base_api import PtychoDataLoader
+
+    scan = reconstruct_input(64)
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    export_training_data(tmp_path / "train", scan)
+    with caplog.at_level(logging.WARNING):
+        PtychoDataLoader(data_dir=tmp_path / "train", config_manager=manager_for(), output_dir=tmp_path / "runs", progress=False)
+        assert len(run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan))) == 1
+    layout = [r.getMessage() for r in caplog.records if "could be (n, N, N) or a legacy" in r.getMessage()]
+    assert not layout, layout
