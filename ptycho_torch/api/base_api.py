@@ -102,8 +102,10 @@ _INIT_FIX = (f"set {INIT_ENV} in the shell that starts Ptychodus to '{INIT_RANDO
 
 
 def initial_model_setting() -> str | None:
-    """The initial model :data:`INIT_ENV` names (stripped), or None when it is unset or blank."""
-    return os.environ.get(INIT_ENV, "").strip() or None
+    """The initial model :data:`INIT_ENV` names (stripped; a leading ``~`` is the home directory, as for
+    ``PTYCHOPINN_CACHE_DIR``), or None when it is unset or blank."""
+    text = os.environ.get(INIT_ENV, "").strip()
+    return (os.path.expanduser(text) if text.startswith("~") else text) or None
 
 
 class _naming_init_env:

@@ -186,6 +186,14 @@ def test_new_model_starts_from_the_checkpoint_the_environment_names(tmp_path, mo
         new_model(manager_for())
 
 
+def test_ptychopinn_init_reads_a_leading_tilde_as_the_home_directory(tmp_path, monkeypatch):
+    """Quoted in the shell (PTYCHOPINN_INIT='~/runs/mine.ckpt' ptychodus) the tilde reaches the plugin unexpanded."""
+    write_standin(tmp_path / "runs" / "mine.ckpt", seed=7)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(INIT_ENV, "~/runs/mine.ckpt")
+    assert same_weights(new_model(manager_for()), standin_network(seed=7))
+
+
 def test_another_group_size_trains_from_random_weights_unless_a_model_was_named(tmp_path, monkeypatch, caplog):
     ship_standin(monkeypatch, tmp_path / "models")
     with caplog.at_level(logging.WARNING):
