@@ -298,6 +298,7 @@ class InferenceEngine:
 
     def __init__(self, config_manager: ConfigManager, ptycho_model: PtychoModel):
         self.method = _reconstruction_method()  # refused here: Ptychodus builds the engine before it writes and groups the scan
+        scan_size = None if ptycho_model.model is not None else int(config_manager.data_config.N)  # known only without a model
         if ptycho_model.model is None:
             shipped, configs = load_model(None, pattern_size=_shipped_size(config_manager.data_config.N, self.method))
             for name in ("model_config", "data_config", "training_config", "inference_config"):
@@ -307,7 +308,7 @@ class InferenceEngine:
             ptycho_model.model = shipped.model
         self.config_manager = config_manager
         self.ptycho_model = ptycho_model
-        self.object_network = _check_method_fits(self.method, ptycho_model.model)
+        self.object_network = _check_method_fits(self.method, ptycho_model.model, scan_size)
 
     def predict_and_stitch(self, loader: PtychoDataLoader, *, progress: bool = True) -> np.ndarray:
         """Complex64 ``(H, W)`` object: ``ceil(scan span + N)`` pixels per axis, centred on the scan's bounding box.
@@ -324,7 +325,7 @@ class InferenceEngine:
         network = self.ptycho_model.model
         flat = method.get("start") == "flat"  # a unit object refined against the patterns: no network runs on them, any size
         _require_same_patterns(loader.dataset, network, any_size=flat)
-        if object_network is not None and loader.dataset.N != int(getattr(network, "N", loader.dataset.N)):
+        if object_network is not None:  # PtychoDataLoader.from_np has checked it already, before writing the scan
             _check_object_network_size(loader.dataset.N)
         device = resolve_device("auto")
         batch_size = max(1, int(self.config_manager.inference_config.batch_size))
@@ -339,11 +340,12 @@ class InferenceEngine:
 _RECONSTRUCT_FIX = f"set {RECONSTRUCT_ENV} in the shell that starts Ptychodus, or unset it for the network's single pass"
 
 
-def _check_method_fits(method: dict, network):
+def _check_method_fits(method: dict, network, scan_size: int | None = None):
     """What ``ptycho-reconstruct`` refuses for this network, refused naming :data:`RECONSTRUCT_ENV` before the loader is read:
-    ``--start physics`` with a network that reads the diffraction itself, ``--object-network`` for patterns of another size
-    than the object network's, or with its weights missing or unreadable. Returns the object network the method runs,
-    loaded once here (None without ``--object-network``)."""
+    ``--start physics`` with a network that reads the diffraction itself, ``--object-network`` with its weights missing or
+    unreadable, or for a ``scan_size`` (pattern size, when known) other than the object network's; the object network runs
+    after a flat start, which runs no network, so the scan's size counts, not the model's (:func:`check_scan_pattern_size`
+    checks it when the scan arrives). Returns the object network the method runs, loaded once here (None without it)."""
     from ptycho_torch.pretrained import UnknownModelError, load_object_network, object_network_for_pattern_size
 
     plain = getattr(network, "network", network)  # a PtychoPINN_Lightning's plain network
@@ -353,7 +355,8 @@ def _check_method_fits(method: dict, network):
                   f"{plain.model_config.generator_input!r}), it has no physics input; use --start network")
     elif method.get("object_network_after"):
         try:
-            object_network_for_pattern_size(plain.N)
+            if scan_size is not None:
+                object_network_for_pattern_size(scan_size)
             object_network = load_object_network()
         except UnknownModelError as exc:
             reason = f"--object-network: {exc}"
@@ -386,9 +389,14 @@ def _check_object_network_size(N: int) -> None:
         raise ValueError(f"{RECONSTRUCT_ENV}={text!r}: --object-network: {exc}; {_RECONSTRUCT_FIX}") from None
 
 
-def runs_no_network() -> bool:
-    """Whether :data:`RECONSTRUCT_ENV` starts from a flat object, so no network runs on the patterns (any pattern size)."""
-    return _reconstruction_method(log=False).get("start") == "flat"
+def check_scan_pattern_size(N: int) -> bool:
+    """Whether :data:`RECONSTRUCT_ENV` starts from a flat object, so no network runs on the scan's ``N`` x ``N`` patterns
+    (any size); its ``--object-network`` for patterns of another size than the object network's is refused (ValueError
+    naming the variable), so :meth:`PtychoDataLoader.from_np` refuses it before writing the scan."""
+    method = _reconstruction_method(log=False)
+    if method.get("object_network_after"):
+        _check_object_network_size(N)
+    return method.get("start") == "flat"
 
 
 def _reconstruction_method(log: bool = True) -> dict:

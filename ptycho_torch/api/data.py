@@ -196,11 +196,12 @@ def _inference_pattern_size(diff_patterns, N: int) -> int:
     """The pattern size the inference data is read at: the model's ``N``, or the patterns' own when the reconstruction
     method (``$PTYCHOPINN_RECONSTRUCT``) starts from a flat object and so runs no network on them."""
     shape = np.shape(diff_patterns)
-    if len(shape) != 3 or shape[1] != shape[2] or shape[1] == N:
+    if len(shape) != 3 or shape[1] != shape[2]:
         return N
-    from ptycho_torch.api.base_api import runs_no_network
+    from ptycho_torch.api.base_api import check_scan_pattern_size
 
-    return int(shape[1]) if runs_no_network() else N
+    flat = check_scan_pattern_size(int(shape[1]))  # and --object-network's size, before anything is written
+    return int(shape[1]) if flat else N
 
 
 def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool, N: int):

@@ -310,9 +310,12 @@ def test_a_reconstruct_method_the_loaded_model_cannot_run_is_refused_naming_the_
     --start physics with a network that has no physics input) is refused as the variable's other values are, before the
     loader is read: not deep in the reconstruction, naming settings the user never set."""
     ship_standin(monkeypatch, tmp_path / "models")  # the object network is not there: only "missing" reaches that check
-    if checkpoint == "32":
-        path = write_standin(tmp_path / "mine32.ckpt", N=32)
+    if checkpoint == "32":  # no model loaded, a scan of 32 x 32 patterns
         monkeypatch.setattr(pretrained, "MODELS_DIR", ROOT / "ptycho_torch" / "pretrained")
+        monkeypatch.setenv(RECONSTRUCT_ENV, method)
+        with pytest.raises(ValueError, match=f"^{RECONSTRUCT_ENV}='{method}': {words}.*unset it for the network's single pass"):
+            InferenceEngine(config_manager=ConfigManager(data_config={"N": 32}), ptycho_model=PtychoModel())
+        return
     elif checkpoint == "diffraction":
         path = _diffraction_reading_checkpoint(tmp_path / "diffraction.ckpt")
     else:
@@ -418,3 +421,33 @@ def test_a_scan_of_as_many_points_as_pattern_pixels_is_read_without_a_layout_war
         assert len(run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan))) == 1
     layout = [r.getMessage() for r in caplog.records if "could be (n, N, N) or a legacy" in r.getMessage()]
     assert not layout, layout
+
+
+def test_the_object_network_follows_the_scans_pattern_size_not_the_loaded_models_after_a_flat_start(tmp_path, monkeypatch):
+    """A flat start runs no per-group network, so --object-network is refused for a 32 x 32 scan with the 64 x 64 model loaded
+    (before the scan is written) and runs on a 64 x 64 scan with a 32 x 32 model loaded, as ptycho-reconstruct decides by the scan."""
+    import shutil
+
+    import ptycho_torch.api.data as api_data
+    from ptycho.simulate import SimulationSettings, simulate_scan
+
+    from tests.ptychodus.plugin_support import as_reconstruct_input, reconstruct_input
+
+    path64 = ship_standin(monkeypatch, tmp_path / "models")
+    shutil.copy(ROOT / "ptycho_torch" / "pretrained" / pretrained.OBJECT_NETWORK[0], tmp_path / "models")
+    method = "--start flat --refine 3 --object-network 2"
+    monkeypatch.setenv(RECONSTRUCT_ENV, method)
+    scan32 = as_reconstruct_input(simulate_scan(SimulationSettings(N=32, n_points=40, object_size=64, step=4.0, probe_diameter=12.0,
+                                                                   seed=3)), np.arange(40))
+
+    def no_workspace(*args, **kwargs):
+        raise AssertionError("the scan was written before the method was checked against it")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api_data.tempfile, "TemporaryDirectory", no_workspace)
+        with pytest.raises(ValueError, match=f"^{RECONSTRUCT_ENV}='{method}': --object-network: .*64 x 64 patterns, not 32 x 32"):
+            run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path64, scan32))
+    path32 = write_standin(tmp_path / "mine32.ckpt", N=32)
+    messages = run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path32, reconstruct_input(N_POINTS)))
+    assert [tag for tag, _ in messages] == ["output"]
+    assert np.isfinite(pickle.loads(messages[0][1]).product.object_.get_layer(0)).all()
