@@ -37,9 +37,12 @@ class DataloaderFormats(Enum):
     NUMPY = "numpy"
 
 
+CACHE_ENV = "PTYCHOPINN_CACHE_DIR"
+
+
 def default_cache_dir() -> Path:
-    """Where memory maps and group caches of training data live: ``$PTYCHOPINN_CACHE_DIR``, else the user cache."""
-    configured = os.environ.get("PTYCHOPINN_CACHE_DIR")
+    """Where memory maps and group caches of training data live: ``$PTYCHOPINN_CACHE_DIR`` (a blank value is unset), else the user cache."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
     if configured:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -150,7 +153,8 @@ def _writable_cache_dir(cache_dir, run_dir: Path) -> Path:
         return require_writable_directory(wanted)
     except OSError as exc:
         fallback = run_dir / "memmap"
-        logger.warning("cache directory %s is not writable (%s); caching in %s instead", wanted, exc, fallback)
+        source = f" ({CACHE_ENV}; set it to a directory you can write, or unset it)" if cache_dir is None and os.environ.get(CACHE_ENV, "").strip() else ""
+        logger.warning("cache directory %s%s is not writable (%s); caching in %s instead", wanted, source, exc, fallback)
         return fallback
 
 

@@ -189,6 +189,21 @@ def test_training_on_fewer_points_than_a_group_names_the_file_and_ptychodus_sett
     assert not list(tmp_path.glob("run_*")) and not list(cache_dir.glob("few_points-*")), "the refusal came after work"
 
 
+def test_a_blank_cache_directory_variable_is_unset_and_an_unwritable_one_is_named(tmp_path, monkeypatch, caplog):
+    """PTYCHOPINN_CACHE_DIR=' ' is no directory named ' ' in Ptychodus's working directory; a file is named with the variable."""
+    from ptycho_torch.api.data import _writable_cache_dir, default_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PTYCHOPINN_CACHE_DIR", " ")
+    assert default_cache_dir() == tmp_path / "xdg" / "ptychopinn" / "memmap"
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("PTYCHOPINN_CACHE_DIR", str(tmp_path / "afile"))
+    with caplog.at_level(logging.WARNING):
+        assert _writable_cache_dir(None, tmp_path / "run") == tmp_path / "run" / "memmap"
+    assert "(PTYCHOPINN_CACHE_DIR; set it to a directory you can write, or unset it)" in caplog.text, caplog.text
+
+
 def test_supervised_needs_the_exported_object(tmp_path, cache_dir, parameters):
     path = export_training_data(tmp_path, parameters)
     with np.load(path, allow_pickle=False) as data:
