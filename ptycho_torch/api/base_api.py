@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,22 +109,19 @@ def initial_model_setting() -> str | None:
     return (os.path.expanduser(text) if text.startswith("~") else text) or None
 
 
-class _naming_init_env:
+@contextmanager
+def _naming_init_env(requested: str | None):
     """Re-raise an error about the initial model that :data:`INIT_ENV` named with the variable, its value and the fix first."""
-
-    def __init__(self, requested: str | None):
-        self.requested = requested
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, traceback):
-        if exc is None or self.requested is None or not isinstance(exc, (ValueError, OSError)) or INIT_ENV in str(exc):
-            return False
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        if requested is None or INIT_ENV in str(exc):
+            raise
+        message = f"{INIT_ENV}={requested!r}: {exc}; {_INIT_FIX}"
         try:
-            renamed = type(exc)(f"{INIT_ENV}={self.requested!r}: {exc}; {_INIT_FIX}")
-        except TypeError:
-            renamed = ValueError(f"{INIT_ENV}={self.requested!r}: {exc}; {_INIT_FIX}")
+            renamed = type(exc)(message)
+        except TypeError:  # an exception class that takes other arguments
+            renamed = ValueError(message)
         raise renamed from None
 
 
