@@ -72,10 +72,12 @@ def pattern_energy(name: str, diffraction, progress: bool = False) -> np.ndarray
     return energy
 
 
-def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_origin: tuple[int, int] = (0, 0)) -> None:
+def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_origin: tuple[int, int] = (0, 0),
+                          quantity: str = "amplitudes") -> None:
     """Raise naming the first pattern of ``block`` that holds a NaN, inf or negative value.
 
-    ``block`` holds patterns from ``first_index`` on; ``pixel_origin`` is the pattern pixel of its ``[:, 0, 0]``.
+    ``block`` holds patterns from ``first_index`` on; ``pixel_origin`` is the pattern pixel of its ``[:, 0, 0]``;
+    ``quantity``: what the values are (``'amplitudes'`` or ``'counts'``), for the message.
     """
     bad = ~np.isfinite(block) | (block < 0)
     if not bad.any():
@@ -85,7 +87,7 @@ def check_amplitude_block(name: str, block: np.ndarray, first_index: int, pixel_
     what = "negative" if np.isfinite(value) else "not finite"
     raise BadDiffractionError(
         f"{name}[{first_index + local}] has a {what} value {value} at pixel ({row + pixel_origin[0]}, {col + pixel_origin[1]}); "
-        "diffraction must be non-negative finite amplitudes (mask or zero bad pixels first)"
+        f"diffraction must be non-negative finite {quantity} (mask or zero bad pixels first; clip dark-subtracted data at 0)"
     )
 
 

@@ -373,7 +373,7 @@ def _check_pattern_values(patterns: np.ndarray) -> None:
     starts = range(0, len(patterns), PATTERNS_PER_CHECK)
     try:
         for start in starts:
-            check_amplitude_block("diff_patterns", patterns[start:start + PATTERNS_PER_CHECK], start)
+            check_amplitude_block("diff_patterns", patterns[start:start + PATTERNS_PER_CHECK], start, quantity="counts")
     except BadDiffractionError as exc:
         bad = np.flatnonzero(np.concatenate([bad_pattern_flags(patterns[i:i + PATTERNS_PER_CHECK]) for i in starts]))
         shown = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")

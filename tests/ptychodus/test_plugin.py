@@ -247,6 +247,7 @@ def test_from_np_refuses_bad_counts_and_positions_in_metres_naming_the_arrays_be
     with pytest.raises(ValueError, match=r"diff_patterns\[7\] has a negative value .*2 pattern\(s\).*\[7, 9\].*positions\[keep\]") as caught:
         PtychoDataLoader.from_np(diff_patterns=bad, probe=probe, positions=positions, config_manager=manager)
     assert "scan.npz" not in str(caught.value) and "xcoords" not in str(caught.value)
+    assert "non-negative finite counts" in str(caught.value) and "clip dark-subtracted data at 0" in str(caught.value)  # Ptychodus passes counts
     assert written == []
 
 
