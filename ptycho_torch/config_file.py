@@ -176,15 +176,31 @@ DEFAULT_PRESET = "recommended"
 
 
 def apply_preset(name: str, configs: Mapping[str, Any], given: Mapping[str, frozenset[str]]) -> None:
-    """Set the preset's fields on ``configs`` (section -> config), except those ``given`` (section -> field names) sets."""
+    """Set the preset's fields on ``configs`` (section -> config), except those ``given`` (section -> field names) sets.
+
+    A preset field read only while another setting is in effect (``config_resolve.DEFAULT_ONLY``'s ``honoured_when``, e.g.
+    ``lr_min_ratio`` only with ``scheduler='WarmupCosine'``) is left at its default when the file turns that setting off:
+    it goes with the preset's setting, which the file replaced."""
+    from ptycho_torch.config_resolve import default_only_fields
+
     preset = PRESETS[name]
-    applied = []
+    applied, skipped = [], []
     for section, values in preset.sections.items():
+        config = configs[section]
+        rules = default_only_fields(type(config))
         for name_, value in values.items():
             if name_ not in given.get(section, frozenset()):
-                setattr(configs[section], name_, value)
-                applied.append(f"{section}.{name_}={value}")
-    logger.info("preset %r: %s", preset.name, ", ".join(applied) or "every field at its default")
+                setattr(config, name_, value)
+                applied.append((section, config, name_, value, rules.get(name_)))
+    for section, config, name_, value, rule in applied:
+        if rule is not None and rule.honoured_when is not None and not rule.honoured_when(config):
+            default = getattr(type(config)(), name_)
+            setattr(config, name_, default)
+            if value != default:
+                skipped.append(f"{section}.{name_}")
+    shown = [f"{section}.{name_}={value}" for section, config, name_, value, _ in applied if getattr(config, name_) == value]
+    logger.info("preset %r: %s%s", preset.name, ", ".join(shown) or "every field at its default",
+                f" (not {', '.join(skipped)}: the config file's settings do not read {'it' if len(skipped) == 1 else 'them'})" if skipped else "")
 
 
 def _section_spellings(path: Path, document: dict, sections: dict[str, type]) -> dict[str, str]:

@@ -53,3 +53,15 @@ def test_the_diffraction_units_come_from_the_option_else_the_config_file(tmp_pat
     config.write_text(json.dumps({"data": {"K": 0}}))
     with pytest.raises(ValueError, match="data.K must be > 0"):
         configs("--config", config)
+
+
+@pytest.mark.parametrize("scheduler", ["Exponential", "Default"])
+def test_a_config_file_choosing_another_scheduler_is_not_refused_for_the_presets_warmup_cosine_fields(tmp_path, scheduler):
+    # the recommended preset's lr_min_ratio 0 goes with its WarmupCosine schedule; a file that picks another schedule did not set it
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"training": {"scheduler": scheduler}}))
+    _, _, training, _, _ = configs("--config", config)
+    assert training.scheduler == scheduler and training.learning_rate == 2e-3
+    config.write_text(json.dumps({"training": {"scheduler": scheduler, "lr_min_ratio": 0.5}}))  # set in the file: still refused
+    with pytest.raises(ValueError, match="training.lr_min_ratio=0.5 has no effect here"):
+        configs("--config", config)
