@@ -169,8 +169,9 @@ def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     grouping.add_argument("--sequential", action="store_true", default=None, help="take the first scan points instead of a random sample")
     grouping.add_argument("--oversampling", action="store_true", default=None, help="allow more groups than scan points")
     grouping.add_argument("--pool-size", type=positive_int, default=None, help="neighbour pool when oversampling (default: K)")
-    parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default="auto",
-                        help="diffraction units; auto: integer dtypes are photon counts (default: auto)")
+    parser.add_argument("--units", choices=("auto", "amplitude", "counts"), default=None,
+                        help="diffraction units; auto: integer dtypes are photon counts (default: data.diffraction_units of "
+                             "--config, as ptycho-train reads it, else auto)")
     parser.add_argument("--layout", choices=("auto", "nNN", "NNn"), default="auto",
                         help="diffraction stack layout when n == N makes it ambiguous: nNN, or legacy NNn (default: auto)")
     parser.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR), help=f"where caches live (default: {DEFAULT_DATA_DIR})")
@@ -315,12 +316,12 @@ def _verify_one(path: Path, args) -> bool:
     if _draw_is_random(key.settings, n_points):
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
                          "build and verify with the same --seed S")
-    raw = RawData.from_file(path, diffraction_units=args.units, layout=args.layout)
+    raw = RawData.from_file(path, diffraction_units=_units(args), layout=args.layout)
     fresh = raw.grouping(key.N, key.settings)
     fingerprint = fingerprint_file(path, (raw.xcoords, raw.ycoords, raw.xcoords_start, raw.ycoords_start))
     directory = dataset_directory(args.data_dir, path)
     cached_path = cache_path(directory, key)
-    store = _valid_memory_map(path, directory, fingerprint, args.units)
+    store = _valid_memory_map(path, directory, fingerprint, _units(args))
     if store is None:
         problems = [f"memory map in {directory} is missing or not valid for this file, so no groups cache made from it is either"]
     else:
@@ -401,7 +402,7 @@ def _bridge(path: Path, args, remake: bool):
         path.resolve(),
         config,
         memmap_dir=args.data_dir,
-        diffraction_units=args.units,
+        diffraction_units=_units(args),
         layout=args.layout,
         remake_map=remake,
         progress=not args.quiet,
@@ -467,11 +468,32 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
 
 def _config_file_training_config(path: Path, config_file: Path):
     """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into."""
-    from ptycho_torch.config_file import load_torch_configs
     from ptycho_torch.config_resolve import to_ptycho_config
 
-    configs = load_torch_configs(config_file)
+    configs, _ = _read_config_file(config_file)
     return to_ptycho_config(path, configs.data, configs.model, configs.training)
+
+
+def _read_config_file(config_file: Path):
+    """``(TorchConfigs, the data section's diffraction_units)`` of ``--config``: the file ``ptycho-train`` reads, whose
+    ``data`` section may also say the diffraction units (``data.diffraction_units``)."""
+    from dataclasses import fields
+
+    from ptycho_torch.cli_train import DataSection
+    from ptycho_torch.config_file import SECTIONS, TorchConfigs, read_config_sections
+    from ptycho_torch.config_params import DataConfig
+
+    sections = read_config_sections(config_file, {**SECTIONS, "data": DataSection})
+    section = sections["data"]
+    data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
+    return TorchConfigs(data, sections["model"], sections["training"], sections["inference"], sections["datagen"]), section.diffraction_units
+
+
+def _units(args) -> str:
+    """``--units``, else ``data.diffraction_units`` of ``--config`` (as ``ptycho-train`` reads the file), else ``auto``."""
+    if args.units is not None:
+        return args.units
+    return _read_config_file(args.config)[1] if args.config is not None else "auto"
 
 
 def _pattern_count_and_size(path: Path, layout: str = "auto") -> tuple[int, int]:

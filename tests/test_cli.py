@@ -433,6 +433,32 @@ def test_ptycho_train_sections_build_the_memmap_cache_too(scan, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 150 groups of 4"), result.stderr
 
 
+def test_the_diffraction_units_of_a_ptycho_train_config_file_build_the_memory_map_in_those_units(scan, tmp_path):
+    # ptycho-train's data section may say the units (data.diffraction_units): the same file builds the map training reuses
+    from ptycho_torch.store.memmap import DIFFRACTION
+
+    with np.load(scan, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    counts = np.round(arrays["diffraction"] ** 2).astype(np.int32)
+    np.savez(scan, **{**arrays, "diffraction": counts})
+    content = {"data": {"K": 7, "subsample_seed": 3, "diffraction_units": "amplitude"}, "training": {"n_groups": 150}}
+    config_file = _write_config(tmp_path / "train.json", json.dumps(content))
+    data_dir = tmp_path / "data"
+    result = run("build", scan, "--config", config_file, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "taken as photon counts" not in result.stderr
+    (stored,) = data_dir.glob(f"*/{DIFFRACTION}")
+    assert np.array_equal(np.load(stored, mmap_mode="r")[0], counts[0])  # the integers taken as amplitudes
+    result = run("verify", scan, "--config", config_file, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 0 and result.stdout.startswith("OK"), result.stdout + result.stderr
+    result = run("build", scan, "--config", config_file, "--units", "counts", "--data-dir", data_dir, "--quiet")  # the option wins
+    assert result.returncode == 0, result.stderr
+    assert np.allclose(np.load(stored, mmap_mode="r")[0], np.sqrt(counts[0]))
+    config_file.write_text(json.dumps({"data": {"diffraction_units": "photons"}}))
+    result = run("build", scan, "--config", config_file, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 2 and "data.diffraction_units must be one of" in result.stderr, result.stderr
+
+
 def test_a_section_written_both_ways_is_refused_naming_both(tmp_path):
     from ptycho_torch.config_file import ConfigFileError, load_torch_configs
 
