@@ -451,7 +451,7 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(f"{options} cannot be combined with --config: put the setting in the config file, so "
                              "the training run that reads it reuses the cache")
-        return _config_file_training_config(path, args.config)
+        return _config_file_training_config(path, args.config, pattern_size or _pattern_count_and_size(path, args.layout)[1])
     grouping = {name: getattr(args, name) if name in given else default for name, default in GROUPING_DEFAULTS.items()}
     N = grouping["N"] if grouping["N"] is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
     return TrainingConfig(
@@ -466,27 +466,32 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
     )
 
 
-def _config_file_training_config(path: Path, config_file: Path):
-    """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into."""
+def _config_file_training_config(path: Path, config_file: Path, pattern_size: int):
+    """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into; ``data.N``, when the file leaves it
+    out, is the scan's ``pattern_size``, as ``ptycho-train`` reads the file."""
     from ptycho_torch.config_resolve import to_ptycho_config
 
-    configs, _ = _read_config_file(config_file)
+    configs, _, given = _read_config_file(config_file)
+    if "N" not in given:
+        configs.data.N = int(pattern_size)
     return to_ptycho_config(path, configs.data, configs.model, configs.training)
 
 
 def _read_config_file(config_file: Path):
-    """``(TorchConfigs, the data section's diffraction_units)`` of ``--config``: the file ``ptycho-train`` reads, whose
-    ``data`` section may also say the diffraction units (``data.diffraction_units``)."""
+    """``(TorchConfigs, the data section's diffraction_units, the data fields the file sets)`` of ``--config``: the file
+    ``ptycho-train`` reads, whose ``data`` section may also say the diffraction units (``data.diffraction_units``)."""
     from dataclasses import fields
 
     from ptycho_torch.cli_train import DataSection
-    from ptycho_torch.config_file import SECTIONS, TorchConfigs, read_config_sections
+    from ptycho_torch.config_file import SECTIONS, TorchConfigs, read_config_file
     from ptycho_torch.config_params import DataConfig
 
-    sections = read_config_sections(config_file, {**SECTIONS, "data": DataSection})
+    read = read_config_file(config_file, {**SECTIONS, "data": DataSection})
+    sections = read.configs
     section = sections["data"]
     data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
-    return TorchConfigs(data, sections["model"], sections["training"], sections["inference"], sections["datagen"]), section.diffraction_units
+    configs = TorchConfigs(data, sections["model"], sections["training"], sections["inference"], sections["datagen"])
+    return configs, section.diffraction_units, read.given["data"]
 
 
 def _units(args) -> str:

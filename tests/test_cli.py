@@ -459,6 +459,21 @@ def test_the_diffraction_units_of_a_ptycho_train_config_file_build_the_memory_ma
     assert result.returncode == 2 and "data.diffraction_units must be one of" in result.stderr, result.stderr
 
 
+def test_a_config_file_without_data_n_builds_the_cache_of_a_scan_of_another_pattern_size(tmp_path):
+    # ptycho-train takes data.N from the patterns when the file leaves it out; the same file builds that scan's cache here
+    from ptycho.simulate import SimulationSettings, write_scan_npz
+
+    scan = write_scan_npz(tmp_path / "small.npz", SimulationSettings(n_points=64, N=32, seed=1))
+    config_file = _write_config(tmp_path / "train.json", json.dumps({"data": {"K": 7, "subsample_seed": 3}, "training": {"n_groups": 60}}))
+    data_dir = tmp_path / "data"
+    result = run("build", scan, "--config", config_file, "--data-dir", data_dir, "--quiet")
+    assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 60 groups of 4"), result.stderr
+    assert grouping_key_of(read_metadata(only_cache(data_dir))).N == 32
+    config_file.write_text(json.dumps({"data": {"N": 64, "K": 7}, "training": {"n_groups": 60}}))  # given: still checked
+    result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "other", "--quiet")
+    assert result.returncode == 2 and "N=64 does not match the 32 x 32 diffraction patterns" in result.stderr, result.stderr
+
+
 def test_a_section_written_both_ways_is_refused_naming_both(tmp_path):
     from ptycho_torch.config_file import ConfigFileError, load_torch_configs
 
