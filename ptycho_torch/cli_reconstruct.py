@@ -412,6 +412,10 @@ def _warn_positions_off_the_object(path: Path, scan, shape_px: tuple[int, int]) 
     H, W = shape_px
     x, y = np.asarray(scan.xcoords, np.float64), np.asarray(scan.ycoords, np.float64)
     off = int(np.count_nonzero((x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)))
+    if off == len(x):  # nothing of the scan would be reconstructed on that grid (an empty or unrelated objectGuess)
+        raise UsageError(f"{path}: --canvas object: all {len(x)} scan positions lie off the {H} x {W} objectGuess grid (x {x.min():.1f} "
+                         f"to {x.max():.1f}, y {y.min():.1f} to {y.max():.1f} pixels), so that grid would hold nothing of the scan; "
+                         "use --canvas scan (the default), or store the objectGuess of this scan")
     if off:
         logger.warning("%s: %d of %d scan positions lie off the %d x %d objectGuess grid (x %.1f to %.1f, y %.1f to %.1f pixels): "
                        "--canvas object cuts their patches off; use --canvas scan to keep the whole scan", path, off, len(x), H, W,

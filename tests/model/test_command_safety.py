@@ -757,6 +757,21 @@ def test_canvas_object_says_when_scan_positions_lie_off_the_object_grid(caplog):
     assert "--canvas scan" in record.getMessage() and off > 0
 
 
+@pytest.mark.parametrize("side", [0, 1, 10])
+@pytest.mark.parametrize("start", [["--start", "network"], ["--start", "flat", "--refine", "2"]])
+def test_canvas_object_on_an_objectguess_holding_no_scan_position_is_refused_before_any_work(tmp_path, side, start):
+    """A 0 x 0 objectGuess crashed --start flat (exit 3, a traceback), a 1 x 1 one wrote an all-zero NPZ and then failed on its
+    PNG ('max() arg is an empty sequence'), a 10 x 10 one wrote an object of nothing but cut-off patch edges."""
+    with np.load(NPZ, allow_pickle=False) as data:
+        guess = data["objectGuess"][:side, :side]
+    scan = scan_copy(tmp_path / "scan.npz", objectGuess=guess)
+    output = tmp_path / "out" / "r.npz"
+    result = reconstruct("pretrained", scan, "--canvas", "object", *start, "--output", output, "--data-dir", tmp_path / "memmap",
+                         "--threads", 1, "--quiet")
+    assert_one_line_error(result, str(scan), f"all 512 scan positions lie off the {side} x {side} objectGuess grid", "--canvas scan")
+    assert not (tmp_path / "memmap").exists() and not (tmp_path / "out").exists()
+
+
 def test_groups_of_one_pattern_are_not_refused_for_asking_more_groups_than_points(tmp_path):
     """ptycho-train's check before the memory maps refused gridsize 1 with n_groups above the points, which PtychoPINN caps."""
     from ptycho_torch.cli import UsageError
