@@ -234,7 +234,7 @@ def reconstruction_picture(obj: np.ndarray, reference: np.ndarray | None) -> tup
     shown = (max(1, round(width * zoom)), max(1, round(height * zoom)))  # (w, h) of each image in the picture
     line = _text_size(font, "Ag")[1] + 3
     title_h, bar_w, tick, margin = 2 * line + 6, 14, 4, 14
-    label_w = max(_text_size(font, label)[0] for row in scales for _, (_, labels) in row for label in labels) + 4
+    label_w = max((_text_size(font, label)[0] for row in scales for _, (_, labels) in row for label in labels), default=0) + 4  # uniform images: no ticks
     cell_w = max(shown[0] + 10 + bar_w + tick + 2 + label_w,
                  max(_text_size(font, part)[0] for cells in panels for title, _ in cells for part in title.split("\n"))) + 2 * margin
     cell_h = title_h + shown[1] + margin

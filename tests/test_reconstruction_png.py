@@ -106,3 +106,18 @@ def test_grey_levels_are_those_of_matplotlibs_gray_map_and_not_finite_pixels_are
     finite = np.isfinite(values)
     expected = np.round(matplotlib.colormaps["gray"](Normalize(-0.3, 1.7)(values[finite]))[:, 0] * 255).astype(np.uint8)
     np.testing.assert_array_equal(levels[finite], expected)
+
+
+@pytest.mark.parametrize("obj", [np.ones((16, 16), np.complex64), np.zeros((3, 3), np.complex64), np.ones((1, 1), np.complex64)])
+def test_the_png_of_a_uniform_object_is_drawn(tmp_path, obj):
+    """A uniform object (a unit start, an object of zeros) has no ticks on any bar: the PNG failed with 'max() arg is an empty
+    sequence' after the NPZ was written."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from ptycho_torch.plot import write_reconstruction_png
+
+    path = write_reconstruction_png(obj, None, tmp_path / "r.png")
+    with Image.open(path) as picture:
+        picture.load()
+        assert picture.mode == "L" and picture.width > 0
