@@ -186,6 +186,8 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
     training = replace(model.training_config, n_groups=args.n_groups or len(scan.xcoords), train_data_file=str(args.scan),
                        test_data_file=str(args.scan))
     data_config = replace(model.data_config, N=scan.N)  # the scan's size (the model's, where a network runs)
+    if not runs_a_network:  # a flat start refines every scan point, from no group: groups of one (no neighbour search; any point count)
+        data_config = replace(data_config, grid_size=(1, 1), C=1)
     dataset = PtychoDataset(args.scan, data_config, model.model_config, training, progress=not args.quiet,
                             data_dir=args.data_dir, lock_timeout=args.lock_timeout, diffraction_units=args.diffraction_units)
     settings = ReconstructionSettings(device=str(device), precision=args.precision or "auto", batch_size=args.batch_size or DEFAULT_BATCH_SIZE,

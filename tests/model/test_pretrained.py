@@ -125,6 +125,20 @@ def test_a_flat_start_runs_no_network_so_it_reconstructs_a_scan_of_any_pattern_s
     assert not (tmp_path / "other").exists() and not (tmp_path / "o.npz").exists()
 
 
+@pytest.mark.parametrize("n_points", [1, 3])
+def test_a_flat_start_refines_a_scan_of_fewer_points_than_a_group_holds(tmp_path, n_points):
+    """A flat start forms no group, yet it was refused for 'only 3 scan points but gridsize 2 needs 4 per group; use a smaller
+    gridsize', an option ptycho-reconstruct does not have."""
+    from ptycho.simulate import SimulationSettings, simulate_scan
+
+    scan = save_scan_npz(tmp_path / "few.npz", simulate_scan(SimulationSettings(n_points=n_points, seed=1)))
+    result, _ = _reconstruct("pretrained", scan, "--start", "flat", "--refine", 3, "--output", tmp_path / "r.npz", "--no-png",
+                             "--data-dir", tmp_path / "memmap", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as out:
+        assert np.isfinite(out["object"]).all() and (np.abs(out["object"]) > 0).any()
+
+
 def test_ptycho_reconstruct_pretrained_writes_the_object_of_the_embedded_scan(tmp_path):
     result, _ = _reconstruct("pretrained", NPZ, "--output", tmp_path / "r.npz", "--data-dir", tmp_path / "memmap", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
