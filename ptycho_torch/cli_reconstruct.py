@@ -177,6 +177,9 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
     model = load_network(checkpoint, map_location=device)
     if runs_a_network:
         _require_pattern_size(model, checkpoint, scan)
+        if len(scan.xcoords) < int(model.C):
+            raise UsageError(f"{args.scan}: only {len(scan.xcoords)} scan point(s), but the network of {checkpoint} reconstructs groups "
+                             f"of {int(model.C)} neighbouring points; refine from a unit object, which forms no groups: --start flat --refine 20")
     if args.n_groups is not None and args.n_groups > len(scan.xcoords) and model.C > 1:  # groups of one are capped at the points
         raise UsageError(f"{args.scan}: --n-groups {args.n_groups} asks for more groups than its {len(scan.xcoords)} scan points; "
                          f"give at most {len(scan.xcoords)}, or leave it out (one group per scan point)")

@@ -137,6 +137,11 @@ def test_a_flat_start_refines_a_scan_of_fewer_points_than_a_group_holds(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(tmp_path / "r.npz", allow_pickle=False) as out:
         assert np.isfinite(out["object"]).all() and (np.abs(out["object"]) > 0).any()
+    refused, _ = _reconstruct("pretrained", scan, "--output", tmp_path / "n.npz", "--data-dir", tmp_path / "other", cwd=tmp_path)
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and f"only {n_points} scan point(s)" in line and "groups of 4" in line, line
+    assert line.endswith("--start flat --refine 20") and "gridsize" not in line, line
+    assert not (tmp_path / "other").exists() and not (tmp_path / "n.npz").exists()
 
 
 def test_ptycho_reconstruct_pretrained_writes_the_object_of_the_embedded_scan(tmp_path):
