@@ -145,3 +145,13 @@ def test_python_m_ptycho_torch_pretrained_lists_each_shipped_model_with_its_size
     write_standin(tmp_path / "pinn64.ckpt")
     assert list_main() == 0
     assert capsys.readouterr().out == f"pretrained\t64 x 64 patterns\t{tmp_path / 'pinn64.ckpt'}\n"
+
+
+def test_python_m_ptycho_torch_pretrained_refuses_arguments_it_would_ignore(capsys):
+    """'python -m ptycho_torch.pretrained build' listed the models and exited 0, as if it had built something."""
+    from ptycho_torch.pretrained.__main__ import main as list_main
+
+    assert list_main(["build"]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and "unrecognized arguments: build" in captured.err
+    assert list_main(["--help"]) == 0 and "python -m ptycho_torch.pretrained.build" in capsys.readouterr().out
