@@ -819,15 +819,23 @@ def read_recipes(directory: str | os.PathLike[str]) -> dict[str, ScanRecipe]:
 
 def write_training_corpus(directory, n_scans: int, seed: int, **families) -> list[Path]:
     """``training_recipes(n_scans, seed, **families)`` written as ``train<index:03d>.npz`` and ``recipes.json``."""
-    recipes = training_recipes(n_scans, seed, **families)
-    return write_recipes(directory, [(f"train{i:03d}", r) for i, r in enumerate(recipes)])
+    return write_recipes(directory, named_training_recipes(n_scans, seed, **families))
 
 
 def write_held_out(directory, n_per_kind: int, seed: int, **options) -> list[Path]:
     """``held_out_recipes(n_per_kind, seed, **options)`` written as ``heldout-<kind>-<index:02d>.npz`` and ``recipes.json``."""
+    return write_recipes(directory, named_held_out_recipes(n_per_kind, seed, **options))
+
+
+def named_training_recipes(n_scans: int, seed: int, **families) -> list[tuple[str, ScanRecipe]]:
+    """``[(train<index:03d>, recipe)]`` of :func:`training_recipes`: the files :func:`write_training_corpus` writes."""
+    return [(f"train{i:03d}", r) for i, r in enumerate(training_recipes(n_scans, seed, **families))]
+
+
+def named_held_out_recipes(n_per_kind: int, seed: int, **options) -> list[tuple[str, ScanRecipe]]:
+    """``[(heldout-<kind>-<index:02d>, recipe)]`` of :func:`held_out_recipes`: the files :func:`write_held_out` writes."""
     recipes = held_out_recipes(n_per_kind, seed, **options)
-    named = [(f"heldout-{kind}-{i:02d}", r) for kind, group in recipes.items() for i, r in enumerate(group)]
-    return write_recipes(directory, named)
+    return [(f"heldout-{kind}-{i:02d}", r) for kind, group in recipes.items() for i, r in enumerate(group)]
 
 
 # ---------------------------------------------------------------- command line
@@ -853,6 +861,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for sub in (train, held):
         sub.add_argument("--n-points", type=int, default=512, help="scan points per scan")
         sub.add_argument("--N", type=int, default=64, help="pattern side in pixels")
+        sub.add_argument("--overwrite", action="store_true", help="replace scans and recipes.json already in --out (refused without it)")
     return parser
 
 
@@ -864,11 +873,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if args.command == "train":
-            paths = write_training_corpus(args.out, args.n_scans, args.seed, probe_families=tuple(args.probes),
-                                          object_families=tuple(args.objects), trajectories=tuple(args.trajectories),
-                                          n_points=args.n_points, N=args.N)
+            named = named_training_recipes(args.n_scans, args.seed, probe_families=tuple(args.probes), object_families=tuple(args.objects),
+                                           trajectories=tuple(args.trajectories), n_points=args.n_points, N=args.N)
         else:
-            paths = write_held_out(args.out, args.n_per_kind, args.seed, kinds=tuple(args.kinds), n_points=args.n_points, N=args.N)
+            named = named_held_out_recipes(args.n_per_kind, args.seed, kinds=tuple(args.kinds), n_points=args.n_points, N=args.N)
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file; the corpus is written into a directory: choose another --out")
+        existing = [path for path in [*(args.out / f"{name}.npz" for name, _ in named), args.out / "recipes.json"]
+                    if path.exists() or path.is_symlink()]
+        if existing and not args.overwrite:  # refused before anything is simulated: a measured scan, an earlier corpus
+            listed = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            one = len(existing) == 1
+            raise ValueError(f"--out: {listed} {'exists' if one else 'exist'}; pass --overwrite to replace {'it' if one else 'them'}, "
+                             "or choose another --out")
+        paths = write_recipes(args.out, named)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     logger.info("%s: %d scans and recipes.json in %.1f s", args.out, len(paths), time.perf_counter() - started)

@@ -316,6 +316,23 @@ def test_command_line_writes_training_and_held_out_scans(tmp_path):
     assert bad.returncode == 2 and "laser" in bad.stderr
 
 
+def test_command_line_refuses_to_replace_files_in_out_without_overwrite(tmp_path):
+    """It replaced train000.npz and recipes.json in --out without a word (python -m ptycho.simulate refuses without --overwrite)."""
+    out = tmp_path / "scans"
+    out.mkdir()
+    (out / "recipes.json").write_text("mine\n")
+    (out / "train001.npz").write_bytes(b"a measured scan")
+    arguments = [sys.executable, "-m", "ptycho.corpus", "train", "--out", str(out), "--n-scans", "2", "--n-points", "16", "--N", "32"]
+    refused = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "train001.npz" in refused.stderr and "recipes.json" in refused.stderr, refused.stderr
+    assert "pass --overwrite" in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["recipes.json", "train001.npz"]  # nothing simulated, nothing replaced
+    assert (out / "recipes.json").read_text() == "mine\n" and (out / "train001.npz").read_bytes() == b"a measured scan"
+    replaced = subprocess.run([*arguments, "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(read_recipes(out)) == ["train000.npz", "train001.npz"]
+
+
 def test_corpus_and_datagen_modules_do_not_import_torch():
     code = "import sys, ptycho.corpus, ptycho_torch.datagen; assert 'torch' not in sys.modules, 'torch imported'"
     completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
