@@ -269,7 +269,8 @@ def train(args: argparse.Namespace) -> int:
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"
     with removed_if_left_empty(data_dir, args.output_dir):  # e.g. a scan refused while its memory map was built
-        require_writable_directory(data_dir)
+        require_writable_directory(data_dir, None if args.data_dir else  # the default, under --output-dir: that option is the one to change
+                                   f"choose another --output-dir (the memory maps go to its memmap/ unless --data-dir is given)")
         return _train_with(args, configs, data_dir)
 
 

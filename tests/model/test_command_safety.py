@@ -484,7 +484,8 @@ def test_train_with_an_output_dir_under_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = train(NPZ, "--config", write_config(tmp_path / "fast.json", FAST), "--output-dir", blocker / "runs", "--n-groups", 16)
-    assert_one_line_error(result, str(blocker), "is a file")
+    line = assert_one_line_error(result, str(blocker), "is a file", "choose another --output-dir")
+    assert "data_dir=" not in line  # the option the user gave, not one they did not (the maps go under --output-dir by default)
 
 
 def test_reconstruct_with_an_unwritable_output_fails_before_inference(checkpoint, tmp_path):
