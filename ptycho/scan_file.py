@@ -405,6 +405,11 @@ def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
         raise ScanFileError(f"{path} key 'objectGuess' has real dtype {objectGuess.dtype}; {REAL_GROUND_TRUTH_FIX}")
     if scan_index.dtype.kind not in "iu":
         raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got dtype {scan_index.dtype}")
+    probe = arrays["probeGuess"]
+    if probe.ndim not in (2, 3) or 0 in probe.shape or probe.dtype.kind not in "fiuc":
+        N = layout.N
+        raise ScanFileError(f"{path} key 'probeGuess' has shape {probe.shape} and dtype {probe.dtype}; store the complex probe "
+                            f"({N}, {N}) or a mode stack (modes, {N}, {N}) under 'probeGuess'")
     return Scan(
         path=path,
         xcoords=xcoords,

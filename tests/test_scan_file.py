@@ -145,6 +145,11 @@ def test_corrupted_bytes_fail_the_crc_when_streamed(tmp_path):
         (dict(diffraction=DIFF[:, :, :10]), "must be square"),
         (dict(diffraction=DIFF[0]), "must be a 3-D stack"),
         (dict(scan_index=np.zeros(len(X), float)), "'scan_index' must be"),
+        # a probe of 4 axes reached the geometry check ('too many values to unpack'), 0 modes an internal error (exit 3)
+        (dict(probeGuess=probe(N)[None, None]), r"key 'probeGuess' has shape \(1, 1, 16, 16\) .*\(16, 16\) or a mode stack"),
+        (dict(probeGuess=np.zeros((0, N, N), np.complex64)), r"key 'probeGuess' has shape \(0, 16, 16\)"),
+        (dict(probeGuess=np.complex64(1)), r"key 'probeGuess' has shape \(\)"),
+        (dict(probeGuess=np.ones((N, N), bool)), "key 'probeGuess' has shape .* and dtype bool"),
     ],
 )
 def test_bad_arrays_are_named(tmp_path, arrays, message):
