@@ -403,6 +403,9 @@ def _scan_from_arrays(path, arrays, key, layout, dtype, diffraction, Y) -> Scan:
     objectGuess = arrays.get("objectGuess")
     if objectGuess is not None and not np.iscomplexobj(objectGuess):
         raise ScanFileError(f"{path} key 'objectGuess' has real dtype {objectGuess.dtype}; {REAL_GROUND_TRUTH_FIX}")
+    if objectGuess is not None and objectGuess.ndim != 2:
+        raise ScanFileError(f"{path} key 'objectGuess' has shape {objectGuess.shape}; the object must be one complex image (H, W) "
+                            "on the grid of the scan positions (pixels): store it so, or leave the key out")
     if scan_index.dtype.kind not in "iu":
         raise ScanFileError(f"{path} key 'scan_index' must be {n} integers (one per pattern), got dtype {scan_index.dtype}")
     probe = arrays["probeGuess"]

@@ -150,6 +150,9 @@ def test_corrupted_bytes_fail_the_crc_when_streamed(tmp_path):
         (dict(probeGuess=np.zeros((0, N, N), np.complex64)), r"key 'probeGuess' has shape \(0, 16, 16\)"),
         (dict(probeGuess=np.complex64(1)), r"key 'probeGuess' has shape \(\)"),
         (dict(probeGuess=np.ones((N, N), bool)), "key 'probeGuess' has shape .* and dtype bool"),
+        # an object of 1 or 3 axes was written as the NPZ, then ptycho-reconstruct failed scoring against it (exit 3)
+        (dict(objectGuess=np.ones((3, 40, 40), np.complex64)), r"key 'objectGuess' has shape \(3, 40, 40\); the object must be one complex image"),
+        (dict(objectGuess=np.ones(40, np.complex64)), r"key 'objectGuess' has shape \(40,\)"),
     ],
 )
 def test_bad_arrays_are_named(tmp_path, arrays, message):
