@@ -70,7 +70,9 @@ def main(argv=None) -> int:
     if recipe != json.loads(json.dumps(RECIPE)):
         changed = [option for option, value in (("--epochs", args.epochs), ("--n-scans", args.n_scans), ("--precision", args.precision),
                                                 ("--probes", args.probes)) if value is not None]
-        require_output_for(changed, args.output, parser, "model", MODELS_DIR / SHIPPED[args.name][0])
+    else:
+        changed = []
+    require_output_for(changed, args.output, parser, "model", MODELS_DIR / SHIPPED[args.name][0])
     output = args.output or MODELS_DIR / SHIPPED[args.name][0]
     try:
         build(recipe, args.work, output, threads=args.threads,
@@ -81,12 +83,29 @@ def main(argv=None) -> int:
     return 0  # build() logged the path it wrote
 
 
+WEIGHTS_SUFFIXES = (".ckpt", ".pt", ".pth")  # what ptycho_torch.pretrained.resolve_checkpoint takes for a weights file
+
+
 def require_output_for(changed: list[str], output: Path | None, parser: argparse.ArgumentParser, what: str, shipped: Path) -> None:
     """Options that change the recipe build another network than the shipped one: refused (usage error) without ``--output``,
-    so the shipped file and its record stay the shipped recipe's."""
+    so the shipped file and its record stay the shipped recipe's. A given ``--output`` the build could not write, or whose
+    writing would replace another kind of file (a scan, a record), is refused too, before the hours of training."""
     if changed and output is None:
         parser.error(f"{' and '.join(changed)} build{'s' if len(changed) == 1 else ''} another {what} than the shipped one: give "
                      f"--output FILE (the default is the shipped {shipped})")
+    if output is None:
+        return
+    if output.is_dir():
+        parser.error(f"--output {output} is a directory; give the weights file, e.g. {output / ('model' + shipped.suffix)}")
+    if output.suffix.lower() not in WEIGHTS_SUFFIXES:
+        parser.error(f"--output {output}: a weights file ends in {', '.join(WEIGHTS_SUFFIXES)} (its record is written beside it as "
+                     f"{output.with_suffix('.json').name}); choose such a name, e.g. {output.with_suffix(shipped.suffix)}")
+    from ptycho_torch.store.atomic import require_writable_directory
+
+    try:
+        require_writable_directory(output.parent, fix="choose another --output")
+    except OSError as exc:
+        parser.error(str(exc))
 
 
 def build(recipe: dict, work: Path, output: Path, *, threads: int = 1, command=()) -> Path:

@@ -98,3 +98,31 @@ def test_the_build_refuses_before_any_work_what_would_replace_the_shipped_model_
         build.main(["--work", str(tmp_path / "work"), *options])
     assert exited.value.code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "work").exists() and (shipped.stat().st_mtime_ns if shipped.exists() else None) == before
+
+
+@pytest.mark.parametrize("module", ["build", "build_object_network"])
+@pytest.mark.parametrize("kind", ["directory", "scan", "under a file"])
+def test_an_output_the_build_could_not_write_or_would_replace_wrongly_is_refused_before_any_work(tmp_path, monkeypatch, capsys, module, kind):
+    """--output was first used after the training (hours): a directory failed there, a scan named as --output was replaced by
+    the weights and its .json neighbour by the record."""
+    import importlib
+
+    builder = importlib.import_module(f"ptycho_torch.pretrained.{module}")
+    monkeypatch.setattr(builder, "build", lambda *args, **kwargs: pytest.fail("the build started"))
+    if kind == "directory":
+        output, words = tmp_path / "models", ["is a directory", "give the weights file"]
+        output.mkdir()
+    elif kind == "scan":
+        output, words = tmp_path / "scan.npz", ["a weights file ends in .ckpt, .pt, .pth", "scan.json"]
+        output.write_bytes(b"a measured scan")
+    else:
+        (tmp_path / "file").write_text("x")
+        output, words = tmp_path / "file" / "model.pt", ["is a file", "choose another --output"]
+    with pytest.raises(SystemExit) as exited:
+        builder.main(["--work", str(tmp_path / "work"), "--output", str(output)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "work").exists()
+    if kind == "scan":
+        assert output.read_bytes() == b"a measured scan"
