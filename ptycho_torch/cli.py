@@ -451,7 +451,7 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(f"{options} cannot be combined with --config: put the setting in the config file, so "
                              "the training run that reads it reuses the cache")
-        return _config_file_training_config(path, args.config, pattern_size or _pattern_count_and_size(path, args.layout)[1])
+        return _config_file_training_config(path, args.config, _pattern_count_and_size(path, args.layout))
     grouping = {name: getattr(args, name) if name in given else default for name, default in GROUPING_DEFAULTS.items()}
     N = grouping["N"] if grouping["N"] is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
     return TrainingConfig(
@@ -466,14 +466,18 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
     )
 
 
-def _config_file_training_config(path: Path, config_file: Path, pattern_size: int):
-    """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into; ``data.N``, when the file leaves it
-    out, is the scan's ``pattern_size``, as ``ptycho-train`` reads the file."""
+def _config_file_training_config(path: Path, config_file: Path, points_and_size: tuple[int, int]):
+    """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into, read as ``ptycho-train`` reads the
+    file: ``data.N`` left out is the scan's pattern size and ``training.n_groups`` left out one group per scan point
+    (``points_and_size``), so the training run reuses the cache built here."""
     from ptycho_torch.config_resolve import to_ptycho_config
 
     configs, _, given = _read_config_file(config_file)
+    n_points, pattern_size = points_and_size
     if "N" not in given:
         configs.data.N = int(pattern_size)
+    if configs.training.n_groups is None:
+        configs.training.n_groups = int(n_points)
     return to_ptycho_config(path, configs.data, configs.model, configs.training)
 
 

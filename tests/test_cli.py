@@ -472,6 +472,9 @@ def test_a_config_file_without_data_n_builds_the_cache_of_a_scan_of_another_patt
     config_file.write_text(json.dumps({"data": {"N": 64, "K": 7}, "training": {"n_groups": 60}}))  # given: still checked
     result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "other", "--quiet")
     assert result.returncode == 2 and "N=64 does not match the 32 x 32 diffraction patterns" in result.stderr, result.stderr
+    config_file.write_text(json.dumps({"data": {"K": 7, "subsample_seed": 3}}))  # no n_groups: ptycho-train's one group per point
+    result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "third", "--quiet")
+    assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 64 groups of 4"), result.stdout + result.stderr
 
 
 def test_a_section_written_both_ways_is_refused_naming_both(tmp_path):
