@@ -112,9 +112,26 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     elif training.n_groups is None:
         training.n_groups = n_points
         _require_one_count(first_scan, n_points, {path: _scan_size(path, sizes)[0] for path in files or []})
-    training.train_data_file = training.train_data_file or str(first_scan)
-    training.test_data_file = training.test_data_file or str(first_scan)
+    _require_paths_of_the_command(args, read.given["training"], training, [first_scan, *(files or [])], f"{prefix}{read.spelled['training']}")
+    training.train_data_file = training.test_data_file = str(first_scan)
+    training.output_dir = str(args.output_dir)
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
+
+
+def _require_paths_of_the_command(args: argparse.Namespace, given: frozenset[str], training, scans: list[Path], where: str) -> None:
+    """``ptycho-train`` takes its scans as arguments and writes into ``--output-dir``; the file's ``train_data_file``,
+    ``test_data_file`` or ``output_dir`` naming other paths would be recorded in the run's configs and not used: refused."""
+    def same(a, b) -> bool:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+    for name in ("train_data_file", "test_data_file"):
+        if name in given and not any(same(getattr(training, name), scan) for scan in scans):
+            raise UsageError(f"{where}.{name}={getattr(training, name)!r} is not a scan this run trains on: ptycho-train trains on the "
+                             f"scans given as its argument and validates on a strip of their groups; remove {name} from the file, "
+                             "or give that scan as the argument")
+    if "output_dir" in given and not same(training.output_dir, args.output_dir):
+        raise UsageError(f"{where}.output_dir={training.output_dir!r} is not where this run writes (--output-dir {args.output_dir}): "
+                         f"give --output-dir {training.output_dir}, or remove output_dir from the file")
 
 
 def _scan_size(path: Path, known: dict | None = None) -> tuple[int, int]:

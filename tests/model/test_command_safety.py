@@ -297,6 +297,9 @@ def test_a_loss_that_becomes_non_finite_stops_training_with_an_error_naming_the_
     ("training", {"epochs": 1e400}, "training.epochs must be an integer"),
     ("training", {"epochs": 0}, "training.epochs must be > 0"),
     ("data", {"N": 32}, "data.N=32 contradicts the 64 x 64 diffraction patterns"),
+    ("training", {"output_dir": "myruns"}, "training.output_dir='myruns' is not where this run writes (--output-dir"),
+    ("training", {"train_data_file": "other.npz"}, "training.train_data_file='other.npz' is not a scan this run trains on"),
+    ("training", {"test_data_file": "test.npz"}, "training.test_data_file='test.npz' is not a scan this run trains on"),
 ])
 def test_config_errors_name_the_field_as_written_before_any_work(tmp_path, section, values, phrase):
     document = json.loads(json.dumps(FAST))
@@ -307,6 +310,17 @@ def test_config_errors_name_the_field_as_written_before_any_work(tmp_path, secti
     line = assert_one_line_error(result, str(config), phrase)
     assert "Config." not in line and "nepochs" not in line and "neighbor_count" not in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_config_paths_that_name_the_commands_own_are_accepted_and_recorded(tmp_path):
+    from ptycho_torch.cli_train import build_configs, parse_args
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"training": {"train_data_file": str(NPZ), "test_data_file": str(NPZ), "output_dir": str(tmp_path / "runs")}}))
+    configs = build_configs(parse_args([str(NPZ), "--config", str(config), "--output-dir", str(tmp_path / "runs")]), NPZ)
+    assert (configs.training.train_data_file, configs.training.output_dir) == (str(NPZ), str(tmp_path / "runs"))
+    configs = build_configs(parse_args([str(NPZ), "--output-dir", str(tmp_path / "elsewhere")]), NPZ)  # no file: the command's paths recorded
+    assert configs.training.output_dir == str(tmp_path / "elsewhere")
 
 
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
