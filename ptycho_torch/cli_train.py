@@ -282,6 +282,9 @@ def train(args: argparse.Namespace) -> int:
     files = scan_files(args.data)
     sizes = {}  # each scan's size, read once for both checks
     configs = build_configs(args, files[0], files, sizes)
+    from ptycho_torch.model.training import check_strategy
+
+    check_strategy(configs.training.strategy, f"{args.config}: training.strategy" if args.config else "training.strategy")
     check_scans(files, configs.data, configs.training, sizes)
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"

@@ -289,6 +289,18 @@ def launched_processes_per_node() -> int | None:
     return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
+def check_strategy(strategy, field: str = "TrainingConfig.strategy") -> None:
+    """A ``TrainingConfig.strategy`` must be None, ``'auto'`` or a strategy Lightning knows (it is read with several devices
+    only): anything else is a ValueError naming ``field``, before any work."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = StrategyRegistry.available_strategies()
+    if strategy is not None and strategy != "auto" and strategy not in known:
+        ddp = [name for name in known if name.startswith("ddp")][:4]
+        raise ValueError(f"{field}={strategy!r} is not a Lightning strategy; use 'ddp' (the default), 'auto', {', '.join(map(repr, ddp[1:]))} "
+                         "or another name of lightning.pytorch.strategies.StrategyRegistry")
+
+
 def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = True) -> L.Trainer:
     """A Lightning Trainer writing ``run_dir/checkpoints/{best-checkpoint,last}.ckpt`` and ``run_dir/configs/*.json``.
 
@@ -309,7 +321,11 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
                               "which this trainer would overwrite; pass a new directory, e.g. "
                               "ptycho_torch.run_dirs.new_run_dir('runs') (a fresh runs/run_<UTC time>)")
     clipping = gradient_clipping(tc)
+    check_strategy(tc.strategy)
     accelerator, devices = choose_accelerator(tc)
+    if int(tc.n_devices) > 1 and devices == 1:
+        logger.warning("TrainingConfig.n_devices=%d: training runs in one process on the %s (start it under torchrun for several "
+                       "processes)", int(tc.n_devices), "CPU" if accelerator == "cpu" else "one GPU torch sees")
     launched = launched_processes_per_node()
     if devices == 1:
         strategy = "auto"

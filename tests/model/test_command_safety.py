@@ -300,6 +300,7 @@ def test_a_loss_that_becomes_non_finite_stops_training_with_an_error_naming_the_
     ("training", {"output_dir": "myruns"}, "training.output_dir='myruns' is not where this run writes (--output-dir"),
     ("training", {"train_data_file": "other.npz"}, "training.train_data_file='other.npz' is not a scan this run trains on"),
     ("training", {"test_data_file": "test.npz"}, "training.test_data_file='test.npz' is not a scan this run trains on"),
+    ("training", {"strategy": "bogus"}, "training.strategy='bogus' is not a Lightning strategy; use 'ddp'"),
 ])
 def test_config_errors_name_the_field_as_written_before_any_work(tmp_path, section, values, phrase):
     document = json.loads(json.dumps(FAST))
@@ -712,6 +713,18 @@ def test_build_trainer_refuses_a_run_directory_holding_a_previous_run_and_keeps_
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="checkpoints/last.ckpt"):
         build_trainer(TrainingConfig(device="cpu"), run_dir, progress=False)
+
+
+def test_build_trainer_refuses_an_unknown_strategy_and_says_when_n_devices_is_not_used(tmp_path, caplog):
+    from ptycho_torch.config_params import TrainingConfig
+    from ptycho_torch.model.training import build_trainer
+
+    with pytest.raises(ValueError, match="TrainingConfig.strategy='bogus' is not a Lightning strategy"):
+        build_trainer(TrainingConfig(device="cpu", strategy="bogus"), tmp_path / "a", progress=False)
+    with caplog.at_level("WARNING", logger="ptycho_torch.model.training"):
+        trainer = build_trainer(TrainingConfig(device="cpu", n_devices=3), tmp_path / "b", progress=False)
+    assert trainer.num_devices == 1
+    assert "TrainingConfig.n_devices=3: training runs in one process on the CPU" in caplog.text
 
 
 # ---- issue 29 item 2: float photon counts are flagged and the units can be set from both commands ------------------------
