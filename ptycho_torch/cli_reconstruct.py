@@ -147,6 +147,7 @@ def _reconstruct(args: argparse.Namespace, checkpoint: Path, output: Path) -> in
         check_output_path(path, option, inputs=(checkpoint, args.scan), replaceable=ours)
     scan = read_scan(args.scan, load_diffraction=False)
     check_scan_geometry(str(args.scan), scan.xcoords, scan.ycoords, scan.probeGuess, scan.N)
+    _check_plateau_against_the_points(args, len(scan.xcoords))
     runs_a_network = args.start != "flat"  # a flat start runs no per-group network: any pattern size (the object network checks its own)
     if runs_a_network:
         try:
@@ -282,6 +283,14 @@ def check_refine_options(args: argparse.Namespace) -> None:
         if args.refine_points == "all" and args.refine_momentum == 0:
             raise UsageError("--refine-plateau switches to parallel updates without momentum, which --refine-points all "
                              "--refine-momentum 0 already are; leave it out")
+
+
+def _check_plateau_against_the_points(args: argparse.Namespace, n_points: int) -> None:
+    """``--refine-points`` of at least the scan's points with ``--refine-momentum 0`` already are parallel updates without
+    momentum, which ``--refine-plateau`` would switch to: refused as :func:`check_refine_options` refuses the ``all`` spelling."""
+    if args.refine_plateau and args.refine_momentum == 0 and isinstance(args.refine_points, int) and args.refine_points >= n_points:
+        raise UsageError(f"{args.scan}: --refine-points {args.refine_points} (at least its {n_points} scan points) with --refine-momentum 0 "
+                         "already are parallel updates without momentum, which --refine-plateau switches to; leave it out")
 
 
 def refine_update(args: argparse.Namespace):

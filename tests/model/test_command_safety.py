@@ -197,6 +197,9 @@ def test_refinement_options_without_refine_are_refused_before_any_work(checkpoin
     result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 5, "--refine-points", "all", "--refine-momentum", 0,
                          "--refine-plateau", 0.01, "--quiet")
     assert_one_line_error(result, "--refine-plateau", "already are")
+    result = reconstruct(checkpoint, NPZ, "--output", tmp_path / "r.npz", "--refine", 5, "--refine-points", 512, "--refine-momentum", 0,
+                         "--refine-plateau", 0.01, "--quiet")  # the scan's 512 points: the same as all
+    assert_one_line_error(result, "--refine-points 512 (at least its 512 scan points)", "already are parallel updates")
     assert list(tmp_path.iterdir()) == []
 
 
