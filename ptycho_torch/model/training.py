@@ -67,7 +67,10 @@ def split_by_region(dataset, val_fraction: float, seed: int) -> tuple[np.ndarray
         first += len(innermost)
     train_indices, val_indices = np.concatenate(train), np.concatenate(val)
     if len(train_indices) == 0:
-        raise ValueError(f"no training group is left outside the validation strip of {len(dataset)} groups; ask for more groups or a smaller validation fraction")
+        paths = ", ".join(str(experiment.scan.path) for experiment in dataset.experiments)
+        raise ValueError(f"{paths}: no training group is left outside the validation strip of {len(dataset)} groups (every group shares a "
+                         f"scan point with the {len(val_indices)} validation group(s) at one edge of the scan): train on a scan of more "
+                         "points (a few dozen at least), or give PtychoDataModule a smaller val_fraction from Python")
     return train_indices, val_indices
 
 

@@ -423,6 +423,16 @@ def test_validation_groups_share_no_scan_point_with_training_groups(memmap_dir):
     assert min(spans) < 0.25, spans
 
 
+def test_a_scan_too_small_to_split_is_refused_naming_it_and_the_fix(tmp_path, memmap_dir):
+    from ptycho.simulate import SimulationSettings, write_scan_npz
+
+    scan = write_scan_npz(tmp_path / "tiny.npz", SimulationSettings(n_points=8, seed=2))
+    data, model_config, training, _ = configs(n_groups=8)
+    dataset = PtychoDataset(scan, data, model_config, training, data_dir=memmap_dir, progress=False)
+    with pytest.raises(ValueError, match=f"{scan}: no training group is left outside the validation strip of 8 groups .*train on a scan of more points"):
+        split_by_region(dataset, 0.05, 42)
+
+
 def test_every_scan_of_a_directory_gives_validation_groups(tmp_path, memmap_dir):
     import shutil
 
