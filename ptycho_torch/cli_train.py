@@ -124,8 +124,8 @@ def _require_paths_of_the_command(args: argparse.Namespace, given: frozenset[str
     def same(a, b) -> bool:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
-    for name in ("train_data_file", "test_data_file"):
-        if name in given and not any(same(getattr(training, name), scan) for scan in scans):
+    for name in ("train_data_file", "test_data_file"):  # None (PtychoPINN's files spell it out as null) names no path
+        if name in given and getattr(training, name) is not None and not any(same(getattr(training, name), scan) for scan in scans):
             raise UsageError(f"{where}.{name}={getattr(training, name)!r} is not a scan this run trains on: ptycho-train trains on the "
                              f"scans given as its argument and validates on a strip of their groups; remove {name} from the file, "
                              "or give that scan as the argument")

@@ -327,6 +327,16 @@ def test_config_paths_that_name_the_commands_own_are_accepted_and_recorded(tmp_p
     assert configs.training.output_dir == str(tmp_path / "elsewhere")
 
 
+def test_config_paths_left_at_their_default_none_are_accepted(tmp_path):
+    """PtychoPINN's config files spell the unset paths out (``train_data_file: null``): that names no other path."""
+    from ptycho_torch.cli_train import build_configs, parse_args
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"training_config": {"train_data_file": None, "test_data_file": None}}))
+    configs = build_configs(parse_args([str(NPZ), "--config", str(config), "--output-dir", str(tmp_path / "runs")]), NPZ)
+    assert configs.training.train_data_file == configs.training.test_data_file == str(NPZ)
+
+
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     pytest.importorskip("yaml")
     lines = ["model:", "  probe_mask_tensor:", "    - &a0 [x, x, x, x, x, x, x, x, x]"]
