@@ -293,12 +293,16 @@ def launched_processes_per_node() -> int | None:
 
 
 def check_strategy(strategy, field: str = "TrainingConfig.strategy") -> None:
-    """A ``TrainingConfig.strategy`` must be None, ``'auto'`` or a strategy Lightning knows (it is read with several devices
-    only): anything else is a ValueError naming ``field``, before any work."""
-    from lightning.pytorch.strategies import StrategyRegistry
+    """A ``TrainingConfig.strategy`` must be None, ``'auto'``, a strategy Lightning knows (its name in any case, as Lightning
+    reads it) or a Lightning ``Strategy`` object (it is read with several devices only): anything else is a ValueError
+    naming ``field``, before any work."""
+    from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
+    if strategy is None or isinstance(strategy, Strategy):
+        return
     known = StrategyRegistry.available_strategies()
-    if strategy is not None and strategy != "auto" and strategy not in known:
+    name = strategy.lower() if isinstance(strategy, str) else strategy
+    if name != "auto" and name not in known:
         ddp = [name for name in known if name.startswith("ddp")][:4]
         raise ValueError(f"{field}={strategy!r} is not a Lightning strategy; use 'ddp' (the default), 'auto', {', '.join(map(repr, ddp[1:]))} "
                          "or another name of lightning.pytorch.strategies.StrategyRegistry")

@@ -740,6 +740,19 @@ def test_build_trainer_refuses_an_unknown_strategy_and_says_when_n_devices_is_no
     assert "TrainingConfig.n_devices=3: training runs in one process on the CPU" in caplog.text
 
 
+def test_build_trainer_accepts_the_strategies_lightning_accepts(tmp_path):
+    """Lightning lower-cases a strategy name and takes a Strategy object: neither is an unknown strategy."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from ptycho_torch.config_params import TrainingConfig
+    from ptycho_torch.model.training import build_trainer, check_strategy
+
+    for strategy in ("DDP", "DDP_Spawn", DDPStrategy()):
+        check_strategy(strategy)
+    trainer = build_trainer(TrainingConfig(device="cpu", strategy="DDP"), tmp_path / "a", progress=False)
+    assert trainer.num_devices == 1
+
+
 # ---- issue 29 item 2: float photon counts are flagged and the units can be set from both commands ------------------------
 
 def test_float_counts_are_flagged_and_the_units_settable_from_both_commands(checkpoint, tmp_path):
