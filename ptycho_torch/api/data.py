@@ -82,6 +82,11 @@ class PtychoDataLoader:
         from ptycho_torch.api.base_api import check_initial_model_setting
 
         check_initial_model_setting(config_manager.data_config.N)  # a PTYCHOPINN_INIT naming no model: refused before any work
+        if self.data_format in (DataloaderFormats.LIGHTNING_MODULE, DataloaderFormats.LIGHTNING_ONLY_MODULE):
+            from ptycho_torch.model.training import check_strategy
+
+            # Trainer._from_lightning's build_trainer reads it: an unknown one is refused here, before the data is memory-mapped
+            check_strategy(config_manager.training_config.strategy, "Distributed Strategy (TrainingConfig.strategy)")
         self.output_dir = new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)
         try:
             self.cache_dir = _writable_cache_dir(cache_dir, self.output_dir)

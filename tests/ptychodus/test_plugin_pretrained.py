@@ -423,6 +423,20 @@ def test_a_scan_of_as_many_points_as_pattern_pixels_is_read_without_a_layout_war
     assert not layout, layout
 
 
+def test_train_refuses_an_unknown_distributed_strategy_before_the_data_is_memory_mapped(tmp_path, monkeypatch):
+    """Trainer._from_lightning refused it after the loader had memory-mapped and grouped the data, leaving an empty run directory."""
+    from tests.ptychodus.plugin_support import reconstruct_input
+
+    from ptycho_torch.api.base_api import PtychoDataLoader
+
+    monkeypatch.setenv("PTYCHOPINN_CACHE_DIR", str(tmp_path / "cache"))
+    export_training_data(tmp_path / "train", reconstruct_input(64))
+    with pytest.raises(ValueError, match=r"Distributed Strategy \(TrainingConfig.strategy\)='bogus' is not a Lightning strategy"):
+        PtychoDataLoader(data_dir=tmp_path / "train", config_manager=manager_for(distributed_strategy="bogus"),
+                         output_dir=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "runs").glob("run_*"))
+
+
 def test_the_object_network_follows_the_scans_pattern_size_not_the_loaded_models_after_a_flat_start(tmp_path, monkeypatch):
     """A flat start runs no per-group network, so --object-network is refused for a 32 x 32 scan with the 64 x 64 model loaded
     (before the scan is written) and runs on a 64 x 64 scan with a 32 x 32 model loaded, as ptycho-reconstruct decides by the scan."""
