@@ -112,7 +112,8 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     elif training.n_groups is None:
         training.n_groups = n_points
         _require_one_count(first_scan, n_points, {path: _scan_size(path, sizes)[0] for path in files or []})
-    _require_paths_of_the_command(args, read.given["training"], training, [first_scan, *(files or [])], f"{prefix}{read.spelled['training']}")
+    _require_paths_of_the_command(args, read.given["training"], training, [args.data, first_scan, *(files or [])],
+                                  f"{prefix}{read.spelled['training']}")
     training.train_data_file = training.test_data_file = str(first_scan)
     training.output_dir = str(args.output_dir)
     return TrainConfigs(data, model, training, inference, args.diffraction_units or section.diffraction_units)
@@ -120,7 +121,8 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
 
 def _require_paths_of_the_command(args: argparse.Namespace, given: frozenset[str], training, scans: list[Path], where: str) -> None:
     """``ptycho-train`` takes its scans as arguments and writes into ``--output-dir``; the file's ``train_data_file``,
-    ``test_data_file`` or ``output_dir`` naming other paths would be recorded in the run's configs and not used: refused."""
+    ``test_data_file`` or ``output_dir`` naming other paths would be recorded in the run's configs and not used: refused.
+    ``scans``: the command's argument (a scan or a directory of them) and the scan files it trains on."""
     def same(a, b) -> bool:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 

@@ -337,6 +337,23 @@ def test_config_paths_left_at_their_default_none_are_accepted(tmp_path):
     assert configs.training.train_data_file == configs.training.test_data_file == str(NPZ)
 
 
+def test_a_config_path_naming_the_commands_directory_of_scans_is_accepted(tmp_path):
+    """ptycho-train DIR with training.train_data_file DIR names the data this run trains on: it was refused, with the advice
+    to give that path as the argument, which it was."""
+    import shutil
+
+    from ptycho_torch.cli_train import build_configs, parse_args
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(NPZ, scans / "a.npz")
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"training": {"train_data_file": str(scans)}}))
+    configs = build_configs(parse_args([str(scans), "--config", str(config), "--output-dir", str(tmp_path / "runs")]), scans / "a.npz",
+                            [scans / "a.npz"])
+    assert configs.training.train_data_file == str(scans / "a.npz")
+
+
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     pytest.importorskip("yaml")
     lines = ["model:", "  probe_mask_tensor:", "    - &a0 [x, x, x, x, x, x, x, x, x]"]
