@@ -468,7 +468,7 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
 
 def _config_file_training_config(path: Path, config_file: Path, points_and_size: tuple[int, int]):
     """What ``PtychoDataset(path, data, model, training)`` turns the file's configs into, read as ``ptycho-train`` reads the
-    file: ``data.N`` left out is the scan's pattern size and ``training.n_groups`` left out one group per scan point
+    file: ``data.N`` left out is the scan's pattern size, ``data.C`` left out follows ``data.grid_size``, and ``training.n_groups`` left out one group per scan point
     (``points_and_size``), so the training run reuses the cache built here."""
     from ptycho_torch.config_resolve import to_ptycho_config
 
@@ -476,6 +476,8 @@ def _config_file_training_config(path: Path, config_file: Path, points_and_size:
     n_points, pattern_size = points_and_size
     if "N" not in given:
         configs.data.N = int(pattern_size)
+    if "C" not in given:  # C follows grid_size unless the file sets it (ptycho-train's _settle_channels)
+        configs.data.C = int(configs.data.grid_size[0]) * int(configs.data.grid_size[1])
     if configs.training.n_groups is None:
         configs.training.n_groups = int(n_points)
     return to_ptycho_config(path, configs.data, configs.model, configs.training)

@@ -477,6 +477,13 @@ def test_a_config_file_without_data_n_builds_the_cache_of_a_scan_of_another_patt
     assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 64 groups of 4"), result.stdout + result.stderr
 
 
+def test_a_config_file_with_grid_size_and_no_c_builds_the_groups_ptycho_train_trains_on(scan, tmp_path):
+    # ptycho-train's C follows data.grid_size when the file leaves C out; here it was the default 4, refused against grid_size 1 x 1
+    config_file = _write_config(tmp_path / "train.json", json.dumps({"data": {"grid_size": [1, 1], "K": 7}, "training": {"n_groups": 150}}))
+    result = run("build", scan, "--config", config_file, "--data-dir", tmp_path / "data", "--quiet")
+    assert result.returncode == 0 and result.stdout.startswith(f"built {scan}: 150 groups of 1"), result.stdout + result.stderr
+
+
 def test_a_section_written_both_ways_is_refused_naming_both(tmp_path):
     from ptycho_torch.config_file import ConfigFileError, load_torch_configs
 
