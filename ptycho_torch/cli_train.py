@@ -88,6 +88,9 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     prefix = f"{args.config}: " if args.config else ""
     spelled = {"DataConfig": read.spelled["data"], **{type(config).__name__: read.spelled[name] for name, config in read.configs.items() if name != "data"}}
     require_supported(data, model, training, inference, where={name: prefix + section_name for name, section_name in spelled.items()})
+    from ptycho_torch.model.training import check_strategy
+
+    check_strategy(training.strategy, f"{prefix}{read.spelled['training']}.strategy")  # as the file spells the section
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())
         n_points = len(scan_file.load("xcoords"))
@@ -284,9 +287,6 @@ def train(args: argparse.Namespace) -> int:
     files = scan_files(args.data)
     sizes = {}  # each scan's size, read once for both checks
     configs = build_configs(args, files[0], files, sizes)
-    from ptycho_torch.model.training import check_strategy
-
-    check_strategy(configs.training.strategy, f"{args.config}: training.strategy" if args.config else "training.strategy")
     check_scans(files, configs.data, configs.training, sizes)
     check_memory(files, configs.data, configs.training)
     data_dir = args.data_dir or args.output_dir / "memmap"

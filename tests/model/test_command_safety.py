@@ -354,6 +354,15 @@ def test_a_config_path_naming_the_commands_directory_of_scans_is_accepted(tmp_pa
     assert configs.training.train_data_file == str(scans / "a.npz")
 
 
+def test_an_unknown_strategy_is_named_as_the_file_spells_its_section(tmp_path):
+    from ptycho_torch.cli_train import build_configs, parse_args
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"training_config": {"strategy": "bogus"}}))
+    with pytest.raises(ValueError, match=r"train\.json: training_config\.strategy='bogus' is not a Lightning strategy"):
+        build_configs(parse_args([str(NPZ), "--config", str(config), "--output-dir", str(tmp_path / "runs")]), NPZ)
+
+
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     pytest.importorskip("yaml")
     lines = ["model:", "  probe_mask_tensor:", "    - &a0 [x, x, x, x, x, x, x, x, x]"]
