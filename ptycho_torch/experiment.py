@@ -161,6 +161,8 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
     store = None if remake else DiffractionMemmap.open_valid(
         directory, fingerprint, counts, legacy_layout=scan.layout.legacy, report=False
     )
+    if store is None and not new_directories and _holds_only_the_lock(directory):  # e.g. remade by a waiting process after
+        new_directories = [directory]  # another's refused build removed it: nothing in it predates this run
     built_here = bool(new_directories) and store is None  # never a map another process completed meanwhile
     try:
         if store is None:
@@ -178,6 +180,10 @@ def _build(npz_path, scan, directory, path, key, fingerprint: Fingerprint, count
         raise
     logger.info("grouped %s into %d groups of %d; cache %s", npz_path.name, grouping.n_groups, grouping.C, path)
     return Experiment(scan=scan, store=store, grouping=grouping, key=key, cache_path=path, regrouped=True, object_guess=object_guess)
+
+
+def _holds_only_the_lock(directory: Path) -> bool:
+    return all(path.name == LOCK_NAME for path in directory.iterdir())
 
 
 def _remove_failed_build(directory: Path, new_directories: list[Path]) -> None:

@@ -411,6 +411,18 @@ def test_a_refusal_keeps_a_complete_memory_map_and_a_directory_that_existed(tmp_
     assert (directory / "notes.txt").read_text() == "mine" and not (directory / DIFFRACTION).exists()  # existed before: kept
 
 
+def test_a_refused_scan_removes_an_empty_directory_it_found(tmp_path):
+    """A second process waiting for a refused build's lock finds the scan's directory made again, empty: its own refusal
+    removes it too (it held nothing from before)."""
+    data_dir = tmp_path / "data"
+    other = save_variant(tmp_path / "other.npz", diffraction=with_value((7, 0, 0), np.nan))
+    directory = scan_directory(data_dir, other)
+    directory.mkdir(parents=True)
+    with pytest.raises(ValueError, match="not finite value nan"):
+        serve("bridge", other, data_dir)
+    assert not directory.exists() and data_dir.exists()  # the data directory existed before this run: kept
+
+
 # --- paths --------------------------------------------------------------------------------------
 
 
