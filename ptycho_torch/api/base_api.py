@@ -259,11 +259,12 @@ class Trainer:
         return self.best_checkpoint
 
 
-def _require_same_patterns(dataset, network, any_size: bool = False) -> None:
+def _require_same_patterns(dataset, network, runs_no_network: bool = False) -> None:
     """The loader's patterns and groups must be those the network was built for (else it fails deep in a convolution);
-    ``any_size``: the network does not run on the patterns (a flat start), so only the group size must agree."""
+    ``runs_no_network``: a flat start, which refines the patterns of any size in groups of one."""
+    if runs_no_network:
+        return
     N, C = getattr(network, "N", dataset.N), getattr(network, "C", dataset.C)
-    N = dataset.N if any_size else N
     if dataset.N != N or dataset.C != C:
         raise ValueError(
             f"the loaded model was trained on groups of {C} patterns of {N} x {N} (data_config N={N}, grid_size {int(C ** 0.5)} x {int(C ** 0.5)}) but the data "
@@ -322,7 +323,7 @@ class InferenceEngine:
         self.config_manager.validate_arch_compatibility(self.ptycho_model)
         network = self.ptycho_model.model
         flat = method.get("start") == "flat"  # a unit object refined against the patterns: no network runs on them, any size
-        _require_same_patterns(loader.dataset, network, any_size=flat)
+        _require_same_patterns(loader.dataset, network, runs_no_network=flat)
         if object_network is not None:  # PtychoDataLoader.from_np has checked it already, before writing the scan
             _check_object_network_size(loader.dataset.N)
         device = resolve_device("auto")

@@ -127,9 +127,10 @@ class PtychoDataLoader:
         another shape, all zero or not finite; positions not ``(n, 2)``, not finite, or spanning less than a
         pixel (metres or microns instead of object pixels).
         """
-        N = _inference_pattern_size(diff_patterns, config_manager.data_config.N)
+        N, flat = _inference_pattern_size(diff_patterns, config_manager.data_config.N)
         patterns, probe_stack, positions = _checked_arrays(diff_patterns, probe, positions, N)
-        _check_enough_points(len(patterns), config_manager.data_config)
+        if not flat:  # a flat start forms groups of one
+            _check_enough_points(len(patterns), config_manager.data_config)
         loader = cls.__new__(cls)
         loader.config_manager = config_manager
         loader.data_format = DataloaderFormats.TENSORDICT
@@ -142,7 +143,7 @@ class PtychoDataLoader:
         loader.data_dir = loader.output_dir = loader.cache_dir = root
         scan = root / "scan.npz"
         np.savez(scan, xcoords=positions[:, 1], ycoords=positions[:, 0], diff3d=patterns, probeGuess=probe_stack, scan_index=np.zeros(len(positions), dtype=np.int64))
-        loader.dataset = _inference_dataset(scan, config_manager, root / "memmap", progress, N)
+        loader.dataset = _inference_dataset(scan, config_manager, root / "memmap", progress, N, groups_of_one=flat)
         return loader
 
     def close(self) -> None:
@@ -201,22 +202,26 @@ def _training_dataset(data_dir: Path, config_manager, cache_dir: Path, progress:
         )
 
 
-def _inference_pattern_size(diff_patterns, N: int) -> int:
-    """The pattern size the inference data is read at: the model's ``N``, or the patterns' own when the reconstruction
-    method (``$PTYCHOPINN_RECONSTRUCT``) starts from a flat object and so runs no network on them."""
+def _inference_pattern_size(diff_patterns, N: int) -> tuple[int, bool]:
+    """``(N, flat)``: the pattern size the inference data is read at, the model's ``N`` or, when the reconstruction method
+    (``$PTYCHOPINN_RECONSTRUCT``) starts from a flat object and so runs no network on them (``flat``), the patterns' own."""
     shape = np.shape(diff_patterns)
     if len(shape) != 3 or shape[1] != shape[2]:
-        return N
+        return N, False
     from ptycho_torch.api.base_api import check_scan_pattern_size
 
     flat = check_scan_pattern_size(int(shape[1]))  # and --object-network's size, before anything is written
-    return int(shape[1]) if flat else N
+    return (int(shape[1]) if flat else N), flat
 
 
-def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool, N: int):
+def _inference_dataset(scan: Path, config_manager, cache_dir: Path, progress: bool, N: int, groups_of_one: bool = False):
+    """The inference PtychoDataset of ``scan``; ``groups_of_one``: a flat start refines every point and forms no neighbour
+    groups (as ``ptycho-reconstruct --start flat``), so scans of fewer points than the model's group are refined too."""
     from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 
     data, model = replace(config_manager.data_config, N=N), config_manager.model_config
+    if groups_of_one:
+        data = replace(data, grid_size=(1, 1), C=1)
     _check_channels(data)
     config = to_inference_config(
         to_model_config(data, model),
@@ -366,7 +371,8 @@ def _check_enough_points(n: int, data) -> None:
     if n < C:
         raise ValueError(
             f"the scan has {n} point(s) but the model reconstructs groups of {C} neighbouring points (grid_size {tuple(data.grid_size)}); "
-            f"reconstruct a scan of at least {C} points, or load a model trained with Grid Size 1 x 1 (Num Channels 1)"
+            f"reconstruct a scan of at least {C} points, load a model trained with Grid Size 1 x 1 (Num Channels 1), or refine from a "
+            "unit object, which forms no groups: set PTYCHOPINN_RECONSTRUCT='--start flat --refine 20' in the shell that starts Ptychodus"
         )
 
 

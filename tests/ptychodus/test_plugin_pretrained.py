@@ -365,6 +365,22 @@ def test_a_flat_start_reconstructs_a_pattern_size_without_a_model_in_ptychodus_a
         run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, scan32))
 
 
+def test_a_flat_start_reconstructs_a_scan_of_fewer_points_than_a_group_in_ptychodus_as_the_command_line_does(tmp_path, monkeypatch):
+    """``--start flat`` forms groups of one, so 3 scan points are refined with the model of groups of 4 loaded; without a
+    flat start they are refused naming the group size."""
+    from tests.ptychodus.plugin_support import reconstruct_input
+
+    path = ship_standin(monkeypatch, tmp_path / "models")
+    monkeypatch.setenv(RECONSTRUCT_ENV, "--start flat --refine 3")
+    messages = run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, reconstruct_input(3)))
+    assert [tag for tag, _ in messages] == ["output"], messages
+    array = pickle.loads(messages[0][1]).product.object_.get_layer(0)
+    assert np.isfinite(array).all() and np.abs(array).max() > 0
+    monkeypatch.delenv(RECONSTRUCT_ENV)
+    with pytest.raises(ValueError, match="groups of 4 .*PTYCHOPINN_RECONSTRUCT='--start flat --refine 20'"):
+        run_in_process(run_reconstruct, reconstruct_payload("Unsupervised", path, reconstruct_input(3)))
+
+
 @pytest.mark.parametrize("value, error, words", [
     ("nonexistent", pretrained.UnknownModelError, "'nonexistent' is neither a checkpoint file nor a shipped model"),
     ("missing.ckpt", FileNotFoundError, "does not exist"),
