@@ -15,7 +15,7 @@ from ptycho_torch.cli import (EXIT_OK, positive_float, UsageError, UsageParser, 
                               positive_int, run_reporting_errors)
 from ptycho_torch.config_file import DEFAULT_PRESET, PRESETS, ConfigFile, apply_preset, read_config_file
 from ptycho_torch.config_params import DataConfig, InferenceConfig, ModelConfig, TrainingConfig
-from ptycho_torch.config_resolve import grid_side, require_supported
+from ptycho_torch.config_resolve import check_strategy, grid_side, require_supported
 from ptycho_torch.store.atomic import removed_if_left_empty, require_writable_directory
 
 logger = logging.getLogger("ptycho_torch.train")
@@ -88,8 +88,6 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     prefix = f"{args.config}: " if args.config else ""
     spelled = {"DataConfig": read.spelled["data"], **{type(config).__name__: read.spelled[name] for name, config in read.configs.items() if name != "data"}}
     require_supported(data, model, training, inference, where={name: prefix + section_name for name, section_name in spelled.items()})
-    from ptycho_torch.model.training import check_strategy
-
     check_strategy(training.strategy, f"{prefix}{read.spelled['training']}.strategy")  # as the file spells the section
     with ScanFile(first_scan) as scan_file:
         layout = scan_file.pattern_layout(scan_file.diffraction_key())

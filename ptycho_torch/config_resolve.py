@@ -46,6 +46,7 @@ __all__ = [
     "PtychoConfig",
     "Unsupported",
     "check_data_config",
+    "check_strategy",
     "default_only_fields",
     "grid_side",
     "lr_schedule",
@@ -200,6 +201,24 @@ def unsupported_settings(config: Any, data: DataConfig | None = None, honoured: 
                 found.append(Unsupported("ModelConfig", name, getattr(config, name), getattr(defaults, name),
                                          "the U-Net's channels follow DataConfig.C (Ptychodus sets this field to C)"))
     return found
+
+
+def check_strategy(strategy, field: str = "TrainingConfig.strategy") -> None:
+    """A ``TrainingConfig.strategy`` must be None, ``'auto'``, a strategy Lightning knows (its name in any case, as Lightning
+    reads it) or a Lightning ``Strategy`` object (it is read with several devices only): anything else is a ValueError
+    naming ``field``, before any work. Without Lightning installed nothing can train, so nothing is checked."""
+    try:
+        from lightning.pytorch.strategies import Strategy, StrategyRegistry
+    except ImportError:
+        return
+    if strategy is None or isinstance(strategy, Strategy):
+        return
+    known = StrategyRegistry.available_strategies()
+    name = strategy.lower() if isinstance(strategy, str) else strategy
+    if name != "auto" and name not in known:
+        ddp = [name for name in known if name.startswith("ddp")][:4]
+        raise ValueError(f"{field}={strategy!r} is not a Lightning strategy; use 'ddp' (the default), 'auto', {', '.join(map(repr, ddp[1:]))} "
+                         "or another name of lightning.pytorch.strategies.StrategyRegistry")
 
 
 def require_supported(*configs: Any, data: DataConfig | None = None, honoured: Collection[str] = (),

@@ -16,7 +16,7 @@ import numpy as np
 from ptycho.scan_file import ScanFile, scan_files
 from ptycho.scan_geometry import check_scan_geometry
 from ptycho.validation import BadDiffractionError, bad_pattern_flags, check_amplitude_block, probe_value_problem
-from ptycho_torch.config_resolve import grid_side, to_inference_config, to_model_config
+from ptycho_torch.config_resolve import check_strategy, grid_side, to_inference_config, to_model_config
 from ptycho_torch.run_dirs import discard_failed_run, new_run_dir
 from ptycho_torch.store.atomic import require_writable_directory
 
@@ -83,8 +83,6 @@ class PtychoDataLoader:
 
         check_initial_model_setting(config_manager.data_config.N)  # a PTYCHOPINN_INIT naming no model: refused before any work
         if self.data_format in (DataloaderFormats.LIGHTNING_MODULE, DataloaderFormats.LIGHTNING_ONLY_MODULE):
-            from ptycho_torch.model.training import check_strategy
-
             # Trainer._from_lightning's build_trainer reads it: an unknown one is refused here, before the data is memory-mapped
             check_strategy(config_manager.training_config.strategy, "Distributed Strategy (TrainingConfig.strategy)")
         self.output_dir = new_run_dir(Path(output_dir) if output_dir is not None else self.data_dir)

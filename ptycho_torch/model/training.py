@@ -19,6 +19,7 @@ from ptycho_torch.config_params import DataConfig, ModelConfig, TrainingConfig
 from ptycho_torch.dataloader import TensorDictDataLoader
 from ptycho_torch.dset_loader_pt_mmap import PtychoDataset
 from ptycho_torch.config_file import as_config
+from ptycho_torch.config_resolve import check_strategy
 from ptycho_torch.run_dirs import mark_finished, mark_incomplete
 from ptycho_torch.store.atomic import atomic_path
 
@@ -290,22 +291,6 @@ def launched_processes_per_node() -> int | None:
     """The processes per node a launcher such as ``torchrun`` started (``LOCAL_WORLD_SIZE``), or None."""
     value = os.environ.get("LOCAL_WORLD_SIZE")
     return int(value) if value and value.isdigit() and int(value) > 0 else None
-
-
-def check_strategy(strategy, field: str = "TrainingConfig.strategy") -> None:
-    """A ``TrainingConfig.strategy`` must be None, ``'auto'``, a strategy Lightning knows (its name in any case, as Lightning
-    reads it) or a Lightning ``Strategy`` object (it is read with several devices only): anything else is a ValueError
-    naming ``field``, before any work."""
-    from lightning.pytorch.strategies import Strategy, StrategyRegistry
-
-    if strategy is None or isinstance(strategy, Strategy):
-        return
-    known = StrategyRegistry.available_strategies()
-    name = strategy.lower() if isinstance(strategy, str) else strategy
-    if name != "auto" and name not in known:
-        ddp = [name for name in known if name.startswith("ddp")][:4]
-        raise ValueError(f"{field}={strategy!r} is not a Lightning strategy; use 'ddp' (the default), 'auto', {', '.join(map(repr, ddp[1:]))} "
-                         "or another name of lightning.pytorch.strategies.StrategyRegistry")
 
 
 def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = True) -> L.Trainer:
