@@ -501,10 +501,11 @@ def _read_config_file(config_file: Path):
 
 
 def _units(args) -> str:
-    """``--units``, else ``data.diffraction_units`` of ``--config`` (as ``ptycho-train`` reads the file), else ``auto``."""
-    if args.units is not None:
-        return args.units
-    return _read_config_file(args.config)[1] if args.config is not None else "auto"
+    """``--units``, else ``data.diffraction_units`` of ``--config`` (as ``ptycho-train`` reads the file), else ``auto``; read once
+    per command (kept as ``args.units``), however many scans it serves."""
+    if args.units is None:
+        args.units = _read_config_file(args.config)[1] if args.config is not None else "auto"
+    return args.units
 
 
 def _pattern_count_and_size(path: Path, layout: str = "auto") -> tuple[int, int]:

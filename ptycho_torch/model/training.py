@@ -315,10 +315,12 @@ def build_trainer(training_config, run_dir, callbacks=(), *, progress: bool = Tr
     clipping = gradient_clipping(tc)
     check_strategy(tc.strategy)
     accelerator, devices = choose_accelerator(tc)
-    if int(tc.n_devices) > 1 and devices == 1:
-        logger.warning("TrainingConfig.n_devices=%d: training runs in one process on the %s (start it under torchrun for several "
-                       "processes)", int(tc.n_devices), "CPU" if accelerator == "cpu" else "one GPU torch sees")
     launched = launched_processes_per_node()
+    if int(tc.n_devices) > 1 and devices == 1 and not launched:
+        reason = ("start it under torchrun for several processes" if accelerator == "cpu" else
+                  "torch sees one GPU here (CUDA_VISIBLE_DEVICES may hide others)")
+        logger.warning("TrainingConfig.n_devices=%d: training runs in one process on the %s: %s", int(tc.n_devices),
+                       "CPU" if accelerator == "cpu" else "GPU", reason)
     if devices == 1:
         strategy = "auto"
     else:

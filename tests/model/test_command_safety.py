@@ -763,7 +763,13 @@ def test_build_trainer_refuses_an_unknown_strategy_and_says_when_n_devices_is_no
     with caplog.at_level("WARNING", logger="ptycho_torch.model.training"):
         trainer = build_trainer(TrainingConfig(device="cpu", n_devices=3), tmp_path / "b", progress=False)
     assert trainer.num_devices == 1
-    assert "TrainingConfig.n_devices=3: training runs in one process on the CPU" in caplog.text
+    assert "TrainingConfig.n_devices=3: training runs in one process on the CPU: start it under torchrun" in caplog.text
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="ptycho_torch.model.training"):
+        patch.setenv("LOCAL_WORLD_SIZE", "1")  # already under torchrun, one process per node: nothing to advise
+        patch.setenv("WORLD_SIZE", "1")
+        build_trainer(TrainingConfig(device="cpu", n_devices=3), tmp_path / "c", progress=False)
+    assert "n_devices" not in caplog.text
 
 
 def test_build_trainer_accepts_the_strategies_lightning_accepts(tmp_path):
