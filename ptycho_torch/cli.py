@@ -311,7 +311,7 @@ def _verify_one(path: Path, args) -> bool:
     from ptycho_torch.store.groups_cache import cache_path
 
     n_points, N = _pattern_count_and_size(path, args.layout)
-    key = grouping_key(_training_config(path, args, N))
+    key = grouping_key(_training_config(path, args, (n_points, N)))
     _check_grouping(path, args, key.settings, n_points)
     if _draw_is_random(key.settings, n_points):
         raise UsageError(f"{path}: groups drawn without --seed are random, so a fresh grouping cannot reproduce them; "
@@ -396,7 +396,7 @@ def _bridge(path: Path, args, remake: bool):
     from ptycho_torch.memmap_bridge import MemmapDatasetBridge
 
     n_points, N = _pattern_count_and_size(path, args.layout)
-    config = _training_config(path, args, N)
+    config = _training_config(path, args, (n_points, N))
     _check_grouping(path, args, grouping_key(config).settings, n_points)
     return MemmapDatasetBridge(
         path.resolve(),
@@ -441,8 +441,9 @@ def _check_grouping(path: Path, args, settings, n_points: int) -> None:
         raise UsageError(f"{path}: {problem}") from None
 
 
-def _training_config(path: Path, args, pattern_size: int | None = None):
-    """The ``ptycho`` config whose grouping the command builds: from ``--config`` or from the grouping options."""
+def _training_config(path: Path, args, points_and_size: tuple[int, int]):
+    """The ``ptycho`` config whose grouping the command builds: from ``--config`` or from the grouping options;
+    ``points_and_size``: the scan's points and pattern side (:func:`_pattern_count_and_size`)."""
     from ptycho.config.config import ModelConfig, TrainingConfig
 
     given = sorted(name for name in GROUPING_DEFAULTS if getattr(args, name) is not None)
@@ -451,9 +452,9 @@ def _training_config(path: Path, args, pattern_size: int | None = None):
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(f"{options} cannot be combined with --config: put the setting in the config file, so "
                              "the training run that reads it reuses the cache")
-        return _config_file_training_config(path, args.config, _pattern_count_and_size(path, args.layout))
+        return _config_file_training_config(path, args.config, points_and_size)
     grouping = {name: getattr(args, name) if name in given else default for name, default in GROUPING_DEFAULTS.items()}
-    N = grouping["N"] if grouping["N"] is not None else pattern_size or _pattern_count_and_size(path, args.layout)[1]
+    N = grouping["N"] if grouping["N"] is not None else points_and_size[1]
     return TrainingConfig(
         model=ModelConfig(N=N, gridsize=grouping["gridsize"]),
         train_data_file=path,
@@ -472,11 +473,12 @@ def _config_file_training_config(path: Path, config_file: Path, points_and_size:
     (``points_and_size``), so the training run reuses the cache built here."""
     from ptycho_torch.config_resolve import to_ptycho_config
 
-    configs, _, given = _read_config_file(config_file)
+    configs, _, read = _read_config_file(config_file)
     n_points, pattern_size = points_and_size
+    given = read.given["data"]
     if "N" not in given:
         configs.data.N = int(pattern_size)
-    if "C" not in given:  # C follows grid_size unless the file sets it (ptycho-train's _settle_channels)
+    if "C" not in given:  # C follows grid_size unless the file sets it (ptycho-train's _settle_channels; a C set is checked later)
         configs.data.C = int(configs.data.grid_size[0]) * int(configs.data.grid_size[1])
     if configs.training.n_groups is None:
         configs.training.n_groups = int(n_points)
@@ -484,20 +486,15 @@ def _config_file_training_config(path: Path, config_file: Path, points_and_size:
 
 
 def _read_config_file(config_file: Path):
-    """``(TorchConfigs, the data section's diffraction_units, the data fields the file sets)`` of ``--config``: the file
-    ``ptycho-train`` reads, whose ``data`` section may also say the diffraction units (``data.diffraction_units``)."""
-    from dataclasses import fields
-
-    from ptycho_torch.cli_train import DataSection
+    """``(TorchConfigs, the data section's diffraction_units, the file as read)`` of ``--config``: the file ``ptycho-train``
+    reads, whose ``data`` section may also say the diffraction units (``data.diffraction_units``)."""
+    from ptycho_torch.cli_train import DataSection, data_config
     from ptycho_torch.config_file import SECTIONS, TorchConfigs, read_config_file
-    from ptycho_torch.config_params import DataConfig
 
     read = read_config_file(config_file, {**SECTIONS, "data": DataSection})
     sections = read.configs
-    section = sections["data"]
-    data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
-    configs = TorchConfigs(data, sections["model"], sections["training"], sections["inference"], sections["datagen"])
-    return configs, section.diffraction_units, read.given["data"]
+    configs = TorchConfigs(data_config(sections["data"]), sections["model"], sections["training"], sections["inference"], sections["datagen"])
+    return configs, sections["data"].diffraction_units, read
 
 
 def _units(args) -> str:

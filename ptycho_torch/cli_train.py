@@ -38,6 +38,11 @@ class TrainConfigs(NamedTuple):
     diffraction_units: str
 
 
+def data_config(section: DataSection) -> DataConfig:
+    """The DataConfig of a config file's ``data`` section (its ``diffraction_units`` set apart)."""
+    return DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
+
+
 SECTIONS = {"data": DataSection, "model": ModelConfig, "training": TrainingConfig, "inference": InferenceConfig}  # DatagenConfig drives no training
 
 
@@ -84,7 +89,7 @@ def build_configs(args: argparse.Namespace, first_scan: Path, files: list[Path] 
     preset = args.preset or DEFAULT_PRESET
     apply_preset(preset, read.configs, read.given)
     section, model, training, inference = read.configs.values()
-    data = DataConfig(**{f.name: getattr(section, f.name) for f in fields(DataConfig)})
+    data = data_config(section)
     prefix = f"{args.config}: " if args.config else ""
     spelled = {"DataConfig": read.spelled["data"], **{type(config).__name__: read.spelled[name] for name, config in read.configs.items() if name != "data"}}
     require_supported(data, model, training, inference, where={name: prefix + section_name for name, section_name in spelled.items()})

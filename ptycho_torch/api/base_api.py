@@ -345,7 +345,7 @@ def _check_method_fits(method: dict, network, scan_size: int | None = None):
     unreadable, or for a ``scan_size`` (pattern size, when known) other than the object network's; the object network runs
     after a flat start, which runs no network, so the scan's size counts, not the model's (:func:`check_scan_pattern_size`
     checks it when the scan arrives). Returns the object network the method runs, loaded once here (None without it)."""
-    from ptycho_torch.pretrained import UnknownModelError, load_object_network, object_network_for_pattern_size
+    from ptycho_torch.pretrained import UnknownModelError, load_object_network
 
     plain = getattr(network, "network", network)  # a PtychoPINN_Lightning's plain network
     reason = object_network = None
@@ -353,28 +353,33 @@ def _check_method_fits(method: dict, network, scan_size: int | None = None):
         reason = (f"--start physics: the loaded model reads the diffraction itself (generator_input="
                   f"{plain.model_config.generator_input!r}), it has no physics input; use --start network")
     elif method.get("object_network_after"):
+        if scan_size is not None:
+            _check_object_network_size(scan_size)
         try:
-            if scan_size is not None:
-                object_network_for_pattern_size(scan_size)
             object_network = load_object_network()
         except UnknownModelError as exc:
             reason = f"--object-network: {exc}"
     if reason is not None:
-        text = os.environ.get(RECONSTRUCT_ENV, "").strip()
-        raise ValueError(f"{RECONSTRUCT_ENV}={text!r}: {reason}; {_RECONSTRUCT_FIX}")
+        raise _method_refused(reason)
     return object_network
 
 
+def _method_refused(reason: str) -> ValueError:
+    """The refusal of the method :data:`RECONSTRUCT_ENV` names, with its value, ``reason`` and the fix."""
+    text = os.environ.get(RECONSTRUCT_ENV, "").strip()
+    return ValueError(f"{RECONSTRUCT_ENV}={text!r}: {reason}; {_RECONSTRUCT_FIX}")
+
+
 def _shipped_size(N: int, method: dict) -> int:
-    """The pattern size of the shipped model to reconstruct with when none was loaded: ``N``'s, or, for a flat start
-    (which runs no network) at a size no shipped model has, any shipped model's (only its group size is used)."""
+    """The pattern size of the shipped model to load when none was: ``N``'s, or, for a flat start (which runs no network and
+    refines in groups of one) at a size no shipped model has, any shipped model's (only its configs are read)."""
     from ptycho_torch import pretrained
 
     sizes = sorted(set(pretrained.available_models().values()))
     if method.get("start") != "flat" or not sizes or int(N) in sizes:
         return int(N)
     logger.info("%s starts from a flat object, which runs no network: %d x %d patterns are refined with the shipped "
-                "%d x %d model's group size", RECONSTRUCT_ENV, N, N, sizes[0], sizes[0])
+                "%d x %d model loaded for its configs only", RECONSTRUCT_ENV, N, N, sizes[0], sizes[0])
     return sizes[0]
 
 
@@ -384,8 +389,7 @@ def _check_object_network_size(N: int) -> None:
     try:
         object_network_for_pattern_size(N)
     except UnknownModelError as exc:
-        text = os.environ.get(RECONSTRUCT_ENV, "").strip()
-        raise ValueError(f"{RECONSTRUCT_ENV}={text!r}: --object-network: {exc}; {_RECONSTRUCT_FIX}") from None
+        raise _method_refused(f"--object-network: {exc}") from None
 
 
 def check_scan_pattern_size(N: int) -> bool:
