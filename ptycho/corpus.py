@@ -46,7 +46,7 @@ import scipy.fft
 import scipy.ndimage
 import scipy.spatial
 
-from .simulate import _place_in_object, make_object, save_scan_npz, simulate_patterns
+from .simulate import _place_in_object, existing_paths, make_object, save_scan_npz, simulate_patterns
 
 logger = logging.getLogger(__name__)
 
@@ -879,10 +879,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             named = named_held_out_recipes(args.n_per_kind, args.seed, kinds=tuple(args.kinds), n_points=args.n_points, N=args.N)
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {args.out} is a file; the corpus is written into a directory: choose another --out")
-        existing = [path for path in [*(args.out / f"{name}.npz" for name, _ in named), args.out / "recipes.json"]
-                    if path.exists() or path.is_symlink()]
+        existing, listed = existing_paths([*(args.out / f"{name}.npz" for name, _ in named), args.out / "recipes.json"])
         if existing and not args.overwrite:  # refused before anything is simulated: a measured scan, an earlier corpus
-            listed = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
             one = len(existing) == 1
             raise ValueError(f"--out: {listed} {'exists' if one else 'exist'}; pass --overwrite to replace {'it' if one else 'them'}, "
                              "or choose another --out")

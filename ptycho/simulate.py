@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -494,14 +494,18 @@ def _check_out(parser: argparse.ArgumentParser, out: Path, *, corpus: bool) -> N
             parser.error(f"--out {out}: {parent} is a file, not a directory; choose another --out")
 
 
+def existing_paths(paths: Iterable[Path]) -> tuple[list[Path], str]:
+    """The ``paths`` that exist (a file, a directory or a link), and the first three of them listed for a message."""
+    existing = [path for path in paths if path.exists() or path.is_symlink()]
+    return existing, ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+
+
 def _check_not_replacing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, before any simulation, to replace an existing file (a measured scan, say) without ``--overwrite``."""
     if args.overwrite:
         return
-    targets = corpus_paths(args.out, args.corpus) if args.corpus is not None else [args.out]
-    existing = [path for path in targets if path.exists() or path.is_symlink()]
+    existing, listed = existing_paths(corpus_paths(args.out, args.corpus) if args.corpus is not None else [args.out])
     if existing:
-        listed = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         parser.error(f"--out: {listed} exists; pass --overwrite to replace it with a simulated scan, or choose another --out")
 
 
